@@ -1,0 +1,246 @@
+"""The `edge` command: argument parsing, output formatting and exit codes; the work happens in the modules.
+
+Exit codes: 0 success, 1 a user error (the message names the cause; no traceback), 2 bad usage, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from edge import __version__
+from edge.errors import EdgeError, NoFaceError
+
+
+def _progress(desc: str) -> Callable:
+    """tqdm progress bar on stderr (hidden when stderr is not a terminal)."""
+    from tqdm import tqdm
+
+    return lambda it: tqdm(it, desc=desc, unit="img", file=sys.stderr, disable=None, leave=False)
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2))
+
+
+def _vision_options(args: argparse.Namespace) -> Any:
+    from edge.vision.analyzer import VisionOptions
+
+    return VisionOptions(
+        detector=args.detector, embedder=args.embedder, threads=args.threads, min_score=args.min_score,
+        flip=args.flip, models_dir=args.models_dir,
+    )
+
+
+def _analyzer(args: argparse.Namespace) -> Any:
+    from edge.vision.analyzer import FaceAnalyzer
+
+    return FaceAnalyzer.create(_vision_options(args))
+
+
+def _verify_threshold(analyzer: Any, override: float | None) -> float:
+    if override is not None:
+        return override
+    return float(analyzer.embedder_info.info.get("thresholds", {}).get("verify_cosine", 0.9))
+
+
+# --- commands -------------------------------------------------------------------------------------------------
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    from edge.annotate import annotate
+    from edge.imageio import read_image, write_image
+
+    analyzer = _analyzer(args)
+    if args.annotate:
+        args.annotate.mkdir(parents=True, exist_ok=True)
+    results, failed = [], 0
+    for path in args.images:
+        entry: dict[str, Any] = {"path": str(path)}
+        try:
+            rgb = read_image(path)
+        except EdgeError as err:
+            entry["error"] = str(err)
+            failed += 1
+            results.append(entry)
+            continue
+        dets = analyzer.detect(rgb)
+        entry["width"], entry["height"] = rgb.shape[1], rgb.shape[0]
+        entry["faces"] = [d.to_json() for d in dets]
+        if args.annotate:
+            out = args.annotate / f"{Path(path).stem}.annotated.jpg"
+            write_image(out, annotate(rgb, dets))
+            entry["annotated"] = str(out)
+        results.append(entry)
+    if args.json:
+        _print_json({"images": results})
+    else:
+        for entry in results:
+            if "error" in entry:
+                print(f"{entry['path']}: error: {entry['error']}")
+                continue
+            print(f"{entry['path']}: {len(entry['faces'])} face(s)")
+            for face in entry["faces"]:
+                x0, y0, x1, y1 = face["box"]
+                print(f"  box ({x0:.0f}, {y0:.0f})–({x1:.0f}, {y1:.0f}) px, {x1 - x0:.0f} px wide, score {face['score']:.3f}")
+            if "annotated" in entry:
+                print(f"  annotated: {entry['annotated']}")
+    return 1 if failed else 0
+
+
+def _best_face(analyzer: Any, path: Path) -> Any:
+    from edge.imageio import read_image
+
+    face = analyzer.best_face(read_image(path))
+    if face is None:
+        raise NoFaceError(f"no face found in {path}")
+    return face
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    analyzer = _analyzer(args)
+    a, b = _best_face(analyzer, args.a), _best_face(analyzer, args.b)
+    sim = float(a.embedding @ b.embedding)
+    threshold = _verify_threshold(analyzer, args.threshold)
+    result = {"similarity": round(sim, 4), "same": sim >= threshold, "threshold": threshold,
+              "embedder": analyzer.embedder_id}
+    if args.json:
+        _print_json(result)
+    else:
+        verdict = "likely the same person" if result["same"] else "likely different people"
+        print(f"similarity {sim:.4f} (cosine; threshold {threshold:.3f}): {verdict} — a candidate for human review")
+    return 0
+
+
+def cmd_eval_pairs(args: argparse.Namespace) -> int:
+    from edge.eval import eval_pairs, plot_pairs, read_pairs
+    from edge.imageio import read_image
+
+    pairs = read_pairs(args.pairs, args.root)
+    analyzer = _analyzer(args)
+
+    def embed(path: Path) -> Any:
+        face = analyzer.best_face(read_image(path))
+        return None if face is None else face.embedding
+
+    report, sims, same = eval_pairs(pairs, embed, _progress("embedding"))
+    report["detector"], report["embedder"] = analyzer.detector_info.name, analyzer.embedder_info.name
+    report["flip"] = bool(args.flip)
+    if args.plot:
+        plot_pairs(args.plot, sims, same, report, title=f"{args.pairs.name}: {report['embedder']}")
+        report["plot"] = str(args.plot)
+    if args.json:
+        _print_json(report)
+    else:
+        print(f"{report['n_pairs']} pairs ({report['n_genuine']} same, {report['n_impostor']} different), "
+              f"{report['n_failed_detect']} without a face in one of the photos")
+        print(f"accuracy {report['accuracy']:.4f} at threshold {report['threshold']:.4f} (best on these pairs); "
+              f"10-fold {report['accuracy_10fold_mean']:.4f}; with failed detections {report['accuracy_with_failures']:.4f}")
+        print(f"TAR@FAR=1e-3 {report['tar_at_far_1e-3']:.4f} (threshold {report['threshold_at_far_1e-3']:.4f}, "
+              f"achieved FAR {report['far_achieved']}); {report['seconds']} s")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from edge.annotate import annotate
+    from edge.imageio import read_image, write_image
+    from edge.paths import samples_dir
+
+    photos_dir = args.photos or samples_dir()
+    photos = sorted(p for p in photos_dir.glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if not photos:
+        raise EdgeError(f"no photos (.jpg/.png) in {photos_dir}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    analyzer = _analyzer(args)
+    print(f"edge demo: {len(photos)} photos from {photos_dir}; detector {analyzer.detector_info.name}, "
+          f"embedder {analyzer.embedder_info.name}")
+    faces = {}
+    for path in photos:
+        rgb = read_image(path)
+        found = analyzer.faces(rgb)
+        out = args.out / f"{path.stem}.annotated.jpg"
+        write_image(out, annotate(rgb, [f.detection for f in found]))
+        print(f"  {path.name}: {len(found)} face(s) → {out}")
+        if found:
+            faces[path.name] = max(found, key=lambda f: f.detection.width * f.detection.height)
+    threshold = _verify_threshold(analyzer, None)
+    names = sorted(faces)
+    print(f"pairwise cosine similarity of the largest faces (threshold {threshold:.3f}; ≥ means 'same person'"
+          " — a candidate for human review, never a verdict):")
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            sim = float(faces[a].embedding @ faces[b].embedding)
+            print(f"  {a:26s} {b:26s} {sim:+.3f}  {'SAME' if sim >= threshold else '-'}")
+    return 0
+
+
+# --- parser ---------------------------------------------------------------------------------------------------
+
+def _vision_parent() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("models")
+    g.add_argument("--models-dir", type=Path, help="directory with manifest.json (default: the bundled models/)")
+    g.add_argument("--detector", help="detector name in the manifest (default: the int8 full-range BlazeFace)")
+    g.add_argument("--embedder", help="embedder name in the manifest (default: the int8 dlib ResNet)")
+    g.add_argument("--threads", type=int, default=2, help="CPU threads per model (default 2)")
+    g.add_argument("--min-score", type=float, default=0.5, help="detection threshold, probability (default 0.5)")
+    g.add_argument("--flip", action="store_true", help="average each chip's embedding with its mirror image's (2× cost)")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `edge` argument parser (its help texts are the command reference)."""
+    vision = _vision_parent()
+    parser = argparse.ArgumentParser(
+        prog="edge", description="Edge face-watchlist appliance: device service and operator tools.")
+    parser.add_argument("--version", action="version", version=f"edge {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("demo", parents=[vision], help="detect and compare faces in the bundled sample photos",
+                       description="Detect every face in the bundled photos, write annotated copies and print the "
+                                   "pairwise similarity of the largest faces.")
+    p.add_argument("--photos", type=Path, help="folder of photos to use instead of the bundled samples")
+    p.add_argument("--out", type=Path, default=Path("edge-demo-out"), help="where annotated images go (default ./edge-demo-out)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("detect", parents=[vision], help="faces per image",
+                       description="Detect faces; print boxes (pixels), scores and the 6 BlazeFace keypoints.")
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--annotate", type=Path, metavar="DIR", help="write <name>.annotated.jpg with boxes and keypoints")
+    p.set_defaults(func=cmd_detect)
+
+    p = sub.add_parser("compare", parents=[vision], help="similarity of the largest face in each of two photos",
+                       description="Cosine similarity of the largest face in A and in B; 'same' when it reaches "
+                                   "the threshold (default: the embedder's, from models/manifest.json).")
+    p.add_argument("a", type=Path, metavar="A")
+    p.add_argument("b", type=Path, metavar="B")
+    p.add_argument("--threshold", type=float, help="cosine similarity threshold for 'same'")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_compare)
+
+    ev = sub.add_parser("eval", help="accuracy measurements").add_subparsers(dest="eval_command", metavar="KIND", required=True)
+    p = ev.add_parser("pairs", parents=[vision], help="verification accuracy on labelled pairs",
+                      description="Embed every photo of a pairs CSV (path_a,path_b,same[,fold]; paths relative to "
+                                  "--root) and report accuracy, 10-fold accuracy and TAR at FAR=1e-3.")
+    p.add_argument("--pairs", type=Path, required=True, help="CSV with path_a,path_b,same")
+    p.add_argument("--root", type=Path, required=True, help="folder the CSV's paths are relative to")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--plot", type=Path, metavar="PNG", help="write similarity histograms and the ROC curve")
+    p.set_defaults(func=cmd_eval_pairs)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `edge` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except EdgeError as err:
+        print(f"edge: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("edge: interrupted", file=sys.stderr)
+        return 130

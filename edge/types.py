@@ -1,0 +1,62 @@
+"""The vocabulary shared by the stages: small immutable records, numpy inside, JSON out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: BlazeFace keypoint order (the subject's right eye appears on the image's left).
+KEYPOINT_NAMES: tuple[str, ...] = (
+    "right_eye", "left_eye", "nose_tip", "mouth_center", "right_ear_tragion", "left_ear_tragion",
+)
+
+
+@dataclass(frozen=True, eq=False)
+class Detection:
+    """One face in one image.
+
+    box: (x0, y0, x1, y1) in image pixels (may extend past the border for faces cut by it).
+    score: detector confidence in [0, 1].
+    keypoints: (6, 2) float32 image pixels, in `KEYPOINT_NAMES` order.
+    """
+
+    box: tuple[float, float, float, float]
+    score: float
+    keypoints: np.ndarray
+
+    @property
+    def width(self) -> float:
+        """Box width in pixels."""
+        return self.box[2] - self.box[0]
+
+    @property
+    def height(self) -> float:
+        """Box height in pixels."""
+        return self.box[3] - self.box[1]
+
+    @property
+    def eye_distance(self) -> float:
+        """Distance between the eye keypoints in pixels (a pose-robust face size)."""
+        return float(np.linalg.norm(self.keypoints[0] - self.keypoints[1]))
+
+    def to_json(self) -> dict:
+        """JSON-ready dict: box and keypoints in pixels rounded to 0.1, score to 1e-4."""
+        return {
+            "box": [round(float(v), 1) for v in self.box],
+            "score": round(float(self.score), 4),
+            "keypoints": {n: [round(float(x), 1), round(float(y), 1)] for n, (x, y) in zip(KEYPOINT_NAMES, self.keypoints)},
+        }
+
+
+@dataclass(frozen=True, eq=False)
+class Face:
+    """A detected face with its aligned chip and embedding.
+
+    chip: (S, S, 3) uint8 RGB aligned crop fed to the embedder. embedding: (D,) float32, L2-normalised, so the dot
+    product of two embeddings is their cosine similarity.
+    """
+
+    detection: Detection
+    chip: np.ndarray
+    embedding: np.ndarray

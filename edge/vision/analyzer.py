@@ -1,0 +1,93 @@
+"""Photos in, faces out: detector + alignment + embedder behind one small API (`edge detect` / `compare` / `eval`).
+
+The appliance loop composes the same three parts itself (it embeds only what the tracker asks for); this facade
+serves the one-shot commands, enrollment and evaluation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge.types import Detection, Face
+from edge.vision.align import align_face
+from edge.vision.detector import FaceDetector
+from edge.vision.embedder import FaceEmbedder
+from edge.vision.manifest import ModelInfo, load_manifest
+from edge.vision.runtime import RuntimeOptions
+
+
+@dataclass(frozen=True)
+class VisionOptions:
+    """Which models to load and how.
+
+    detector / embedder: manifest names (None = the manifest's defaults, the int8 models).
+    threads: CPU threads per interpreter. backend: "auto", "litert" or "tflite-runtime".
+    delegate: delegate library for the detector (e.g. "libedgetpu.so.1"), or None.
+    min_score: detector threshold (probability). flip: average the embeddings of a chip and its mirror image.
+    models_dir: directory with manifest.json (None = `edge.paths.models_dir()`).
+    """
+
+    detector: str | None = None
+    embedder: str | None = None
+    threads: int = 2
+    backend: str = "auto"
+    delegate: str | None = None
+    min_score: float = 0.5
+    flip: bool = False
+    models_dir: Path | None = None
+
+
+class FaceAnalyzer:
+    """Detect, align and embed faces in RGB images. Not thread-safe: one analyzer per thread."""
+
+    def __init__(self, detector: FaceDetector, embedder: FaceEmbedder, detector_info: ModelInfo,
+                 embedder_info: ModelInfo) -> None:
+        self.detector = detector
+        self.embedder = embedder
+        self.detector_info = detector_info
+        self.embedder_info = embedder_info
+
+    @classmethod
+    def create(cls, options: VisionOptions | None = None) -> "FaceAnalyzer":
+        """Load the models named by `options` (checksums verified)."""
+        options = options or VisionOptions()
+        manifest = load_manifest(options.models_dir)
+        det_info = manifest.get(options.detector, "detector") if options.detector else manifest.default("detector")
+        emb_info = manifest.get(options.embedder, "embedder") if options.embedder else manifest.default("embedder")
+        det_model = det_info.load(RuntimeOptions(options.threads, options.backend, options.delegate))
+        emb_model = emb_info.load(RuntimeOptions(options.threads, options.backend))
+        detector = FaceDetector(
+            det_model,
+            variant=det_info.info.get("variant", "full_range"),
+            score_kind=det_info.info.get("scores", "logit"),
+            min_score=options.min_score,
+        )
+        return cls(detector, FaceEmbedder(emb_model, flip=options.flip), det_info, emb_info)
+
+    @property
+    def embedder_id(self) -> str:
+        """Identity of the embedding space: manifest name + file checksum (watchlists must match it)."""
+        return f"{self.embedder_info.info.get('family', self.embedder_info.name)}@{self.embedder_info.sha256[:16]}"
+
+    def detect(self, rgb: np.ndarray) -> list[Detection]:
+        """Faces in an RGB image, best score first."""
+        return self.detector.detect(rgb)
+
+    def embed(self, rgb: np.ndarray, detection: Detection) -> Face:
+        """Align and embed one detected face."""
+        chip = align_face(rgb, detection.keypoints, self.embedder.chip_size)
+        return Face(detection, chip, self.embedder.embed(chip))
+
+    def faces(self, rgb: np.ndarray) -> list[Face]:
+        """Every face in the image, embedded."""
+        return [self.embed(rgb, d) for d in self.detect(rgb)]
+
+    def best_face(self, rgb: np.ndarray) -> Face | None:
+        """The largest face in the image (by box area), embedded; None when there is none."""
+        detections = self.detect(rgb)
+        if not detections:
+            return None
+        return self.embed(rgb, max(detections, key=lambda d: d.width * d.height))
