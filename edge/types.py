@@ -49,6 +49,13 @@ class Detection:
         }
 
 
+def shift(det: Detection, dx: float, dy: float) -> Detection:
+    """The same detection moved by (dx, dy) pixels (e.g. back from a padded or cropped image)."""
+    x0, y0, x1, y1 = det.box
+    offset = np.array([dx, dy], np.float32)
+    return Detection((x0 + dx, y0 + dy, x1 + dx, y1 + dy), det.score, det.keypoints + offset)
+
+
 @dataclass(frozen=True, eq=False)
 class Face:
     """A detected face with its aligned chip and embedding.

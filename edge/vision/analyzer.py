@@ -9,9 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
-from edge.types import Detection, Face
+from edge.types import Detection, Face, shift
 from edge.vision.align import align_face
 from edge.vision.detector import FaceDetector
 from edge.vision.embedder import FaceEmbedder
@@ -40,11 +41,20 @@ class VisionOptions:
     models_dir: Path | None = None
 
 
+#: Border added around a photo in which no face was found, as a fraction of its height (see `FaceAnalyzer.detect`).
+CLOSEUP_BORDER = 0.25
+
+
 class FaceAnalyzer:
-    """Detect, align and embed faces in RGB images. Not thread-safe: one analyzer per thread."""
+    """Detect, align and embed faces in RGB photos. Not thread-safe: one analyzer per thread.
+
+    closeup_retry: retry photos without a face inside a border (tight crops); costs a second detector run only
+    for photos where the first finds nothing.
+    """
 
     def __init__(self, detector: FaceDetector, embedder: FaceEmbedder, detector_info: ModelInfo,
-                 embedder_info: ModelInfo) -> None:
+                 embedder_info: ModelInfo, closeup_retry: bool = True) -> None:
+        self.closeup_retry = closeup_retry
         self.detector = detector
         self.embedder = embedder
         self.detector_info = detector_info
@@ -73,8 +83,17 @@ class FaceAnalyzer:
         return f"{self.embedder_info.info.get('family', self.embedder_info.name)}@{self.embedder_info.sha256[:16]}"
 
     def detect(self, rgb: np.ndarray) -> list[Detection]:
-        """Faces in an RGB image, best score first."""
-        return self.detector.detect(rgb)
+        """Faces in an RGB photo, best score first.
+
+        The full-range model misses faces that fill the whole picture (tight crops, passport-style photos): when
+        it finds nothing, the photo is tried once more inside a black border of `CLOSEUP_BORDER` × its height.
+        """
+        found = self.detector.detect(rgb)
+        if found or not self.closeup_retry:
+            return found
+        pad = max(1, round(CLOSEUP_BORDER * rgb.shape[0]))
+        padded = cv2.copyMakeBorder(rgb, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+        return [shift(d, -pad, -pad) for d in self.detector.detect(padded)]
 
     def embed(self, rgb: np.ndarray, detection: Detection) -> Face:
         """Align and embed one detected face."""
