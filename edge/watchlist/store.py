@@ -1,0 +1,248 @@
+"""Device-side install policy and persistence of the watchlist bundle.
+
+`WatchlistStore` decides whether a verified bundle may replace the installed one (no rollback, no second content
+for a version, no expired or foreign bundles, the right embedder), turns it into the live object with an injected
+`loader`, persists the *encrypted* bundle (temp file → fsync → rename → fsync dir, so a power cut leaves the old or
+the new file, never a mix) and then swaps the live object under a lock. After any rejection `installed.bundle` is
+byte-identical and the previous live object is still served. Plaintext never touches disk: the only file the store
+writes is the encrypted bundle; the loader receives the decrypted payload in memory.
+
+Versions are monotonic per device, across watchlist ids: one device holds one watchlist.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Generic, Mapping, TypeVar, Union
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from edge.keys import TrustStore
+from edge.watchlist.bundle import BundleError, OpenedBundle, open_bundle, parse_time, peek_manifest
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+INSTALLED = "installed.bundle"
+
+
+@dataclass(frozen=True)
+class InstallResult:
+    """Outcome of `WatchlistStore.install`.
+
+    ok: the bundle is (now or already) the installed one. reason: "installed", "already_installed" or a rejection
+    code (a `BundleError.reason`, "wrong_embedder", "rollback", "same_version_different_content", "load_failed",
+    "persist_failed"; `start` may also record "unreadable"). version: the offered bundle's version when known.
+    message: one line for a person.
+    """
+
+    ok: bool
+    reason: str
+    version: int | None
+    message: str
+
+
+def _now(now: datetime | None) -> datetime:
+    return now or datetime.now(timezone.utc)
+
+
+class WatchlistStore(Generic[T]):
+    """The installed watchlist of one device: policy, persistence under `state_dir`, and the live object.
+
+    loader: turns a verified bundle into the object matching uses (e.g. an Annoy index); it may raise to refuse.
+    Thread-safe: `install` calls are serialized; `current` and `state` never wait for a loader.
+    """
+
+    def __init__(
+        self,
+        state_dir: str | Path,
+        device_id: str,
+        device_private: X25519PrivateKey,
+        trust: Union[TrustStore, Mapping[str, Ed25519PublicKey]],
+        embedder_id: str,
+        embedder_sha256: str,
+        loader: Callable[[OpenedBundle], T],
+    ) -> None:
+        self.state_dir = Path(state_dir)
+        self.device_id = device_id
+        self._device_private = device_private
+        self._trust = trust
+        self.embedder_id = embedder_id
+        self.embedder_sha256 = embedder_sha256
+        self._loader = loader
+        self._lock = threading.Lock()  # guards the live state below
+        self._install_lock = threading.Lock()  # serializes install/start
+        self._live: T | None = None
+        self._manifest: dict[str, Any] | None = None
+        self._bundle_sha256: str | None = None
+        # Rollback floor: the installed version, or (if the installed file no longer verifies) the version it claims.
+        self._floor: int | None = None
+        self._last_rejection: dict[str, str] | None = None
+
+    @property
+    def path(self) -> Path:
+        """The persisted encrypted bundle."""
+        return self.state_dir / INSTALLED
+
+    # ------------------------------------------------------------ public API
+
+    def start(self, now: datetime | None = None) -> None:
+        """Load the persisted bundle, if any, re-verifying it; never raises for a bad or missing file.
+
+        An expired bundle is still served and reported "stale"; one that fails verification or loading is reported
+        (see `state()["last_rejection"]`) and nothing is served.
+        """
+        with self._install_lock:
+            self._remove_leftover_temps()
+            try:
+                data = self.path.read_bytes()
+            except FileNotFoundError:
+                return
+            except OSError as err:
+                self._reject("unreadable", f"cannot read installed watchlist {self.path}: {err.strerror or err}",
+                             now)
+                return
+            try:
+                opened = open_bundle(data, self._device_private, self._trust, expected_device_id=self.device_id,
+                                     now=now, allow_expired=True)
+            except BundleError as err:
+                self._floor = self._claimed_version(data)
+                self._reject(err.reason, f"installed watchlist {self.path} no longer verifies: {err}", now)
+                return
+            problem = self._embedder_problem(opened)
+            if problem:
+                self._floor = opened.version
+                self._reject("wrong_embedder", f"installed watchlist {self.path}: {problem}", now)
+                return
+            try:
+                live = self._loader(opened)
+            except Exception as err:  # noqa: BLE001 - a loader failure must not crash the device
+                self._floor = opened.version
+                self._reject("load_failed", f"installed watchlist {self.path} could not be loaded: {err}", now)
+                return
+            self._swap(live, opened)
+            if self._expired(opened.manifest, now):
+                log.warning("installed watchlist %s v%d expired at %s: serving it as stale", opened.watchlist_id,
+                            opened.version, opened.manifest["expires"])
+
+    def install(self, data: bytes, now: datetime | None = None) -> InstallResult:
+        """Verify `data`, apply the install policy, load, persist and swap; returns what happened."""
+        with self._install_lock:
+            try:
+                opened = open_bundle(data, self._device_private, self._trust, expected_device_id=self.device_id,
+                                     now=now)
+            except BundleError as err:
+                return self._reject(err.reason, str(err), now)
+            version, label = opened.version, f"watchlist {opened.watchlist_id} v{opened.version}"
+            problem = self._embedder_problem(opened)
+            if problem:
+                return self._reject("wrong_embedder", f"{label} refused: {problem}", now, version)
+            floor = self._floor
+            if floor is not None and version < floor:
+                return self._reject("rollback", f"{label} refused: version {version} is older than the installed"
+                                                f" version {floor} (rollback)", now, version)
+            # With nothing verified installed (the floor came from an unverifiable file), the same version may
+            # be re-sent to repair the device.
+            if floor is not None and version == floor and self._bundle_sha256 is not None:
+                if opened.bundle_sha256 != self._bundle_sha256:
+                    return self._reject("same_version_different_content",
+                                        f"{label} refused: version {version} is already installed with different"
+                                        " content; a changed watchlist needs a new version", now, version)
+                return InstallResult(True, "already_installed", version, f"{label} is already installed")
+            try:
+                live = self._loader(opened)
+            except Exception as err:  # noqa: BLE001 - any loader failure is a rejection, the old list stays
+                return self._reject("load_failed", f"{label} could not be loaded: {err}", now, version)
+            try:
+                self._persist(data)
+            except OSError as err:
+                return self._reject("persist_failed", f"{label} could not be saved to {self.path}:"
+                                                      f" {err.strerror or err}", now, version)
+            self._swap(live, opened)
+            log.info("installed %s (%d items)", label, opened.manifest["n_items"])
+            return InstallResult(True, "installed", version,
+                                 f"installed {label} ({opened.manifest['n_items']} items,"
+                                 f" expires {opened.manifest['expires']})")
+
+    def current(self) -> tuple[T | None, dict[str, Any] | None]:
+        """The live object and its manifest, or (None, None) when nothing is installed."""
+        with self._lock:
+            return self._live, self._manifest
+
+    def state(self, now: datetime | None = None) -> dict[str, Any]:
+        """{"version", "watchlist_id", "state": "ok" | "stale" | "none", "expires", "last_rejection"}."""
+        with self._lock:
+            manifest, rejection = self._manifest, self._last_rejection
+        if manifest is None:
+            return {"version": None, "watchlist_id": None, "state": "none", "expires": None,
+                    "last_rejection": dict(rejection) if rejection else None}
+        return {"version": manifest["version"], "watchlist_id": manifest["watchlist_id"],
+                "state": "stale" if self._expired(manifest, now) else "ok", "expires": manifest["expires"],
+                "last_rejection": dict(rejection) if rejection else None}
+
+    # ------------------------------------------------------------ internals
+
+    def _embedder_problem(self, opened: OpenedBundle) -> str | None:
+        embedder = opened.manifest["embedder"]
+        if embedder["id"] != self.embedder_id or embedder["sha256"] != self.embedder_sha256:
+            return (f"it was built for embedder {embedder['id']} (sha256 {embedder['sha256'][:12]}…), this device"
+                    f" runs {self.embedder_id} (sha256 {self.embedder_sha256[:12]}…)")
+        return None
+
+    @staticmethod
+    def _expired(manifest: Mapping[str, Any], now: datetime | None) -> bool:
+        return parse_time(manifest["expires"]) <= _now(now)
+
+    @staticmethod
+    def _claimed_version(data: bytes) -> int | None:
+        """The version an unverifiable installed file claims: kept as the rollback floor, never trusted otherwise."""
+        try:
+            version = peek_manifest(data).get("version")
+        except BundleError:
+            return None
+        return version if type(version) is int else None
+
+    def _reject(self, reason: str, message: str, now: datetime | None,
+                version: int | None = None) -> InstallResult:
+        log.warning("watchlist rejected (%s): %s", reason, message)
+        rejection = {"reason": reason, "message": message, "at": _now(now).strftime("%Y-%m-%dT%H:%M:%SZ")}
+        with self._lock:
+            self._last_rejection = rejection
+        return InstallResult(False, reason, version, message)
+
+    def _swap(self, live: T, opened: OpenedBundle) -> None:
+        with self._lock:
+            self._live, self._manifest = live, opened.manifest
+            self._bundle_sha256, self._floor = opened.bundle_sha256, opened.version
+
+    def _persist(self, data: bytes) -> None:
+        """Replace `installed.bundle` atomically and durably; on failure the old file is untouched."""
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.state_dir, prefix=f".{INSTALLED}.", suffix=".tmp")  # mode 0600
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        dir_fd = os.open(self.state_dir, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def _remove_leftover_temps(self) -> None:
+        """Delete temp files a power cut left behind mid-persist (they are never the installed bundle)."""
+        if self.state_dir.is_dir():
+            for leftover in self.state_dir.glob(f".{INSTALLED}.*.tmp"):
+                leftover.unlink(missing_ok=True)
