@@ -1,0 +1,469 @@
+"""`edge keys …`, `edge watchlist …` and `edge eval openset`: argument handling and output only."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.errors import DataError, EdgeError
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2))
+
+
+def _progress(desc: str):
+    from tqdm import tqdm
+
+    return lambda it: tqdm(it, desc=desc, unit="img", file=sys.stderr, disable=None, leave=False)
+
+
+# --- keys -----------------------------------------------------------------------------------------------------
+
+def cmd_keys_generate(args: argparse.Namespace) -> int:
+    from edge import keys
+
+    key = keys.generate_operator_key() if args.kind == "operator" else keys.generate_device_key()
+    private, public = args.out / f"{args.name or args.kind}.key", args.out / f"{args.name or args.kind}.pub"
+    keys.save_private_key(private, key, force=args.force)
+    keys.save_public_key(public, key.public_key())
+    result = {"private": str(private), "public": str(public), "key_id": keys.key_id(key.public_key())}
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"{args.kind} key {result['key_id']}: private {private} (mode 0600, keep it secret), public {public}")
+    return 0
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    from edge import keys
+
+    old = keys.load_private_key(args.signing_key, "operator")
+    new = keys.load_public_key(args.new_public, "operator")
+    args.out.write_bytes(keys.sign_rotation(old, new))
+    print(f"rotation statement {keys.key_id(old.public_key())} → {keys.key_id(new)} written to {args.out}")
+    return 0
+
+
+# --- watchlist ------------------------------------------------------------------------------------------------
+
+def _analyzer(args: argparse.Namespace):
+    from edge.vision.analyzer import FaceAnalyzer, VisionOptions
+
+    return FaceAnalyzer.create(VisionOptions(detector=args.detector, embedder=args.embedder, threads=args.threads,
+                                             flip=args.flip, models_dir=args.models_dir))
+
+
+def _embedder_info(analyzer) -> dict:
+    return {"id": analyzer.embedder_info.info.get("family", analyzer.embedder_info.name),
+            "name": analyzer.embedder_info.name, "sha256": analyzer.embedder_info.sha256, "flip": analyzer.embedder.flip}
+
+
+def cmd_watchlist_build(args: argparse.Namespace) -> int:
+    from edge.watchlist.build import enroll, make_payload, read_gallery, write_build
+
+    entries = read_gallery(args.gallery, args.root)
+    analyzer = _analyzer(args)
+    t0 = time.perf_counter()
+    enrollment = enroll(entries, analyzer, progress=_progress("enrolling"))
+    if not enrollment.vectors:
+        raise EdgeError(f"no photo of {args.gallery} could be enrolled ({len(enrollment.rejected)} rejected)")
+    payload = make_payload(np.stack(enrollment.vectors), enrollment.item_subject, enrollment.subjects, args.trees)
+    report = write_build(args.out, payload, enrollment, _embedder_info(analyzer), time.perf_counter() - t0)
+    if args.json:
+        _print_json(report)
+    else:
+        print(f"enrolled {report['n_subjects']} subjects, {report['n_templates']} templates into {args.out} "
+              f"({report['seconds']} s); rejected {len(report['rejected'])}:")
+        for r in report["rejected"]:
+            print(f"  {r['path']}: {r['reason']}" + (f" ({r['detail']})" if r.get("detail") else ""))
+    return 0
+
+
+def _impostor_model(args: argparse.Namespace, embedder: dict):
+    from edge.openset import ImpostorModel
+    from edge.vision.manifest import load_manifest
+
+    if args.impostors:
+        try:
+            stats = json.loads(Path(args.impostors).read_text())["impostor_model"]
+        except (OSError, KeyError, json.JSONDecodeError) as err:
+            raise DataError(f"{args.impostors} is not an impostor file from `edge eval openset --save-impostors` ({err})") from None
+    else:
+        entry = load_manifest(args.models_dir).get(embedder.get("name", ""), "embedder").info
+        stats = entry.get("impostor_cosine")
+        if not stats:
+            raise DataError("no impostor statistics for this embedder: pass --impostors FILE or --threshold")
+    return ImpostorModel(stats["mean"], stats["std"], stats["n"], stats["max"])
+
+
+def cmd_watchlist_seal(args: argparse.Namespace) -> int:
+    from edge import keys
+    from edge.openset import threshold_for_size
+    from edge.watchlist.build import load_build
+    from edge.watchlist.bundle import seal
+    from edge.watchlist.payload import pack
+
+    payload, embedder = load_build(args.input)
+    signing = keys.load_private_key(args.signing_key, "operator")
+    device_pub = keys.load_public_key(args.device_key, "device")
+    n_templates = len(payload.meta["items"])
+    if args.threshold is not None:
+        thresholds = {"match": args.threshold, "source": "given on the command line"}
+    else:
+        thresholds = threshold_for_size(_impostor_model(args, embedder), n_templates, args.fpir)
+        thresholds["fmr_per_comparison"] = float(f"{thresholds['fmr_per_comparison']:.3e}")
+    thresholds["margin"] = args.margin
+    plaintext = pack(payload)
+    expires = datetime.now(timezone.utc) + timedelta(days=args.expires_days)
+    data = seal(plaintext, watchlist_id=args.watchlist_id, version=args.version, device_id=args.device_id,
+                device_public=device_pub, signing_key=signing, embedder_id=embedder.get("id", ""),
+                embedder_sha256=embedder.get("sha256", ""), dim=int(payload.meta["dim"]), n_items=n_templates,
+                n_subjects=len(payload.meta["subjects"]["id"]), thresholds=_numbers_only(thresholds), expires=expires)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_bytes(data)
+    result = {"version": args.version, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
+              "device_id": args.device_id, "n_items": n_templates, "thresholds": _numbers_only(thresholds),
+              "expires": expires.strftime("%Y-%m-%dT%H:%M:%SZ")}
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"sealed watchlist {args.watchlist_id} v{args.version} for device {args.device_id}: {args.out} "
+              f"({len(data)} bytes, sha256 {result['sha256'][:16]}…); match threshold {thresholds['match']:.4f} "
+              f"for {n_templates} templates, margin {args.margin}")
+    return 0
+
+
+def _numbers_only(thresholds: dict) -> dict:
+    """The manifest's thresholds hold numbers only (the impostor model's provenance stays in the report)."""
+    return {k: v for k, v in thresholds.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def cmd_watchlist_verify(args: argparse.Namespace) -> int:
+    from edge import keys
+    from edge.watchlist.bundle import BundleError, open_bundle
+    from edge.watchlist.index import Watchlist
+
+    try:
+        data = args.file.read_bytes()
+    except OSError as err:
+        raise DataError(f"cannot read bundle {args.file}: {err.strerror or err}") from None
+    device = keys.load_private_key(args.device_key, "device")
+    operator = keys.load_public_key(args.operator_key, "operator")
+    result: dict[str, Any] = {"ok": False, "version": None, "n_items": None, "reason": None}
+    try:
+        opened = open_bundle(data, device, {keys.key_id(operator): operator}, expected_device_id=args.device_id)
+        watchlist = Watchlist.from_payload(opened.payload, opened.manifest.get("thresholds"), opened.manifest)
+        result.update(ok=True, version=opened.manifest["version"], n_items=len(watchlist),
+                      n_subjects=watchlist.n_subjects, watchlist_id=opened.manifest["watchlist_id"],
+                      expires=opened.manifest["expires"], thresholds=opened.manifest["thresholds"])
+    except BundleError as err:
+        result.update(reason=err.reason, message=str(err))
+    except EdgeError as err:
+        result.update(reason="load_failed", message=str(err))
+    if args.json:
+        _print_json(result)
+    elif result["ok"]:
+        print(f"OK: watchlist {result['watchlist_id']} v{result['version']}, {result['n_subjects']} subjects, "
+              f"{result['n_items']} templates, expires {result['expires']}")
+    else:
+        print(f"REJECTED ({result['reason']}): {result['message']}")
+    return 0 if result["ok"] else 1
+
+
+def cmd_watchlist_bench(args: argparse.Namespace) -> int:
+    import subprocess
+    import tempfile
+
+    from edge import keys
+    from edge.imageio import read_image
+    from edge.openset import read_probes
+    from edge.watchlist import bench
+    from edge.watchlist.build import build_index, enroll, read_gallery
+    from edge.watchlist.bundle import open_bundle, seal
+    from edge.watchlist.index import Watchlist
+    from edge.watchlist.payload import Payload, pack, subject_columns
+
+    rng = np.random.default_rng(args.seed)
+    analyzer = _analyzer(args)
+    enrollment = enroll(read_gallery(args.gallery, args.root), analyzer, progress=_progress("enrolling"))
+    real = np.stack(enrollment.vectors)
+    real_subject = np.array(enrollment.item_subject)
+    mated, mated_subject, nonmated = [], [], []
+    ids = {s["id"]: i for i, s in enumerate(enrollment.subjects)}
+    for probe in _progress("probes")(read_probes(args.probes, args.root)):
+        face = analyzer.best_face(read_image(probe.path))
+        if face is None:
+            continue
+        if probe.in_watchlist and probe.identity in ids:
+            mated.append(face.embedding)
+            mated_subject.append(ids[probe.identity])
+        elif not probe.in_watchlist:
+            nonmated.append(face.embedding)
+    mated_a, nonmated_a = np.array(mated), np.array(nonmated)
+    measured_imp = (nonmated_a @ real.T).ravel()
+    genuine = np.array([float((real[real_subject == s] @ v).max()) for v, s in zip(mated_a, mated_subject)])
+    draw, alpha = bench.distractor_sampler(np.concatenate([real, mated_a, nonmated_a]), float(measured_imp.mean()), rng)
+    n_distractors = args.size - len(enrollment.subjects)
+    t0 = time.perf_counter()
+    distractors = draw(n_distractors)
+    synth_imp = (nonmated_a @ distractors[:20000].T).ravel()
+    vectors = np.concatenate([real, distractors]).astype(np.float32)
+    item_subject = np.concatenate([real_subject, np.arange(n_distractors) + len(enrollment.subjects)])
+    subjects = enrollment.subjects + [{"id": f"synthetic-{i:06d}", "label": "", "category": "distractor",
+                                       "expires": None} for i in range(n_distractors)]
+    report: dict[str, Any] = {
+        "n_subjects": args.size, "n_real_subjects": len(enrollment.subjects), "n_templates": len(vectors),
+        "distractors": {"method": "normalise(m + alpha*L*z), alpha fitted to the measured impostor mean",
+                        "alpha": round(alpha, 4), "seconds": round(time.perf_counter() - t0, 2)},
+        "impostor_cosine_measured": bench.summarise_similarities(measured_imp),
+        "impostor_cosine_synthetic": bench.summarise_similarities(synth_imp),
+        "genuine_cosine_measured": bench.summarise_similarities(genuine), "runs": [],
+    }
+    # Queries: the real mated probes, then synthetic mated probes of random distractors at the median genuine cosine.
+    n_synth = max(0, args.queries - len(mated_a))
+    picks = rng.choice(n_distractors, n_synth, replace=False) + len(real)
+    queries = np.concatenate([mated_a, bench.mated_probes(vectors[picks], float(np.median(genuine)), rng)])
+    expected = np.concatenate([np.array(mated_subject), item_subject[picks]])
+    exact = bench.exact_top1(vectors, item_subject, queries)
+    operator, device = keys.generate_operator_key(), keys.generate_device_key()
+    for n_trees in args.trees:
+        t0 = time.perf_counter()
+        index = build_index(vectors, n_trees)
+        build_s = time.perf_counter() - t0
+        index_bytes = len(index)
+        plaintext = pack(Payload(index, {"dim": int(vectors.shape[1]), "metric": "angular", "n_trees": n_trees,
+                                         "items": item_subject.tolist(), "subjects": subject_columns(subjects)}))
+        del index
+        t0 = time.perf_counter()
+        data = seal(plaintext, watchlist_id="bench", version=1, device_id="bench-device",
+                    device_public=device.public_key(), signing_key=operator, embedder_id="bench", embedder_sha256="0" * 64,
+                    dim=int(vectors.shape[1]), n_items=len(vectors), n_subjects=args.size, thresholds={"match": 0.95},
+                    expires=datetime.now(timezone.utc) + timedelta(days=1))
+        seal_s = time.perf_counter() - t0
+        del plaintext
+        t0 = time.perf_counter()
+        opened = open_bundle(data, device, {keys.key_id(operator.public_key()): operator.public_key()})
+        verify_s = time.perf_counter() - t0
+        watchlist = Watchlist.from_payload(opened.payload, manifest=opened.manifest)
+        load_s = time.perf_counter() - t0
+        del opened
+        rss = _fresh_process_rss(data, device, operator, tempfile, subprocess)
+        for search_k in args.search_k:
+            watchlist.search_k = search_k if search_k > 0 else -1
+            times, tops = bench.time_queries(watchlist, queries)
+            top_index = np.array([int(t.split("-")[1]) + len(enrollment.subjects) if t.startswith("synthetic-")
+                                  else ids[t] for t in tops])
+            run = {"n_trees": n_trees, "search_k": watchlist.search_k, "build_seconds": round(build_s, 2),
+                   "seal_seconds": round(seal_s, 2), "bundle_bytes": len(data), "index_bytes_in_memfd": index_bytes,
+                   "verify_decrypt_seconds": round(verify_s, 2), "verify_decrypt_load_seconds": round(load_s, 2),
+                   "rss_mb_fresh_process_after_load": rss, "query_ms": bench.percentile_ms(times),
+                   "n_queries": len(queries), "recall_at_1_vs_exact": round(float((top_index == exact).mean()), 5),
+                   "rank1_vs_truth": round(float((top_index == expected).mean()), 5)}
+            report["runs"].append(run)
+            print(f"trees {n_trees} search_k {watchlist.search_k}: build {run['build_seconds']} s, bundle "
+                  f"{len(data) / 2**20:.1f} MiB, verify+decrypt+load {run['verify_decrypt_load_seconds']} s, RSS {rss} MiB,"
+                  f" query p50 {run['query_ms']['p50']} ms p99 {run['query_ms']['p99']} ms, recall@1 vs exact "
+                  f"{run['recall_at_1_vs_exact']}", file=sys.stderr)
+        del watchlist, data
+    if args.json:
+        _print_json(report)
+    else:
+        print(json.dumps(report, indent=2))
+    return 0
+
+
+def _fresh_process_rss(data: bytes, device, operator, tempfile, subprocess) -> float:
+    """RSS (MiB) of a new Python process after it verified, decrypted and loaded the bundle — the device's view."""
+    from edge import keys
+
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle, dkey, okey = Path(tmp) / "b.bundle", Path(tmp) / "device.key", Path(tmp) / "operator.pub"
+        bundle.write_bytes(data)
+        keys.save_private_key(dkey, device)
+        keys.save_public_key(okey, operator.public_key())
+        code = ("import sys; from edge import keys; from edge.watchlist.bundle import open_bundle; "
+                "from edge.watchlist.index import Watchlist; from edge.watchlist.bench import rss_mb; "
+                "d=keys.load_private_key(sys.argv[2],'device'); o=keys.load_public_key(sys.argv[3],'operator'); "
+                "b=open_bundle(open(sys.argv[1],'rb').read(), d, {keys.key_id(o): o}); "
+                "w=Watchlist.from_payload(b.payload, manifest=b.manifest); del b; import gc; gc.collect(); "
+                "print(round(rss_mb(), 1))")
+        out = subprocess.run([sys.executable, "-c", code, str(bundle), str(dkey), str(okey)], capture_output=True,
+                             text=True, check=True)
+        return float(out.stdout.strip().splitlines()[-1])
+
+
+# --- eval openset ---------------------------------------------------------------------------------------------
+
+def cmd_eval_openset(args: argparse.Namespace) -> int:
+    from edge.imageio import read_image
+    from edge.openset import ImpostorModel, det_points, openset_report, read_probes
+    from edge.watchlist.build import enroll, make_payload, read_gallery
+    from edge.watchlist.index import Watchlist
+
+    t0 = time.perf_counter()
+    entries = read_gallery(args.gallery, args.root)
+    probes = read_probes(args.probes, args.root)
+    analyzer = _analyzer(args)
+    enrollment = enroll(entries, analyzer, progress=_progress("enrolling"))
+    if not enrollment.vectors:
+        raise EdgeError("no gallery photo could be enrolled")
+    gallery = np.stack(enrollment.vectors)
+    watchlist = Watchlist.from_payload(make_payload(gallery, enrollment.item_subject, enrollment.subjects, args.trees))
+    mated_top, mated_ok, nonmated_top, impostors, failed = [], [], [], [], 0
+    for probe in _progress("searching")(probes):
+        face = analyzer.best_face(read_image(probe.path))
+        if face is None:
+            failed += 1
+            if probe.in_watchlist:
+                mated_top.append(-np.inf)
+                mated_ok.append(False)
+            continue
+        top = watchlist.search(face.embedding, k=1)
+        sim = top[0].similarity if top else -np.inf
+        if probe.in_watchlist:
+            mated_top.append(sim)
+            mated_ok.append(bool(top) and top[0].subject_id == probe.identity)
+        else:
+            nonmated_top.append(sim)
+            impostors.extend((gallery @ face.embedding).tolist())
+    report = {"n_gallery": len(enrollment.subjects), "n_templates": len(enrollment.vectors),
+              "n_gallery_rejected": len(enrollment.rejected), "n_mated": len(mated_top),
+              "n_nonmated": len(nonmated_top), "n_failed_detect": failed}
+    report.update(openset_report(np.array(mated_top), np.array(mated_ok), np.array(nonmated_top), args.fpir))
+    if len(impostors) >= 100:
+        model = ImpostorModel.fit(np.array(impostors))
+        report["impostor_model"] = model.to_json()
+    report["seconds"] = round(time.perf_counter() - t0, 2)
+    if args.save_impostors:
+        if "impostor_model" not in report:
+            raise EdgeError("too few impostor comparisons (< 100) to save an impostor model")
+        args.save_impostors.write_text(json.dumps({"impostor_model": report["impostor_model"],
+                                                   "embedder": _embedder_info(analyzer)}, indent=2))
+    if args.plot:
+        _plot_det(args.plot, *det_points(np.array(mated_top), np.array(mated_ok), np.array(nonmated_top)), report)
+        report["plot"] = str(args.plot)
+    if args.json:
+        _print_json(report)
+    else:
+        print(f"gallery {report['n_gallery']} subjects ({report['n_templates']} templates); probes: {report['n_mated']} "
+              f"mated, {report['n_nonmated']} non-mated, {failed} without a face")
+        print(f"at FPIR ≤ {args.fpir}: threshold {report['threshold']:.4f}, FPIR {report['fpir']}, FNIR {report['fnir']} "
+              f"(FPIR resolution {report['fpir_resolution']}); rank-1 {report['rank1']}")
+    return 0
+
+
+def _plot_det(path: Path, fpir: np.ndarray, fnir: np.ndarray, report: dict) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise EdgeError("--plot needs matplotlib: pip install 'edge-watchlist[eval]'") from None
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    ax.step(np.maximum(fpir, 1e-4), fnir, where="post")
+    ax.set_xscale("log")
+    ax.set_xlabel("FPIR (non-mated searches alarming)")
+    ax.set_ylabel("FNIR (mated searches missed)")
+    ax.axvline(max(report["fpir_target"], 1e-4), color="k", ls="--", lw=0.8)
+    ax.set_title(f"DET — FNIR {report['fnir']} at FPIR {report['fpir']} (T={report['threshold']:.3f})")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# --- parser ---------------------------------------------------------------------------------------------------
+
+def add_parsers(sub: argparse._SubParsersAction, vision: argparse.ArgumentParser, eval_sub: argparse._SubParsersAction) -> None:
+    """Register the keys / watchlist / eval openset commands on the `edge` parser."""
+    ks = sub.add_parser("keys", help="generate operator and device keys, sign key rotations").add_subparsers(
+        dest="keys_command", metavar="ACTION", required=True)
+    p = ks.add_parser("generate", help="a new key pair (private key mode 0600)")
+    p.add_argument("kind", choices=["operator", "device"], help="operator: Ed25519 signing; device: X25519 decryption")
+    p.add_argument("--out", type=Path, required=True, help="directory for NAME.key and NAME.pub")
+    p.add_argument("--name", help="file name stem (default: the kind)")
+    p.add_argument("--force", action="store_true", help="replace an existing private key")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_keys_generate)
+    p = ks.add_parser("rotate", help="sign a new operator public key with the current one")
+    p.add_argument("--signing-key", type=Path, required=True, help="the current (pinned) operator private key")
+    p.add_argument("--new-public", type=Path, required=True, help="the new operator public key")
+    p.add_argument("--out", type=Path, required=True, help="where the rotation statement goes")
+    p.set_defaults(func=cmd_keys_rotate)
+
+    wl = sub.add_parser("watchlist", help="enroll, seal and verify watchlists").add_subparsers(
+        dest="watchlist_command", metavar="ACTION", required=True)
+    p = wl.add_parser("build", parents=[vision], help="enroll gallery photos into an index (operator side)",
+                      description="Detect, quality-check, align and embed each photo of a gallery CSV (path,identity"
+                                  "[,label,category,expires]) and build the Annoy index; rejected photos are listed.")
+    p.add_argument("--gallery", type=Path, required=True)
+    p.add_argument("--root", type=Path, required=True, help="folder the CSV's paths are relative to")
+    p.add_argument("--out", type=Path, required=True, help="build directory (plaintext: keep it on the operator machine)")
+    p.add_argument("--trees", type=int, default=16, help="Annoy trees (default 16, see README for the trade-off)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_watchlist_build)
+    p = wl.add_parser("seal", help="sign and encrypt a build for one device",
+                      description="Pack a build directory, pick the match threshold for its size and a target FPIR, "
+                                  "encrypt it for one device and sign it with the operator key.")
+    p.add_argument("--in", dest="input", type=Path, required=True, help="build directory from `watchlist build`")
+    p.add_argument("--signing-key", type=Path, required=True, help="operator private key (Ed25519)")
+    p.add_argument("--device-key", type=Path, required=True, help="the device's public key (X25519)")
+    p.add_argument("--device-id", required=True, help="the target device's id")
+    p.add_argument("--version", type=int, required=True, help="watchlist version (must increase on every release)")
+    p.add_argument("--out", type=Path, required=True, help="bundle file to write")
+    p.add_argument("--watchlist-id", default="default", help="watchlist name (default 'default')")
+    p.add_argument("--expires-days", type=float, default=30.0, help="days until the device treats it as stale (default 30)")
+    p.add_argument("--fpir", type=float, default=0.003, help="target false-positive identification rate (default 0.003)")
+    p.add_argument("--impostors", type=Path, help="impostor model from `edge eval openset --save-impostors` "
+                                                  "(default: the embedder's, measured on the dev set)")
+    p.add_argument("--threshold", type=float, help="use this match threshold instead of calibrating one")
+    p.add_argument("--margin", type=float, default=0.02, help="required cosine margin over the next subject (default 0.02)")
+    p.add_argument("--models-dir", type=Path, help="directory with manifest.json (for the default impostor model)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_watchlist_seal)
+    p = wl.add_parser("verify", help="verify and decrypt a bundle in memory")
+    p.add_argument("file", type=Path, metavar="FILE")
+    p.add_argument("--device-key", type=Path, required=True, help="the device's private key (X25519)")
+    p.add_argument("--operator-key", type=Path, required=True, help="the operator's public key (Ed25519)")
+    p.add_argument("--device-id", help="also require this target device id")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_watchlist_verify)
+    p = wl.add_parser("bench", parents=[vision], help="build/seal/load/query a watchlist of N subjects",
+                      description="Real enrollments from --gallery padded with synthetic distractors (matched to the "
+                                  "measured impostor distribution) to --size subjects; reports build time, bundle size, "
+                                  "verify+decrypt+load time, RSS, query p50/p99 and recall@1 vs exact search.")
+    p.add_argument("--gallery", type=Path, required=True, help="real enrollments (path,identity)")
+    p.add_argument("--probes", type=Path, required=True, help="real probes (path,identity,in_watchlist)")
+    p.add_argument("--root", type=Path, required=True)
+    p.add_argument("--size", type=int, default=300_000, help="subjects in the watchlist (default 300000)")
+    p.add_argument("--queries", type=int, default=10_000, help="number of timed queries (default 10000)")
+    p.add_argument("--trees", type=lambda s: [int(x) for x in s.split(",")], default=[16],
+                   help="comma-separated Annoy tree counts to compare (default 16)")
+    p.add_argument("--search-k", type=lambda s: [int(x) for x in s.split(",")], default=[0],
+                   help="comma-separated Annoy search_k values to compare (0 = Annoy's default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_watchlist_bench)
+
+    p = eval_sub.add_parser("openset", parents=[vision], help="1:N identification: FNIR at a target FPIR",
+                            description="Enroll the gallery, search every probe (path,identity,in_watchlist) and report "
+                                        "FNIR at the threshold meeting the target FPIR, rank-1 and the DET curve.")
+    p.add_argument("--gallery", type=Path, required=True)
+    p.add_argument("--probes", type=Path, required=True)
+    p.add_argument("--root", type=Path, required=True)
+    p.add_argument("--fpir", type=float, default=0.003, help="target FPIR (default 0.003)")
+    p.add_argument("--trees", type=int, default=16)
+    p.add_argument("--save-impostors", type=Path, metavar="JSON", help="save the fitted impostor model for `watchlist seal`")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--plot", type=Path, metavar="PNG", help="write the DET curve")
+    p.set_defaults(func=cmd_eval_openset)

@@ -1,0 +1,129 @@
+"""Operator and device flows end to end on real photos: keys → build → seal → verify → install, open-set eval."""
+
+import json
+import os
+import stat
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import DATA, FACES
+from edge import keys
+from edge.cli import main
+from edge.imageio import read_image
+from edge.watchlist.index import Watchlist
+from edge.watchlist.store import WatchlistStore
+
+CANARY = "Canary Subject 7f3a"
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def operator_flow(tmp_path_factory):
+    """Keys, a gallery with a canary label, a build and a sealed bundle, made through the CLI."""
+    tmp = tmp_path_factory.mktemp("flow")
+    assert main(["keys", "generate", "operator", "--out", str(tmp / "op")]) == 0
+    assert main(["keys", "generate", "device", "--out", str(tmp / "dev")]) == 0
+    (tmp / "gallery.csv").write_text(
+        "path,identity,label,category\n"
+        f"faces/obama.jpg,obama,{CANARY},test\nfaces/biden.jpg,biden,Joe Biden,test\n"
+        "faces/coffee.jpg,nobody,No One,test\nfaces/missing.jpg,ghost,Ghost,test\n")
+    return tmp
+
+
+def test_keys_are_written_with_safe_modes(operator_flow):
+    tmp = operator_flow
+    assert stat.S_IMODE(os.stat(tmp / "op" / "operator.key").st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(tmp / "dev" / "device.key").st_mode) == 0o600
+    assert keys.load_public_key(tmp / "dev" / "device.pub", "device")
+
+
+def test_build_seal_verify(operator_flow, capsys):
+    tmp = operator_flow
+    code, out, _ = run(capsys, "watchlist", "build", "--gallery", tmp / "gallery.csv", "--root", DATA,
+                       "--out", tmp / "build", "--json")
+    assert code == 0
+    report = json.loads(out)
+    assert report["n_subjects"] == 2 and report["n_templates"] == 2
+    reasons = {Path(r["path"]).name: r["reason"] for r in report["rejected"]}
+    assert reasons == {"coffee.jpg": "no face", "missing.jpg": "unreadable file"}
+
+    code, out, _ = run(capsys, "watchlist", "seal", "--in", tmp / "build", "--signing-key", tmp / "op" / "operator.key",
+                       "--device-key", tmp / "dev" / "device.pub", "--device-id", "cam-01", "--version", 3,
+                       "--out", tmp / "v3.bundle", "--json")
+    assert code == 0
+    sealed = json.loads(out)
+    assert sealed["version"] == 3 and sealed["bytes"] == (tmp / "v3.bundle").stat().st_size
+    assert 0.9 < sealed["thresholds"]["match"] < 1.0 and sealed["thresholds"]["calibrated_for_n"] == 2
+    assert CANARY.encode() not in (tmp / "v3.bundle").read_bytes()
+
+    code, out, _ = run(capsys, "watchlist", "verify", tmp / "v3.bundle", "--device-key", tmp / "dev" / "device.key",
+                       "--operator-key", tmp / "op" / "operator.pub", "--json")
+    assert code == 0
+    verified = json.loads(out)
+    assert verified == {**verified, "ok": True, "version": 3, "n_items": 2, "reason": None}
+
+
+def test_verify_with_the_wrong_keys_is_rejected_with_a_reason(operator_flow, capsys, tmp_path):
+    tmp = operator_flow
+    assert main(["keys", "generate", "device", "--out", str(tmp_path), "--name", "other"]) == 0
+    capsys.readouterr()
+    code, out, _ = run(capsys, "watchlist", "verify", tmp / "v3.bundle", "--device-key", tmp_path / "other.key",
+                       "--operator-key", tmp / "op" / "operator.pub")
+    assert code == 1 and out.startswith("REJECTED (unwrap_failed)")
+    assert main(["keys", "generate", "operator", "--out", str(tmp_path), "--name", "rogue"]) == 0
+    capsys.readouterr()
+    code, out, _ = run(capsys, "watchlist", "verify", tmp / "v3.bundle", "--device-key", tmp / "dev" / "device.key",
+                       "--operator-key", tmp_path / "rogue.pub", "--json")
+    assert code == 1 and json.loads(out)["reason"] in ("unknown_key", "bad_signature")
+
+
+def test_keys_refuse_to_overwrite(operator_flow, capsys):
+    tmp = operator_flow
+    code, _, err = run(capsys, "keys", "generate", "operator", "--out", tmp / "op")
+    assert code == 1 and "already exists; use --force to replace it" in err
+
+
+def test_device_install_serves_matches_and_keeps_plaintext_off_disk(operator_flow, tmp_path, analyzer):
+    tmp = operator_flow
+    before = set(Path(tempfile.gettempdir()).iterdir())
+    device = keys.load_private_key(tmp / "dev" / "device.key", "device")
+    operator = keys.load_public_key(tmp / "op" / "operator.pub", "operator")
+    store = WatchlistStore(tmp_path / "state", "cam-01", device, {keys.key_id(operator): operator},
+                           analyzer.embedder_info.info["family"], analyzer.embedder_info.sha256,
+                           lambda b: Watchlist.from_payload(b.payload, b.manifest["thresholds"], b.manifest))
+    store.start()
+    result = store.install((tmp / "v3.bundle").read_bytes())
+    assert result.ok, result.message
+    watchlist, manifest = store.current()
+    probe = analyzer.best_face(read_image(FACES / "obama2.jpg")).embedding
+    decision = watchlist.match(probe)
+    assert decision.matched and decision.top.label == CANARY and decision.top.similarity >= decision.threshold
+    stranger = analyzer.best_face(read_image(FACES / "astronaut.jpg")).embedding
+    assert not watchlist.match(stranger).matched
+    # Nothing under the state directory or in new temp files holds the canary label or the index in clear.
+    new_tmp = [p for p in set(Path(tempfile.gettempdir()).iterdir()) - before if p.is_file()]
+    for path in [p for p in (tmp_path / "state").rglob("*") if p.is_file()] + new_tmp:
+        assert CANARY.encode() not in path.read_bytes(), path
+
+
+def test_eval_openset_on_bundled_photos(capsys, tmp_path):
+    (tmp_path / "gallery.csv").write_text("path,identity\nfaces/obama.jpg,obama\nfaces/biden.jpg,biden\n")
+    (tmp_path / "probes.csv").write_text(
+        "path,identity,in_watchlist\nfaces/obama2.jpg,obama,1\nfaces/obama3.jpg,obama,1\nchips/biden.png,biden,1\n"
+        "faces/astronaut.jpg,eileen_collins,0\nfaces/coffee.jpg,nobody,0\n")
+    code, out, _ = run(capsys, "eval", "openset", "--gallery", tmp_path / "gallery.csv", "--probes",
+                       tmp_path / "probes.csv", "--root", DATA, "--json", "--plot", tmp_path / "det.png")
+    assert code == 0
+    r = json.loads(out)
+    assert {"n_gallery", "n_mated", "n_nonmated", "threshold", "fpir", "fnir", "rank1"} <= r.keys()
+    assert (r["n_gallery"], r["n_mated"], r["n_nonmated"], r["n_failed_detect"]) == (2, 3, 1, 1)
+    assert r["rank1"] == 1.0 and r["fnir"] == 0.0 and r["fpir"] == 0.0
+    assert (tmp_path / "det.png").read_bytes()[:4] == b"\x89PNG"

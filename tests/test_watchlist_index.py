@@ -1,0 +1,101 @@
+"""Payload format, memfd-loaded Annoy index, matcher decisions and open-set metrics."""
+
+import os
+
+import numpy as np
+import pytest
+
+from edge.errors import DataError
+from edge.openset import ImpostorModel, openset_report, threshold_at_fpir, threshold_for_size
+from edge.watchlist.build import make_payload
+from edge.watchlist.index import Watchlist
+from edge.watchlist.payload import Payload, PayloadError, pack, unpack
+
+
+def _unit(rng, n, dim=32):
+    v = rng.normal(size=(n, dim)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def gallery():
+    rng = np.random.default_rng(0)
+    vectors = _unit(rng, 200)
+    subjects = [{"id": f"s{i}", "label": f"Subject {i}", "category": "test", "expires": None} for i in range(100)]
+    items = [i // 2 for i in range(200)]  # two templates per subject
+    return vectors, items, subjects
+
+
+def test_payload_round_trip_and_malformed_input(gallery):
+    vectors, items, subjects = gallery
+    payload = make_payload(vectors, items, subjects, n_trees=4, thresholds={"match": 0.5})
+    data = pack(payload)
+    back = unpack(data)
+    assert back.index == payload.index and back.meta == payload.meta
+    with pytest.raises(PayloadError, match="bad magic"):
+        unpack(b"nonsense" + data[8:])
+    with pytest.raises(PayloadError, match="truncated"):
+        unpack(data[:-5])
+    with pytest.raises(PayloadError, match="lacks 'items'"):
+        unpack(pack(Payload(b"", {"dim": 3, "metric": "angular", "subjects": []})))
+    with pytest.raises(PayloadError, match="subjects must be equal-length columns id, label, category, expires"):
+        unpack(pack(Payload(b"", {"dim": 3, "metric": "angular", "items": [], "subjects": [{"id": "x"}]})))
+
+
+def test_index_loads_from_memory_and_finds_each_template(gallery):
+    vectors, items, subjects = gallery
+    wl = Watchlist.from_payload(pack(make_payload(vectors, items, subjects, n_trees=8)), {"match": 0.9, "margin": 0.05})
+    assert len(wl) == 200
+    # The index lives in anonymous memory: every descriptor that names it is a memfd, none is a file on disk.
+    links = [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd") if os.path.exists(f"/proc/self/fd/{fd}")]
+    named = [link for link in links if "edge-watchlist" in link]
+    assert named and all(link.startswith("/memfd:edge-watchlist") for link in named)
+    for i in (0, 57, 199):
+        top = wl.search(vectors[i], k=3)
+        assert top[0].subject_id == f"s{items[i]}" and top[0].similarity == pytest.approx(1.0, abs=1e-5)
+        assert len({c.subject_id for c in top}) == len(top)  # one candidate per subject
+
+
+def test_match_needs_threshold_and_margin(gallery):
+    vectors, items, subjects = gallery
+    wl = Watchlist.from_payload(make_payload(vectors, items, subjects, n_trees=8), {"match": 0.9, "margin": 0.05})
+    hit = wl.match(vectors[10])
+    assert hit.matched and hit.top.subject_id == "s5" and hit.margin > 0.05
+    rng = np.random.default_rng(5)
+    stranger = _unit(rng, 1)[0]
+    miss = wl.match(stranger)
+    assert not miss.matched and miss.top.similarity < 0.9
+    # Halfway between two subjects: similar to both, so the margin rule refuses even at a low threshold.
+    between = vectors[0] + vectors[2]
+    between /= np.linalg.norm(between)
+    tie = wl.match(between, threshold=0.5, margin=0.05)
+    assert tie.top.similarity >= 0.5 and tie.margin < 0.05 and not tie.matched
+    assert set(tie.to_json()) >= {"matched", "threshold", "margin", "candidates"}
+
+
+def test_threshold_at_fpir_and_report():
+    nonmated = np.array([0.1, 0.2, 0.3, 0.4, 0.9])
+    t = threshold_at_fpir(nonmated, 0.2)  # one of five may alarm
+    assert 0.4 < t <= 0.4 + 1e-9
+    report = openset_report(np.array([0.95, 0.5, 0.85]), np.array([True, True, False]), nonmated, 0.2)
+    assert report["fpir"] == pytest.approx(0.2) and report["fnir"] == pytest.approx(1 / 3, abs=1e-4)
+    assert report["rank1"] == pytest.approx(2 / 3, abs=1e-4)
+
+
+def test_threshold_for_size_grows_with_the_watchlist():
+    rng = np.random.default_rng(1)
+    model = ImpostorModel.fit(rng.normal(0.8, 0.02, 5000))
+    assert model.mean == pytest.approx(0.8, abs=0.01) and model.std == pytest.approx(0.02, abs=0.003)
+    small = threshold_for_size(model, 100, 0.003)["match"]
+    large = threshold_for_size(model, 300_000, 0.003)["match"]
+    assert 0.8 < small < large < 1.0
+    # FPIR ≈ 1 − (1 − FMR)^N at the chosen threshold.
+    fpir = 1 - (1 - model.fmr(large)) ** 300_000
+    assert fpir == pytest.approx(0.003, rel=0.01)
+    # A distribution too wide for the size: no cosine threshold ≤ 1 reaches the target, and the error says so.
+    wide = ImpostorModel(0.8, 0.05, 1000, 0.95)
+    with pytest.raises(DataError, match=r"cannot reach FPIR 0.003 with 300000 templates: the impostor model needs a "
+                                        r"threshold of 1\.0\d+ > 1"):
+        threshold_for_size(wide, 300_000, 0.003)
+    with pytest.raises(DataError, match="too few to model the tail"):
+        ImpostorModel.fit(np.zeros(10))
