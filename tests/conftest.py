@@ -21,3 +21,5 @@ def float_analyzer():
 
     return FaceAnalyzer.create(VisionOptions(detector="blazeface_full_range_float32",
                                              embedder="dlib_resnet_v1_float32", threads=2))
+
+from broker import broker, tls_certs  # noqa: F401

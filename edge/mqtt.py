@@ -1,0 +1,212 @@
+"""MQTT transport: the only module that imports paho-mqtt.
+
+paho 2.x with `CallbackAPIVersion.VERSION2`, `connect_async` + `loop_start` (its network thread reconnects with
+backoff), TLS with client certificates, a retained last will. All callbacks run on paho's network thread, so they
+only record state and enqueue: `on_message` puts (topic, payload, retained) into a bounded inbox and counts what it
+has to drop. A CONNACK that refuses is an error carrying the broker's reason, never "connected".
+
+paho's own in-flight queue is not durable (a restart loses QoS 1 messages), so `publish` refuses while
+disconnected and the caller's outbox keeps the message until the consumer acknowledges it.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge.errors import EdgeError
+
+
+class MqttError(EdgeError):
+    """The broker refused us, or could not be reached, or a call was made in the wrong state."""
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    """How to reach the broker.
+
+    host/port: broker address (8883 is MQTT over TLS). client_id: unique per device (the broker's ACLs key on the
+    certificate's CN). ca_file/cert_file/key_file: TLS trust anchor and client certificate (PEM); None = no TLS.
+    keepalive: seconds. reconnect_min/max: backoff bounds in seconds. will_topic/will_payload: published (retained)
+    by the broker if we vanish. inbox_size: bounded queue of received messages.
+    """
+
+    host: str = "localhost"
+    port: int = 8883
+    client_id: str = "edge"
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    username: str | None = None
+    password: str | None = None
+    keepalive: int = 30
+    reconnect_min: float = 0.5
+    reconnect_max: float = 30.0
+    will_topic: str | None = None
+    will_payload: bytes = b""
+    inbox_size: int = 1000
+    clean_session: bool = True
+
+
+@dataclass(frozen=True)
+class Message:
+    """A received message (copied out of paho's thread)."""
+
+    topic: str
+    payload: bytes
+    retained: bool
+
+
+@dataclass
+class MqttStats:
+    """Counters kept by the network thread (read them for health reports)."""
+
+    connects: int = 0
+    disconnects: int = 0
+    refusals: int = 0
+    received: int = 0
+    inbox_dropped: int = 0
+    published: int = 0
+    acked: int = 0
+    last_error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class MqttClient:
+    """One broker connection. `subscriptions` are (topic filter, qos) renewed on every (re)connect."""
+
+    def __init__(self, settings: MqttSettings, subscriptions: list[tuple[str, int]] | None = None) -> None:
+        import paho.mqtt.client as paho
+
+        self.settings = settings
+        self.subscriptions = list(subscriptions or [])
+        self.inbox: queue.Queue[Message] = queue.Queue(maxsize=settings.inbox_size)
+        self.stats = MqttStats()
+        self._connected = threading.Event()
+        self._refused = threading.Event()
+        self._acks: set[int] = set()
+        self._ack_lock = threading.Lock()
+        self._client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=settings.client_id,
+                                   clean_session=settings.clean_session, protocol=paho.MQTTv311)
+        if settings.ca_file:
+            try:
+                self._client.tls_set(ca_certs=str(settings.ca_file),
+                                     certfile=str(settings.cert_file) if settings.cert_file else None,
+                                     keyfile=str(settings.key_file) if settings.key_file else None)
+            except (OSError, ValueError) as err:
+                raise MqttError(f"TLS files for the broker cannot be used ({err}): check ca_file, cert_file, key_file") from None
+        if settings.username:
+            self._client.username_pw_set(settings.username, settings.password)
+        if settings.will_topic:
+            self._client.will_set(settings.will_topic, settings.will_payload, qos=1, retain=True)
+        self._client.reconnect_delay_set(settings.reconnect_min, settings.reconnect_max)
+        self._client.max_inflight_messages_set(100)
+        self._client.on_connect = self._on_connect
+        self._client.on_connect_fail = self._on_connect_fail
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+        self._client.on_publish = self._on_publish
+
+    # --- paho network thread: record and enqueue only -----------------------------------------------------------
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if reason_code.is_failure:
+            self.stats.refusals += 1
+            self.stats.last_error = f"broker refused the connection: {reason_code}"
+            self._refused.set()
+            return
+        self.stats.connects += 1
+        self.stats.last_error = None
+        self._refused.clear()
+        for topic, qos in self.subscriptions:
+            client.subscribe(topic, qos)
+        self._connected.set()
+
+    def _on_connect_fail(self, client: Any, userdata: Any) -> None:
+        self.stats.last_error = "cannot connect to the broker (network, TLS handshake or certificate refused)"
+
+    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if self._connected.is_set():
+            self.stats.disconnects += 1
+            if reason_code.is_failure:
+                self.stats.last_error = f"disconnected: {reason_code}"
+        elif not self._refused.is_set():
+            # With TLS 1.3 a refused client certificate surfaces only as the broker hanging up before its CONNACK.
+            self.stats.last_error = ("the broker closed the connection before accepting it (client certificate "
+                                     "refused, or not from the broker's CA?)")
+        self._connected.clear()
+
+    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        self.stats.received += 1
+        try:
+            self.inbox.put_nowait(Message(message.topic, bytes(message.payload), bool(message.retain)))
+        except queue.Full:
+            self.stats.inbox_dropped += 1
+
+    def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
+        self.stats.acked += 1
+        with self._ack_lock:
+            self._acks.add(mid)
+
+    # --- caller's threads -----------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Begin connecting in the background (returns at once; paho's thread keeps reconnecting)."""
+        try:
+            self._client.connect_async(self.settings.host, self.settings.port, self.settings.keepalive)
+        except (OSError, ValueError) as err:
+            raise MqttError(f"cannot start connecting to {self.settings.host}:{self.settings.port}: {err}") from None
+        self._client.loop_start()
+
+    def wait_connected(self, timeout: float) -> None:
+        """Block until connected; MqttError with the broker's reason if it refused or the time ran out."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._connected.wait(0.05):
+                return
+            if self._refused.is_set():
+                raise MqttError(self.stats.last_error or "broker refused the connection")
+        raise MqttError(f"no connection to {self.settings.host}:{self.settings.port} within {timeout:g} s"
+                        + (f": {self.stats.last_error}" if self.stats.last_error else ""))
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> int | None:
+        """Send if connected; returns the message id (see `acked`) or None when disconnected (nothing queued)."""
+        if not self._connected.is_set():
+            return None
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc != 0:
+            return None
+        self.stats.published += 1
+        return int(info.mid)
+
+    def acked(self, mid: int) -> bool:
+        """Whether the broker acknowledged (PUBACK) message `mid`; forgets it once reported."""
+        with self._ack_lock:
+            if mid in self._acks:
+                self._acks.discard(mid)
+                return True
+            return False
+
+    def subscribe(self, topic: str, qos: int = 1) -> None:
+        """Add a subscription (kept across reconnects)."""
+        self.subscriptions.append((topic, qos))
+        if self._connected.is_set():
+            self._client.subscribe(topic, qos)
+
+    def unsubscribe(self, topic: str) -> None:
+        """Drop a subscription (and stop renewing it)."""
+        self.subscriptions = [(t, q) for t, q in self.subscriptions if t != topic]
+        if self._connected.is_set():
+            self._client.unsubscribe(topic)
+
+    def stop(self) -> None:
+        """Disconnect cleanly (no last will) and stop the network thread."""
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._connected.clear()
