@@ -384,8 +384,9 @@ def _plot_det(path: Path, fpir: np.ndarray, fnir: np.ndarray, report: dict) -> N
 
 # --- parser ---------------------------------------------------------------------------------------------------
 
-def add_parsers(sub: argparse._SubParsersAction, vision: argparse.ArgumentParser, eval_sub: argparse._SubParsersAction) -> None:
-    """Register the keys / watchlist / eval openset commands on the `edge` parser."""
+def add_parsers(sub: argparse._SubParsersAction, vision: argparse.ArgumentParser,
+                eval_sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
+    """Register the keys / watchlist / eval openset commands; returns the `watchlist` sub-command group."""
     ks = sub.add_parser("keys", help="generate operator and device keys, sign key rotations").add_subparsers(
         dest="keys_command", metavar="ACTION", required=True)
     p = ks.add_parser("generate", help="a new key pair (private key mode 0600)")
@@ -467,3 +468,4 @@ def add_parsers(sub: argparse._SubParsersAction, vision: argparse.ArgumentParser
     p.add_argument("--json", action="store_true")
     p.add_argument("--plot", type=Path, metavar="PNG", help="write the DET curve")
     p.set_defaults(func=cmd_eval_openset)
+    return wl

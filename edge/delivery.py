@@ -1,0 +1,159 @@
+"""End-to-end event delivery: the device's outbox pump and the operator's consumer.
+
+Device (`EventPublisher`): events are already committed to the outbox; the pump publishes the due ones with
+QoS 1 and re-sends any that stay unacknowledged for `resend_after` seconds. Rows leave the outbox only when the
+central consumer acknowledges their `seq` on `edge/<device>/events/ack` — a broker PUBACK is not durable end to
+end (mosquitto saves its state only periodically).
+
+Operator (`EventConsumer`): validates each event, stores it once (SQLite, keyed by `event_id`, so duplicates from
+re-sends are dropped and counted), appends new ones to a JSONL log, and only then acknowledges the seq.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import sqlite3
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from edge.errors import EdgeError
+from edge.topics import PayloadError, Topics, TopicError, decode_ack, decode_event, encode_ack, parse_topic, stamp_published
+
+
+class EventPublisher:
+    """Moves committed events from the outbox to the broker. `client` is an `edge.mqtt.MqttClient`."""
+
+    def __init__(self, outbox: Any, client: Any, topics: Topics, resend_after: float = 10.0, batch: int = 200) -> None:
+        self.outbox = outbox
+        self.client = client
+        self.topics = topics
+        self.resend_after = resend_after
+        self.batch = batch
+        self.bad_acks = 0
+
+    def pump(self, now: float | None = None) -> int:
+        """Publish what is due; returns how many were handed to the broker (0 while disconnected)."""
+        if not self.client.connected:
+            return 0
+        now = time.time() if now is None else now
+        sent = []
+        for seq, payload in self.outbox.due(now, self.resend_after, self.batch):
+            if self.client.publish(self.topics.events, stamp_published(payload, now), qos=1) is None:
+                break
+            sent.append(seq)
+        if sent:
+            self.outbox.mark_sent(sent, now)
+        return len(sent)
+
+    def on_ack(self, payload: bytes) -> int:
+        """Delete the acknowledged events; a malformed ack is counted and ignored."""
+        try:
+            seqs = decode_ack(payload)
+        except PayloadError:
+            self.bad_acks += 1
+            return 0
+        return self.outbox.ack(seqs)
+
+
+@dataclass
+class ConsumerStats:
+    """Operator-side counters."""
+
+    received: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    last_rejection: str | None = None
+    per_device: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+class EventStore:
+    """The operator's event store: SQLite (WAL, synchronous=FULL), one row per `event_id`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = sqlite3.connect(self.path, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.execute("CREATE TABLE IF NOT EXISTS events (event_id TEXT PRIMARY KEY, device_id TEXT NOT NULL, "
+                            "seq INTEGER NOT NULL, received_at REAL NOT NULL, body TEXT NOT NULL)")
+            self.db.execute("CREATE INDEX IF NOT EXISTS by_device_seq ON events(device_id, seq)")
+        except sqlite3.DatabaseError as err:
+            raise EdgeError(f"event store {self.path} cannot be opened: {err}") from None
+
+    def add(self, events: list[dict]) -> list[dict]:
+        """Store a batch in one transaction; returns the ones that were new."""
+        new = []
+        with self.db:
+            for ev in events:
+                cur = self.db.execute("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?)",
+                                      (ev["event_id"], ev["device_id"], ev["seq"], time.time(), json.dumps(ev)))
+                if cur.rowcount:
+                    new.append(ev)
+        return new
+
+    def seqs(self, device_id: str) -> list[int]:
+        """All stored seqs of a device, ascending."""
+        return [r[0] for r in self.db.execute("SELECT seq FROM events WHERE device_id=? ORDER BY seq", (device_id,))]
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class EventConsumer:
+    """Drains an MqttClient subscribed to `<prefix>/+/events`: validate, store once, log, then acknowledge."""
+
+    def __init__(self, client: Any, store: EventStore, prefix: str = "edge", jsonl: Path | None = None,
+                 on_event: Callable[[dict], None] | None = None) -> None:
+        self.client = client
+        self.store = store
+        self.prefix = prefix
+        self.jsonl = open(jsonl, "a", encoding="utf-8") if jsonl else None
+        self.on_event = on_event
+        self.stats = ConsumerStats()
+
+    def poll(self, timeout: float = 0.2, max_batch: int = 500) -> int:
+        """Handle the messages that arrive within `timeout` seconds (up to `max_batch`); returns events stored."""
+        batch: list[dict] = []
+        deadline = time.monotonic() + timeout
+        while len(batch) < max_batch:
+            try:
+                msg = self.client.inbox.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            self.stats.received += 1
+            try:
+                event = decode_event(msg.payload)
+                device = parse_topic(msg.topic, self.prefix).device_id
+                if event["device_id"] != device:
+                    raise PayloadError(f"event claims device {event['device_id']!r} but came on {msg.topic!r}")
+            except (PayloadError, TopicError) as err:
+                self.stats.rejected += 1
+                self.stats.last_rejection = str(err)
+                continue
+            batch.append(event)
+        if not batch:
+            return 0
+        new = self.store.add(batch)
+        self.stats.stored += len(new)
+        self.stats.duplicates += len(batch) - len(new)
+        for ev in new:
+            self.stats.per_device[ev["device_id"]] += 1
+            if self.jsonl:
+                self.jsonl.write(json.dumps(ev) + "\n")
+            if self.on_event:
+                self.on_event(ev)
+        if self.jsonl:
+            self.jsonl.flush()
+        acks: dict[str, list[int]] = defaultdict(list)
+        for ev in batch:  # duplicates are acknowledged too, so the device can forget them
+            acks[ev["device_id"]].append(ev["seq"])
+        for device, seqs in acks.items():
+            self.client.publish(Topics(device, self.prefix).events_ack, encode_ack(seqs), qos=1)
+        return len(new)

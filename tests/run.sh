@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The test command (README, .ci/run): installs what the tests need on a fresh Debian/Ubuntu machine — the
+# mosquitto broker the MQTT tests start, a C++ compiler for annoy's wheel build — then the venv, then pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+need=()
+command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+command -v g++ >/dev/null || need+=(g++)
+if [ ${#need[@]} -gt 0 ]; then
+  sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -qq && $sudo apt-get install -y -qq "${need[@]}"
+fi
+python3 -m venv .venv
+.venv/bin/pip install -q -e '.[dev]'
+exec .venv/bin/python -m pytest -q "$@"
