@@ -146,3 +146,35 @@ def test_last_will_marks_a_vanished_device_offline(broker, tmp_path):
     assert msg.retained and decode_status(msg.payload).state == "offline"
     assert encode_status("offline", {}) == msg.payload
     operator.stop()
+
+
+def test_events_tail_command_stores_prints_and_acks(broker, tmp_path, capsys):
+    from edge.cli import main
+
+    pki = broker.pki
+    argv = ["events", "tail", "--host", broker.host, "--port", str(broker.port), "--ca", str(pki.ca), "--cert",
+            str(pki.cert("operator")), "--key", str(pki.key("operator")), "--store", str(tmp_path / "ev.db"),
+            "--count", "3", "--json"]
+    result = {}
+    tail = threading.Thread(target=lambda: result.setdefault("code", main(argv)))
+    tail.start()
+    outbox = Outbox(tmp_path / "outbox.db")
+    topics = Topics("cam-a")
+    device = MqttClient(broker.client_settings("cam-a"), [(topics.events_ack, 1)])
+    device.start()
+    device.wait_connected(5)
+    publisher = EventPublisher(outbox, device, topics, resend_after=1.0)
+    for _ in range(3):
+        outbox.add(_event())
+    deadline = time.monotonic() + 20
+    while (outbox.depth() or tail.is_alive()) and time.monotonic() < deadline:
+        publisher.pump()
+        while not device.inbox.empty():
+            publisher.on_ack(device.inbox.get().payload)
+        time.sleep(0.05)
+    tail.join(5)
+    device.stop()
+    out, err = capsys.readouterr()
+    assert result["code"] == 0 and outbox.depth() == 0
+    assert sorted(json.loads(l)["seq"] for l in out.splitlines()) == [1, 2, 3]
+    assert "stored 3 events" in err
