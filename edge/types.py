@@ -13,6 +13,20 @@ KEYPOINT_NAMES: tuple[str, ...] = (
 
 
 @dataclass(frozen=True, eq=False)
+class Frame:
+    """One captured image.
+
+    rgb: (H, W, 3) uint8 RGB. index: frame counter of its source (from 0). captured_at: wall-clock Unix seconds.
+    monotonic: `time.monotonic()` seconds at capture (for latencies and pacing).
+    """
+
+    rgb: np.ndarray
+    index: int
+    captured_at: float
+    monotonic: float
+
+
+@dataclass(frozen=True, eq=False)
 class Detection:
     """One face in one image.
 
