@@ -1,0 +1,179 @@
+"""Per-track match decisions (DESIGN §4): k of the last n embedded chips agree, threshold, margin, cooldown, dedup.
+
+Pure logic: no I/O, no threads, no clock — `now` is passed in seconds (the same clock for every call).
+
+A result *votes* for its top subject when its similarity ≥ threshold and its margin over the best other subject
+≥ margin (the config's values, or, when those are None, the ones carried by each MatchResult — i.e. the
+watchlist bundle's). A decision fires when at least k of a track's last n results vote for the same subject.
+
+Dedup and cooldown: each (track, subject) pair is settled at most once — it either fires, or, when the same
+subject was decided (by any track) less than `cooldown_s` ago, it is suppressed and counted; either way that
+track never raises that subject again. The cooldown runs from the last decision that fired.
+
+A Decision is a candidate for human review, never a verdict: `review_required` is always True.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge.watchlist.index import Candidate, MatchResult
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """k: agreeing results needed among the last n. threshold: least cosine similarity; margin: least gap to the
+    best other subject (cosine); None = each MatchResult's own. cooldown_s: seconds before the same subject can
+    be decided again (from any track)."""
+
+    k: int = 2
+    n: int = 3
+    threshold: float | None = None
+    margin: float | None = None
+    cooldown_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ValueError(f"k must be ≥ 1, got {self.k}")
+        if self.n < self.k:
+            raise ValueError(f"n must be ≥ k ({self.k}), got {self.n}")
+        if self.cooldown_s < 0:
+            raise ValueError(f"cooldown_s must be ≥ 0 seconds, got {self.cooldown_s}")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One (track, subject) decision and its evidence.
+
+    similarity: the best similarity among the agreeing results; similarities: theirs, oldest first.
+    threshold / margin_required: the limits applied to the result that completed the vote.
+    margin: the smallest margin among the agreeing results. chips_used: how many results agreed.
+    first_seen: when the track was first observed (seconds); decided_at: `now` of the deciding result.
+    quality: the dict passed with the deciding result (copied as given).
+    """
+
+    track_id: int
+    subject_id: str
+    label: str
+    category: str
+    similarity: float
+    similarities: list[float]
+    threshold: float
+    margin_required: float
+    margin: float
+    chips_used: int
+    first_seen: float
+    decided_at: float
+    quality: dict[str, Any] = field(default_factory=dict)
+    review_required: bool = True
+
+    def to_json(self) -> dict:
+        """JSON-ready dict (similarities and margin rounded to 1e-4)."""
+        return {
+            "track_id": self.track_id, "subject_id": self.subject_id, "label": self.label,
+            "category": self.category, "similarity": round(self.similarity, 4),
+            "similarities": [round(s, 4) for s in self.similarities], "threshold": self.threshold,
+            "margin_required": self.margin_required, "margin": round(self.margin, 4),
+            "chips_used": self.chips_used, "first_seen": self.first_seen, "decided_at": self.decided_at,
+            "quality": dict(self.quality), "review_required": True,
+        }
+
+
+@dataclass(frozen=True)
+class _Vote:
+    """One embedded result as the window keeps it; subject_id is None when it votes for nobody."""
+
+    subject_id: str | None
+    candidate: Candidate | None
+    margin: float
+
+
+@dataclass
+class _TrackState:
+    first_seen: float
+    window: deque[_Vote]
+    settled: set[str] = field(default_factory=set)
+
+
+class DecisionPolicy:
+    """Turns per-chip MatchResults into per-track Decisions (see the module docstring).
+
+    Counters (also in `stats()`): observed, no_candidates, below_threshold, below_margin (each result counted
+    once, threshold checked first), decisions, suppressed_by_cooldown.
+    """
+
+    def __init__(self, config: PolicyConfig = PolicyConfig()) -> None:
+        self.config = config
+        self._tracks: dict[int, _TrackState] = {}
+        self._last_decided: dict[str, float] = {}  # subject_id → `now` of its last decision that fired
+        self.observed = 0
+        self.no_candidates = 0
+        self.below_threshold = 0
+        self.below_margin = 0
+        self.decisions = 0
+        self.suppressed_by_cooldown = 0
+
+    def observe(self, track_id: int, result: MatchResult, now: float, quality: dict | None = None,
+                first_seen: float | None = None) -> Decision | None:
+        """Add one embedded chip's result for a track; returns a Decision when this result completes a vote.
+
+        quality: passed through to the Decision (e.g. `Quality.to_json()`). first_seen: the track's first
+        sighting in seconds (e.g. `Track.first_seen`); default: when this policy first observed the track.
+        """
+        cfg = self.config
+        self.observed += 1
+        state = self._tracks.get(track_id)
+        if state is None:
+            state = _TrackState(now if first_seen is None else float(first_seen), deque(maxlen=cfg.n))
+            self._tracks[track_id] = state
+        threshold = result.threshold if cfg.threshold is None else cfg.threshold
+        margin_required = result.margin_required if cfg.margin is None else cfg.margin
+        top = result.top if result.top is not None else (result.candidates[0] if result.candidates else None)
+        vote = None
+        if top is None:
+            self.no_candidates += 1
+        elif top.similarity < threshold:
+            self.below_threshold += 1
+        elif result.margin < margin_required:
+            self.below_margin += 1
+        else:
+            vote = top.subject_id
+        state.window.append(_Vote(vote, top, float(result.margin)))
+        # Only this result's subject gained a vote, so only it can newly reach k.
+        if vote is None or vote in state.settled:
+            return None
+        agreeing = [v for v in state.window if v.subject_id == vote]
+        if len(agreeing) < cfg.k:
+            return None
+        state.settled.add(vote)
+        last = self._last_decided.get(vote)
+        if last is not None and now - last < cfg.cooldown_s:
+            self.suppressed_by_cooldown += 1
+            return None
+        self._last_decided[vote] = now
+        self._prune(now)
+        self.decisions += 1
+        sims = [float(v.candidate.similarity) for v in agreeing]  # type: ignore[union-attr]
+        return Decision(track_id=track_id, subject_id=vote, label=top.label, category=top.category,
+                        similarity=max(sims), similarities=sims, threshold=float(threshold),
+                        margin_required=float(margin_required), margin=min(v.margin for v in agreeing),
+                        chips_used=len(agreeing), first_seen=state.first_seen, decided_at=now,
+                        quality=dict(quality or {}))
+
+    def forget(self, track_id: int) -> None:
+        """Drop a track's window and dedup state (call when the tracker expires it). Cooldowns are kept."""
+        self._tracks.pop(track_id, None)
+
+    def stats(self) -> dict[str, int]:
+        """tracks (held), observed, no_candidates, below_threshold, below_margin, decisions, suppressed_by_cooldown."""
+        return {"tracks": len(self._tracks), "observed": self.observed, "no_candidates": self.no_candidates,
+                "below_threshold": self.below_threshold, "below_margin": self.below_margin,
+                "decisions": self.decisions, "suppressed_by_cooldown": self.suppressed_by_cooldown}
+
+    def _prune(self, now: float) -> None:
+        # Keep the cooldown table bounded by the subjects decided within the last cooldown_s.
+        stale = [s for s, t in self._last_decided.items() if now - t >= self.config.cooldown_s]
+        for subject in stale:
+            del self._last_decided[subject]
