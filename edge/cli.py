@@ -144,36 +144,20 @@ def cmd_eval_pairs(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from edge.annotate import annotate
-    from edge.imageio import read_image, write_image
+    from edge.demo import run_demo
     from edge.paths import samples_dir
 
-    photos_dir = args.photos or samples_dir()
-    photos = sorted(p for p in photos_dir.glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-    if not photos:
-        raise EdgeError(f"no photos (.jpg/.png) in {photos_dir}")
-    args.out.mkdir(parents=True, exist_ok=True)
+    photos = args.photos or samples_dir()
+    gallery = None
+    if args.gallery:
+        gallery = {}
+        for item in args.gallery:
+            path, _, label = item.partition("=")
+            gallery[Path(path)] = label or Path(path).stem
     analyzer = _analyzer(args)
-    print(f"edge demo: {len(photos)} photos from {photos_dir}; detector {analyzer.detector_info.name}, "
-          f"embedder {analyzer.embedder_info.name}")
-    faces = {}
-    for path in photos:
-        rgb = read_image(path)
-        found = analyzer.faces(rgb)
-        out = args.out / f"{path.stem}.annotated.jpg"
-        write_image(out, annotate(rgb, [f.detection for f in found]))
-        print(f"  {path.name}: {len(found)} face(s) → {out}")
-        if found:
-            faces[path.name] = max(found, key=lambda f: f.detection.width * f.detection.height)
-    threshold = _verify_threshold(analyzer, None)
-    names = sorted(faces)
-    print(f"pairwise cosine similarity of the largest faces (threshold {threshold:.3f}; ≥ means 'same person'"
-          " — a candidate for human review, never a verdict):")
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            sim = float(faces[a].embedding @ faces[b].embedding)
-            print(f"  {a:26s} {b:26s} {sim:+.3f}  {'SAME' if sim >= threshold else '-'}")
-    return 0
+    print(f"edge demo: detector {analyzer.detector_info.name}, embedder {analyzer.embedder_info.name}", flush=True)
+    summary = run_demo(analyzer, photos, args.workdir, args.video, gallery, print_fn=lambda m: print(m, flush=True))
+    return 0 if summary["frames"] else 1
 
 
 # --- parser ---------------------------------------------------------------------------------------------------
@@ -198,11 +182,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"edge {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("demo", parents=[vision], help="detect and compare faces in the bundled sample photos",
-                       description="Detect every face in the bundled photos, write annotated copies and print the "
-                                   "pairwise similarity of the largest faces.")
-    p.add_argument("--photos", type=Path, help="folder of photos to use instead of the bundled samples")
-    p.add_argument("--out", type=Path, default=Path("edge-demo-out"), help="where annotated images go (default ./edge-demo-out)")
+    p = sub.add_parser("demo", parents=[vision], help="the whole loop on bundled data, printing match events",
+                       description="Enroll listed people from bundled photos, seal and install their watchlist, make a "
+                                   "clip in which listed and unlisted people appear, run the real pipeline over it with "
+                                   "a local broker, and print the events as the central consumer receives them.")
+    p.add_argument("--photos", type=Path, help="folder of the bundled photos (default: tests/data/faces)")
+    p.add_argument("--video", type=Path, help="run over this video instead of the generated clip")
+    p.add_argument("--gallery", nargs="+", metavar="PHOTO[=LABEL]", help="enroll these photos instead of the demo's")
+    p.add_argument("--workdir", type=Path, help="keep the demo's files (clip, outbox, audit log) here")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("detect", parents=[vision], help="faces per image",
@@ -222,10 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compare)
 
     ev = sub.add_parser("eval", help="accuracy measurements").add_subparsers(dest="eval_command", metavar="KIND", required=True)
-    from edge import cli_mqtt, cli_watchlist
+    from edge import cli_audit, cli_mqtt, cli_watchlist
 
     watchlist_sub = cli_watchlist.add_parsers(sub, vision, ev)
     cli_mqtt.add_parsers(sub, watchlist_sub)
+    cli_audit.add_parsers(sub)
     p = ev.add_parser("pairs", parents=[vision], help="verification accuracy on labelled pairs",
                       description="Embed every photo of a pairs CSV (path_a,path_b,same[,fold]; paths relative to "
                                   "--root) and report accuracy, 10-fold accuracy and TAR at FAR=1e-3.")

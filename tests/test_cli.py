@@ -84,15 +84,13 @@ def test_eval_pairs_bad_csv(capsys, tmp_path):
     assert code == 1 and "missing column(s) path_a, path_b, same" in err
 
 
-def test_demo_runs_on_bundled_photos(capsys, tmp_path):
-    code, out, _ = run(capsys, "demo", "--out", tmp_path)
+def test_demo_runs_the_whole_loop_and_prints_only_the_listed_person(capsys, tmp_path):
+    code, out, _ = run(capsys, "demo", "--workdir", tmp_path)
     assert code == 0
-    assert "astronaut.jpg: 1 face(s)" in out and "coffee.jpg: 0 face(s)" in out
-    line = next(l for l in out.splitlines() if "obama.jpg" in l and "obama2.jpg" in l)
-    assert line.rstrip().endswith("SAME")
-    line = next(l for l in out.splitlines() if "biden.jpg" in l and "obama.jpg" in l)
-    assert line.rstrip().endswith("-")
-    assert len(list(tmp_path.glob("*.annotated.jpg"))) == len(list(FACES.glob("*.jpg")))
+    events = [line for line in out.splitlines() if line.startswith("EVENT ")]
+    assert events and all("Barack Obama" in e and "candidate for human review" in e for e in events)
+    assert "outbox depth 0" in out
+    assert (tmp_path / "audit.log").exists() and (tmp_path / "demo.mp4").stat().st_size > 100_000
 
 
 def test_console_script_exit_code_and_no_traceback(tmp_path):

@@ -1,0 +1,264 @@
+"""`edge demo`: the whole appliance on bundled data, end to end, on one machine.
+
+1. Enroll the listed people from bundled photos and seal the watchlist for a demo device (fresh keys), then
+   install it through the device's verifying store.
+2. Make a clip (`make_clip`): listed and unlisted faces from *other* bundled photos move, grow and are partly
+   occluded over a plain background — or use `--video` with real footage and `--gallery` with real photos.
+3. Start a local broker on a free loopback port (mosquitto if installed; otherwise events go straight from the
+   outbox to the printer, and the demo says so), run the real pipeline over the clip, publish from the outbox,
+   and print each event as the central consumer receives it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import cv2
+import numpy as np
+
+from edge.errors import EdgeError
+from edge.imageio import read_image
+
+#: Listed (enrolled) people: gallery photo → label. Probes in the clip are *different* photos of them.
+DEMO_GALLERY = {"obama.jpg": "Barack Obama", "biden.jpg": "Joe Biden"}
+#: Actors of the generated clip: (photo, enrolled identity or None, enter s, leave s, start x, end x, scale from, to).
+DEMO_ACTORS = [
+    ("obama2.jpg", "obama.jpg", 0.3, 4.0, 0.10, 0.45, 0.8, 1.1),
+    ("astronaut.jpg", None, 1.0, 5.5, 0.70, 0.40, 0.9, 1.2),
+    ("obama_partial_face.jpg", "obama.jpg", 4.5, 7.5, 0.55, 0.75, 1.0, 1.2),
+    ("obama3.jpg", "obama.jpg", 5.0, 8.0, 0.05, 0.25, 1.1, 1.4),
+]
+
+
+def _face_crop(rgb: np.ndarray, box: tuple[float, float, float, float], margin: float = 0.6) -> np.ndarray:
+    x0, y0, x1, y1 = box
+    w, h = x1 - x0, y1 - y0
+    xa, ya = int(max(0, x0 - margin * w)), int(max(0, y0 - margin * h))
+    xb, yb = int(min(rgb.shape[1], x1 + margin * w)), int(min(rgb.shape[0], y1 + margin * h * 1.5))
+    return rgb[ya:yb, xa:xb]
+
+
+def make_clip(path: Path, photos: Path, analyzer: Any, seconds: float = 8.5, fps: float = 30.0,
+              size: tuple[int, int] = (1280, 720)) -> list[dict]:
+    """Write an mp4 of the demo actors; returns the actor schedule (who is listed, when visible)."""
+    width, height = size
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    if not writer.isOpened():
+        raise EdgeError(f"cannot write the demo clip {path} (OpenCV has no mp4v encoder?)")
+    sprites, schedule = [], []
+    for name, listed, t0, t1, xa, xb, sa, sb in DEMO_ACTORS:
+        rgb = read_image(photos / name)
+        dets = analyzer.detect(rgb)
+        if not dets:
+            raise EdgeError(f"no face in demo photo {photos / name}")
+        crop = _face_crop(rgb, max(dets, key=lambda d: d.width).box)
+        # Scale so the face is ~170 px wide at scale 1.0 (faces at 2–3 m for a 720p body camera).
+        base = 170.0 / max(dets, key=lambda d: d.width).width
+        sprites.append((crop, base, t0, t1, xa, xb, sa, sb))
+        schedule.append({"photo": name, "listed_as": listed, "visible_s": [t0, t1]})
+    rng = np.random.default_rng(0)
+    background = np.full((height, width, 3), 96, np.uint8)
+    background += rng.integers(0, 24, (height, width, 1), dtype=np.uint8)
+    for i in range(int(seconds * fps)):
+        t = i / fps
+        frame = background.copy()
+        for crop, base, t0, t1, xa, xb, sa, sb in sprites:
+            if not t0 <= t <= t1:
+                continue
+            u = (t - t0) / (t1 - t0)
+            s = base * (sa + (sb - sa) * u)
+            sprite = cv2.resize(crop, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
+            sh, sw = sprite.shape[:2]
+            x = int((xa + (xb - xa) * u) * width)
+            y = int(height * 0.45 - sh / 2)
+            x0, y0, x1, y1 = max(0, x), max(0, y), min(width, x + sw), min(height, y + sh)
+            if x1 > x0 and y1 > y0:
+                frame[y0:y1, x0:x1] = sprite[y0 - y:y1 - y, x0 - x:x1 - x]
+        # A passing occluder (a pole) covers part of the scene now and then.
+        px = int((t * 0.25 % 1.0) * width)
+        frame[:, px:px + 40] = 40
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+    return schedule
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalBroker:
+    """mosquitto on a free loopback port, anonymous, for the demo only (production: firmware-config/mosquitto)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.binary = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
+        self.port = _free_port()
+        self.conf = workdir / "mosquitto-demo.conf"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> bool:
+        if not self.binary:
+            return False
+        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                return True
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        return False
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(5)
+
+
+def run_demo(analyzer: Any, photos: Path, workdir: Path | None = None, video: Path | None = None,
+             gallery: dict[Path, str] | None = None, print_fn: Callable[[str], None] = print) -> dict:
+    """Run the demo; returns a summary (events received, frames, fps, broker used)."""
+    from edge import keys
+    from edge.audit import AuditLog
+    from edge.capture.opencv import OpenCVSource
+    from edge.delivery import EventConsumer, EventPublisher, EventStore
+    from edge.health import Health
+    from edge.mqtt import MqttClient, MqttSettings
+    from edge.openset import ImpostorModel, threshold_for_size
+    from edge.outbox import Outbox
+    from edge.pipeline import MatchContext, Pipeline
+    from edge.policy import DecisionPolicy, PolicyConfig
+    from edge.topics import Topics
+    from edge.track import Tracker
+    from edge.watchlist.build import GalleryEntry, enroll, make_payload
+    from edge.watchlist.bundle import seal
+    from edge.watchlist.index import Watchlist
+    from edge.watchlist.payload import pack
+    from edge.watchlist.store import WatchlistStore
+
+    tmp = tempfile.TemporaryDirectory(prefix="edge-demo-") if workdir is None else None
+    work = Path(tmp.name) if tmp else Path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    device_id = "demo-cam"
+    try:
+        # 1. Watchlist: enroll, seal for the device, install through the verifying store.
+        gallery = gallery or {photos / name: label for name, label in DEMO_GALLERY.items()}
+        entries = [GalleryEntry(p, p.name, label, "demo", None) for p, label in gallery.items()]
+        enrollment = enroll(entries, analyzer)
+        if not enrollment.vectors:
+            raise EdgeError("no gallery photo could be enrolled: " + "; ".join(r["reason"] for r in enrollment.rejected))
+        stats = analyzer.embedder_info.info["impostor_cosine"]
+        thresholds = threshold_for_size(ImpostorModel(stats["mean"], stats["std"], stats["n"], stats["max"]),
+                                        len(enrollment.vectors), 0.003)
+        operator, device_key = keys.generate_operator_key(), keys.generate_device_key()
+        embedder_id = analyzer.embedder_info.info.get("family", analyzer.embedder_info.name)
+        bundle = seal(pack(make_payload(np.stack(enrollment.vectors), enrollment.item_subject, enrollment.subjects)),
+                      watchlist_id="demo", version=1, device_id=device_id, device_public=device_key.public_key(),
+                      signing_key=operator, embedder_id=embedder_id, embedder_sha256=analyzer.embedder_info.sha256,
+                      dim=analyzer.embedder.dim, n_items=len(enrollment.vectors), n_subjects=len(enrollment.subjects),
+                      thresholds={"match": thresholds["match"], "margin": 0.02},
+                      expires=datetime.now(timezone.utc) + timedelta(days=1))
+        store = WatchlistStore(work / "state", device_id, device_key,
+                               {keys.key_id(operator.public_key()): operator.public_key()}, embedder_id,
+                               analyzer.embedder_info.sha256,
+                               lambda b: Watchlist.from_payload(b.payload, b.manifest["thresholds"], b.manifest))
+        store.start()
+        result = store.install(bundle)
+        if not result.ok:
+            raise EdgeError(f"demo watchlist was rejected: {result.message}")
+        print_fn(f"watchlist v1: {len(enrollment.subjects)} listed people "
+                 f"({', '.join(s['label'] for s in enrollment.subjects)}), match threshold {thresholds['match']:.3f} "
+                 f"(FPIR 0.003 at {len(enrollment.vectors)} templates), sealed and installed")
+        # 2. The clip.
+        if video is None:
+            video = work / "demo.mp4"
+            schedule = make_clip(video, photos, analyzer)
+            print_fn(f"clip: {video} — " + ", ".join(
+                f"{a['photo']} ({'listed' if a['listed_as'] else 'not listed'}, {a['visible_s'][0]}–{a['visible_s'][1]} s)"
+                for a in schedule))
+        # 3. Broker, device publisher, central consumer.
+        broker = LocalBroker(work)
+        have_broker = broker.start()
+        received: list[dict] = []
+        lock = threading.Lock()
+
+        def show(ev: dict) -> None:
+            with lock:
+                received.append(ev)
+            print_fn(f"EVENT {ev['device_id']} #{ev['seq']}: {ev.get('label') or ev['subject_id']} — similarity "
+                     f"{ev['similarity']:.3f} ≥ {ev['threshold']:.3f}, margin {ev['margin']:.3f}, track {ev['track_id']},"
+                     f" {ev['chips_used']} chips — candidate for human review (review_required={ev['review_required']})")
+
+        outbox = Outbox(work / "outbox.db")
+        audit = AuditLog(work / "audit.log")
+        topics = Topics(device_id)
+        from edge.event_writer import EventWriter
+
+        writer = EventWriter(device_id, outbox, audit, embedder_id, on_event=None if have_broker else show)
+        health = Health()
+        pipeline = Pipeline(OpenCVSource(video, pace="realtime"), analyzer.detector, analyzer.embedder, Tracker(),
+                            DecisionPolicy(PolicyConfig(k=2, n=3)), MatchContext(lambda: store.current()[0]), writer,
+                            health)
+        stop = threading.Event()
+        threads = []
+        if have_broker:
+            print_fn(f"broker: mosquitto on 127.0.0.1:{broker.port} (loopback, demo only; production config: "
+                     "firmware-config/mosquitto/edge.conf)")
+            dev_client = MqttClient(MqttSettings(port=broker.port, client_id=device_id), [(topics.events_ack, 1)])
+            op_client = MqttClient(MqttSettings(port=broker.port, client_id="operator"), [("edge/+/events", 1)])
+            for c in (dev_client, op_client):
+                c.start()
+                c.wait_connected(5)
+            publisher = EventPublisher(outbox, dev_client, topics, resend_after=2.0)
+            consumer = EventConsumer(op_client, EventStore(work / "events.db"), on_event=show)
+
+            def pump() -> None:
+                while not stop.is_set():
+                    publisher.pump()
+                    while not dev_client.inbox.empty():
+                        publisher.on_ack(dev_client.inbox.get().payload)
+                    consumer.poll(0.05)
+
+            threads.append(threading.Thread(target=pump, daemon=True))
+        else:
+            print_fn("broker: mosquitto is not installed — events are printed from the device outbox directly "
+                     "(install mosquitto to see them travel over MQTT)")
+        for t in threads:
+            t.start()
+        t0 = time.monotonic()
+        pipeline.start()
+        pipeline.wait()
+        pipeline.stop()
+        deadline = time.monotonic() + 5
+        while have_broker and outbox.depth() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stop.set()
+        for t in threads:
+            t.join(2)
+        if have_broker:
+            dev_client.stop()
+            op_client.stop()
+        broker.stop()
+        snap = health.snapshot()
+        summary = {"events": len(received), "labels": sorted({e.get("label") or e["subject_id"] for e in received}),
+                   "frames": snap["counters"].get("frames_captured", 0), "seconds": round(time.monotonic() - t0, 1),
+                   "broker": "mosquitto" if have_broker else None, "outbox_depth": outbox.depth(),
+                   "stage_ms": snap.get("stage_ms", {})}
+        print_fn(f"done: {summary['frames']} frames in {summary['seconds']} s, {summary['events']} event(s) "
+                 f"received: {', '.join(summary['labels']) or 'none'}; outbox depth {summary['outbox_depth']}")
+        return summary
+    finally:
+        if tmp:
+            tmp.cleanup()

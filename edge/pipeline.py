@@ -1,0 +1,210 @@
+"""The appliance loop: capture → latest-frame slot → inference (detect → track → quality → align → embed when the
+track needs it → match → per-track policy) → event queue → sink (audit log, then outbox).
+
+Threads, not processes: LiteRT's invoke and OpenCV release the GIL, and each interpreter is owned by the one
+inference thread. Capture never blocks: the freshest frame wins and every overwritten frame is counted. The event
+queue is bounded; a full queue drops and counts (it cannot fill in practice: one event per track and subject).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from edge.health import Health
+from edge.policy import Decision, DecisionPolicy
+from edge.track import Tracker, quality_score
+from edge.types import Frame
+from edge.vision.align import align_face
+from edge.vision.quality import QualityThresholds, assess
+
+log = logging.getLogger("edge.pipeline")
+
+
+class LatestSlot:
+    """A one-item mailbox: `put` overwrites (counting the frame it replaced), `get` waits for a new item."""
+
+    def __init__(self) -> None:
+        self._item: Any = None
+        self._cond = threading.Condition()
+        self.dropped = 0
+        self.closed = False
+
+    def put(self, item: Any) -> None:
+        with self._cond:
+            if self._item is not None:
+                self.dropped += 1
+            self._item = item
+            self._cond.notify()
+
+    def get(self, timeout: float) -> Any:
+        """The newest item, or None after `timeout` seconds or once closed."""
+        with self._cond:
+            if self._item is None and not self.closed:
+                self._cond.wait(timeout)
+            item, self._item = self._item, None
+            return item
+
+    def close(self) -> None:
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
+
+
+@dataclass
+class MatchContext:
+    """Where matches come from: `watchlist()` returns the live Watchlist (or None: nothing to match against)."""
+
+    watchlist: Callable[[], Any]
+
+
+class Pipeline:
+    """Runs one frame source through the vision stack and hands decisions to `sink(decision, frame, watchlist)`.
+
+    detector / embedder: from a FaceAnalyzer (owned by the inference thread). tracker / policy: pure state.
+    """
+
+    def __init__(self, source: Any, detector: Any, embedder: Any, tracker: Tracker, policy: DecisionPolicy,
+                 matches: MatchContext, sink: Callable[[Decision, Frame, Any], None], health: Health | None = None,
+                 quality: QualityThresholds = QualityThresholds(), event_queue_size: int = 256) -> None:
+        self.source = source
+        self.detector = detector
+        self.embedder = embedder
+        self.tracker = tracker
+        self.policy = policy
+        self.matches = matches
+        self.sink = sink
+        self.health = health or Health()
+        self.quality = quality
+        self.slot = LatestSlot()
+        self.events: queue.Queue = queue.Queue(maxsize=event_queue_size)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.finished = threading.Event()  # the source ended (finite sources)
+        self.last_progress = time.monotonic()  # the inference thread's heartbeat (for the watchdog)
+        self.error: BaseException | None = None
+
+    # --- threads --------------------------------------------------------------------------------------------
+    def _capture(self) -> None:
+        try:
+            while not self._stop.is_set():
+                frame = self.source.read()
+                if frame is None:
+                    break
+                self.health.inc("frames_captured")
+                self.slot.put(frame)
+        except Exception as err:  # a camera that raises is reported, and the pipeline winds down
+            self.error = err
+            log.error("capture stopped: %s", err)
+        finally:
+            self.finished.set()
+
+    def _infer(self) -> None:
+        while not self._stop.is_set():
+            frame = self.slot.get(0.1)
+            self.last_progress = time.monotonic()
+            if frame is None:
+                if self.finished.is_set() and self.slot.get(0) is None:
+                    break
+                continue
+            try:
+                self.process(frame)
+            except Exception as err:
+                self.error = err
+                log.exception("inference failed on frame %s", frame.index)
+                self.health.inc("inference_errors")
+        self.health.set("frames_dropped", self.slot.dropped)
+
+    def _emit(self) -> None:
+        while True:
+            item = self.events.get()
+            if item is None:
+                return
+            decision, frame, watchlist = item
+            try:
+                self.sink(decision, frame, watchlist)
+                self.health.inc("events")
+                self.health.observe("frame_to_event", time.monotonic() - frame.monotonic)
+            except Exception:
+                log.exception("event sink failed")
+                self.health.inc("event_sink_errors")
+
+    # --- one frame --------------------------------------------------------------------------------------------
+    def process(self, frame: Frame) -> list[Decision]:
+        """Detect, track, gate, embed what the tracks need, match and decide; returns this frame's decisions."""
+        h = self.health
+        t0 = time.perf_counter()
+        detections = self.detector.detect(frame.rgb)
+        h.observe("detect", time.perf_counter() - t0)
+        h.tick("frames")
+        h.inc("faces", len(detections))
+        now = frame.monotonic
+        tracks = self.tracker.update(detections, now)
+        for track_id in self.tracker.expired():
+            self.policy.forget(track_id)
+        watchlist = self.matches.watchlist()
+        decisions = []
+        for track in tracks:
+            det = track.detection
+            if det.eye_distance < self.quality.min_eye_distance:
+                h.inc("quality_reject.face too small")
+                continue
+            t1 = time.perf_counter()
+            chip = align_face(frame.rgb, det.keypoints, self.embedder.chip_size)
+            q = assess(det, chip, self.quality)
+            if not q.ok:
+                h.inc(f"quality_reject.{q.reason}")
+                continue
+            score = quality_score(q)
+            if not track.should_embed(score):
+                continue
+            embedding = self.embedder.embed(chip)
+            track.record_embedding(score)
+            h.observe("embed", time.perf_counter() - t1)
+            h.inc("embeddings")
+            if watchlist is None:
+                continue
+            t2 = time.perf_counter()
+            result = watchlist.match(embedding)
+            h.observe("match", time.perf_counter() - t2)
+            decision = self.policy.observe(track.track_id, result, now, q.to_json(), first_seen=track.first_seen)
+            if decision is not None:
+                decisions.append(decision)
+                try:
+                    self.events.put_nowait((decision, frame, watchlist))
+                except queue.Full:
+                    h.inc("events_dropped")
+        h.observe("frame", time.perf_counter() - t0)
+        return decisions
+
+    # --- lifecycle ----------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Open the source and start the capture, inference and event threads."""
+        self.source.open()
+        for name, target in (("capture", self._capture), ("inference", self._infer), ("events", self._emit)):
+            t = threading.Thread(target=target, name=f"edge-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until a finite source has been fully processed; True when done."""
+        self._threads[1].join(timeout)
+        return not self._threads[1].is_alive()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop all threads (within `timeout` seconds in total) and close the source."""
+        self._stop.set()
+        self.slot.close()
+        try:
+            self.source.close()
+        except Exception:  # closing a vanished camera must not block shutdown
+            log.warning("closing the frame source failed", exc_info=True)
+        deadline = time.monotonic() + timeout
+        for t in self._threads[:2]:
+            t.join(max(0.0, deadline - time.monotonic()))
+        self.events.put(None)
+        self._threads[2].join(max(0.0, deadline - time.monotonic()))
