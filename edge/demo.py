@@ -193,11 +193,13 @@ def run_demo(analyzer: Any, photos: Path, workdir: Path | None = None, video: Pa
         have_broker = broker.start()
         received: list[dict] = []
         lock = threading.Lock()
+        clock = {"start": time.time()}
 
         def show(ev: dict) -> None:
             with lock:
                 received.append(ev)
-            print_fn(f"EVENT {ev['device_id']} #{ev['seq']}: {ev.get('label') or ev['subject_id']} — similarity "
+            print_fn(f"EVENT {ev['device_id']} #{ev['seq']} at {ev['captured_at'] - clock['start']:.1f} s: "
+                     f"{ev.get('label') or ev['subject_id']} — similarity "
                      f"{ev['similarity']:.3f} ≥ {ev['threshold']:.3f}, margin {ev['margin']:.3f}, track {ev['track_id']},"
                      f" {ev['chips_used']} chips — candidate for human review (review_required={ev['review_required']})")
 
@@ -238,6 +240,7 @@ def run_demo(analyzer: Any, photos: Path, workdir: Path | None = None, video: Pa
         for t in threads:
             t.start()
         t0 = time.monotonic()
+        clock["start"] = time.time()
         pipeline.start()
         pipeline.wait()
         pipeline.stop()

@@ -26,20 +26,26 @@ log = logging.getLogger("edge.pipeline")
 
 
 class LatestSlot:
-    """A one-item mailbox: `put` overwrites (counting the frame it replaced), `get` waits for a new item."""
+    """A one-item mailbox: `put` overwrites (counting the frame it replaced), `get` waits for a new item.
 
-    def __init__(self) -> None:
+    lossless: `put` waits until the previous item was taken instead (benchmarks of a file: every frame counts).
+    """
+
+    def __init__(self, lossless: bool = False) -> None:
         self._item: Any = None
         self._cond = threading.Condition()
         self.dropped = 0
         self.closed = False
+        self.lossless = lossless
 
     def put(self, item: Any) -> None:
         with self._cond:
+            while self.lossless and self._item is not None and not self.closed:
+                self._cond.wait(0.1)
             if self._item is not None:
                 self.dropped += 1
             self._item = item
-            self._cond.notify()
+            self._cond.notify_all()
 
     def get(self, timeout: float) -> Any:
         """The newest item, or None after `timeout` seconds or once closed."""
@@ -47,6 +53,7 @@ class LatestSlot:
             if self._item is None and not self.closed:
                 self._cond.wait(timeout)
             item, self._item = self._item, None
+            self._cond.notify_all()
             return item
 
     def close(self) -> None:
@@ -70,7 +77,8 @@ class Pipeline:
 
     def __init__(self, source: Any, detector: Any, embedder: Any, tracker: Tracker, policy: DecisionPolicy,
                  matches: MatchContext, sink: Callable[[Decision, Frame, Any], None], health: Health | None = None,
-                 quality: QualityThresholds = QualityThresholds(), event_queue_size: int = 256) -> None:
+                 quality: QualityThresholds = QualityThresholds(), event_queue_size: int = 256,
+                 lossless: bool = False) -> None:
         self.source = source
         self.detector = detector
         self.embedder = embedder
@@ -80,7 +88,7 @@ class Pipeline:
         self.sink = sink
         self.health = health or Health()
         self.quality = quality
-        self.slot = LatestSlot()
+        self.slot = LatestSlot(lossless)
         self.events: queue.Queue = queue.Queue(maxsize=event_queue_size)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -141,6 +149,7 @@ class Pipeline:
         detections = self.detector.detect(frame.rgb)
         h.observe("detect", time.perf_counter() - t0)
         h.tick("frames")
+        h.inc("frames_processed")
         h.inc("faces", len(detections))
         now = frame.monotonic
         tracks = self.tracker.update(detections, now)

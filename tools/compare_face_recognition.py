@@ -10,6 +10,7 @@ this package installed):
 
     python tools/compare_face_recognition.py pairs --pairs ../shared/data/dlib_johns/pairs.csv --root ../shared/data/dlib_johns
     python tools/compare_face_recognition.py latency --image ../shared/data/face_recognition/examples/obama-720p.jpg
+    python tools/compare_face_recognition.py clip --video ../shared/data/video/hamilton_short_clip.mp4
 """
 
 from __future__ import annotations
@@ -117,6 +118,34 @@ def cmd_latency(args: argparse.Namespace) -> dict:
     return out
 
 
+def cmd_clip(args: argparse.Namespace) -> dict:
+    """fps of dlib's pipeline (HOG + landmarks + descriptor for every face, every frame) vs `edge bench` (lossless,
+    unthrottled) on the same clip, measured in this one run."""
+    import cv2
+
+    from edge.bench import run_bench
+
+    cap = cv2.VideoCapture(str(args.video))
+    frames = []
+    while len(frames) < args.frames:
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    t0 = time.perf_counter()
+    faces = 0
+    for rgb in frames:
+        boxes = face_recognition.face_locations(rgb, number_of_times_to_upsample=1, model="hog")
+        faces += len(face_recognition.face_encodings(rgb, boxes, num_jitters=1, model="small"))
+    fr_fps = len(frames) / (time.perf_counter() - t0)
+    edge = run_bench(FaceAnalyzer.create(VisionOptions(threads=2)), args.video, Path("tests/data/faces"))
+    out = {"video": str(args.video), "face_recognition_fps": round(fr_fps, 2), "face_recognition_frames": len(frames),
+           "face_recognition_faces": faces, "edge_fps": edge["fps"], "edge_frames": edge["frames"],
+           "ratio": round(edge["fps"] / fr_fps, 1)}
+    print(json.dumps(out))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -128,8 +157,12 @@ def main() -> None:
     p.add_argument("--image", type=Path, required=True, help="a photo with a face; resized to 1280×720")
     p.add_argument("--runs", type=int, default=100)
     p.add_argument("--json", type=Path, help="also write the results here")
+    p = sub.add_parser("clip")
+    p.add_argument("--video", type=Path, required=True)
+    p.add_argument("--frames", type=int, default=60, help="frames for face_recognition (it is slow)")
+    p.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
-    result = cmd_pairs(args) if args.cmd == "pairs" else cmd_latency(args)
+    result = {"pairs": cmd_pairs, "latency": cmd_latency, "clip": cmd_clip}[args.cmd](args)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
 

@@ -1,0 +1,89 @@
+"""`edge bench`: end-to-end and per-stage speed of the real pipeline over a video.
+
+Unthrottled (`pace="fast"`): capture decodes as fast as inference consumes (lossless slot), so `fps` is every frame
+of the file processed per second — decode included. `pace="realtime"` plays the file at its own rate, with the
+appliance's drop-the-stale-frame slot, for CPU use and latency at camera speed.
+`pace="realtime"` plays the file at its own rate, for CPU use at camera speed. A watchlist of `watchlist_size`
+subjects (the demo's real enrollments padded with random unit vectors) exercises the match stage and the RSS.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _watchlist(analyzer: Any, photos: Path, size: int):
+    from edge.demo import DEMO_GALLERY
+    from edge.watchlist.build import GalleryEntry, enroll, make_payload
+    from edge.watchlist.index import Watchlist
+    from edge.watchlist.payload import pack
+
+    enrollment = enroll([GalleryEntry(photos / n, n, label, "demo", None) for n, label in DEMO_GALLERY.items()], analyzer)
+    vectors = np.stack(enrollment.vectors)
+    subjects, items = list(enrollment.subjects), list(enrollment.item_subject)
+    extra = max(0, size - len(subjects))
+    if extra:
+        rng = np.random.default_rng(0)
+        pad = rng.normal(size=(extra, vectors.shape[1])).astype(np.float32)
+        pad /= np.linalg.norm(pad, axis=1, keepdims=True)
+        vectors = np.concatenate([vectors, pad])
+        subjects += [{"id": f"synthetic-{i}", "label": "", "category": "", "expires": None} for i in range(extra)]
+        items += list(range(len(enrollment.subjects), len(enrollment.subjects) + extra))
+    return Watchlist.from_payload(pack(make_payload(vectors, items, subjects)), {"match": 0.95, "margin": 0.02})
+
+
+def run_bench(analyzer: Any, video: Path | None, photos: Path, pace: str = "fast", watchlist_size: int = 2,
+              max_seconds: float | None = None) -> dict:
+    """Run the pipeline over `video` (default: the demo clip) and return the `edge bench` report."""
+    from edge.capture.opencv import OpenCVSource
+    from edge.demo import make_clip
+    from edge.health import Health, rss_mb
+    from edge.pipeline import MatchContext, Pipeline
+    from edge.policy import DecisionPolicy, PolicyConfig
+    from edge.track import Tracker
+
+    with tempfile.TemporaryDirectory(prefix="edge-bench-") as tmp:
+        if video is None:
+            video = Path(tmp) / "demo.mp4"
+            make_clip(video, photos, analyzer)
+        t_wl = time.perf_counter()
+        watchlist = _watchlist(analyzer, photos, watchlist_size)
+        wl_seconds = time.perf_counter() - t_wl
+        events: list[float] = []
+        health = Health()
+        pipeline = Pipeline(OpenCVSource(video, pace=pace), analyzer.detector, analyzer.embedder, Tracker(),
+                            DecisionPolicy(PolicyConfig(k=2, n=3)), MatchContext(lambda: watchlist),
+                            lambda d, f, w: events.append(time.monotonic() - f.monotonic), health,
+                            lossless=pace == "fast")
+        cpu0, wall0 = os.times(), time.monotonic()
+        pipeline.start()
+        pipeline.wait(max_seconds)
+        pipeline.stop()
+        wall = time.monotonic() - wall0
+        cpu1 = os.times()
+        snap = health.snapshot()
+        counters = snap["counters"]
+        frames = int(counters.get("frames_processed", 0))
+        stage = health.stage_ms()
+        return {
+            "video": str(video), "pace": pace, "fps": round(frames / wall, 2), "frames": frames,
+            "frames_captured": int(counters.get("frames_captured", 0)),
+            "frames_dropped": int(snap["gauges"].get("frames_dropped", 0)),
+            "faces": int(counters.get("faces", 0)), "embeddings": int(counters.get("embeddings", 0)),
+            "events": len(events), "seconds": round(wall, 2),
+            "stage_ms": {k: {"p50": v["p50"], "p99": v["p99"]} for k, v in stage.items()
+                         if k in ("detect", "embed", "match", "frame", "frame_to_event")},
+            "frame_to_event_ms_p99": round(float(np.percentile(np.array(events) * 1000, 99)), 1) if events else None,
+            "cpu_percent": round(100 * ((cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)) / wall, 1),
+            "rss_mb": round(rss_mb() or 0.0, 1),
+            "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "watchlist_size": len(watchlist), "watchlist_load_seconds": round(wl_seconds, 2),
+            "backend": analyzer.detector.model.backend,
+        }
