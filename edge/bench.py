@@ -39,9 +39,30 @@ def _watchlist(analyzer: Any, photos: Path, size: int):
     return Watchlist.from_payload(pack(make_payload(vectors, items, subjects)), {"match": 0.95, "margin": 0.02})
 
 
+def _watchlist_from_bundle(bundle: Path, device_key: Path, operator_key: Path):
+    """Verify, decrypt (into a memfd) and load a sealed bundle, exactly as a device does."""
+    import gc
+
+    from edge import keys
+    from edge.watchlist.bundle import open_bundle
+    from edge.watchlist.index import Watchlist
+
+    operator = keys.load_public_key(operator_key, "operator")
+    opened = open_bundle(Path(bundle).read_bytes(), keys.load_private_key(device_key, "device"),
+                         {keys.key_id(operator): operator}, allow_expired=True)
+    watchlist = Watchlist.from_payload(opened.payload, opened.manifest["thresholds"], opened.manifest)
+    del opened
+    gc.collect()
+    return watchlist
+
+
 def run_bench(analyzer: Any, video: Path | None, photos: Path, pace: str = "fast", watchlist_size: int = 2,
-              max_seconds: float | None = None) -> dict:
-    """Run the pipeline over `video` (default: the demo clip) and return the `edge bench` report."""
+              max_seconds: float | None = None, bundle: tuple[Path, Path, Path] | None = None) -> dict:
+    """Run the pipeline over `video` (default: the demo clip) and return the `edge bench` report.
+
+    bundle: (sealed bundle, device private key, operator public key) to load the watchlist from, as a device does,
+    instead of building one of `watchlist_size` templates in this process.
+    """
     from edge.capture.opencv import OpenCVSource
     from edge.demo import make_clip
     from edge.health import Health, rss_mb
@@ -54,7 +75,7 @@ def run_bench(analyzer: Any, video: Path | None, photos: Path, pace: str = "fast
             video = Path(tmp) / "demo.mp4"
             make_clip(video, photos, analyzer)
         t_wl = time.perf_counter()
-        watchlist = _watchlist(analyzer, photos, watchlist_size)
+        watchlist = _watchlist_from_bundle(*bundle) if bundle else _watchlist(analyzer, photos, watchlist_size)
         wl_seconds = time.perf_counter() - t_wl
         events: list[float] = []
         health = Health()

@@ -6,14 +6,21 @@ import argparse
 import json
 from pathlib import Path
 
+from edge.errors import EdgeError
+
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from edge.bench import run_bench
     from edge.cli import _analyzer
     from edge.paths import samples_dir
 
+    bundle = None
+    if args.bundle:
+        if not (args.device_key and args.operator_key):
+            raise EdgeError("--bundle needs --device-key and --operator-key")
+        bundle = (args.bundle, args.device_key, args.operator_key)
     report = run_bench(_analyzer(args), args.video, args.photos or samples_dir(), args.pace, args.watchlist_size,
-                       args.max_seconds)
+                       args.max_seconds, bundle)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -40,5 +47,8 @@ def add_parsers(sub: argparse._SubParsersAction, vision: argparse.ArgumentParser
                    help="fast: unthrottled (default); realtime: at the file's frame rate")
     p.add_argument("--watchlist-size", type=int, default=2, help="templates in the watchlist (demo people + random)")
     p.add_argument("--max-seconds", type=float, help="stop after this long")
+    p.add_argument("--bundle", type=Path, help="load the watchlist from this sealed bundle, as a device does")
+    p.add_argument("--device-key", type=Path, help="device private key for --bundle")
+    p.add_argument("--operator-key", type=Path, help="operator public key for --bundle")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
