@@ -44,6 +44,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from edge.durable import fsync_dir
 from edge.errors import EdgeError
 
 log = logging.getLogger(__name__)
@@ -166,7 +167,7 @@ class AuditLog:
                 os.fchmod(self._fd, 0o600)  # subject ids are personal data
                 log.warning("audit log %s had mode %o; tightened to 0600", self.path, mode)
             if created:
-                _fsync_dir(self.path.parent)
+                fsync_dir(self.path.parent)
             self._load_tail()
         except OSError as err:
             os.close(self._fd)
@@ -271,12 +272,6 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # ------------------------------------------------------------------------------------------------------ reader

@@ -17,7 +17,6 @@ import binascii
 import hashlib
 import json
 import os
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -27,6 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
+from edge.durable import atomic_write
 from edge.errors import EdgeError
 
 KeyKind = Literal["operator", "device"]
@@ -107,26 +107,6 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
         os.close(fd)
 
 
-def _write_replace(path: Path, data: bytes, mode: int) -> None:
-    """Write `data` to a temp file in `path`'s directory (created with `mode`), fsync, rename over `path`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # mkstemp: mode 0600
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def save_private_key(path: str | Path, key: PrivateKey, force: bool = False) -> None:
     """Write `key` as unencrypted PEM PKCS#8 with mode 0600; refuse to replace an existing file unless `force`."""
     path = Path(path)
@@ -134,7 +114,7 @@ def save_private_key(path: str | Path, key: PrivateKey, force: bool = False) -> 
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
     if force:
-        _write_replace(path, pem, 0o600)
+        atomic_write(path, pem, 0o600)
         return
     try:
         _write_new(path, pem, 0o600)
@@ -147,7 +127,7 @@ def save_public_key(path: str | Path, key: PublicKey) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     pem = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    _write_replace(path, pem, 0o644)
+    atomic_write(path, pem, 0o644)
 
 
 def _read_key_file(path: Path) -> bytes:
@@ -292,7 +272,7 @@ class TrustStore:
             raise ValueError("TrustStore.save: no path given and the store was not loaded from a file")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         doc = {"format": TRUST_FORMAT, "keys": {kid: _b64(_raw_public(k)) for kid, k in self._keys.items()}}
-        _write_replace(self.path, canonical_json(doc) + b"\n", 0o644)
+        atomic_write(self.path, canonical_json(doc) + b"\n", 0o644)
 
     def keys(self) -> dict[str, Ed25519PublicKey]:
         """A copy of the pinned keys: key id → public key."""

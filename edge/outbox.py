@@ -31,6 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from edge.durable import fsync_dir
 from edge.errors import EdgeError
 from edge.topics import PayloadError, decode_event, encode_event, validate_event
 
@@ -165,7 +166,7 @@ class Outbox:
                 side = Path(f"{self.path}{suffix}")
                 if side.exists():
                     os.replace(side, f"{aside}{suffix}")
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
         except OSError as err:
             raise OutboxCorruptError(f"outbox {self.path} is corrupt and cannot be moved aside: {err}") from None
         return aside
@@ -366,9 +367,3 @@ def _salvage(db: sqlite3.Connection) -> tuple[list[tuple], int | None]:
     return [rows[k] for k in sorted(rows)], last_seq
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

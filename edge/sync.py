@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from edge.durable import atomic_write
 from edge.errors import EdgeError
 from edge.topics import Topics, encode_watchlist_state
 
@@ -218,13 +218,7 @@ class WatchlistSync:
             self.transport.unsubscribe(t)
             self.transport.subscribe(t, 1)
             return
-        folder = self._dir(offer)
-        tmp = folder / f".{n}.tmp"
-        with open(tmp, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, folder / str(n))
+        atomic_write(self._dir(offer) / str(n), payload)
         self._missing.discard(n)
         self._requested.discard(n)
         self._progress = time.monotonic()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -24,6 +23,7 @@ from typing import Any, Callable, Generic, Mapping, TypeVar, Union
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from edge.durable import atomic_write
 from edge.keys import TrustStore
 from edge.watchlist.bundle import BundleError, OpenedBundle, open_bundle, parse_time, peek_manifest
 
@@ -225,21 +225,7 @@ class WatchlistStore(Generic[T]):
     def _persist(self, data: bytes) -> None:
         """Replace `installed.bundle` atomically and durably; on failure the old file is untouched."""
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.state_dir, prefix=f".{INSTALLED}.", suffix=".tmp")  # mode 0600
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        dir_fd = os.open(self.state_dir, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        atomic_write(self.path, data, 0o600)
 
     def _remove_leftover_temps(self) -> None:
         """Delete temp files a power cut left behind mid-persist (they are never the installed bundle)."""
