@@ -159,6 +159,8 @@ class Pipeline:
         decisions = []
         for track in tracks:
             det = track.detection
+            if track.embeds >= track.embed_budget:
+                continue  # this track has used its embedding budget: no chip to cut, no quality to measure
             if det.eye_distance < self.quality.min_eye_distance:
                 h.inc("quality_reject.face too small")
                 continue
