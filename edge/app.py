@@ -12,7 +12,6 @@ import logging
 import os
 import queue
 import signal
-import socket
 import threading
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from edge.health import Health, Heartbeat
 from edge.outbox import Outbox
 from edge.pipeline import MatchContext, Pipeline
 from edge.policy import DecisionPolicy, PolicyConfig
+from edge.sdnotify import sd_notify
 from edge.topics import PayloadError, Topics, encode_status
 from edge.track import Tracker
 from edge.vision.analyzer import FaceAnalyzer, VisionOptions
@@ -81,19 +81,6 @@ def file_sha256(path: Path | None) -> str | None:
         return hashlib.sha256(Path(path).read_bytes()).hexdigest() if path else None
     except OSError:
         return None
-
-
-def sd_notify(message: str) -> None:
-    """Tell systemd (Type=notify) READY=1 / WATCHDOG=1 / STOPPING=1; a no-op outside systemd."""
-    addr = os.environ.get("NOTIFY_SOCKET")
-    if not addr:
-        return
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
-            s.connect("\0" + addr[1:] if addr.startswith("@") else addr)
-            s.sendall(message.encode())
-    except OSError as err:
-        log.debug("sd_notify %s failed: %s", message, err)
 
 
 class _AuditedStore:

@@ -1,0 +1,141 @@
+#!/bin/sh
+# Install the edge appliance as a systemd service (DESIGN.md §7). Idempotent: safe to run again to upgrade.
+#
+#   sudo systemd/install.sh [--profile pi4|pi5|jetson|x86|FILE] [--wheel FILE.whl] [--start]
+#                           [--root DIR] [--no-systemctl] [--force-config]
+#
+# --root DIR       install under DIR (DESTDIR-like, for packaging and tests): no useradd/chown/systemctl, they are
+#                  printed as "would: ..." instead.
+# --no-systemctl   do not run systemctl (daemon-reload, enable, start).
+# --profile        firmware-config/profiles/NAME.yaml (or a path) copied to /etc/edge/edge.yaml unless it exists
+#                  (--force-config overwrites; the old file is kept as edge.yaml.bak).
+# --wheel          pip install this wheel instead of the source tree this script lives in.
+# --start          start (or restart) the service after enabling it.
+set -eu
+
+SRC=$(cd "$(dirname "$0")/.." && pwd)
+ROOT=""
+PROFILE=""
+WHEEL=""
+START=0
+SYSTEMCTL=1
+FORCE_CONFIG=0
+PYTHON=${PYTHON:-python3}
+
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --root) ROOT=${2:?--root needs a directory}; shift ;;
+        --root=*) ROOT=${1#*=} ;;
+        --profile) PROFILE=${2:?--profile needs a name}; shift ;;
+        --profile=*) PROFILE=${1#*=} ;;
+        --wheel) WHEEL=${2:?--wheel needs a file}; shift ;;
+        --wheel=*) WHEEL=${1#*=} ;;
+        --start) START=1 ;;
+        --no-systemctl) SYSTEMCTL=0 ;;
+        --force-config) FORCE_CONFIG=1 ;;
+        -h|--help) usage 0 ;;
+        *) echo "install.sh: unknown argument: $1" >&2; usage 2 >&2 ;;
+    esac
+    shift
+done
+
+if [ -n "$ROOT" ]; then
+    mkdir -p "$ROOT"
+    ROOT=$(cd "$ROOT" && pwd)
+    SYSTEMCTL=0
+elif [ "$(id -u)" -ne 0 ]; then
+    echo "install.sh: run as root (or use --root DIR for a staged install)" >&2
+    exit 1
+fi
+
+# Run a root-only side effect, or print it under --root.
+act() { if [ -n "$ROOT" ]; then echo "would: $*"; else "$@"; fi; }
+say() { echo "install.sh: $*"; }
+
+PREFIX=$ROOT/opt/edge
+VENV=$PREFIX/venv
+ETC=$ROOT/etc/edge
+UNIT_DIR=$ROOT/etc/systemd/system
+
+# --- user -------------------------------------------------------------------------------------------------------
+if [ -n "$ROOT" ] || ! id edge >/dev/null 2>&1; then
+    getent group video >/dev/null 2>&1 || act groupadd --system video
+    act useradd --system --user-group --no-create-home --home-dir /var/lib/edge --shell /usr/sbin/nologin \
+        --comment "edge face-watchlist appliance" --groups video edge
+else
+    act usermod -a -G video edge
+fi
+
+# --- venv -------------------------------------------------------------------------------------------------------
+is_rpi=0
+if [ -f /etc/rpi-issue ] || grep -qs "Raspberry Pi" /proc/device-tree/model; then is_rpi=1; fi
+SITE=""
+# Raspberry Pi OS: picamera2/libcamera come from apt (python3-picamera2), visible through the system site-packages.
+[ "$is_rpi" = 1 ] && SITE="--system-site-packages"
+mkdir -p "$PREFIX"
+if [ ! -x "$VENV/bin/python" ]; then
+    say "creating $VENV ${SITE:+($SITE)}"
+    NOPIP=""
+    [ "${EDGE_INSTALL_SKIP_PIP:-0}" = 1 ] && NOPIP="--without-pip"
+    # shellcheck disable=SC2086
+    "$PYTHON" -m venv $SITE $NOPIP "$VENV"
+fi
+if [ "${EDGE_INSTALL_SKIP_PIP:-0}" = 1 ]; then
+    say "EDGE_INSTALL_SKIP_PIP=1: not installing the package"
+elif [ -n "$WHEEL" ]; then
+    "$VENV/bin/pip" install --quiet --upgrade "$WHEEL"
+else
+    "$VENV/bin/pip" install --quiet --upgrade "$SRC"
+fi
+
+# --- models (edge/paths.py: sys.prefix/share/edge/models) -------------------------------------------------------
+MODELS=$VENV/share/edge/models
+mkdir -p "$MODELS"
+for f in "$SRC"/models/manifest.json "$SRC"/models/*.tflite; do
+    [ -f "$f" ] && cp -f "$f" "$MODELS/"
+done
+chmod -R a+rX,go-w "$PREFIX"
+
+# --- config and credentials -------------------------------------------------------------------------------------
+mkdir -p "$ETC"
+chmod 0755 "$ETC"
+mkdir -p "$ETC/credentials"
+chmod 0700 "$ETC/credentials"
+if [ -n "$PROFILE" ]; then
+    case "$PROFILE" in
+        */*|*.yaml) PFILE=$PROFILE ;;
+        *) PFILE=$SRC/firmware-config/profiles/$PROFILE.yaml ;;
+    esac
+    [ -f "$PFILE" ] || { echo "install.sh: no profile $PFILE" >&2; exit 2; }
+    if [ -f "$ETC/edge.yaml" ] && [ "$FORCE_CONFIG" = 0 ]; then
+        say "keeping existing $ETC/edge.yaml (--force-config replaces it)"
+    else
+        [ -f "$ETC/edge.yaml" ] && cp -p "$ETC/edge.yaml" "$ETC/edge.yaml.bak"
+        cp "$PFILE" "$ETC/edge.yaml"
+        chmod 0644 "$ETC/edge.yaml"
+        say "installed $PFILE as $ETC/edge.yaml"
+    fi
+elif [ ! -f "$ETC/edge.yaml" ]; then
+    say "no --profile and no $ETC/edge.yaml yet: copy one from firmware-config/profiles/ before starting"
+fi
+for k in device.key tls.key; do
+    [ -f "$ETC/credentials/$k" ] || say "put the $k credential in $ETC/credentials/$k (root, 0600): LoadCredential= needs it"
+done
+
+# --- unit -------------------------------------------------------------------------------------------------------
+mkdir -p "$UNIT_DIR"
+cp "$SRC/systemd/edge.service" "$UNIT_DIR/edge.service"
+chmod 0644 "$UNIT_DIR/edge.service"
+act install -d -o root -g root -m 0700 /etc/edge/credentials
+
+if [ "$SYSTEMCTL" = 1 ]; then
+    systemctl daemon-reload
+    systemctl enable edge.service
+    if [ "$START" = 1 ]; then systemctl restart edge.service; fi
+else
+    echo "would: systemctl daemon-reload"
+    echo "would: systemctl enable edge.service"
+    [ "$START" = 1 ] && echo "would: systemctl restart edge.service"
+fi
+say "done${ROOT:+ (staged under $ROOT)}"

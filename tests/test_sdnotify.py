@@ -1,0 +1,162 @@
+"""edge/sdnotify.py against a real AF_UNIX datagram socket, and the app's watchdog gating on pipeline progress."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from types import SimpleNamespace
+
+import pytest
+
+from edge import sdnotify
+from edge.sdnotify import Notifier, ProgressWatchdog
+
+
+@pytest.fixture
+def sock_path(tmp_path):
+    path = str(tmp_path / "notify.sock")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(path)
+    s.settimeout(2.0)
+    yield s, path
+    s.close()
+
+
+def recv_all(s: socket.socket, timeout: float = 0.2) -> list[str]:
+    out, s_timeout = [], s.gettimeout()
+    s.settimeout(timeout)
+    try:
+        while True:
+            out.append(s.recv(4096).decode())
+    except (socket.timeout, BlockingIOError):
+        pass
+    finally:
+        s.settimeout(s_timeout)
+    return out
+
+
+def test_ready_status_watchdog_stopping_sequence(sock_path, monkeypatch):
+    s, path = sock_path
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    n = Notifier.from_env()
+    assert n.enabled
+    assert n.ready() and n.status("watching: 3 faces") and n.watchdog() and n.stopping()
+    assert recv_all(s) == ["READY=1", "STATUS=watching: 3 faces", "WATCHDOG=1", "STOPPING=1"]
+    assert sdnotify.sd_notify("WATCHDOG=1") is True  # the module-level function app.py uses
+    assert recv_all(s) == ["WATCHDOG=1"]
+
+
+def test_abstract_namespace(monkeypatch):
+    name = f"edge-test-{uuid.uuid4().hex}"
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind("\0" + name)
+    try:
+        monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
+        assert Notifier.from_env().ready("up")
+        assert recv_all(s) == ["READY=1\nSTATUS=up"]
+    finally:
+        s.close()
+
+
+def test_unset_env_is_a_noop(monkeypatch):
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    monkeypatch.delenv("WATCHDOG_USEC", raising=False)
+    n = Notifier.from_env()
+    assert not n.enabled
+    assert n.notify("READY=1") is False and n.watchdog() is False
+    assert sdnotify.sd_notify("READY=1") is False
+    assert n.watchdog_interval() is None and sdnotify.watchdog_interval() is None
+
+
+def test_dead_socket_is_not_fatal(tmp_path):
+    assert Notifier(str(tmp_path / "nobody-listens")).notify("READY=1") is False
+
+
+def test_watchdog_interval_is_half_of_watchdog_usec():
+    assert Notifier.from_env({"WATCHDOG_USEC": "30000000"}).watchdog_interval() == 15.0
+    assert sdnotify.watchdog_interval({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": str(os.getpid())}) == 15.0
+    assert sdnotify.watchdog_interval({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"}) is None  # not ours
+    assert sdnotify.watchdog_interval({"WATCHDOG_USEC": "junk"}) is None
+    assert sdnotify.watchdog_interval({"WATCHDOG_USEC": "0"}) is None
+
+
+def test_progress_watchdog_stops_pinging_when_progress_stalls(sock_path):
+    s, path = sock_path
+    clock = SimpleNamespace(t=100.0)
+    pipeline = SimpleNamespace(last_progress=100.0)
+    wd = ProgressWatchdog(Notifier(path, 30_000_000), lambda: pipeline.last_progress, stall_s=5.0,
+                          clock=lambda: clock.t)
+    sent = []
+    for _ in range(20):  # 10 s of progress: one ping per second
+        clock.t += 0.5
+        pipeline.last_progress = clock.t
+        sent.append(wd.tick())
+    assert sum(sent) == 10
+    assert recv_all(s) == ["WATCHDOG=1"] * 10
+    for _ in range(40):  # the inference thread hangs: pings stop once progress is 5 s old
+        clock.t += 0.5
+        wd.tick()
+    assert len(recv_all(s)) == 5  # at +0.5 .. +4.5 s after the last progress; none from +5 s on
+    assert not wd.tick(clock.t + 100)
+    assert recv_all(s) == []
+
+
+class _FakePipeline:
+    """Only what App._control_loop reads: last_progress (time.monotonic())."""
+
+    def __init__(self) -> None:
+        self.last_progress = time.monotonic()
+        self.advancing = True
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.wait(0.05):
+            if self.advancing:
+                self.last_progress = time.monotonic()
+
+
+def test_app_control_loop_pings_only_while_the_pipeline_progresses(sock_path, monkeypatch):
+    """The real App._control_loop (no MQTT client) against a fake pipeline whose last_progress stops advancing."""
+    from edge import app as app_mod
+
+    s, path = sock_path
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    # compress time: the app treats progress older than 5 s as a stall; run the clock 20x faster
+    t0 = time.monotonic()
+    monkeypatch.setattr(app_mod.time, "monotonic", lambda: t0 + (time.perf_counter() - p0) * 20)
+    p0 = time.perf_counter()
+    pipeline = _FakePipeline()
+    pipeline.last_progress = app_mod.time.monotonic()
+    a = app_mod.App.__new__(app_mod.App)
+    a.config = SimpleNamespace(mqtt=SimpleNamespace(status_interval_s=60.0),
+                               health=SimpleNamespace(log_interval_s=1e9))
+    a.topics = SimpleNamespace(prefix="edge", device_id="t")
+    a.client, a.pipeline, a._stop = None, pipeline, threading.Event()
+    a.health = SimpleNamespace(inc=lambda *_: None)
+    feeder_stop = threading.Event()
+
+    def feed() -> None:
+        while not feeder_stop.wait(0.01):
+            if pipeline.advancing:
+                pipeline.last_progress = app_mod.time.monotonic()
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    control = threading.Thread(target=a._control_loop, daemon=True)
+    feeder.start(), control.start()
+    try:
+        time.sleep(0.5)  # 10 "seconds" of progress
+        moving = recv_all(s, 0.05)
+        assert len(moving) >= 5 and set(moving) == {"WATCHDOG=1"}, moving
+        pipeline.advancing = False
+        time.sleep(0.4)  # 8 "seconds": pings for up to 5 of them, then none
+        recv_all(s, 0.05)
+        time.sleep(0.5)  # 10 more "seconds" of stall
+        assert recv_all(s, 0.05) == [], "WATCHDOG=1 sent while the inference thread made no progress"
+        pipeline.advancing = True
+        time.sleep(0.3)
+        assert "WATCHDOG=1" in recv_all(s, 0.05), "pings must resume when progress resumes"
+    finally:
+        a._stop.set(), feeder_stop.set()
+        control.join(2), feeder.join(2)
