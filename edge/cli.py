@@ -209,13 +209,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compare)
 
     ev = sub.add_parser("eval", help="accuracy measurements").add_subparsers(dest="eval_command", metavar="KIND", required=True)
-    from edge import cli_audit, cli_bench, cli_mqtt, cli_run, cli_watchlist
+    from edge import cli_audit, cli_bench, cli_device, cli_mqtt, cli_run, cli_watchlist
 
     watchlist_sub = cli_watchlist.add_parsers(sub, vision, ev)
     cli_mqtt.add_parsers(sub, watchlist_sub)
     cli_audit.add_parsers(sub)
     cli_run.add_parsers(sub)
     cli_bench.add_parsers(sub, vision)
+    cli_device.add_parsers(sub)
     p = ev.add_parser("pairs", parents=[vision], help="verification accuracy on labelled pairs",
                       description="Embed every photo of a pairs CSV (path_a,path_b,same[,fold]; paths relative to "
                                   "--root) and report accuracy, 10-fold accuracy and TAR at FAR=1e-3.")
