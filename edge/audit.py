@@ -304,13 +304,18 @@ class VerifyResult:
                 "head": self.head}
 
 
-def _read_lines(path: Path) -> list[_Line]:
+def _open_log(path: Path):
+    """Open an audit log for reading, with the errors a user should see."""
     try:
-        fh = open(path, "rb")
+        return open(path, "rb")
     except FileNotFoundError:
         raise AuditError(f"audit log not found: {path}") from None
     except OSError as err:
         raise AuditError(f"audit log {path} cannot be read: {err.strerror}") from None
+
+
+def _read_lines(path: Path) -> list[_Line]:
+    fh = _open_log(path)
     lines, offset = [], 0
     with fh:
         for no, chunk in enumerate(fh, start=1):
@@ -484,12 +489,7 @@ def _is_json(raw: bytes) -> bool:
 def tail(path: str | os.PathLike, last: int | None = None) -> list[tuple[int, dict | None, bytes]]:
     """The last `last` lines (all when None) as (line number, record or None if unreadable, raw bytes)."""
     path = Path(path)
-    try:
-        fh = open(path, "rb")
-    except FileNotFoundError:
-        raise AuditError(f"audit log not found: {path}") from None
-    except OSError as err:
-        raise AuditError(f"audit log {path} cannot be read: {err.strerror}") from None
+    fh = _open_log(path)
     keep: deque = deque(maxlen=last if last is not None and last >= 0 else None)
     with fh:
         for no, chunk in enumerate(fh, start=1):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +73,6 @@ class MqttStats:
     published: int = 0
     acked: int = 0
     last_error: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class MqttClient:

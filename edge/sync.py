@@ -18,7 +18,7 @@ import hashlib
 import json
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -112,7 +112,6 @@ class SyncStats:
     installs: int = 0
     rejections: int = 0
     last_reason: str | None = None
-    extra: dict = field(default_factory=dict)
 
 
 class WatchlistSync:
