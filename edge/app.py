@@ -146,9 +146,12 @@ class App:
     def _build(self, c: Config, state: Path) -> None:
         self.outbox = Outbox(state / "outbox.db", max_events=c.events.outbox_max_events,
                              max_age_s=c.events.outbox_max_age_days * 86400)
-        if c.events.thumbnails:
-            log.warning("events.thumbnails is set, but this build sends no thumbnails: events carry no image")
-        self.writer = EventWriter(c.device.id, self.outbox, self.audit, self.embedder_id)
+        thumbnail_key = None
+        if c.events.thumbnails:  # off by default: only then does a (sealed) face image leave the device
+            thumbnail_key = keys.load_public_key(c.events.operator_thumbnail_key, "device")  # X25519
+            log.warning("events.thumbnails is on: each event carries a 96×96 face JPEG encrypted to %s",
+                        c.events.operator_thumbnail_key)
+        self.writer = EventWriter(c.device.id, self.outbox, self.audit, self.embedder_id, thumbnail_key=thumbnail_key)
         t = c.tracking
         self.tracker = Tracker(t.iou_threshold, t.max_age_s, t.embed_budget, t.embed_improvement)
         self.policy = DecisionPolicy(policy_config(c))

@@ -1,5 +1,6 @@
 """Decisions become match events: written to the audit log first, then committed to the outbox (which the
-publisher drains to the broker). Nothing here touches the network, and no image bytes are ever included."""
+publisher drains to the broker). Nothing here touches the network. No image bytes leave in clear: only when the
+operator enabled thumbnails is a small JPEG of the aligned face attached, encrypted to the operator's X25519 key."""
 
 from __future__ import annotations
 
@@ -17,14 +18,31 @@ class EventWriter:
     space's id. on_event: optional callback with the committed event (e.g. for printing in the demo).
     """
 
-    def __init__(self, device_id: str, outbox: Any, audit: Any = None, embedder_id: str = "", on_event: Any = None) -> None:
+    def __init__(self, device_id: str, outbox: Any, audit: Any = None, embedder_id: str = "", on_event: Any = None,
+                 thumbnail_key: Any = None) -> None:
+        self.thumbnail_key = thumbnail_key  # X25519 public key of the operator, or None: no thumbnails
         self.device_id = device_id
         self.outbox = outbox
         self.audit = audit
         self.embedder_id = embedder_id
         self.on_event = on_event
 
-    def __call__(self, decision: Decision, frame: Frame, watchlist: Any) -> dict:
+    def _thumbnail(self, chip: Any) -> dict | None:
+        """The chip as a ≤ 9 KiB JPEG sealed to the operator's key (quality lowered until it fits)."""
+        if self.thumbnail_key is None or chip is None:
+            return None
+        import cv2
+
+        from edge.topics import MAX_THUMBNAIL_BYTES, encrypt_thumbnail
+
+        bgr = cv2.cvtColor(cv2.resize(chip, (96, 96), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2BGR)
+        for quality in (80, 60, 40, 20):
+            ok, jpeg = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
+            if ok and len(jpeg) <= MAX_THUMBNAIL_BYTES:
+                return encrypt_thumbnail(jpeg.tobytes(), self.thumbnail_key)
+        return None
+
+    def __call__(self, decision: Decision, frame: Frame, watchlist: Any, chip: Any = None) -> dict:
         manifest = getattr(watchlist, "manifest", {}) or {}
         event = make_event(
             device_id=self.device_id, captured_at=frame.captured_at, subject_id=decision.subject_id,
@@ -32,7 +50,7 @@ class EventWriter:
             embedder_id=self.embedder_id or str(manifest.get("embedder", {}).get("id", "")),
             similarity=float(decision.similarity), threshold=float(decision.threshold), margin=float(decision.margin),
             track_id=int(decision.track_id), chips_used=int(decision.chips_used), quality=dict(decision.quality or {}),
-            label=decision.label or None, category=decision.category or None)
+            label=decision.label or None, category=decision.category or None, thumbnail=self._thumbnail(chip))
         if self.audit is not None:
             self.audit.append("match", {"event_id": event["event_id"], "subject_id": event["subject_id"],
                                         "similarity": event["similarity"], "threshold": event["threshold"],

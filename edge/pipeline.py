@@ -70,13 +70,14 @@ class MatchContext:
 
 
 class Pipeline:
-    """Runs one frame source through the vision stack and hands decisions to `sink(decision, frame, watchlist)`.
+    """Runs one frame source through the vision stack and hands decisions to
+    `sink(decision, frame, watchlist, chip)` (chip: the aligned face of the deciding embedding, RGB uint8).
 
     detector / embedder: from a FaceAnalyzer (owned by the inference thread). tracker / policy: pure state.
     """
 
     def __init__(self, source: Any, detector: Any, embedder: Any, tracker: Tracker, policy: DecisionPolicy,
-                 matches: MatchContext, sink: Callable[[Decision, Frame, Any], None], health: Health | None = None,
+                 matches: MatchContext, sink: Callable[[Decision, Frame, Any, Any], None], health: Health | None = None,
                  quality: QualityThresholds = QualityThresholds(), event_queue_size: int = 256,
                  lossless: bool = False) -> None:
         self.source = source
@@ -132,9 +133,9 @@ class Pipeline:
             item = self.events.get()
             if item is None:
                 return
-            decision, frame, watchlist = item
+            decision, frame, watchlist, chip = item
             try:
-                self.sink(decision, frame, watchlist)
+                self.sink(decision, frame, watchlist, chip)
                 self.health.inc("events")
                 self.health.observe("frame_to_event", time.monotonic() - frame.monotonic)
             except Exception:
@@ -186,7 +187,7 @@ class Pipeline:
             if decision is not None:
                 decisions.append(decision)
                 try:
-                    self.events.put_nowait((decision, frame, watchlist))
+                    self.events.put_nowait((decision, frame, watchlist, chip))
                 except queue.Full:
                     h.inc("events_dropped")
         h.observe("frame", time.perf_counter() - t0)

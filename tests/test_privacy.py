@@ -96,7 +96,7 @@ def test_device_sends_no_image_bytes(tmp_path, analyzer, clip, broker, caplog, t
     from edge import keys
     from edge.app import App
     from edge.mqtt import MqttClient
-    from edge.topics import decode_event
+    from edge.topics import PayloadError, decode_event, decrypt_thumbnail
 
     state = tmp_path / "state"
     provision(state, analyzer, "cam-a", install=True)  # v1 installed: obama is listed
@@ -159,14 +159,15 @@ def test_device_sends_no_image_bytes(tmp_path, analyzer, clip, broker, caplog, t
           f"no JPEG/PNG signature or base64 of one")
 
     if thumbnails:
-        # What is true of this build: events.thumbnails is accepted but EventWriter attaches nothing, and the app
-        # says so at startup. TODO: when edge/event_writer.py learns to attach thumbnails (topics.encrypt_thumbnail
-        # to events.operator_thumbnail_key), replace this with: every event has a `thumbnail` object whose
-        # ciphertext decrypts (topics.decrypt_thumbnail) with the operator's private key to a JPEG, and the
-        # plaintext image bytes / their base64 still never appear in any payload or on the wire.
-        assert all("thumbnail" not in e for e in events), events
-        assert any("events.thumbnails is set, but this build sends no thumbnails" in r.getMessage()
-                   for r in caplog.records), [r.getMessage() for r in caplog.records]
+        # Enabled by the operator: every event carries a thumbnail that is ciphertext for the operator's X25519 key
+        # (no image signature in clear, checked above for every payload) and opens to a JPEG with that key only.
+        assert all(isinstance(e.get("thumbnail"), dict) for e in events), events
+        for e in events:
+            jpeg = decrypt_thumbnail(e["thumbnail"], operator_x25519)
+            assert jpeg.startswith(b"\xff\xd8\xff") and len(jpeg) <= 9 * 1024
+            with pytest.raises(PayloadError):
+                decrypt_thumbnail(e["thumbnail"], keys.generate_device_key())
+        assert any("events.thumbnails is on" in r.getMessage() for r in caplog.records)
     else:
         assert all(e.get("thumbnail") is None for e in events)
         assert not any("thumbnails" in r.getMessage() for r in caplog.records)
