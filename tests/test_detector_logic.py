@@ -70,3 +70,9 @@ def test_letterbox_maps_image_points_into_the_square(shape):
         assert out[0].max() == 0
     if lb.pad_x:
         assert out[:, 0].max() == 0
+
+
+def test_weighted_nms_terminates_on_a_zero_area_box():
+    boxes = np.array([[5, 5, 5, 5], [0, 0, 10, 10]], np.float32)  # the best-scoring box is degenerate
+    out = weighted_nms(boxes, np.zeros((2, 6, 2), np.float32), np.array([0.9, 0.8], np.float32), 0.3)
+    assert len(out) == 2 and out[0][2] == pytest.approx(0.9)

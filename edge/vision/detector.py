@@ -123,14 +123,15 @@ def weighted_nms(
     out = []
     while remaining.size:
         top = remaining[0]
-        overlap = iou(boxes[top], boxes[remaining])
-        cluster = remaining[overlap > iou_threshold]
+        in_cluster = iou(boxes[top], boxes[remaining]) > iou_threshold
+        in_cluster[0] = True  # a degenerate (zero-area) top box has IoU 0 with itself: it must still be consumed
+        cluster = remaining[in_cluster]
         weights = scores[cluster]
         total = weights.sum()
         box = (boxes[cluster] * weights[:, None]).sum(axis=0) / total
         kps = (keypoints[cluster] * weights[:, None, None]).sum(axis=0) / total
         out.append((box, kps, float(scores[top])))
-        remaining = remaining[overlap <= iou_threshold]
+        remaining = remaining[~in_cluster]
     return out
 
 
