@@ -88,6 +88,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+
+from edge.vision.detector import decode as edge_decode  # noqa: E402
+from edge.vision.detector import iou, weighted_nms  # noqa: E402
 from ai_edge_litert.interpreter import Interpreter, OpResolverType  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -395,44 +398,10 @@ class Detection:
     score: float
 
 
-def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    x1 = np.maximum(box[0], boxes[:, 0])
-    y1 = np.maximum(box[1], boxes[:, 1])
-    x2 = np.minimum(box[2], boxes[:, 2])
-    y2 = np.minimum(box[3], boxes[:, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return inter / np.maximum(area + areas - inter, 1e-12)
-
-
 def decode(reg: np.ndarray, scores: np.ndarray, anchors: np.ndarray, size: int) -> list[Detection]:
-    """MediaPipe-style decoding + weighted NMS (IoU 0.3, min score 0.5)."""
-    keep = scores >= MIN_SCORE
-    if not keep.any():
-        return []
-    r, s, a = reg[keep] / size, scores[keep], anchors[keep]
-    cx, cy = r[:, 0] + a[:, 0], r[:, 1] + a[:, 1]
-    w, h = r[:, 2], r[:, 3]
-    boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
-    kps = r[:, 4:].reshape(-1, 6, 2) + a[:, None, :]
-    order = np.argsort(-s, kind="stable")
-    dets: list[Detection] = []
-    while order.size:
-        ious = _iou(boxes[order[0]], boxes[order])
-        in_cluster = ious > NMS_IOU
-        in_cluster[0] = True  # degenerate boxes: always consume the top one
-        cluster = order[in_cluster]
-        wts = s[cluster][:, None]
-        dets.append(
-            Detection(
-                box=(boxes[cluster] * wts).sum(0) / wts.sum(),
-                keypoints=(kps[cluster] * wts[:, :, None]).sum(0) / wts.sum(),
-                score=float(s[order[0]]),
-            )
-        )
-        order = order[~in_cluster]
-    return dets
+    """The runtime's own decoding + weighted NMS (edge.vision.detector; IoU 0.3, min score 0.5)."""
+    boxes, kps, s = edge_decode(reg, scores, anchors, size, MIN_SCORE)
+    return [Detection(box=b, keypoints=k, score=sc) for b, k, sc in weighted_nms(boxes, kps, s, NMS_IOU)]
 
 
 @dataclass
@@ -463,7 +432,7 @@ class ParityAccumulator:
         free = list(range(len(cand)))
         for d in ref:
             if free:
-                ious = _iou(d.box, np.stack([cand[j].box for j in free]))
+                ious = iou(d.box, np.stack([cand[j].box for j in free]))
                 k = int(np.argmax(ious))
             confident = d.score >= CONFIDENT_SCORE
             self.n_ref_confident += confident
