@@ -6,39 +6,15 @@ Exit codes: 0 success, 1 a user error (the message names the cause; no traceback
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from edge import __version__
+from edge.cli_common import analyzer_from_args as _analyzer
+from edge.cli_common import print_json as _print_json
+from edge.cli_common import progress as _progress
 from edge.errors import EdgeError, NoFaceError
-
-
-def _progress(desc: str) -> Callable:
-    """tqdm progress bar on stderr (hidden when stderr is not a terminal)."""
-    from tqdm import tqdm
-
-    return lambda it: tqdm(it, desc=desc, unit="img", file=sys.stderr, disable=None, leave=False)
-
-
-def _print_json(obj: Any) -> None:
-    print(json.dumps(obj, indent=2))
-
-
-def _vision_options(args: argparse.Namespace) -> Any:
-    from edge.vision.analyzer import VisionOptions
-
-    return VisionOptions(
-        detector=args.detector, embedder=args.embedder, threads=args.threads, min_score=args.min_score,
-        flip=args.flip, models_dir=args.models_dir,
-    )
-
-
-def _analyzer(args: argparse.Namespace) -> Any:
-    from edge.vision.analyzer import FaceAnalyzer
-
-    return FaceAnalyzer.create(_vision_options(args))
 
 
 def _verify_threshold(analyzer: Any, override: float | None) -> float:

@@ -11,7 +11,7 @@ from edge.errors import EdgeError
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from edge.bench import run_bench
-    from edge.cli import _analyzer
+    from edge.cli_common import analyzer_from_args
     from edge.paths import samples_dir
 
     bundle = None
@@ -19,7 +19,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if not (args.device_key and args.operator_key):
             raise EdgeError("--bundle needs --device-key and --operator-key")
         bundle = (args.bundle, args.device_key, args.operator_key)
-    report = run_bench(_analyzer(args), args.video, args.photos or samples_dir(), args.pace, args.watchlist_size,
+    report = run_bench(analyzer_from_args(args), args.video, args.photos or samples_dir(), args.pace, args.watchlist_size,
                        args.max_seconds, bundle)
     if args.json:
         print(json.dumps(report, indent=2))

@@ -13,17 +13,10 @@ from typing import Any
 
 import numpy as np
 
+from edge.cli_common import analyzer_from_args as _analyzer
+from edge.cli_common import print_json as _print_json
+from edge.cli_common import progress as _progress
 from edge.errors import DataError, EdgeError
-
-
-def _print_json(obj: Any) -> None:
-    print(json.dumps(obj, indent=2))
-
-
-def _progress(desc: str):
-    from tqdm import tqdm
-
-    return lambda it: tqdm(it, desc=desc, unit="img", file=sys.stderr, disable=None, leave=False)
 
 
 # --- keys -----------------------------------------------------------------------------------------------------
@@ -54,13 +47,6 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
 
 
 # --- watchlist ------------------------------------------------------------------------------------------------
-
-def _analyzer(args: argparse.Namespace):
-    from edge.vision.analyzer import FaceAnalyzer, VisionOptions
-
-    return FaceAnalyzer.create(VisionOptions(detector=args.detector, embedder=args.embedder, threads=args.threads,
-                                             flip=args.flip, models_dir=args.models_dir))
-
 
 def _embedder_info(analyzer) -> dict:
     return {"id": analyzer.embedder_info.info.get("family", analyzer.embedder_info.name),
