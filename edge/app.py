@@ -153,7 +153,7 @@ class App:
                         c.events.operator_thumbnail_key)
         self.writer = EventWriter(c.device.id, self.outbox, self.audit, self.embedder_id, thumbnail_key=thumbnail_key)
         t = c.tracking
-        self.tracker = Tracker(t.iou_threshold, t.max_age_s, t.embed_budget, t.embed_improvement)
+        self.tracker = Tracker(t.iou_threshold, t.max_age_s, t.embed_budget, t.embed_improvement, t.reembed_after_s)
         self.policy = DecisionPolicy(policy_config(c))
         self.source = open_source(c.camera.source, **source_options(c))
         self.pipeline = Pipeline(self.source, self.analyzer.detector, self.analyzer.embedder, self.tracker,
@@ -301,6 +301,7 @@ class App:
         t = new.tracking
         self.tracker.iou_threshold, self.tracker.max_age_s = t.iou_threshold, t.max_age_s
         self.tracker.embed_budget, self.tracker.embed_improvement = t.embed_budget, t.embed_improvement
+        self.tracker.reembed_after_s = t.reembed_after_s
         self.policy.config = policy_config(new)
         self.config = self.config.model_copy(update={s: getattr(new, s) for s in RELOADABLE})
         self.store.start()

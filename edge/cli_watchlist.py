@@ -53,13 +53,54 @@ def _embedder_info(analyzer) -> dict:
             "name": analyzer.embedder_info.name, "sha256": analyzer.embedder_info.sha256, "flip": analyzer.embedder.flip}
 
 
+def _gate_parent() -> argparse.ArgumentParser:
+    """The enrollment gate's options (defaults: edge.vision.quality; calibrated on the dev portraits, see README)."""
+    from edge.vision.quality import ENROLLMENT_LIMITS, SubjectRule
+
+    q, r = ENROLLMENT_LIMITS, SubjectRule()
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("enrollment gate")
+    g.add_argument("--min-eye-distance", type=float, default=q.min_eye_distance, metavar="PX",
+                   help=f"smallest eye distance, pixels (default {q.min_eye_distance:g})")
+    g.add_argument("--min-sharpness", type=float, default=q.min_sharpness, metavar="S",
+                   help=f"least sharpness 0-1 at the face's own resolution (default {q.min_sharpness:g})")
+    g.add_argument("--max-yaw", type=float, default=q.max_yaw, help=f"largest |yaw ratio| (default {q.max_yaw:g})")
+    g.add_argument("--max-roll", type=float, default=q.max_roll, metavar="DEG",
+                   help=f"largest head tilt, degrees (default {q.max_roll:g})")
+    g.add_argument("--min-face-score", type=float, default=q.min_score, metavar="P",
+                   help=f"least detector probability (default {q.min_score:g})")
+    g.add_argument("--dominance", type=float, default=r.dominance, metavar="RATIO",
+                   help="with several faces, enroll the largest when its eye distance is RATIO × the next one's "
+                        f"(default {r.dominance:g})")
+    g.add_argument("--max-offset", type=float, default=r.max_offset, metavar="FRACTION",
+                   help="... and it lies within FRACTION of the image size from the centre "
+                        f"(default {r.max_offset:g})")
+    g.add_argument("--no-gate", action="store_true", help="enroll the subject face whatever its quality")
+    return p
+
+
+def _gate(args: argparse.Namespace):
+    """(QualityThresholds or None, SubjectRule) from the gate options, each checked."""
+    from edge.vision.quality import QualityThresholds, SubjectRule
+
+    for name, lo, hi in (("min_eye_distance", 0, 10_000), ("min_sharpness", 0, 1), ("max_yaw", 0, 10),
+                         ("max_roll", 0, 180), ("min_face_score", 0, 1), ("dominance", 1, 100), ("max_offset", 0, 0.5)):
+        v = getattr(args, name)
+        if not lo <= v <= hi:
+            raise DataError(f"--{name.replace('_', '-')} must be between {lo} and {hi}, got {v}")
+    limits = None if args.no_gate else QualityThresholds(args.min_eye_distance, args.min_sharpness, args.max_yaw,
+                                                         args.max_roll, args.min_face_score)
+    return limits, SubjectRule(args.dominance, args.max_offset)
+
+
 def cmd_watchlist_build(args: argparse.Namespace) -> int:
     from edge.watchlist.build import enroll, make_payload, read_gallery, write_build
 
     entries = read_gallery(args.gallery, args.root)
     analyzer = _analyzer(args)
+    limits, rule = _gate(args)
     t0 = time.perf_counter()
-    enrollment = enroll(entries, analyzer, progress=_progress("enrolling"))
+    enrollment = enroll(entries, analyzer, limits, progress=_progress("enrolling"), subject=rule)
     if not enrollment.vectors:
         raise EdgeError(f"no photo of {args.gallery} could be enrolled ({len(enrollment.rejected)} rejected)")
     payload = make_payload(np.stack(enrollment.vectors), enrollment.item_subject, enrollment.subjects, args.trees)
@@ -71,29 +112,28 @@ def cmd_watchlist_build(args: argparse.Namespace) -> int:
               f"({report['seconds']} s); rejected {len(report['rejected'])}:")
         for r in report["rejected"]:
             print(f"  {r['path']}: {r['reason']}" + (f" ({r['detail']})" if r.get("detail") else ""))
+        for w in report["warnings"]:
+            print(f"  warning: {w['path']}: {w['warning']}")
     return 0
 
 
-def _impostor_model(args: argparse.Namespace, embedder: dict):
-    from edge.openset import ImpostorModel
+def _impostor_tail(args: argparse.Namespace, embedder: dict):
+    """The impostor tail for threshold selection: --impostors FILE, else the embedder's manifest entry."""
+    from edge.calibration import TailModel, embedder_tail
     from edge.vision.manifest import load_manifest
 
     if args.impostors:
         try:
-            stats = json.loads(Path(args.impostors).read_text())["impostor_model"]
-        except (OSError, KeyError, json.JSONDecodeError) as err:
-            raise DataError(f"{args.impostors} is not an impostor file from `edge eval openset --save-impostors` ({err})") from None
-    else:
-        entry = load_manifest(args.models_dir).get(embedder.get("name", ""), "embedder").info
-        stats = entry.get("impostor_cosine")
-        if not stats:
-            raise DataError("no impostor statistics for this embedder: pass --impostors FILE or --threshold")
-    return ImpostorModel(stats["mean"], stats["std"], stats["n"], stats["max"])
+            stats = json.loads(Path(args.impostors).read_text())["impostor_tail"]
+        except (OSError, KeyError, TypeError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise DataError(f"{args.impostors} is not an impostor file from `edge eval openset --save-impostors` "
+                            f"({type(err).__name__}: {err})") from None
+        return TailModel.from_json(stats)
+    return embedder_tail(load_manifest(args.models_dir).get(embedder.get("name", ""), "embedder").info)
 
 
 def cmd_watchlist_seal(args: argparse.Namespace) -> int:
     from edge import keys
-    from edge.openset import threshold_for_size
     from edge.watchlist.build import load_build
     from edge.watchlist.bundle import seal
     from edge.watchlist.payload import pack
@@ -105,8 +145,7 @@ def cmd_watchlist_seal(args: argparse.Namespace) -> int:
     if args.threshold is not None:
         thresholds = {"match": args.threshold, "source": "given on the command line"}
     else:
-        thresholds = threshold_for_size(_impostor_model(args, embedder), n_templates, args.fpir)
-        thresholds["fmr_per_comparison"] = float(f"{thresholds['fmr_per_comparison']:.3e}")
+        thresholds = _impostor_tail(args, embedder).threshold_for(n_templates, args.fpir)
     thresholds["margin"] = args.margin
     plaintext = pack(payload)
     expires = datetime.now(timezone.utc) + timedelta(days=args.expires_days)
@@ -291,7 +330,8 @@ def _fresh_process_rss(data: bytes, device, operator, tempfile, subprocess) -> f
 
 def cmd_eval_openset(args: argparse.Namespace) -> int:
     from edge.imageio import read_image
-    from edge.openset import ImpostorModel, det_points, openset_report, read_probes
+    from edge.calibration import fit_tail
+    from edge.openset import det_points, openset_report, read_probes
     from edge.watchlist.build import enroll, make_payload, read_gallery
     from edge.watchlist.index import Watchlist
 
@@ -299,7 +339,8 @@ def cmd_eval_openset(args: argparse.Namespace) -> int:
     entries = read_gallery(args.gallery, args.root)
     probes = read_probes(args.probes, args.root)
     analyzer = _analyzer(args)
-    enrollment = enroll(entries, analyzer, progress=_progress("enrolling"))
+    limits, rule = _gate(args)
+    enrollment = enroll(entries, analyzer, limits, progress=_progress("enrolling"), subject=rule)
     if not enrollment.vectors:
         raise EdgeError("no gallery photo could be enrolled")
     gallery = np.stack(enrollment.vectors)
@@ -320,19 +361,22 @@ def cmd_eval_openset(args: argparse.Namespace) -> int:
             mated_ok.append(bool(top) and top[0].subject_id == probe.identity)
         else:
             nonmated_top.append(sim)
-            impostors.extend((gallery @ face.embedding).tolist())
+            impostors.append((gallery @ face.embedding).astype(np.float32))
+    reasons: dict[str, int] = {}
+    for r in enrollment.rejected:
+        reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
     report = {"n_gallery": len(enrollment.subjects), "n_templates": len(enrollment.vectors),
-              "n_gallery_rejected": len(enrollment.rejected), "n_mated": len(mated_top),
+              "n_gallery_rejected": len(enrollment.rejected), "gallery_rejected_reasons": reasons,
+              "n_gallery_warnings": len(enrollment.warnings), "n_mated": len(mated_top),
               "n_nonmated": len(nonmated_top), "n_failed_detect": failed}
     report.update(openset_report(np.array(mated_top), np.array(mated_ok), np.array(nonmated_top), args.fpir))
-    if len(impostors) >= 100:
-        model = ImpostorModel.fit(np.array(impostors))
-        report["impostor_model"] = model.to_json()
+    report["calibration"] = _calibration(analyzer, len(enrollment.vectors), args.fpir, np.array(nonmated_top))
     report["seconds"] = round(time.perf_counter() - t0, 2)
     if args.save_impostors:
-        if "impostor_model" not in report:
-            raise EdgeError("too few impostor comparisons (< 100) to save an impostor model")
-        args.save_impostors.write_text(json.dumps({"impostor_model": report["impostor_model"],
+        n = sum(len(g) for g in impostors)
+        model = fit_tail(impostors, min_exceedances=max(10, min(2000, n // 100)),
+                         source=f"edge eval openset: {len(impostors)} non-mated probes x {len(gallery)} templates")
+        args.save_impostors.write_text(json.dumps({"impostor_tail": model.to_json(),
                                                    "embedder": _embedder_info(analyzer)}, indent=2))
     if args.plot:
         _plot_det(args.plot, *det_points(np.array(mated_top), np.array(mated_ok), np.array(nonmated_top)), report)
@@ -345,6 +389,19 @@ def cmd_eval_openset(args: argparse.Namespace) -> int:
         print(f"at FPIR ≤ {args.fpir}: threshold {report['threshold']:.4f}, FPIR {report['fpir']}, FNIR {report['fnir']} "
               f"(FPIR resolution {report['fpir_resolution']}); rank-1 {report['rank1']}")
     return 0
+
+
+def _calibration(analyzer, n_templates: int, fpir: float, nonmated_top: np.ndarray) -> dict:
+    """The shipped impostor tail's threshold for this gallery's size, and the FPIR measured at it here."""
+    from edge.calibration import embedder_tail
+
+    try:
+        th = embedder_tail(analyzer.embedder_info.info).threshold_for(n_templates, fpir)
+    except DataError as err:
+        return {"error": str(err)}
+    return {"predicted_threshold": th["match"], "predicted_fpir": th["predicted_fpir"],
+            "measured_fpir_at_predicted": round(float((nonmated_top >= th["match"]).mean()), 5)
+            if len(nonmated_top) else None, "n_nonmated": int(len(nonmated_top))}
 
 
 def _plot_det(path: Path, fpir: np.ndarray, fnir: np.ndarray, report: dict) -> None:
@@ -390,7 +447,8 @@ def add_parsers(sub: argparse._SubParsersAction, vision: argparse.ArgumentParser
 
     wl = sub.add_parser("watchlist", help="enroll, seal and verify watchlists").add_subparsers(
         dest="watchlist_command", metavar="ACTION", required=True)
-    p = wl.add_parser("build", parents=[vision], help="enroll gallery photos into an index (operator side)",
+    gate = _gate_parent()
+    p = wl.add_parser("build", parents=[vision, gate], help="enroll gallery photos into an index (operator side)",
                       description="Detect, quality-check, align and embed each photo of a gallery CSV (path,identity"
                                   "[,label,category,expires]) and build the Annoy index; rejected photos are listed.")
     p.add_argument("--gallery", type=Path, required=True)
@@ -442,7 +500,7 @@ def add_parsers(sub: argparse._SubParsersAction, vision: argparse.ArgumentParser
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_watchlist_bench)
 
-    p = eval_sub.add_parser("openset", parents=[vision], help="1:N identification: FNIR at a target FPIR",
+    p = eval_sub.add_parser("openset", parents=[vision, _gate_parent()], help="1:N identification: FNIR at a target FPIR",
                             description="Enroll the gallery, search every probe (path,identity,in_watchlist) and report "
                                         "FNIR at the threshold meeting the target FPIR, rank-1 and the DET curve.")
     p.add_argument("--gallery", type=Path, required=True)
@@ -450,7 +508,7 @@ def add_parsers(sub: argparse._SubParsersAction, vision: argparse.ArgumentParser
     p.add_argument("--root", type=Path, required=True)
     p.add_argument("--fpir", type=float, default=0.003, help="target FPIR (default 0.003)")
     p.add_argument("--trees", type=int, default=16)
-    p.add_argument("--save-impostors", type=Path, metavar="JSON", help="save the fitted impostor model for `watchlist seal`")
+    p.add_argument("--save-impostors", type=Path, metavar="JSON", help="save the impostor tail fitted on this run's non-mated comparisons (for `watchlist seal --impostors`)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--plot", type=Path, metavar="PNG", help="write the DET curve")
     p.set_defaults(func=cmd_eval_openset)

@@ -141,8 +141,8 @@ class VisionConfig(_Section):
 class QualityConfig(_Section):
     min_eye_distance_px: float = Field(24.0, ge=0, le=2000, description="Smallest distance between the eyes, "
                                        "pixels of the inference image; smaller faces are tracked, not embedded")
-    min_sharpness: float = Field(40.0, ge=0, description="Least sharpness: variance of the Laplacian of the grey "
-                                 "150×150 chip (blurred chips score low)")
+    min_sharpness: float = Field(0.40, ge=0, le=1, description="Least sharpness 0–1: one minus the blur effect "
+                                 "of the face measured at its own resolution (sharp faces 0.5–0.7, a 2 px blur ≈ 0.3)")
     max_yaw: float = Field(0.45, ge=0, le=2, description="Largest head turn: |nose offset from the eye midpoint| / "
                            "eye distance (0 = frontal, ~1 = profile)")
     max_roll_deg: float = Field(35.0, ge=0, le=180, description="Largest head tilt: angle of the eye line, degrees")
@@ -155,6 +155,9 @@ class TrackingConfig(_Section):
                                  "for a detection to continue a track")
     max_age_s: float = Field(1.0, gt=0, le=60, description="A track not seen for this long ends, seconds")
     embed_budget: int = Field(5, ge=1, le=100, description="Most chips embedded per track, count")
+    reembed_after_s: float = Field(0.5, gt=0, le=60, description="After this long, seconds, a track embeds another "
+                                   "chip even without a better one (≥ 0.8 × the best's quality), so a still face "
+                                   "gathers the votes the policy needs")
     embed_improvement: float = Field(1.15, ge=1, le=10, description="Factor by which a chip's quality must beat "
                                      "the best already embedded for the track to embed it")
 

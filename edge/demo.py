@@ -136,7 +136,7 @@ def run_demo(analyzer: Any, photos: Path, workdir: Path | None = None, video: Pa
     from edge.delivery import EventConsumer, EventPublisher, EventStore
     from edge.health import Health
     from edge.mqtt import MqttClient, MqttSettings
-    from edge.openset import ImpostorModel, threshold_for_size
+    from edge.calibration import embedder_tail
     from edge.outbox import Outbox
     from edge.pipeline import MatchContext, Pipeline
     from edge.policy import DecisionPolicy, PolicyConfig
@@ -159,9 +159,7 @@ def run_demo(analyzer: Any, photos: Path, workdir: Path | None = None, video: Pa
         enrollment = enroll(entries, analyzer)
         if not enrollment.vectors:
             raise EdgeError("no gallery photo could be enrolled: " + "; ".join(r["reason"] for r in enrollment.rejected))
-        stats = analyzer.embedder_info.info["impostor_cosine"]
-        thresholds = threshold_for_size(ImpostorModel(stats["mean"], stats["std"], stats["n"], stats["max"]),
-                                        len(enrollment.vectors), 0.003)
+        thresholds = embedder_tail(analyzer.embedder_info.info).threshold_for(len(enrollment.vectors), 0.003)
         operator, device_key = keys.generate_operator_key(), keys.generate_device_key()
         embedder_id = analyzer.embedder_info.info.get("family", analyzer.embedder_info.name)
         bundle = seal(pack(make_payload(np.stack(enrollment.vectors), enrollment.item_subject, enrollment.subjects)),
@@ -259,8 +257,13 @@ def run_demo(analyzer: Any, photos: Path, workdir: Path | None = None, video: Pa
                    "frames": snap["counters"].get("frames_captured", 0), "seconds": round(time.monotonic() - t0, 1),
                    "broker": "mosquitto" if have_broker else None, "outbox_depth": outbox.depth(),
                    "stage_ms": snap.get("stage_ms", {})}
+        counters = snap["counters"]
+        refused = {k.split(".", 1)[1]: v for k, v in counters.items() if k.startswith("quality_reject.")}
+        summary["gate"] = {"embedded": counters.get("embeddings", 0), "refused": refused}
         print_fn(f"done: {summary['frames']} frames in {summary['seconds']} s, {summary['events']} event(s) "
                  f"received: {', '.join(summary['labels']) or 'none'}; outbox depth {summary['outbox_depth']}")
+        print_fn(f"quality gate: {summary['gate']['embedded']} chips embedded; refused: "
+                 + (", ".join(f"{k} {v}" for k, v in sorted(refused.items(), key=lambda kv: -kv[1])) or "none"))
         return summary
     finally:
         if tmp:

@@ -3,7 +3,7 @@
 NIST FRTE identification terms: a *mated* search has its subject in the gallery; a *non-mated* one has not.
 FPIR(T) = share of non-mated searches whose top candidate scores ≥ T. FNIR(T) = share of mated searches whose
 mate is not the top candidate with a score ≥ T. Because a non-mated search is compared with every one of the N
-gallery templates, FPIR ≈ 1 − (1 − FMR)^N: the threshold must rise with the watchlist size.
+gallery templates, FPIR ≈ 1 − (1 − FMR)^N: the threshold must rise with the watchlist size (`edge.calibration`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from statistics import NormalDist
 
 import numpy as np
 
@@ -78,51 +77,3 @@ def det_points(mated_top: np.ndarray, mated_correct: np.ndarray, nonmated_top: n
     fpir = np.array([(nonmated_top >= t).mean() for t in ts])
     fnir = np.array([1 - (mated_correct & (mated_top >= t)).mean() for t in ts])
     return fpir, fnir
-
-
-@dataclass(frozen=True)
-class ImpostorModel:
-    """Per-comparison impostor cosine similarities summarised for extrapolation: a normal fit of their upper
-    half (mean and std of a normal whose upper tail matches the measured one) plus the measured extremes."""
-
-    mean: float
-    std: float
-    n: int
-    max: float
-
-    @classmethod
-    def fit(cls, sims: np.ndarray) -> "ImpostorModel":
-        """Fit from measured impostor similarities (one per non-mated comparison)."""
-        sims = np.sort(np.asarray(sims, np.float64))
-        if len(sims) < 100:
-            raise DataError(f"{len(sims)} impostor comparisons are too few to model the tail (need ≥ 100)")
-        # Match the 50th and 99th percentiles: robust to the bulk, faithful to the upper tail that matters.
-        p50, p99 = np.percentile(sims, [50, 99])
-        std = (p99 - p50) / NormalDist().inv_cdf(0.99)
-        return cls(float(p50), float(std), len(sims), float(sims[-1]))
-
-    def fmr(self, threshold: float) -> float:
-        """Modelled false match rate of one comparison at a threshold."""
-        return 1.0 - NormalDist(self.mean, self.std).cdf(threshold)
-
-    def to_json(self) -> dict:
-        return {"mean": round(self.mean, 6), "std": round(self.std, 6), "n": self.n, "max": round(self.max, 6),
-                "model": "normal matched at the 50th and 99th percentiles"}
-
-
-def threshold_for_size(model: ImpostorModel, n_templates: int, fpir: float) -> dict:
-    """Threshold giving FPIR ≈ `fpir` for searches against `n_templates` templates: per-comparison
-    FMR = 1 − (1 − FPIR)^(1/N), then the modelled impostor quantile at 1 − FMR."""
-    if not 0 < fpir < 1 or n_templates < 1:
-        raise DataError(f"need 0 < fpir < 1 and a positive watchlist size (got fpir={fpir}, n={n_templates})")
-    fmr = -math.expm1(math.log1p(-fpir) / n_templates)
-    z = -NormalDist().inv_cdf(max(fmr, 1e-300))
-    t = model.mean + model.std * z
-    if t >= 1.0:
-        best = 1 - (1 - model.fmr(0.999)) ** n_templates
-        raise DataError(
-            f"this embedder cannot reach FPIR {fpir} with {n_templates} templates: the impostor model needs a threshold "
-            f"of {t:.4f} > 1 (at cosine 0.999 the modelled FPIR is {best:.3g}). Shrink the watchlist, accept a higher "
-            "--fpir, or set --threshold explicitly and report the FPIR it implies")
-    return {"match": round(t, 5), "fpir_target": fpir, "calibrated_for_n": n_templates, "fmr_per_comparison": fmr,
-            "impostor_model": model.to_json()}

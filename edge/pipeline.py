@@ -79,8 +79,9 @@ class Pipeline:
     def __init__(self, source: Any, detector: Any, embedder: Any, tracker: Tracker, policy: DecisionPolicy,
                  matches: MatchContext, sink: Callable[[Decision, Frame, Any, Any], None], health: Health | None = None,
                  quality: QualityThresholds = QualityThresholds(), event_queue_size: int = 256,
-                 lossless: bool = False) -> None:
+                 lossless: bool = False, track_templates: bool = True) -> None:
         self.source = source
+        self.track_templates = track_templates
         self.detector = detector
         self.embedder = embedder
         self.tracker = tracker
@@ -172,10 +173,10 @@ class Pipeline:
                 h.inc(f"quality_reject.{q.reason}")
                 continue
             score = quality_score(q)
-            if not track.should_embed(score):
+            if not track.should_embed(score, now):
                 continue
             embedding = self.embedder.embed(chip)
-            track.record_embedding(score)
+            track.record_embedding(score, embedding, now)
             h.observe("embed", time.perf_counter() - t1)
             h.inc("embeddings")
             if watchlist is None:
@@ -184,6 +185,10 @@ class Pipeline:
             result = watchlist.match(embedding)
             h.observe("match", time.perf_counter() - t2)
             decision = self.policy.observe(track.track_id, result, now, q.to_json(), first_seen=track.first_seen)
+            template = track.template() if decision is None and self.track_templates else None
+            if template is not None:
+                decision = self.policy.observe_template(track.track_id, watchlist.match(template), track.embeds, now,
+                                                        q.to_json(), first_seen=track.first_seen)
             if decision is not None:
                 decisions.append(decision)
                 try:

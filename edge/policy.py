@@ -4,7 +4,9 @@ Pure logic: no I/O, no threads, no clock — `now` is passed in seconds (the sam
 
 A result *votes* for its top subject when its similarity ≥ threshold and its margin over the best other subject
 ≥ margin (the config's values, or, when those are None, the ones carried by each MatchResult — i.e. the
-watchlist bundle's). A decision fires when at least k of a track's last n results vote for the same subject.
+watchlist bundle's). A decision fires when at least k of a track's last n results vote for the same subject,
+or when the track *template* (the quality-weighted mean of ≥ 2 of its chips' embeddings, `Track.template`) votes:
+that one search already pools the chips' evidence (`observe_template`).
 
 Dedup and cooldown: each (track, subject) pair is settled at most once — it either fires, or, when the same
 subject was decided (by any track) less than `cooldown_s` ago, it is suppressed and counted; either way that
@@ -114,6 +116,8 @@ class DecisionPolicy:
         self.below_margin = 0
         self.decisions = 0
         self.suppressed_by_cooldown = 0
+        self.template_observed = 0
+        self.template_decisions = 0
 
     def observe(self, track_id: int, result: MatchResult, now: float, quality: dict | None = None,
                 first_seen: float | None = None) -> Decision | None:
@@ -147,6 +151,34 @@ class DecisionPolicy:
         agreeing = [v for v in state.window if v.subject_id == vote]
         if len(agreeing) < cfg.k:
             return None
+        return self._fire(track_id, state, vote, top, agreeing, threshold, margin_required, now, quality)
+
+    def observe_template(self, track_id: int, result: MatchResult, chips: int, now: float,
+                         quality: dict | None = None, first_seen: float | None = None) -> Decision | None:
+        """Add the result of searching a track's template (pooled from `chips` ≥ 2 embedded chips): a vote of its
+        own decides. Counted in `template_observed` / `template_decisions`; not part of the k-of-n window."""
+        cfg = self.config
+        self.template_observed += 1
+        state = self._tracks.get(track_id)
+        if state is None:
+            state = _TrackState(now if first_seen is None else float(first_seen), deque(maxlen=cfg.n))
+            self._tracks[track_id] = state
+        threshold = result.threshold if cfg.threshold is None else cfg.threshold
+        margin_required = result.margin_required if cfg.margin is None else cfg.margin
+        top = result.top if result.top is not None else (result.candidates[0] if result.candidates else None)
+        if top is None or top.similarity < threshold or result.margin < margin_required or top.subject_id in state.settled:
+            return None
+        vote = _Vote(top.subject_id, top, float(result.margin))
+        decision = self._fire(track_id, state, top.subject_id, top, [vote], threshold, margin_required, now, quality,
+                              chips_used=chips)
+        if decision is not None:
+            self.template_decisions += 1
+        return decision
+
+    def _fire(self, track_id: int, state: _TrackState, vote: str, top: Candidate, agreeing: list[_Vote],
+              threshold: float, margin_required: float, now: float, quality: dict | None,
+              chips_used: int | None = None) -> Decision | None:
+        cfg = self.config
         state.settled.add(vote)
         last = self._last_decided.get(vote)
         if last is not None and now - last < cfg.cooldown_s:
@@ -159,7 +191,7 @@ class DecisionPolicy:
         return Decision(track_id=track_id, subject_id=vote, label=top.label, category=top.category,
                         similarity=max(sims), similarities=sims, threshold=float(threshold),
                         margin_required=float(margin_required), margin=min(v.margin for v in agreeing),
-                        chips_used=len(agreeing), first_seen=state.first_seen, decided_at=now,
+                        chips_used=chips_used or len(agreeing), first_seen=state.first_seen, decided_at=now,
                         quality=dict(quality or {}))
 
     def forget(self, track_id: int) -> None:
@@ -167,10 +199,12 @@ class DecisionPolicy:
         self._tracks.pop(track_id, None)
 
     def stats(self) -> dict[str, int]:
-        """tracks (held), observed, no_candidates, below_threshold, below_margin, decisions, suppressed_by_cooldown."""
+        """tracks (held), observed, no_candidates, below_threshold, below_margin, decisions, suppressed_by_cooldown,
+        template_observed, template_decisions."""
         return {"tracks": len(self._tracks), "observed": self.observed, "no_candidates": self.no_candidates,
                 "below_threshold": self.below_threshold, "below_margin": self.below_margin,
-                "decisions": self.decisions, "suppressed_by_cooldown": self.suppressed_by_cooldown}
+                "decisions": self.decisions, "suppressed_by_cooldown": self.suppressed_by_cooldown,
+                "template_observed": self.template_observed, "template_decisions": self.template_decisions}
 
     def _prune(self, now: float) -> None:
         # Keep the cooldown table bounded by the subjects decided within the last cooldown_s.

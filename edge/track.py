@@ -7,8 +7,10 @@ Expiry contract: `Tracker.update` ages out tracks first, then associates; the id
 `Tracker.expired()` collects them (it drains), so the caller can `DecisionPolicy.forget` each one.
 
 Embedding rule (DESIGN §1, "embed only what the tracker needs"): a track embeds its first chip that passed the
-quality gate, then only a chip whose `quality_score` beats the best one embedded so far by `embed_improvement`
-(×1.15 = 15 % better), and never more than `embed_budget` chips in all.
+quality gate, then a chip whose `quality_score` beats the best one embedded so far by `embed_improvement`
+(×1.15 = 15 % better) or, once `reembed_after_s` has passed since the last embedding, one at least
+`REEMBED_FLOOR` × as good (a face that holds still must still gather the k votes the policy needs), and never more
+than `embed_budget` chips in all.
 """
 
 from __future__ import annotations
@@ -23,15 +25,19 @@ from edge.types import Detection
 if TYPE_CHECKING:  # only for hints: keeps this pure core free of OpenCV
     from edge.vision.quality import Quality
 
-#: Sharpness (Laplacian variance of the chip) at which a chip counts as fully sharp in `quality_score`.
-SHARPNESS_FULL = 200.0
+#: A periodic re-embedding needs at least this share of the best embedded chip's quality_score.
+REEMBED_FLOOR = 0.8
+
+#: Sharpness (0–1, `edge.vision.quality.sharpness`) at which a chip counts as fully sharp in `quality_score`
+#: (sharp dev portraits measure 0.5–0.7).
+SHARPNESS_FULL = 0.5
 
 
 def quality_score(q: Quality) -> float:
     """One number to rank chips of the same face, higher = better (pixels-like units, ≥ 0).
 
-    eye distance (px) × min(1, sharpness / 200) × max(0, 1 − |yaw|): size matters most, blur discounts up to the
-    point where the chip is sharp enough (200), and a turned head (|yaw| → 0.5 for a strong profile) halves it.
+    eye distance (px) × min(1, sharpness / 0.5) × max(0, 1 − |yaw|): size matters most, blur discounts up to the
+    point where the chip is sharp enough (0.5), and a turned head (|yaw| → 0.5 for a strong profile) halves it.
     Roll is ignored: alignment removes it. The quality gate still decides *whether* a chip is usable at all.
     """
     sharp = min(1.0, max(0.0, q.sharpness) / SHARPNESS_FULL)
@@ -79,6 +85,7 @@ class Track:
 
     first_seen / last_seen: seconds (the `now` passed to `Tracker.update`). hits: frames it was seen in.
     embeds: chips embedded so far; best_embedded_quality: the best `quality_score` among them (0 before any).
+    template_sum: the `quality_score`-weighted sum of the embedded chips' embeddings (None before any).
     """
 
     track_id: int
@@ -90,32 +97,54 @@ class Track:
     best_embedded_quality: float = 0.0
     embed_budget: int = 5
     embed_improvement: float = 1.15
+    reembed_after_s: float = 0.5
+    template_sum: np.ndarray | None = None
+    last_embedded: float = float("-inf")
 
-    def should_embed(self, quality_score: float) -> bool:
-        """Whether a chip that passed the quality gate is worth embedding (see the module docstring)."""
+    def should_embed(self, quality_score: float, now: float | None = None) -> bool:
+        """Whether a chip that passed the quality gate is worth embedding (see the module docstring);
+        now: seconds, for the periodic re-embedding (None = only the improvement rule)."""
         if self.embeds >= self.embed_budget:
             return False
         if self.embeds == 0:
             return True
-        return quality_score >= self.best_embedded_quality * self.embed_improvement
+        if quality_score >= self.best_embedded_quality * self.embed_improvement:
+            return True
+        return (now is not None and now - self.last_embedded >= self.reembed_after_s
+                and quality_score >= REEMBED_FLOOR * self.best_embedded_quality)
 
-    def record_embedding(self, quality_score: float) -> None:
-        """Note that a chip with this `quality_score` was embedded for this track."""
+    def record_embedding(self, quality_score: float, embedding: np.ndarray | None = None,
+                         now: float | None = None) -> None:
+        """Note that a chip with this `quality_score` was embedded for this track at `now` seconds (and add its
+        embedding, a unit vector, to the track template)."""
         self.embeds += 1
+        if now is not None:
+            self.last_embedded = float(now)
         self.best_embedded_quality = max(self.best_embedded_quality, float(quality_score))
+        if embedding is not None:
+            w = max(float(quality_score), 1e-6) * np.asarray(embedding, np.float32)
+            self.template_sum = w if self.template_sum is None else self.template_sum + w
+
+    def template(self) -> np.ndarray | None:
+        """The track template: the quality-weighted mean of its embedded chips as a unit vector, once at least two
+        chips are in it (one chip is already searched on its own); None before."""
+        if self.template_sum is None or self.embeds < 2:
+            return None
+        norm = float(np.linalg.norm(self.template_sum))
+        return (self.template_sum / norm).astype(np.float32) if norm > 0 else None
 
 
 class Tracker:
     """Greedy IoU tracker.
 
     iou_threshold: least IoU between a track's last box and a detection to continue the track.
-    max_age_s: a track not seen for longer than this (seconds) expires. embed_budget / embed_improvement: copied
-    into every new Track (see `Track.should_embed`).
+    max_age_s: a track not seen for longer than this (seconds) expires. embed_budget / embed_improvement /
+    reembed_after_s: copied into every new Track (see `Track.should_embed`).
     Counters: `tracks_created`, `tracks_expired` (also in `stats()`).
     """
 
     def __init__(self, iou_threshold: float = 0.3, max_age_s: float = 1.0, embed_budget: int = 5,
-                 embed_improvement: float = 1.15) -> None:
+                 embed_improvement: float = 1.15, reembed_after_s: float = 0.5) -> None:
         if not 0.0 < iou_threshold <= 1.0:
             raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
         if max_age_s < 0:
@@ -126,6 +155,7 @@ class Tracker:
         self.max_age_s = float(max_age_s)
         self.embed_budget = int(embed_budget)
         self.embed_improvement = float(embed_improvement)
+        self.reembed_after_s = float(reembed_after_s)
         self._tracks: dict[int, Track] = {}  # insertion order = creation order = id order
         self._next_id = 1
         self._expired: list[int] = []
@@ -156,7 +186,7 @@ class Tracker:
             track = assigned.get(c)
             if track is None:
                 track = Track(self._next_id, det, now, now, embed_budget=self.embed_budget,
-                              embed_improvement=self.embed_improvement)
+                              embed_improvement=self.embed_improvement, reembed_after_s=self.reembed_after_s)
                 self._tracks[track.track_id] = track
                 self._next_id += 1
                 self.tracks_created += 1

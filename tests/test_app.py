@@ -34,7 +34,7 @@ DEVICE = "cam-test"
 def provision(state: Path, analyzer, device_id: str = DEVICE, install: bool = True) -> bytes:
     """Device and operator keys under state/keys, and obama.jpg enrolled and sealed for the device; returns the
     bundle, which (install) is placed where WatchlistStore.start() finds it."""
-    from edge.openset import ImpostorModel, threshold_for_size
+    from edge.calibration import embedder_tail
     from edge.watchlist.build import GalleryEntry, enroll, make_payload
     from edge.watchlist.bundle import seal
     from edge.watchlist.payload import pack
@@ -44,8 +44,7 @@ def provision(state: Path, analyzer, device_id: str = DEVICE, install: bool = Tr
     keys.TrustStore([operator.public_key()]).save(state / "keys" / "operators.json")
     enrollment = enroll([GalleryEntry(FACES / "obama.jpg", "obama", "Barack Obama", "test", None)], analyzer)
     assert len(enrollment.vectors) == 1
-    stats = analyzer.embedder_info.info["impostor_cosine"]
-    thresholds = threshold_for_size(ImpostorModel(stats["mean"], stats["std"], stats["n"], stats["max"]), 1, 0.003)
+    thresholds = embedder_tail(analyzer.embedder_info.info).threshold_for(1, 0.003)
     bundle = seal(pack(make_payload(np.stack(enrollment.vectors), enrollment.item_subject, enrollment.subjects)),
                   watchlist_id="test", version=1, device_id=device_id, device_public=device_key.public_key(),
                   signing_key=operator, embedder_id=analyzer.embedder_info.info["family"],
@@ -174,9 +173,9 @@ def test_reload_applies_thresholds_and_keeps_running(tmp_path, device, clip):
     app = App(load_config(cfg), cfg)
     app.start()
     try:
-        write_config(cfg, device, clip, loop=True, policy={"k": 3, "n": 4}, quality={"min_sharpness": 10})
+        write_config(cfg, device, clip, loop=True, policy={"k": 3, "n": 4}, quality={"min_sharpness": 0.3})
         assert app.reload() is True
-        assert (app.policy.config.k, app.policy.config.n) == (3, 4) and app.pipeline.quality.min_sharpness == 10
+        assert (app.policy.config.k, app.policy.config.n) == (3, 4) and app.pipeline.quality.min_sharpness == 0.3
         cfg.write_text("policy:\n  k: 9\n  n: 3\n")
         assert app.reload() is False
         assert app.policy.config.k == 3

@@ -94,7 +94,8 @@ def test_cooldown_suppresses_the_same_subject_across_tracks_then_lets_it_through
     policy.observe(4, result("s1"), now=60.5)
     assert policy.observe(4, result("s1"), now=61.0) is not None
     assert policy.stats() == {"tracks": 4, "observed": 9, "no_candidates": 0, "below_threshold": 0,
-                              "below_margin": 0, "decisions": 3, "suppressed_by_cooldown": 1}
+                              "below_margin": 0, "decisions": 3, "suppressed_by_cooldown": 1,
+                              "template_observed": 0, "template_decisions": 0}
 
 
 def test_one_track_may_raise_two_different_subjects_once_each():
@@ -171,3 +172,16 @@ def test_bad_config_is_refused_with_a_clear_message(kwargs, message):
     with pytest.raises(ValueError) as err:
         PolicyConfig(**kwargs)
     assert str(err.value) == message
+
+
+def test_a_track_template_vote_decides_alone_and_respects_dedup_and_cooldown():
+    policy = DecisionPolicy(PolicyConfig(k=2, n=3, threshold=0.75, cooldown_s=60))
+    assert policy.observe(1, result("s1", 0.70), now=1.0) is None  # chip below threshold: no vote
+    assert policy.observe_template(1, result("s2", 0.70), chips=2, now=1.1) is None  # template below threshold
+    d = policy.observe_template(1, result("s1", 0.80, second=0.5), chips=3, now=1.2)
+    assert d is not None and d.subject_id == "s1" and d.chips_used == 3 and d.similarities == [0.80]
+    assert policy.observe_template(1, result("s1", 0.85), chips=4, now=1.3) is None  # settled for this track
+    assert policy.observe(1, result("s1", 0.9), now=1.4) is None and policy.observe(1, result("s1", 0.9), now=1.5) is None
+    assert policy.observe_template(2, result("s1", 0.9), chips=2, now=2.0) is None  # cooldown across tracks
+    st = policy.stats()
+    assert (st["template_observed"], st["template_decisions"], st["suppressed_by_cooldown"]) == (4, 1, 1)

@@ -136,12 +136,24 @@ def test_first_chip_is_embedded_whatever_its_score_and_zero_budget_embeds_nothin
 
 
 def test_quality_score_rewards_size_sharpness_and_frontal_pose():
-    base = Quality(eye_distance=40.0, sharpness=400.0, yaw=0.0, roll=0.0, score=0.9, reason=None)
+    base = Quality(eye_distance=40.0, sharpness=0.6, yaw=0.0, roll=0.0, score=0.9, reason=None)
     assert quality_score(base) == pytest.approx(40.0)
-    assert quality_score(Quality(40.0, 100.0, 0.0, 0.0, 0.9, None)) == pytest.approx(20.0)
-    assert quality_score(Quality(40.0, 400.0, -0.5, 0.0, 0.9, None)) == pytest.approx(20.0)
-    assert quality_score(Quality(80.0, 400.0, 0.0, 30.0, 0.9, None)) == pytest.approx(80.0)  # roll is ignored
-    assert quality_score(Quality(40.0, 400.0, 1.5, 0.0, 0.9, None)) == 0.0
+    assert quality_score(Quality(40.0, 0.25, 0.0, 0.0, 0.9, None)) == pytest.approx(20.0)
+    assert quality_score(Quality(40.0, 0.6, -0.5, 0.0, 0.9, None)) == pytest.approx(20.0)
+    assert quality_score(Quality(80.0, 0.6, 0.0, 30.0, 0.9, None)) == pytest.approx(80.0)  # roll is ignored
+    assert quality_score(Quality(40.0, 0.6, 1.5, 0.0, 0.9, None)) == 0.0
+
+
+def test_track_template_is_the_quality_weighted_mean_of_its_chips():
+    det = Detection((0, 0, 10, 10), 0.9, np.zeros((6, 2), np.float32))
+    track = Track(1, det, 0.0, 0.0)
+    a, b = np.array([1.0, 0.0], np.float32), np.array([0.0, 1.0], np.float32)
+    track.record_embedding(30.0, a)
+    assert track.template() is None  # one chip is searched on its own
+    track.record_embedding(10.0, b)
+    t = track.template()
+    assert t is not None and np.linalg.norm(t) == pytest.approx(1.0)
+    assert t[0] / t[1] == pytest.approx(3.0)
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -153,3 +165,17 @@ def test_bad_settings_are_refused_with_a_clear_message(kwargs, message):
     with pytest.raises(ValueError) as err:
         Tracker(**kwargs)
     assert str(err.value) == message
+
+
+def test_a_still_face_is_re_embedded_after_the_interval_within_its_budget():
+    track = Track(1, Detection((0, 0, 10, 10), 0.9, np.zeros((6, 2), np.float32)), 0.0, 0.0, embed_budget=3,
+                  reembed_after_s=0.5)
+    assert track.should_embed(40.0, now=0.0)
+    track.record_embedding(40.0, now=0.0)
+    assert not track.should_embed(40.0, now=0.2)  # same quality, too soon
+    assert track.should_embed(47.0, now=0.2)  # 15 % better: at once
+    assert not track.should_embed(30.0, now=0.6)  # old enough but much worse (< 0.8 x best)
+    assert track.should_embed(33.0, now=0.6) and track.should_embed(40.0, now=0.6)
+    track.record_embedding(40.0, now=0.6)
+    track.record_embedding(40.0, now=1.2)
+    assert not track.should_embed(100.0, now=5.0)  # budget of 3 used

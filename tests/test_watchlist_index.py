@@ -5,8 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from edge.errors import DataError
-from edge.openset import ImpostorModel, openset_report, threshold_at_fpir, threshold_for_size
+from edge.openset import openset_report, threshold_at_fpir
 from edge.watchlist.build import make_payload
 from edge.watchlist.index import Watchlist
 from edge.watchlist.payload import Payload, PayloadError, pack, unpack
@@ -80,22 +79,3 @@ def test_threshold_at_fpir_and_report():
     report = openset_report(np.array([0.95, 0.5, 0.85]), np.array([True, True, False]), nonmated, 0.2)
     assert report["fpir"] == pytest.approx(0.2) and report["fnir"] == pytest.approx(1 / 3, abs=1e-4)
     assert report["rank1"] == pytest.approx(2 / 3, abs=1e-4)
-
-
-def test_threshold_for_size_grows_with_the_watchlist():
-    rng = np.random.default_rng(1)
-    model = ImpostorModel.fit(rng.normal(0.8, 0.02, 5000))
-    assert model.mean == pytest.approx(0.8, abs=0.01) and model.std == pytest.approx(0.02, abs=0.003)
-    small = threshold_for_size(model, 100, 0.003)["match"]
-    large = threshold_for_size(model, 300_000, 0.003)["match"]
-    assert 0.8 < small < large < 1.0
-    # FPIR ≈ 1 − (1 − FMR)^N at the chosen threshold.
-    fpir = 1 - (1 - model.fmr(large)) ** 300_000
-    assert fpir == pytest.approx(0.003, rel=0.01)
-    # A distribution too wide for the size: no cosine threshold ≤ 1 reaches the target, and the error says so.
-    wide = ImpostorModel(0.8, 0.05, 1000, 0.95)
-    with pytest.raises(DataError, match=r"cannot reach FPIR 0.003 with 300000 templates: the impostor model needs a "
-                                        r"threshold of 1\.0\d+ > 1"):
-        threshold_for_size(wide, 300_000, 0.003)
-    with pytest.raises(DataError, match="too few to model the tail"):
-        ImpostorModel.fit(np.zeros(10))

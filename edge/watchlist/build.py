@@ -18,7 +18,7 @@ import numpy as np
 from edge.errors import DataError, EdgeError
 from edge.eval import _read_csv
 from edge.imageio import read_image
-from edge.vision.quality import QualityThresholds, assess
+from edge.vision.quality import ENROLLMENT_LIMITS, QualityThresholds, SubjectRule, assess, subject_face
 from edge.watchlist.payload import Payload, canonical_json, subject_columns
 
 #: Annoy trees: chosen from `edge watchlist bench` (recall@1 vs exact ≥ 99.9 % at 300,000 items; see README).
@@ -59,13 +59,16 @@ class Enrollment:
     subjects: list[dict]
     rejected: list[dict]
     qualities: list[dict]
+    warnings: list[dict]
 
 
-def enroll(entries: list[GalleryEntry], analyzer, limits: QualityThresholds = QualityThresholds(),
-           progress: Callable[[Iterable], Iterable] = lambda it: it) -> Enrollment:
-    """Detect, check, align and embed each gallery photo (exactly one acceptable face per photo)."""
+def enroll(entries: list[GalleryEntry], analyzer, limits: QualityThresholds | None = ENROLLMENT_LIMITS,
+           progress: Callable[[Iterable], Iterable] = lambda it: it,
+           subject: SubjectRule = SubjectRule()) -> Enrollment:
+    """Detect, check, align and embed each gallery photo: its subject face (`subject_face`: the only face, or the
+    clearly dominant one, with a warning) must pass `limits` (None = no quality gate, for measuring its effect)."""
     subject_index: dict[str, int] = {}
-    out = Enrollment([], [], [], [], [])
+    out = Enrollment([], [], [], [], [], [])
     for entry in progress(entries):
         try:
             rgb = read_image(entry.path)
@@ -73,14 +76,15 @@ def enroll(entries: list[GalleryEntry], analyzer, limits: QualityThresholds = Qu
             out.rejected.append({"path": str(entry.path), "reason": "unreadable file", "detail": str(err)})
             continue
         dets = analyzer.detect(rgb)
-        if not dets:
-            out.rejected.append({"path": str(entry.path), "reason": "no face"})
+        pick = subject_face(dets, (rgb.shape[1], rgb.shape[0]), subject)
+        if pick.index is None:
+            out.rejected.append({"path": str(entry.path), "reason": pick.reason,
+                                 **({"detail": pick.detail} if pick.detail else {})})
             continue
-        if len(dets) > 1:
-            out.rejected.append({"path": str(entry.path), "reason": "several faces", "detail": f"{len(dets)} faces"})
-            continue
-        face = analyzer.embed(rgb, dets[0])
-        quality = assess(face.detection, face.chip, limits)
+        if pick.warning:
+            out.warnings.append({"path": str(entry.path), "warning": pick.warning})
+        face = analyzer.embed(rgb, dets[pick.index])
+        quality = assess(face.detection, face.chip, limits or QualityThresholds(0, 0, 1e9, 1e9, 0))
         if not quality.ok:
             out.rejected.append({"path": str(entry.path), "reason": quality.reason, "quality": quality.to_json()})
             continue
@@ -129,7 +133,7 @@ def write_build(out_dir: Path, payload: Payload, enrollment: Enrollment, embedde
     meta = dict(payload.meta, embedder=embedder)
     (out_dir / "meta.json").write_bytes(canonical_json(meta))
     report = {"n_subjects": len(enrollment.subjects), "n_templates": len(enrollment.vectors),
-              "rejected": enrollment.rejected, "n_trees": payload.meta["n_trees"], "embedder": embedder,
+              "rejected": enrollment.rejected, "warnings": enrollment.warnings, "n_trees": payload.meta["n_trees"], "embedder": embedder,
               "seconds": round(seconds, 2)}
     (out_dir / "report.json").write_text(json.dumps(report, indent=2))
     return report

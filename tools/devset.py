@@ -1,0 +1,129 @@
+"""Dev-set cache for tuning and lever-by-lever measurement: detect every dev photo once, then embed per variant.
+
+Nothing here is shipped; it writes outside the repo (the dev data must never be committed). Stages:
+
+    python tools/devset.py detect --data ../shared/data --out /work/cache/dets.npz
+    python tools/devset.py embed  --dets /work/cache/dets.npz --data ../shared/data --variant blaze --out /work/cache/blaze.npz
+
+`detect` keeps every detection of every photo (box, score, 6 keypoints). `embed` cuts the chip of the photo's
+subject face (the dominant face, `edge.vision.quality.subject_face`) the variant's way, measures its quality figures
+and stores the embedding(s): variants `blaze` (BlazeFace-keypoint chip) and `blaze_flip` (the same, flip-averaged).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from edge.errors import EdgeError
+from edge.imageio import read_image
+from edge.vision.analyzer import FaceAnalyzer, VisionOptions
+
+SETS = ("deepface", "face_recognition", "facenet_pytorch", "dlib_johns", "celeba_wild", "celeba_lowres",
+        "utkface_crop_part1")
+ALIASES = {"deepface:deepface_id01": "facenet_pytorch:angelina_jolie"}
+MAX_DETS = 8
+
+
+def dev_photos(data: Path) -> list[tuple[str, str, str]]:
+    """(set, path relative to data, identity or '') for every usable dev photo."""
+    out = []
+    for name in SETS:
+        with open(data / name / "manifest.csv", newline="") as fh:
+            for row in csv.DictReader(fh):
+                if row.get("byte_duplicate_of") or row.get("kind", "raw") != "raw":
+                    continue
+                ident = (row.get("identity") or "").strip()
+                if ident and not ident.startswith("celeba:"):
+                    ident = f"{name}:{ident}"
+                out.append((name, f"{name}/{row['path']}", ALIASES.get(ident, ident)))
+    return out
+
+
+def cmd_detect(args: argparse.Namespace) -> None:
+    analyzer = FaceAnalyzer.create(VisionOptions(threads=args.threads))
+    photos = dev_photos(args.data)
+    n = len(photos)
+    boxes = np.full((n, MAX_DETS, 4), np.nan, np.float32)
+    scores = np.zeros((n, MAX_DETS), np.float32)
+    kps = np.full((n, MAX_DETS, 6, 2), np.nan, np.float32)
+    ndet = np.zeros(n, np.int16)
+    size = np.zeros((n, 2), np.int32)
+    for i, (_, rel, _) in enumerate(tqdm(photos, desc="detect", mininterval=10)):
+        try:
+            rgb = read_image(args.data / rel)
+        except EdgeError:
+            ndet[i] = -1
+            continue
+        size[i] = rgb.shape[1], rgb.shape[0]
+        dets = analyzer.detect(rgb)[:MAX_DETS]
+        ndet[i] = len(dets)
+        for j, d in enumerate(dets):
+            boxes[i, j], scores[i, j], kps[i, j] = d.box, d.score, d.keypoints
+    np.savez(args.out, set=np.array([p[0] for p in photos]), path=np.array([p[1] for p in photos]),
+             identity=np.array([p[2] for p in photos]), boxes=boxes, scores=scores, keypoints=kps, ndet=ndet,
+             size=size)
+    print(f"{n} photos, {int((ndet > 0).sum())} with a face, {int((ndet > 1).sum())} with several -> {args.out}")
+
+
+def cmd_embed(args: argparse.Namespace) -> None:
+    from edge.types import Detection
+    from edge.vision import quality as q
+
+    d = np.load(args.dets)
+    analyzer = FaceAnalyzer.create(VisionOptions(threads=args.threads, flip=args.variant.endswith("_flip")))
+    n = len(d["path"])
+    emb = np.zeros((n, analyzer.embedder.dim), np.float32)
+    chosen = np.full(n, -1, np.int16)
+    figs = {k: np.full(n, np.nan, np.float32) for k in ("sharp_old", "sharp", "eye", "yaw", "roll", "score")}
+    t_embed = []
+    for i in tqdm(range(n), desc=f"embed {args.variant}", mininterval=10):
+        k = int(d["ndet"][i])
+        if k <= 0:
+            continue
+        dets = [Detection(tuple(map(float, d["boxes"][i, j])), float(d["scores"][i, j]), d["keypoints"][i, j])
+                for j in range(k)]
+        pick = q.subject_face(dets, tuple(d["size"][i]))
+        j = pick.index if pick.index is not None else max(range(k), key=lambda j: dets[j].width * dets[j].height)
+        chosen[i] = j if pick.index is not None else -2 - j  # -2-j: ambiguous, largest taken for measurement
+        rgb = read_image(args.data / str(d["path"][i]))
+        t0 = time.perf_counter()
+        face = analyzer.embed(rgb, dets[j])
+        t_embed.append(time.perf_counter() - t0)
+        emb[i] = face.embedding
+        qual = q.assess(dets[j], face.chip, q.QualityThresholds())
+        figs["sharp_old"][i] = q.laplacian_variance(face.chip)
+        figs["sharp"][i], figs["eye"][i] = qual.sharpness, qual.eye_distance
+        figs["yaw"][i], figs["roll"][i], figs["score"][i] = qual.yaw, qual.roll, qual.score
+    np.savez(args.out, path=d["path"], identity=d["identity"], set=d["set"], emb=emb, chosen=chosen, **figs)
+    print(f"{args.variant}: {int((chosen != -1).sum())} faces embedded, align+embed median "
+          f"{1000 * float(np.median(t_embed)):.2f} ms -> {args.out}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("detect")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(fn=cmd_detect)
+    p = sub.add_parser("embed")
+    p.add_argument("--dets", type=Path, required=True)
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--variant", choices=("blaze", "blaze_flip"), default="blaze")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(fn=cmd_embed)
+    args = ap.parse_args(argv)
+    args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

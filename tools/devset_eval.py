@@ -1,0 +1,233 @@
+"""Lever-by-lever open-set measurement on the dev-set caches of `tools/devset.py` (nothing here ships).
+
+The split (the largest the dev set allows): identities with ≥ 2 photos, in sorted order, alternate between
+*listed* (first photo enrolled, the rest are mated probes) and *unlisted* (every photo a non-mated probe);
+identities with one photo are enrolled as distractors; UTKFace chips (no identities) are non-mated probes only.
+`--half fit|check` restricts everything to one half of the identities (split by a hash of the id), so the
+impostor tail can be fitted on one half and checked on the other.
+
+    python tools/devset_eval.py openset --cache /work/cache/blaze.npz [--gate] [--fuse /work/cache/faceres.npz]
+    python tools/devset_eval.py fit-tail --cache /work/cache/blaze.npz --half fit --out /work/cache/tail.json
+    python tools/devset_eval.py check-tail --cache /work/cache/blaze.npz --half check --tail /work/cache/tail.json
+    python tools/devset_eval.py gate --cache /work/cache/blaze.npz      # rejection counts per reason
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from edge.calibration import TailModel, fit_tail
+from edge.openset import threshold_at_fpir
+from edge.vision.quality import QualityThresholds
+
+
+def half_of(identity: str) -> str:
+    return "fit" if hashlib.sha1(identity.encode()).digest()[0] % 2 == 0 else "check"
+
+
+def gate_reasons(c, limits: QualityThresholds) -> np.ndarray:
+    """Per photo: '' (passes), or the gate's reason, from the cached figures (same order as `assess`)."""
+    out = np.full(len(c["path"]), "", dtype=object)
+    chosen = c["chosen"]
+    out[chosen == -1] = "no face"
+    out[chosen <= -2] = "several faces"
+    ok = chosen >= 0
+    for mask, why in ((c["eye"] < limits.min_eye_distance, "face too small"),
+                      (c["score"] < limits.min_score, "low detection score"),
+                      ((np.abs(c["yaw"]) > limits.max_yaw) | (np.abs(c["roll"]) > limits.max_roll), "extreme pose"),
+                      (c["sharp"] < limits.min_sharpness, "too blurry")):
+        sel = ok & (out == "") & mask
+        out[sel] = why
+    return out
+
+
+def split(c, half: str | None = None, sets: set[str] | None = None) -> dict[str, list[int]]:
+    """Indices of gallery photos, mated probes and non-mated probes (+ gallery identity per gallery index)."""
+    by_id: dict[str, list[int]] = defaultdict(list)
+    utk = []
+    for i, (ident, s) in enumerate(zip(c["identity"], c["set"])):
+        if half and half_of(str(ident) or str(c["path"][i])) != half:
+            continue
+        if sets and s not in sets:
+            continue
+        if s == "utkface_crop_part1":
+            utk.append(i)
+        elif ident:
+            by_id[str(ident)].append(i)
+    gallery, listed, mated, nonmated = [], [], [], list(utk)
+    multi = sorted(k for k, v in by_id.items() if len(v) >= 2)
+    for n, ident in enumerate(multi):
+        idx = sorted(by_id[ident], key=lambda i: str(c["path"][i]))
+        if n % 2 == 0:
+            gallery.append(idx[0])
+            listed.append(ident)
+            mated.extend(idx[1:])
+        else:
+            nonmated.extend(idx)
+    gallery.extend(v[0] for k, v in sorted(by_id.items()) if len(v) == 1)
+    return {"gallery": gallery, "mated": mated, "nonmated": nonmated, "listed": listed}
+
+
+def scores(c, fuse, g: np.ndarray, p: np.ndarray, weight: float, shortlist: int) -> np.ndarray:
+    """(P, G) similarity: the primary cosine, or on each probe's top-`shortlist` a z-score fusion with `fuse`."""
+    s = c["emb"][p] @ c["emb"][g].T
+    if fuse is None:
+        return s
+    mu1, sd1, mu2, sd2 = fuse["norm"]
+    top = np.argpartition(-s, min(shortlist, s.shape[1] - 1), axis=1)[:, :shortlist]
+    out = np.full_like(s, -np.inf)
+    sec = fuse["emb"]
+    for r in range(len(p)):
+        cols = top[r]
+        s2 = sec[g[cols]] @ sec[p[r]]
+        out[r, cols] = weight * (s[r, cols] - mu1) / sd1 + (1 - weight) * (s2 - mu2) / sd2
+    return out
+
+
+def openset(c, args, fuse=None) -> dict:
+    sp = split(c, args.half, set(args.sets.split(",")) if args.sets else None)
+    reasons = gate_reasons(c, limits(args)) if args.gate else None
+    gal = [i for i in sp["gallery"] if c["chosen"][i] >= 0 or (not args.gate and c["chosen"][i] <= -2)]
+    if args.gate:
+        gal = [i for i in gal if reasons[i] == ""]
+    g = np.array(gal)
+    gid = c["identity"][g]
+    enrolled = set(map(str, gid))
+    mated = np.array([i for i in sp["mated"] if c["chosen"][i] != -1])
+    nonm = np.array([i for i in sp["nonmated"] if c["chosen"][i] != -1])
+    out = {"gallery_intended": len(sp["gallery"]), "gallery_enrolled": len(g), "listed": len(sp["listed"]),
+           "listed_enrolled": len(enrolled & set(sp["listed"])), "mated": len(sp["mated"]),
+           "nonmated": len(nonm)}
+    res = {}
+    for name, idx in (("m", mated), ("n", nonm)):
+        tops, best = [], []
+        for b in range(0, len(idx), 2000):
+            s = scores(c, fuse, g, idx[b:b + 2000], args.weight, args.shortlist)
+            j = s.argmax(axis=1)
+            tops.append(s[np.arange(len(j)), j])
+            best.append(gid[j])
+        res[name] = (np.concatenate(tops), np.concatenate(best))
+    mtop, mbest = res["m"]
+    correct = mbest == c["identity"][mated]
+    n_missing = len(sp["mated"]) - len(mated)  # mated probes without a face count as misses
+    for fpir in (0.003, 0.01):
+        t = threshold_at_fpir(res["n"][0], fpir)
+        hits = int((correct & (mtop >= t)).sum())
+        out[f"fnir@{fpir}"] = round(1 - hits / (len(mated) + n_missing), 4)
+        out[f"threshold@{fpir}"] = round(t, 4)
+    out["rank1"] = round(int(correct.sum()) / (len(mated) + n_missing), 4)
+    return out
+
+
+def impostors_by_probe(c, half: str, max_probes: int | None = None) -> list[np.ndarray]:
+    """Real impostor cosines grouped by probe: every face of the half vs one template per CelebA identity of the
+    half, different identities only (UTKFace chips only as probes: they may repeat a person among themselves)."""
+    sp = split(c, half)
+    ids = defaultdict(list)
+    for i in sp["gallery"] + sp["mated"] + sp["nonmated"]:
+        if c["chosen"][i] >= 0 and c["set"][i] != "utkface_crop_part1":
+            ids[str(c["identity"][i])].append(i)
+    templates = np.array([v[0] for _, v in sorted(ids.items())])
+    tid = c["identity"][templates]
+    probes = [i for i in sp["gallery"] + sp["mated"] + sp["nonmated"] if c["chosen"][i] >= 0]
+    probes = probes[:max_probes] if max_probes else probes
+    out = []
+    te = c["emb"][templates]
+    for b in range(0, len(probes), 2000):
+        pb = np.array(probes[b:b + 2000])
+        s = c["emb"][pb] @ te.T
+        same = c["identity"][pb][:, None] == tid[None, :]
+        for r in range(len(pb)):
+            out.append(s[r][~same[r]].astype(np.float32))
+    return out
+
+
+def limits(args) -> QualityThresholds:
+    return QualityThresholds(args.min_eye, args.min_sharpness, args.max_yaw, args.max_roll, 0.5)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    for name in ("openset", "fit-tail", "check-tail", "gate"):
+        p = sub.add_parser(name)
+        p.add_argument("--cache", type=Path, required=True)
+        p.add_argument("--half", choices=("fit", "check"))
+        p.add_argument("--gate", action="store_true")
+        p.add_argument("--min-sharpness", type=float, default=QualityThresholds().min_sharpness)
+        p.add_argument("--min-eye", type=float, default=QualityThresholds().min_eye_distance)
+        p.add_argument("--max-yaw", type=float, default=QualityThresholds().max_yaw)
+        p.add_argument("--max-roll", type=float, default=QualityThresholds().max_roll)
+        p.add_argument("--sets", help="comma-separated dev sets to use (default: all)")
+        p.add_argument("--fuse", type=Path)
+        p.add_argument("--weight", type=float, default=0.6)
+        p.add_argument("--shortlist", type=int, default=50)
+        p.add_argument("--tail", type=Path)
+        p.add_argument("--out", type=Path)
+        p.add_argument("--manifest-entry", help="fit-tail: also store the tail in models/manifest.json under this model")
+        p.add_argument("--pipeline", default="BlazeFace-keypoint chips, no flip", help="fit-tail: how the cache was made")
+        p.add_argument("--fpir", type=float, default=0.003)
+    args = ap.parse_args(argv)
+    c = dict(np.load(args.cache))
+    if args.cmd == "gate":
+        r = gate_reasons(c, limits(args))
+        for s in np.unique(c["set"]):
+            m = c["set"] == s
+            cnt = Counter(r[m])
+            print(f"{s}: {m.sum()} photos, rejected {m.sum() - cnt['']} ({100 * (1 - cnt[''] / m.sum()):.2f} %): "
+                  + ", ".join(f"{k} {v}" for k, v in cnt.most_common() if k))
+    elif args.cmd == "openset":
+        fuse = None
+        if args.fuse:
+            f = dict(np.load(args.fuse))
+            imp = np.concatenate(impostors_by_probe(c, "fit", 3000))
+            imp2 = np.concatenate(impostors_by_probe(f, "fit", 3000))
+            f["norm"] = (float(imp.mean()), float(imp.std()), float(imp2.mean()), float(imp2.std()))
+            fuse = f
+        print(json.dumps(openset(c, args, fuse)))
+    elif args.cmd == "fit-tail":
+        groups = impostors_by_probe(c, args.half)
+        model = fit_tail(groups, source=f"{args.cache.name}, half {args.half}")
+        args.out.write_text(json.dumps(model.to_json()))
+        if args.manifest_entry:
+            mpath = Path(__file__).resolve().parent.parent / "models" / "manifest.json"
+            manifest = json.loads(mpath.read_text())
+            entry = model.to_json()
+            entry["source"] = (f"dev set (../shared/data; tuned on it): {model.n:,} real impostor comparisons, half "
+                               f"'{args.half}' of the identities (hash split), {model.n_probes:,} probes (CelebA "
+                               "in-the-wild + low-res, UTKFace chips, the small sets) x one template per CelebA "
+                               f"identity; pipeline: {args.pipeline}; tools/devset_eval.py fit-tail")
+            manifest["models"][args.manifest_entry]["impostor_tail"] = entry
+            manifest["models"][args.manifest_entry].pop("impostor_cosine", None)
+            mpath.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+            print(f"stored as models/manifest.json {args.manifest_entry}.impostor_tail")
+        print(f"{model.n:,} comparisons from {model.n_probes} probes: u {model.u:.4f}, zeta {model.zeta:.2e}, "
+              f"sigma {model.sigma:.5f}, xi {model.xi:.3f}; max {max(g.max() for g in groups):.4f}")
+    elif args.cmd == "check-tail":
+        model = TailModel.from_json(json.loads(args.tail.read_text()))
+        sp = split(c, args.half)
+        g = np.array([i for i in sp["gallery"] if c["chosen"][i] >= 0])
+        nonm = np.array([i for i in sp["nonmated"] if c["chosen"][i] >= 0])
+        for n in (len(g), 500, 100):
+            gg = g[:n]
+            top_n = np.concatenate([(c["emb"][nonm[b:b + 2000]] @ c["emb"][gg].T).max(axis=1)
+                                    for b in range(0, len(nonm), 2000)])
+            for fpir in (0.003, 0.01, 0.03):
+                th = model.threshold_for(len(gg), fpir)
+                print(json.dumps({"n_templates": len(gg), "nonmated": len(nonm), "fpir_target": fpir,
+                                  "predicted_threshold": th["match"], "point_threshold": th["point"],
+                                  "predicted_fpir": th["predicted_fpir"],
+                                  "measured_fpir_at_predicted": round(float((top_n >= th["match"]).mean()), 5),
+                                  "measured_fpir_at_point": round(float((top_n >= th["point"]).mean()), 5),
+                                  "empirical_threshold": round(threshold_at_fpir(top_n, fpir), 4)}))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
