@@ -43,7 +43,8 @@ RELOADABLE = ("quality", "tracking", "policy", "health")
 
 def vision_options(c: Config) -> VisionOptions:
     v = c.vision
-    return VisionOptions(v.detector, v.embedder, v.threads, v.backend, v.delegate, v.min_score, v.flip, v.models_dir)
+    return VisionOptions(v.detector, v.embedder, v.threads, v.backend, v.delegate, v.min_score, v.flip, v.models_dir,
+                         v.alignment)
 
 
 def quality_thresholds(c: Config) -> QualityThresholds:
@@ -158,7 +159,7 @@ class App:
         self.source = open_source(c.camera.source, **source_options(c))
         self.pipeline = Pipeline(self.source, self.analyzer.detector, self.analyzer.embedder, self.tracker,
                                  self.policy, MatchContext(self._watchlist), self.writer, self.health,
-                                 quality_thresholds(c))
+                                 quality_thresholds(c), chipper=self.analyzer.chip)
         self.health.watch("outbox_depth", self.outbox.depth)
         self.health.watch("event_queue", self.pipeline.events.qsize)
         self.health.watch("watchlist_version", lambda: self.store.state()["version"])

@@ -82,7 +82,7 @@ def run_bench(analyzer: Any, video: Path | None, photos: Path, pace: str = "fast
         pipeline = Pipeline(OpenCVSource(video, pace=pace), analyzer.detector, analyzer.embedder, Tracker(),
                             DecisionPolicy(PolicyConfig(k=2, n=3)), MatchContext(lambda: watchlist),
                             lambda d, f, w, c: events.append(time.monotonic() - f.monotonic), health,
-                            lossless=pace == "fast")
+                            lossless=pace == "fast", chipper=analyzer.chip)
         cpu0, wall0 = os.times(), time.monotonic()
         pipeline.start()
         pipeline.wait(max_seconds)

@@ -146,7 +146,11 @@ def _vision_parent() -> argparse.ArgumentParser:
     g.add_argument("--embedder", help="embedder name in the manifest (default: the int8 dlib ResNet)")
     g.add_argument("--threads", type=int, default=2, help="CPU threads per model (default 2)")
     g.add_argument("--min-score", type=float, default=0.5, help="detection threshold, probability (default 0.5)")
-    g.add_argument("--flip", action="store_true", help="average each chip's embedding with its mirror image's (2× cost)")
+    g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
+                   help="average each chip's embedding with its mirror image's (default on; --no-flip halves the "
+                        "embedding cost)")
+    g.add_argument("--alignment", choices=("dlib5", "keypoints"), default="dlib5",
+                   help="chips from dlib's 5-point landmarks (default; dlib's own chips) or BlazeFace's keypoints")
     return p
 
 

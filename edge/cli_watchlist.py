@@ -212,10 +212,11 @@ def cmd_watchlist_bench(args: argparse.Namespace) -> int:
     from edge.imageio import read_image
     from edge.openset import read_probes
     from edge.watchlist import bench
-    from edge.watchlist.build import build_index, enroll, read_gallery
+    from edge.calibration import embedder_tail
+    from edge.watchlist.build import enroll, make_payload, read_gallery
     from edge.watchlist.bundle import open_bundle, seal
     from edge.watchlist.index import Watchlist
-    from edge.watchlist.payload import Payload, pack, subject_columns
+    from edge.watchlist.payload import pack
 
     rng = np.random.default_rng(args.seed)
     analyzer = _analyzer(args)
@@ -253,6 +254,10 @@ def cmd_watchlist_bench(args: argparse.Namespace) -> int:
         "impostor_cosine_synthetic": bench.summarise_similarities(synth_imp),
         "genuine_cosine_measured": bench.summarise_similarities(genuine), "runs": [],
     }
+    try:
+        report["threshold"] = embedder_tail(analyzer.embedder_info.info).threshold_for(args.size, 0.003)
+    except DataError as err:
+        report["threshold"] = {"refused": str(err)}
     # Queries: the real mated probes, then synthetic mated probes of random distractors at the median genuine cosine.
     n_synth = max(0, args.queries - len(mated_a))
     picks = rng.choice(n_distractors, n_synth, replace=False) + len(real)
@@ -262,12 +267,11 @@ def cmd_watchlist_bench(args: argparse.Namespace) -> int:
     operator, device = keys.generate_operator_key(), keys.generate_device_key()
     for n_trees in args.trees:
         t0 = time.perf_counter()
-        index = build_index(vectors, n_trees)
+        payload = make_payload(vectors, item_subject.tolist(), subjects, n_trees, stage1_dim=args.stage1_dim)
         build_s = time.perf_counter() - t0
-        index_bytes = len(index)
-        plaintext = pack(Payload(index, {"dim": int(vectors.shape[1]), "metric": "angular", "n_trees": n_trees,
-                                         "items": item_subject.tolist(), "subjects": subject_columns(subjects)}))
-        del index
+        index_bytes = len(payload.index) + len(payload.templates)
+        plaintext = pack(payload)
+        del payload
         t0 = time.perf_counter()
         data = seal(plaintext, watchlist_id="bench", version=1, device_id="bench-device",
                     device_public=device.public_key(), signing_key=operator, embedder_id="bench", embedder_sha256="0" * 64,
@@ -281,7 +285,9 @@ def cmd_watchlist_bench(args: argparse.Namespace) -> int:
         watchlist = Watchlist.from_payload(opened.payload, manifest=opened.manifest)
         load_s = time.perf_counter() - t0
         del opened
-        rss = _fresh_process_rss(data, device, operator, tempfile, subprocess)
+        rss, rss_q = _fresh_process_rss(data, device, operator, tempfile, subprocess, queries, args.shortlist,
+                                        args.search_k[-1])
+        watchlist.shortlist = args.shortlist
         for search_k in args.search_k:
             watchlist.search_k = search_k if search_k > 0 else -1
             times, tops = bench.time_queries(watchlist, queries)
@@ -290,12 +296,13 @@ def cmd_watchlist_bench(args: argparse.Namespace) -> int:
             run = {"n_trees": n_trees, "search_k": watchlist.search_k, "build_seconds": round(build_s, 2),
                    "seal_seconds": round(seal_s, 2), "bundle_bytes": len(data), "index_bytes_in_memfd": index_bytes,
                    "verify_decrypt_seconds": round(verify_s, 2), "verify_decrypt_load_seconds": round(load_s, 2),
-                   "rss_mb_fresh_process_after_load": rss, "query_ms": bench.percentile_ms(times),
+                   "rss_mb_fresh_process_after_load": rss, "rss_mb_after_queries": rss_q, "query_ms": bench.percentile_ms(times),
                    "n_queries": len(queries), "recall_at_1_vs_exact": round(float((top_index == exact).mean()), 5),
                    "rank1_vs_truth": round(float((top_index == expected).mean()), 5)}
             report["runs"].append(run)
             print(f"trees {n_trees} search_k {watchlist.search_k}: build {run['build_seconds']} s, bundle "
-                  f"{len(data) / 2**20:.1f} MiB, verify+decrypt+load {run['verify_decrypt_load_seconds']} s, RSS {rss} MiB,"
+                  f"{len(data) / 2**20:.1f} MiB, verify+decrypt+load {run['verify_decrypt_load_seconds']} s, RSS {rss} MiB "
+                  f"({rss_q} after the queries),"
                   f" query p50 {run['query_ms']['p50']} ms p99 {run['query_ms']['p99']} ms, recall@1 vs exact "
                   f"{run['recall_at_1_vs_exact']}", file=sys.stderr)
         del watchlist, data
@@ -306,13 +313,16 @@ def cmd_watchlist_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fresh_process_rss(data: bytes, device, operator, tempfile, subprocess) -> float:
-    """RSS (MiB) of a new Python process after it verified, decrypted and loaded the bundle — the device's view."""
+def _fresh_process_rss(data: bytes, device, operator, tempfile, subprocess, queries: np.ndarray, shortlist: int,
+                       search_k: int) -> tuple[float, float]:
+    """RSS (MiB) of a new Python process after it verified, decrypted and loaded the bundle — the device's view —
+    and after it then ran the queries (the index pages they touch count too)."""
     from edge import keys
 
     with tempfile.TemporaryDirectory() as tmp:
         bundle, dkey, okey = Path(tmp) / "b.bundle", Path(tmp) / "device.key", Path(tmp) / "operator.pub"
         bundle.write_bytes(data)
+        np.save(Path(tmp) / "q.npy", queries.astype(np.float32))
         keys.save_private_key(dkey, device)
         keys.save_public_key(okey, operator.public_key())
         code = ("import sys; from edge import keys; from edge.watchlist.bundle import open_bundle; "
@@ -320,10 +330,13 @@ def _fresh_process_rss(data: bytes, device, operator, tempfile, subprocess) -> f
                 "d=keys.load_private_key(sys.argv[2],'device'); o=keys.load_public_key(sys.argv[3],'operator'); "
                 "b=open_bundle(open(sys.argv[1],'rb').read(), d, {keys.key_id(o): o}); "
                 "w=Watchlist.from_payload(b.payload, manifest=b.manifest); del b; import gc; gc.collect(); "
+                f"print(round(rss_mb(), 1)); import numpy as np; w.shortlist={shortlist}; w.search_k={search_k}; "
+                "[w.search(q) for q in np.load(sys.argv[4])]; "
                 "print(round(rss_mb(), 1))")
-        out = subprocess.run([sys.executable, "-c", code, str(bundle), str(dkey), str(okey)], capture_output=True,
-                             text=True, check=True)
-        return float(out.stdout.strip().splitlines()[-1])
+        out = subprocess.run([sys.executable, "-c", code, str(bundle), str(dkey), str(okey), str(Path(tmp) / "q.npy")],
+                             capture_output=True, text=True, check=True)
+        lines = out.stdout.strip().splitlines()
+        return float(lines[-2]), float(lines[-1])
 
 
 # --- eval openset ---------------------------------------------------------------------------------------------
@@ -496,6 +509,8 @@ def add_parsers(sub: argparse._SubParsersAction, vision: argparse.ArgumentParser
                    help="comma-separated Annoy tree counts to compare (default 16)")
     p.add_argument("--search-k", type=lambda s: [int(x) for x in s.split(",")], default=[0],
                    help="comma-separated Annoy search_k values to compare (0 = Annoy's default)")
+    p.add_argument("--stage1-dim", type=int, default=32, help="PCA dimensions of the shortlist index (default 32)")
+    p.add_argument("--shortlist", type=int, default=128, help="templates re-scored exactly per query (default 128)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_watchlist_bench)

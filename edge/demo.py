@@ -210,7 +210,7 @@ def run_demo(analyzer: Any, photos: Path, workdir: Path | None = None, video: Pa
         health = Health()
         pipeline = Pipeline(OpenCVSource(video, pace="realtime"), analyzer.detector, analyzer.embedder, Tracker(),
                             DecisionPolicy(PolicyConfig(k=2, n=3)), MatchContext(lambda: store.current()[0]), writer,
-                            health)
+                            health, chipper=analyzer.chip)
         stop = threading.Event()
         threads = []
         if have_broker:

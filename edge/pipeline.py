@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import numpy as np
+
 from edge.health import Health
 from edge.policy import Decision, DecisionPolicy
 from edge.track import Tracker, quality_score
@@ -79,8 +81,11 @@ class Pipeline:
     def __init__(self, source: Any, detector: Any, embedder: Any, tracker: Tracker, policy: DecisionPolicy,
                  matches: MatchContext, sink: Callable[[Decision, Frame, Any, Any], None], health: Health | None = None,
                  quality: QualityThresholds = QualityThresholds(), event_queue_size: int = 256,
-                 lossless: bool = False, track_templates: bool = True) -> None:
+                 lossless: bool = False, track_templates: bool = True,
+                 chipper: Callable[[np.ndarray, Any], np.ndarray] | None = None) -> None:
         self.source = source
+        #: (rgb, detection) → aligned chip; default: the BlazeFace-keypoint fit (FaceAnalyzer.chip cuts dlib chips)
+        self.chipper = chipper or (lambda rgb, det: align_face(rgb, det.keypoints, self.embedder.chip_size))
         self.track_templates = track_templates
         self.detector = detector
         self.embedder = embedder
@@ -167,7 +172,7 @@ class Pipeline:
                 h.inc("quality_reject.face too small")
                 continue
             t1 = time.perf_counter()
-            chip = align_face(frame.rgb, det.keypoints, self.embedder.chip_size)
+            chip = self.chipper(frame.rgb, det)
             q = assess(det, chip, self.quality)
             if not q.ok:
                 h.inc(f"quality_reject.{q.reason}")

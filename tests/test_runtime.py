@@ -20,11 +20,16 @@ def manifest():
 
 
 def test_every_manifest_model_matches_its_checksum_and_loads(manifest):
-    assert {m.kind for m in manifest.models.values()} == {"detector", "embedder"}
+    from edge.vision.landmarks import load_shape_predictor
+
+    assert {m.kind for m in manifest.models.values()} == {"detector", "embedder", "landmarks"}
     for info in manifest.models.values():
+        assert hashlib.sha256(info.path.read_bytes()).hexdigest() == info.sha256
+        if info.kind == "landmarks":  # numpy arrays, not a TFLite graph
+            assert load_shape_predictor(info.path).initial_shape.shape == (5, 2)
+            continue
         model = info.load(RuntimeOptions(num_threads=1))
         assert model.input_shape[0] == 1
-        assert hashlib.sha256(info.path.read_bytes()).hexdigest() == info.sha256
 
 
 def test_defaults_are_the_int8_models(manifest):

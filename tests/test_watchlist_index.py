@@ -30,7 +30,10 @@ def test_payload_round_trip_and_malformed_input(gallery):
     payload = make_payload(vectors, items, subjects, n_trees=4, thresholds={"match": 0.5})
     data = pack(payload)
     back = unpack(data)
-    assert back.index == payload.index and back.meta == payload.meta
+    assert back.index == payload.index and back.meta == payload.meta and back.templates == payload.templates
+    assert len(payload.templates) == 200 * (vectors.shape[1] + 4)
+    with pytest.raises(PayloadError, match="templates hold"):
+        unpack(pack(Payload(payload.index, payload.meta, payload.templates[:-4])))
     with pytest.raises(PayloadError, match="bad magic"):
         unpack(b"nonsense" + data[8:])
     with pytest.raises(PayloadError, match="truncated"):
@@ -51,7 +54,8 @@ def test_index_loads_from_memory_and_finds_each_template(gallery):
     assert named and all(link.startswith("/memfd:edge-watchlist") for link in named)
     for i in (0, 57, 199):
         top = wl.search(vectors[i], k=3)
-        assert top[0].subject_id == f"s{items[i]}" and top[0].similarity == pytest.approx(1.0, abs=1e-5)
+        # The exact stage re-scores with int8 templates: cosine within ~1e-3 of the float value.
+        assert top[0].subject_id == f"s{items[i]}" and top[0].similarity == pytest.approx(1.0, abs=3e-3)
         assert len({c.subject_id for c in top}) == len(top)  # one candidate per subject
 
 
@@ -79,3 +83,28 @@ def test_threshold_at_fpir_and_report():
     report = openset_report(np.array([0.95, 0.5, 0.85]), np.array([True, True, False]), nonmated, 0.2)
     assert report["fpir"] == pytest.approx(0.2) and report["fnir"] == pytest.approx(1 / 3, abs=1e-4)
     assert report["rank1"] == pytest.approx(2 / 3, abs=1e-4)
+
+
+def test_large_lists_shortlist_on_a_pca_projection_and_rescore_exactly():
+    """From PCA_MIN_ITEMS templates on, Annoy indexes a 64-D projection; the int8 templates give the exact cosine,
+    so the best template is found and scored as an exact search would (within int8 rounding)."""
+    from edge.watchlist.build import PCA_MIN_ITEMS, STAGE1_DIM
+
+    rng = np.random.default_rng(3)
+    n, dim = PCA_MIN_ITEMS + 500, 128
+    base = _unit(rng, 40, dim)  # clustered, like face embeddings: most variance in few directions
+    vectors = base[rng.integers(0, 40, n)] + 0.35 * _unit(rng, n, dim)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    subjects = [{"id": f"s{i}", "label": "", "category": "", "expires": None} for i in range(n)]
+    payload = make_payload(vectors, list(range(n)), subjects, n_trees=8)
+    assert payload.meta["stage1"]["dim"] == STAGE1_DIM
+    wl = Watchlist.from_payload(pack(payload), {"match": 0.9, "margin": 0.0}, search_k=4000)
+    probes = vectors[:200] + 0.05 * _unit(rng, 200, dim)
+    probes /= np.linalg.norm(probes, axis=1, keepdims=True)
+    exact = probes @ vectors.T
+    hits = 0
+    for p, row in zip(probes, exact):
+        top = wl.search(p, k=1)[0]
+        hits += top.subject_id == f"s{int(row.argmax())}"
+        assert top.similarity == pytest.approx(float(row[int(top.subject_id[1:])]), abs=3e-3)
+    assert hits >= 198

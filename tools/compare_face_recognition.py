@@ -43,7 +43,9 @@ def cmd_pairs(args: argparse.Namespace) -> dict:
     pairs = read_pairs(args.pairs, args.root)
     paths = sorted({p for pair in pairs for p in (pair.a, pair.b)})
     results = {}
-    variants = {"edge int8": VisionOptions(threads=2), "edge int8 + flip": VisionOptions(threads=2, flip=True)}
+    variants = {"edge int8, keypoint chips": VisionOptions(threads=2, flip=False, alignment="keypoints"),
+                "edge int8, dlib5 chips": VisionOptions(threads=2, flip=False, alignment="dlib5"),
+                "edge int8, dlib5 + flip": VisionOptions(threads=2, flip=True, alignment="dlib5")}
     for name, opts in variants.items():
         analyzer = FaceAnalyzer.create(opts)
         t0 = time.perf_counter()

@@ -76,8 +76,22 @@ def cmd_embed(args: argparse.Namespace) -> None:
     from edge.types import Detection
     from edge.vision import quality as q
 
+    from edge.vision.align import TEMPLATE, align_face
+
     d = np.load(args.dets)
-    analyzer = FaceAnalyzer.create(VisionOptions(threads=args.threads, flip=args.variant.endswith("_flip")))
+    analyzer = FaceAnalyzer.create(VisionOptions(threads=args.threads, flip=args.variant.endswith("_flip"),
+                                                 embedder=args.embedder))
+    size = analyzer.embedder.chip_size
+    unit = TEMPLATE / 150.0 * 1.5 - 0.25  # dlib's normalised face square (0..1) for the BlazeFace template
+    template = ((unit + args.padding) / (1.0 + 2.0 * args.padding) * 150.0).astype(np.float32)
+    chipper = None
+    if args.variant.startswith("dlib5"):
+        from edge.paths import models_dir
+        from edge.vision.landmarks import detection_landmarks, dlib_chip, load_shape_predictor
+        sp = load_shape_predictor(models_dir() / "dlib_shape_predictor_5.npz")
+
+        def chipper(rgb, det):
+            return dlib_chip(rgb, detection_landmarks(sp, rgb, det), size, args.padding)
     n = len(d["path"])
     emb = np.zeros((n, analyzer.embedder.dim), np.float32)
     chosen = np.full(n, -1, np.int16)
@@ -94,9 +108,13 @@ def cmd_embed(args: argparse.Namespace) -> None:
         chosen[i] = j if pick.index is not None else -2 - j  # -2-j: ambiguous, largest taken for measurement
         rgb = read_image(args.data / str(d["path"][i]))
         t0 = time.perf_counter()
-        face = analyzer.embed(rgb, dets[j])
+        chip = chipper(rgb, dets[j]) if chipper else align_face(rgb, dets[j].keypoints, size, template)
+        emb[i] = analyzer.embedder.embed(chip)
         t_embed.append(time.perf_counter() - t0)
-        emb[i] = face.embedding
+
+        class face:  # noqa: N801 - the figures below need only the chip
+            pass
+        face.chip = align_face(rgb, dets[j].keypoints, 150) if size != 150 or chipper else chip
         qual = q.assess(dets[j], face.chip, q.QualityThresholds())
         figs["sharp_old"][i] = q.laplacian_variance(face.chip)
         figs["sharp"][i], figs["eye"][i] = qual.sharpness, qual.eye_distance
@@ -117,7 +135,10 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("embed")
     p.add_argument("--dets", type=Path, required=True)
     p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--variant", choices=("blaze", "blaze_flip"), default="blaze")
+    p.add_argument("--variant", choices=("blaze", "blaze_flip", "dlib5", "dlib5_flip"), default="blaze",
+                   help="chips from BlazeFace keypoints or from the numpy dlib 5-point predictor; _flip: flip-averaged")
+    p.add_argument("--embedder", help="manifest name (default: the manifest's default embedder)")
+    p.add_argument("--padding", type=float, default=0.25, help="chip padding (dlib geometry; 0.25 = dlib's own)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--threads", type=int, default=1)
     p.set_defaults(fn=cmd_embed)

@@ -15,9 +15,11 @@ import numpy as np
 from edge.types import Detection, Face, shift
 from edge.vision.align import align_face
 from edge.vision.detector import FaceDetector
+from edge.errors import ModelError
 from edge.vision.embedder import FaceEmbedder
+from edge.vision.landmarks import ShapePredictor, detection_landmarks, dlib_chip, load_shape_predictor
 from edge.vision.manifest import ModelInfo, load_manifest
-from edge.vision.runtime import RuntimeOptions
+from edge.vision.runtime import RuntimeOptions, sha256_file
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,8 @@ class VisionOptions:
     threads: CPU threads per interpreter. backend: "auto", "litert" or "tflite-runtime".
     delegate: delegate library for the detector (e.g. "libedgetpu.so.1"), or None.
     min_score: detector threshold (probability). flip: average the embeddings of a chip and its mirror image.
+    alignment: "dlib5" (dlib's 5-point landmarks predicted in numpy from the detection, then dlib's own chip: the
+    chips the descriptor was trained on) or "keypoints" (a similarity from BlazeFace's keypoints; cheaper).
     models_dir: directory with manifest.json (None = `edge.paths.models_dir()`).
     """
 
@@ -37,8 +41,9 @@ class VisionOptions:
     backend: str = "auto"
     delegate: str | None = None
     min_score: float = 0.5
-    flip: bool = False
+    flip: bool = True
     models_dir: Path | None = None
+    alignment: str = "dlib5"
 
 
 #: Border added around a photo in which no face was found, as a fraction of its height (see `FaceAnalyzer.detect`).
@@ -53,8 +58,10 @@ class FaceAnalyzer:
     """
 
     def __init__(self, detector: FaceDetector, embedder: FaceEmbedder, detector_info: ModelInfo,
-                 embedder_info: ModelInfo, closeup_retry: bool = True) -> None:
+                 embedder_info: ModelInfo, closeup_retry: bool = True, landmarks: ShapePredictor | None = None) -> None:
         self.closeup_retry = closeup_retry
+        self.landmarks = landmarks
+        self.chip_padding = float(embedder_info.info.get("alignment", {}).get("padding", 0.25))
         self.detector = detector
         self.embedder = embedder
         self.detector_info = detector_info
@@ -75,7 +82,27 @@ class FaceAnalyzer:
             score_kind=det_info.info.get("scores", "logit"),
             min_score=options.min_score,
         )
-        return cls(detector, FaceEmbedder(emb_model, flip=options.flip), det_info, emb_info)
+        if options.alignment not in ("dlib5", "keypoints"):
+            raise ModelError(f"alignment must be 'dlib5' or 'keypoints', got {options.alignment!r}")
+        landmarks = None
+        if options.alignment == "dlib5":
+            lm = manifest.default("landmarks")
+            if not lm.path.is_file() or sha256_file(lm.path) != lm.sha256:
+                raise ModelError(f"landmark model {lm.path} is missing or its checksum does not match the manifest")
+            landmarks = load_shape_predictor(lm.path)
+        return cls(detector, FaceEmbedder(emb_model, flip=options.flip), det_info, emb_info, landmarks=landmarks)
+
+    @property
+    def alignment(self) -> str:
+        """"dlib5" or "keypoints" (see VisionOptions)."""
+        return "keypoints" if self.landmarks is None else "dlib5"
+
+    def chip(self, rgb: np.ndarray, detection: Detection) -> np.ndarray:
+        """The aligned (S, S, 3) uint8 RGB chip the embedder takes for one detected face."""
+        size = self.embedder.chip_size
+        if self.landmarks is None:
+            return align_face(rgb, detection.keypoints, size)
+        return dlib_chip(rgb, detection_landmarks(self.landmarks, rgb, detection), size, self.chip_padding)
 
     @property
     def embedder_id(self) -> str:
@@ -97,7 +124,7 @@ class FaceAnalyzer:
 
     def embed(self, rgb: np.ndarray, detection: Detection) -> Face:
         """Align and embed one detected face."""
-        chip = align_face(rgb, detection.keypoints, self.embedder.chip_size)
+        chip = self.chip(rgb, detection)
         return Face(detection, chip, self.embedder.embed(chip))
 
     def faces(self, rgb: np.ndarray) -> list[Face]:

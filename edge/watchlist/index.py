@@ -2,8 +2,10 @@
 
 Plaintext never touches disk on the device: the decrypted index is written into an anonymous memory file
 (`os.memfd_create`) and Annoy mmaps it through `/proc/self/fd/N`; the mapping outlives the descriptor.
-Matching: Annoy gathers candidates from its trees and ranks them by exact distance, candidates collapse to one per
+Matching in two stages: Annoy shortlists `SHORTLIST` templates (on the payload's PCA projection when it has one),
+the int8 templates re-score them exactly (cosine with the full probe embedding), candidates collapse to one per
 subject, and a match needs the top similarity ≥ threshold **and** a margin over the best other subject.
+Payloads without templates (format v1) rank by Annoy's own exact distance, as before.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ from typing import Any
 import numpy as np
 
 from edge.errors import EdgeError
-from edge.watchlist.payload import Payload, unpack
+from edge.watchlist.payload import Payload, split_templates, unpack
 
 
 #: Annoy search effort: with 16 trees at 300,000 templates, search_k 3000 gave recall@1 99.93 % vs exact search at
 #: p50 0.65 ms / p99 1.15 ms per query (`edge watchlist bench`, README).
 DEFAULT_SEARCH_K = 3000
+#: Templates the shortlist stage hands to the exact re-score (int8 dot products with the probe).
+SHORTLIST = 128
 
 
 class IndexLoadError(EdgeError):
@@ -47,6 +51,34 @@ def load_annoy_from_memory(index: bytes, dim: int) -> Any:
     finally:
         os.close(fd)
     return ann
+
+
+class StringColumn:
+    """A read-only column of optional strings kept compactly: few distinct values (categories) as codes into a
+    table, many (ids, labels) as one UTF-8 blob with int64 offsets — 300,000 ids cost ~6 MB instead of ~25 MB of
+    Python str objects. `column[i]` gives str ("" for None)."""
+
+    def __init__(self, values: list) -> None:
+        self._n = len(values)
+        distinct = sorted({v or "" for v in values})
+        if len(distinct) <= max(16, self._n // 8):
+            lookup = {v: i for i, v in enumerate(distinct)}
+            self._table: list[str] | None = distinct
+            self._codes = np.fromiter((lookup[v or ""] for v in values), np.int32, self._n)
+        else:
+            self._table = None
+            encoded = [(v or "").encode() for v in values]
+            self._offsets = np.zeros(self._n + 1, np.int64)
+            np.cumsum([len(b) for b in encoded], out=self._offsets[1:])
+            self._blob = b"".join(encoded)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i: int) -> str:
+        if self._table is not None:
+            return self._table[int(self._codes[i])]
+        return self._blob[int(self._offsets[i]):int(self._offsets[i + 1])].decode()
 
 
 @dataclass(frozen=True)
@@ -92,28 +124,43 @@ class Watchlist:
     """
 
     def __init__(self, ann: Any, meta: dict[str, Any], thresholds: dict[str, float] | None = None,
-                 search_k: int = DEFAULT_SEARCH_K, manifest: dict | None = None) -> None:
+                 search_k: int = DEFAULT_SEARCH_K, manifest: dict | None = None, templates: bytes = b"") -> None:
         self.ann = ann
-        self.meta = meta
+        # The per-subject and per-item lists become compact columns; `meta` keeps only the small scalars.
+        self.meta = {k: v for k, v in meta.items() if k not in ("subjects", "items", "stage1")}
         self.manifest = manifest or {}
         self.dim = int(meta["dim"])
         columns = meta["subjects"]
-        self._ids: list[str] = columns["id"]
-        self._labels: list[str] = columns["label"]
-        self._categories: list[str] = columns["category"]
+        self._ids = StringColumn(columns["id"])
+        self._labels = StringColumn(columns["label"])
+        self._categories = StringColumn(columns["category"])
         self.item_subject = np.asarray(meta["items"], dtype=np.int32)
         if ann.get_n_items() != len(self.item_subject):
             raise IndexLoadError(f"watchlist index has {ann.get_n_items()} items but its map has {len(self.item_subject)}")
         self.thresholds = dict(thresholds or meta.get("thresholds") or {})
         self.search_k = search_k
+        self.shortlist = SHORTLIST
+        self._tq = self._ts = self._mean = self._comp = None
+        if templates:
+            self._tq, self._ts = split_templates(templates, len(self.item_subject), self.dim)
+        stage1 = meta.get("stage1")
+        if stage1:
+            try:
+                self._mean = np.asarray(stage1["mean"], np.float32).reshape(self.dim)
+                self._comp = np.asarray(stage1["components"], np.float32).reshape(int(stage1["dim"]), self.dim)
+            except (KeyError, TypeError, ValueError) as err:
+                raise IndexLoadError(f"watchlist shortlist projection is malformed ({err})") from None
+            if self._tq is None:
+                raise IndexLoadError("watchlist payload has a shortlist projection but no templates to re-score with")
 
     @classmethod
     def from_payload(cls, data: bytes | Payload, thresholds: dict | None = None, manifest: dict | None = None,
                      search_k: int = DEFAULT_SEARCH_K) -> "Watchlist":
         """Build from decrypted payload bytes (or a parsed Payload), loading the index through a memfd."""
         payload = unpack(data) if isinstance(data, (bytes, bytearray)) else data
-        ann = load_annoy_from_memory(payload.index, int(payload.meta["dim"]))
-        return cls(ann, payload.meta, thresholds, search_k, manifest)
+        stage1 = payload.meta.get("stage1") or {}
+        ann = load_annoy_from_memory(payload.index, int(stage1.get("dim", payload.meta["dim"])))
+        return cls(ann, payload.meta, thresholds, search_k, manifest, payload.templates)
 
     def __len__(self) -> int:
         return len(self.item_subject)
@@ -126,19 +173,33 @@ class Watchlist:
     def search(self, embedding: np.ndarray, k: int = 5, n_items: int | None = None) -> list[Candidate]:
         """Top-k subjects for a unit vector, best template per subject.
 
-        Annoy gathers candidates from its trees (`search_k` nodes) and ranks them by their *exact* angular
-        distance d, returning the best `n_items` (default 4·k, at least 20) templates; cosine = 1 − d²/2.
+        Annoy gathers `SHORTLIST` candidates from its trees (`search_k` nodes); the int8 templates give their exact
+        cosine with `embedding`. (v1 payloads: Annoy's own exact distance d of the best `n_items`, cosine = 1 − d²/2.)
         """
-        n_items = n_items or max(20, 4 * k)
-        ids, dists = self.ann.get_nns_by_vector(np.asarray(embedding, np.float32).tolist(), n_items, self.search_k,
-                                                include_distances=True)
+        e = np.asarray(embedding, np.float32)
+        if self._tq is not None:
+            q = e
+            if self._comp is not None:
+                q = (e - self._mean) @ self._comp.T
+                q = q / max(float(np.linalg.norm(q)), 1e-12)
+            ids = self.ann.get_nns_by_vector(q.tolist(), max(n_items or 0, self.shortlist), self.search_k)
+            if not ids:
+                return []
+            items = np.asarray(ids, np.intp)
+            sims = (self._tq[items].astype(np.float32) @ e) * self._ts[items]
+            order = np.argsort(-sims, kind="stable")
+            pairs = zip(items[order].tolist(), sims[order].tolist())
+        else:
+            n_items = n_items or max(20, 4 * k)
+            ids, dists = self.ann.get_nns_by_vector(e.tolist(), n_items, self.search_k, include_distances=True)
+            pairs = ((item, 1.0 - d * d / 2.0) for item, d in zip(ids, dists))
         best: dict[int, tuple[float, int]] = {}
-        for item, d in zip(ids, dists):
+        for item, sim in pairs:
             subject = int(self.item_subject[item])
-            if subject not in best:  # results come best first
-                best[subject] = (1.0 - d * d / 2.0, item)
+            if subject not in best:  # best first
+                best[subject] = (float(sim), item)
         ranked = sorted(best.items(), key=lambda kv: -kv[1][0])[:k]
-        return [Candidate(str(self._ids[s]), str(self._labels[s] or ""), str(self._categories[s] or ""), sim, item)
+        return [Candidate(self._ids[s], self._labels[s], self._categories[s], sim, item)
                 for s, (sim, item) in ranked]
 
     def match(self, embedding: np.ndarray, threshold: float | None = None, margin: float | None = None,

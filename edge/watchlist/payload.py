@@ -1,7 +1,10 @@
-"""The plaintext inside a sealed watchlist: Annoy index bytes + item→subject map + subject metadata.
+"""The plaintext inside a sealed watchlist: Annoy index bytes + exact templates + item→subject map + metadata.
 
-Layout: b"EWLPAY1\\n" | u64 BE index length | index bytes | u64 BE metadata length | canonical JSON metadata.
-It exists only in memory on the device (decrypted into a memfd); the operator keeps it in the build directory.
+Layout v2: b"EWLPAY2\\n" | u64 BE index length | index bytes | u64 BE templates length | templates | u64 BE
+metadata length | canonical JSON metadata. v1 (b"EWLPAY1\\n", no templates section) still loads.
+index: Annoy over the templates projected to `meta["stage1"]` (PCA: mean, components) — the shortlist stage;
+templates: the full embeddings, int8 per row (N × dim bytes) then one float32 scale per row (N × 4 bytes) — the
+exact re-score stage. It exists only in memory on the device; the operator keeps it in the build directory.
 """
 
 from __future__ import annotations
@@ -11,9 +14,12 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from edge.errors import EdgeError
 
-MAGIC = b"EWLPAY1\n"
+MAGIC = b"EWLPAY2\n"
+MAGIC_V1 = b"EWLPAY1\n"
 
 
 class PayloadError(EdgeError):
@@ -28,6 +34,7 @@ class Payload:
 
     index: bytes
     meta: dict[str, Any]
+    templates: bytes = b""
 
 
 SUBJECT_FIELDS = ("id", "label", "category", "expires")
@@ -46,19 +53,27 @@ def canonical_json(obj: Any) -> bytes:
 def pack(payload: Payload) -> bytes:
     """Serialise a payload to bytes."""
     meta = canonical_json(payload.meta)
-    return b"".join([MAGIC, struct.pack(">Q", len(payload.index)), payload.index, struct.pack(">Q", len(meta)), meta])
+    return b"".join([MAGIC, struct.pack(">Q", len(payload.index)), payload.index, struct.pack(">Q", len(payload.templates)),
+                     payload.templates, struct.pack(">Q", len(meta)), meta])
 
 
 def unpack(data: bytes) -> Payload:
     """Parse payload bytes; PayloadError on anything malformed."""
-    if data[:8] != MAGIC:
+    if data[:8] not in (MAGIC, MAGIC_V1):
         raise PayloadError("watchlist payload has an unknown format (bad magic)")
     try:
         (n_index,) = struct.unpack_from(">Q", data, 8)
         start = 16
         index = data[start:start + n_index]
-        (n_meta,) = struct.unpack_from(">Q", data, start + n_index)
-        meta_start = start + n_index + 8
+        pos, templates = start + n_index, b""
+        if data[:8] == MAGIC:
+            (n_templates,) = struct.unpack_from(">Q", data, pos)
+            templates = data[pos + 8:pos + 8 + n_templates]
+            if len(templates) != n_templates:
+                raise PayloadError("watchlist payload is truncated in its templates")
+            pos += 8 + n_templates
+        (n_meta,) = struct.unpack_from(">Q", data, pos)
+        meta_start = pos + 8
         if len(index) != n_index or meta_start + n_meta != len(data):
             raise PayloadError("watchlist payload is truncated or has trailing bytes")
         meta = json.loads(data[meta_start:])
@@ -70,4 +85,23 @@ def unpack(data: bytes) -> Payload:
     subjects = meta["subjects"]
     if not isinstance(subjects, dict) or set(subjects) != set(SUBJECT_FIELDS) or len({len(v) for v in subjects.values()}) != 1:
         raise PayloadError("watchlist payload subjects must be equal-length columns " + ", ".join(SUBJECT_FIELDS))
-    return Payload(bytes(index), meta)
+    if templates:
+        n, dim = len(meta["items"]), meta["dim"]
+        if not isinstance(dim, int) or len(templates) != n * (dim + 4):
+            raise PayloadError(f"watchlist payload templates hold {len(templates)} bytes, not {n} × ({dim} + 4)")
+    return Payload(bytes(index), meta, bytes(templates))
+
+
+def quantize_templates(vectors: np.ndarray) -> bytes:
+    """(N, D) float unit vectors → the templates section: int8 rows (scale = max |v| / 127) then float32 scales."""
+    v = np.asarray(vectors, np.float32)
+    scale = np.maximum(np.abs(v).max(axis=1), 1e-12) / 127.0
+    q = np.clip(np.rint(v / scale[:, None]), -127, 127).astype(np.int8)
+    return q.tobytes() + scale.astype("<f4").tobytes()
+
+
+def split_templates(templates: bytes, n: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """The templates section → ((N, D) int8, (N,) float32 scales), copies independent of `templates`."""
+    q = np.frombuffer(templates, np.int8, n * dim).reshape(n, dim).copy()
+    scale = np.frombuffer(templates, "<f4", n, offset=n * dim).astype(np.float32)
+    return q, scale
