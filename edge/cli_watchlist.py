@@ -279,6 +279,11 @@ def cmd_watchlist_bench(args: argparse.Namespace) -> int:
                     expires=datetime.now(timezone.utc) + timedelta(days=1))
         seal_s = time.perf_counter() - t0
         del plaintext
+        if args.save_bundle:
+            args.save_bundle.mkdir(parents=True, exist_ok=True)
+            (args.save_bundle / f"bench-{n_trees}.bundle").write_bytes(data)
+            keys.save_private_key(args.save_bundle / "device.key", device, force=True)
+            keys.save_public_key(args.save_bundle / "operator.pub", operator.public_key())
         t0 = time.perf_counter()
         opened = open_bundle(data, device, {keys.key_id(operator.public_key()): operator.public_key()})
         verify_s = time.perf_counter() - t0
@@ -511,6 +516,8 @@ def add_parsers(sub: argparse._SubParsersAction, vision: argparse.ArgumentParser
                    help="comma-separated Annoy search_k values to compare (0 = Annoy's default)")
     p.add_argument("--stage1-dim", type=int, default=32, help="PCA dimensions of the shortlist index (default 32)")
     p.add_argument("--shortlist", type=int, default=128, help="templates re-scored exactly per query (default 128)")
+    p.add_argument("--save-bundle", type=Path, metavar="DIR", help="keep each sealed bundle (bench-TREES.bundle) "
+                   "with its throwaway device key and operator public key here, for `edge bench --bundle`")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_watchlist_bench)

@@ -110,6 +110,16 @@ def cmd_latency(args: argparse.Namespace) -> dict:
         out[f"edge int8 detect 1280x720 frame, {threads} thread(s) ms"] = _median_ms(lambda: analyzer.detect(rgb), args.runs)
         out[f"edge int8 embed chip, {threads} thread(s) ms"] = _median_ms(lambda: analyzer.embedder.embed(chip), args.runs)
         out[f"edge int8 align+embed face, {threads} thread(s) ms"] = _median_ms(lambda: analyzer.embed(rgb, dets[0]), args.runs)
+        if threads == 1:  # the numpy stages do not use the interpreter's threads
+            from edge.vision.landmarks import detection_landmarks, dlib_chip
+
+            pts = detection_landmarks(analyzer.landmarks, rgb, dets[0])
+            out["edge dlib 5-point landmarks (2 predictions) ms"] = _median_ms(
+                lambda: detection_landmarks(analyzer.landmarks, rgb, dets[0]), args.runs)
+            out["edge dlib chip cut ms"] = _median_ms(lambda: dlib_chip(rgb, pts), args.runs)
+        plain = FaceAnalyzer.create(VisionOptions(threads=threads, flip=False, alignment="keypoints"))
+        out[f"edge int8 keypoint align+embed, no flip (before), {threads} thread(s) ms"] = _median_ms(
+            lambda: plain.embed(rgb, dets[0]), args.runs)
     boxes = face_recognition.face_locations(rgb, 1, "hog")
     out["face_recognition HOG detect 1280x720 frame (upsample 1) ms"] = _median_ms(
         lambda: face_recognition.face_locations(rgb, 1, "hog"), max(5, args.runs // 10))

@@ -32,12 +32,19 @@ def half_of(identity: str) -> str:
     return "fit" if hashlib.sha1(identity.encode()).digest()[0] % 2 == 0 else "check"
 
 
-def gate_reasons(c, limits: QualityThresholds) -> np.ndarray:
-    """Per photo: '' (passes), or the gate's reason, from the cached figures (same order as `assess`)."""
+def gate_reasons(c, limits: QualityThresholds, old: bool = False) -> np.ndarray:
+    """Per photo: '' (passes), or the gate's reason, from the cached figures (same order as `assess`).
+    old: the former gate instead (Laplacian variance ≥ 40 of the upscaled chip, eye ≥ 24 px, yaw 0.45, roll 35,
+    any second face rejects)."""
+    if old:
+        limits = QualityThresholds(24.0, 40.0, 0.45, 35.0, 0.5)
+        c = dict(c, sharp=c["sharp_old"])
     out = np.full(len(c["path"]), "", dtype=object)
     chosen = c["chosen"]
     out[chosen == -1] = "no face"
     out[chosen <= -2] = "several faces"
+    if old:  # the former gate refused every photo with a second face
+        out[(c["ndet"] > 1) & (out == "")] = "several faces"
     ok = chosen >= 0
     for mask, why in ((c["eye"] < limits.min_eye_distance, "face too small"),
                       (c["score"] < limits.min_score, "low detection score"),
@@ -93,7 +100,7 @@ def scores(c, fuse, g: np.ndarray, p: np.ndarray, weight: float, shortlist: int)
 
 def openset(c, args, fuse=None) -> dict:
     sp = split(c, args.half, set(args.sets.split(",")) if args.sets else None)
-    reasons = gate_reasons(c, limits(args)) if args.gate else None
+    reasons = gate_reasons(c, limits(args), args.old_gate) if args.gate else None
     gal = [i for i in sp["gallery"] if c["chosen"][i] >= 0 or (not args.gate and c["chosen"][i] <= -2)]
     if args.gate:
         gal = [i for i in gal if reasons[i] == ""]
@@ -167,6 +174,7 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--max-roll", type=float, default=QualityThresholds().max_roll)
         p.add_argument("--sets", help="comma-separated dev sets to use (default: all)")
         p.add_argument("--fuse", type=Path)
+        p.add_argument("--old-gate", action="store_true", help="with --gate: the former gate's limits")
         p.add_argument("--weight", type=float, default=0.6)
         p.add_argument("--shortlist", type=int, default=50)
         p.add_argument("--tail", type=Path)
@@ -176,6 +184,7 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--fpir", type=float, default=0.003)
     args = ap.parse_args(argv)
     c = dict(np.load(args.cache))
+    c["ndet"] = np.load(args.cache.parent / "dets.npz")["ndet"]  # same photo order (tools/devset.py)
     if args.cmd == "gate":
         r = gate_reasons(c, limits(args))
         for s in np.unique(c["set"]):
@@ -215,18 +224,23 @@ def main(argv: list[str] | None = None) -> None:
         sp = split(c, args.half)
         g = np.array([i for i in sp["gallery"] if c["chosen"][i] >= 0])
         nonm = np.array([i for i in sp["nonmated"] if c["chosen"][i] >= 0])
+        rng = np.random.default_rng(0)
         for n in (len(g), 500, 100):
-            gg = g[:n]
-            top_n = np.concatenate([(c["emb"][nonm[b:b + 2000]] @ c["emb"][gg].T).max(axis=1)
-                                    for b in range(0, len(nonm), 2000)])
+            # Smaller galleries: 20 random draws of n templates (the FPIR of one small gallery depends on which
+            # templates it holds), measured FPIR averaged over the draws.
+            draws = [g] if n == len(g) else [rng.choice(g, n, replace=False) for _ in range(20)]
+            tops = [np.concatenate([(c["emb"][nonm[b:b + 2000]] @ c["emb"][gg].T).max(axis=1)
+                                    for b in range(0, len(nonm), 2000)]) for gg in draws]
             for fpir in (0.003, 0.01, 0.03):
-                th = model.threshold_for(len(gg), fpir)
-                print(json.dumps({"n_templates": len(gg), "nonmated": len(nonm), "fpir_target": fpir,
+                th = model.threshold_for(n, fpir)
+                measured = [float((t >= th["match"]).mean()) for t in tops]
+                print(json.dumps({"n_templates": n, "draws": len(draws), "nonmated": len(nonm), "fpir_target": fpir,
                                   "predicted_threshold": th["match"], "point_threshold": th["point"],
                                   "predicted_fpir": th["predicted_fpir"],
-                                  "measured_fpir_at_predicted": round(float((top_n >= th["match"]).mean()), 5),
-                                  "measured_fpir_at_point": round(float((top_n >= th["point"]).mean()), 5),
-                                  "empirical_threshold": round(threshold_at_fpir(top_n, fpir), 4)}))
+                                  "measured_fpir_at_predicted": round(float(np.mean(measured)), 5),
+                                  "measured_range": [round(min(measured), 5), round(max(measured), 5)],
+                                  "measured_fpir_at_point": round(float(np.mean([(t >= th["point"]).mean() for t in tops])), 5),
+                                  "empirical_threshold": round(float(np.mean([threshold_at_fpir(t, fpir) for t in tops])), 4)}))
 
 
 if __name__ == "__main__":
