@@ -84,8 +84,9 @@ class Pipeline:
                  lossless: bool = False, track_templates: bool = True,
                  chipper: Callable[[np.ndarray, Any], np.ndarray] | None = None) -> None:
         self.source = source
-        #: (rgb, detection) → aligned chip; default: the BlazeFace-keypoint fit (FaceAnalyzer.chip cuts dlib chips)
-        self.chipper = chipper or (lambda rgb, det: align_face(rgb, det.keypoints, self.embedder.chip_size))
+        #: (rgb, detection) → the embedder's chip, cut only for chips that will be embedded (FaceAnalyzer.chip:
+        #: dlib landmarks + dlib's chip); None = the keypoint chip the quality gate measures (cheap, ~0.1 ms)
+        self.chipper = chipper
         self.track_templates = track_templates
         self.detector = detector
         self.embedder = embedder
@@ -172,7 +173,9 @@ class Pipeline:
                 h.inc("quality_reject.face too small")
                 continue
             t1 = time.perf_counter()
-            chip = self.chipper(frame.rgb, det)
+            # The gate and the ranking measure a cheap keypoint chip on every frame; the embedder's chip (landmarks
+            # and all) is cut only when the tracker wants an embedding.
+            chip = align_face(frame.rgb, det.keypoints, self.embedder.chip_size)
             q = assess(det, chip, self.quality)
             if not q.ok:
                 h.inc(f"quality_reject.{q.reason}")
@@ -180,6 +183,8 @@ class Pipeline:
             score = quality_score(q)
             if not track.should_embed(score, now):
                 continue
+            if self.chipper is not None:
+                chip = self.chipper(frame.rgb, det)
             embedding = self.embedder.embed(chip)
             track.record_embedding(score, embedding, now)
             h.observe("embed", time.perf_counter() - t1)

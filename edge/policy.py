@@ -128,13 +128,7 @@ class DecisionPolicy:
         """
         cfg = self.config
         self.observed += 1
-        state = self._tracks.get(track_id)
-        if state is None:
-            state = _TrackState(now if first_seen is None else float(first_seen), deque(maxlen=cfg.n))
-            self._tracks[track_id] = state
-        threshold = result.threshold if cfg.threshold is None else cfg.threshold
-        margin_required = result.margin_required if cfg.margin is None else cfg.margin
-        top = result.top if result.top is not None else (result.candidates[0] if result.candidates else None)
+        state, threshold, margin_required, top = self._prepare(track_id, result, now, first_seen)
         vote = None
         if top is None:
             self.no_candidates += 1
@@ -157,15 +151,8 @@ class DecisionPolicy:
                          quality: dict | None = None, first_seen: float | None = None) -> Decision | None:
         """Add the result of searching a track's template (pooled from `chips` ≥ 2 embedded chips): a vote of its
         own decides. Counted in `template_observed` / `template_decisions`; not part of the k-of-n window."""
-        cfg = self.config
         self.template_observed += 1
-        state = self._tracks.get(track_id)
-        if state is None:
-            state = _TrackState(now if first_seen is None else float(first_seen), deque(maxlen=cfg.n))
-            self._tracks[track_id] = state
-        threshold = result.threshold if cfg.threshold is None else cfg.threshold
-        margin_required = result.margin_required if cfg.margin is None else cfg.margin
-        top = result.top if result.top is not None else (result.candidates[0] if result.candidates else None)
+        state, threshold, margin_required, top = self._prepare(track_id, result, now, first_seen)
         if top is None or top.similarity < threshold or result.margin < margin_required or top.subject_id in state.settled:
             return None
         vote = _Vote(top.subject_id, top, float(result.margin))
@@ -174,6 +161,19 @@ class DecisionPolicy:
         if decision is not None:
             self.template_decisions += 1
         return decision
+
+    def _prepare(self, track_id: int, result: MatchResult, now: float,
+                 first_seen: float | None) -> tuple[_TrackState, float, float, Candidate | None]:
+        """The track's state (created on first sight), the threshold and margin in force, and the top candidate."""
+        cfg = self.config
+        state = self._tracks.get(track_id)
+        if state is None:
+            state = _TrackState(now if first_seen is None else float(first_seen), deque(maxlen=cfg.n))
+            self._tracks[track_id] = state
+        threshold = result.threshold if cfg.threshold is None else cfg.threshold
+        margin_required = result.margin_required if cfg.margin is None else cfg.margin
+        top = result.top if result.top is not None else (result.candidates[0] if result.candidates else None)
+        return state, float(threshold), float(margin_required), top
 
     def _fire(self, track_id: int, state: _TrackState, vote: str, top: Candidate, agreeing: list[_Vote],
               threshold: float, margin_required: float, now: float, quality: dict | None,

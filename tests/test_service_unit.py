@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -108,6 +109,9 @@ def test_install_then_uninstall_staged(tmp_path):
     assert (root / "opt/edge/venv/bin/python").exists()
     models = root / "opt/edge/venv/share/edge/models"  # edge/paths.py: sys.prefix/share/edge/models
     assert (models / "manifest.json").exists() and list(models.glob("*.tflite"))
+    # Every file the manifest names is installed (the landmark model is numpy arrays, not a .tflite).
+    manifest = json.loads((models / "manifest.json").read_text())
+    assert all((models / m["file"]).is_file() for m in manifest["models"].values())
     first = tree(root)
 
     # idempotent: a second run changes nothing and keeps an edited config

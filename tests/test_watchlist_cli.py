@@ -127,3 +127,57 @@ def test_eval_openset_on_bundled_photos(capsys, tmp_path):
     assert (r["n_gallery"], r["n_mated"], r["n_nonmated"], r["n_failed_detect"]) == (2, 3, 1, 1)
     assert r["rank1"] == 1.0 and r["fnir"] == 0.0 and r["fpir"] == 0.0
     assert (tmp_path / "det.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_eval_openset_reports_the_shipped_tails_calibration(capsys, tmp_path):
+    """--json carries calibration: the shipped tail's threshold for this gallery's size and the FPIR measured at it."""
+    from edge.calibration import embedder_tail
+    from edge.vision.manifest import load_manifest
+
+    (tmp_path / "gallery.csv").write_text("path,identity\nfaces/obama.jpg,obama\nfaces/biden.jpg,biden\n")
+    (tmp_path / "probes.csv").write_text("path,identity,in_watchlist\nfaces/obama2.jpg,obama,1\n"
+                                         "faces/astronaut.jpg,eileen_collins,0\n")
+    code, out, _ = run(capsys, "eval", "openset", "--gallery", tmp_path / "gallery.csv", "--probes",
+                       tmp_path / "probes.csv", "--root", DATA, "--json")
+    assert code == 0
+    cal = json.loads(out)["calibration"]
+    tail = embedder_tail(load_manifest().default("embedder").info)
+    want = tail.threshold_for(2, 0.003)
+    assert cal["predicted_threshold"] == want["match"] and cal["predicted_fpir"] == want["predicted_fpir"]
+    assert cal["measured_fpir_at_predicted"] == 0.0 and cal["n_nonmated"] == 1  # the astronaut is below it
+
+
+def test_seal_takes_the_threshold_from_the_tail_and_refuses_an_unreachable_target(operator_flow, capsys, tmp_path):
+    from edge.calibration import fit_tail
+
+    tmp = operator_flow
+    if not (tmp / "build").exists():
+        assert main(["watchlist", "build", "--gallery", str(tmp / "gallery.csv"), "--root", str(DATA),
+                     "--out", str(tmp / "build")]) == 0
+    capsys.readouterr()
+    rng = np.random.default_rng(0)
+    wide = fit_tail([rng.normal(0.97, 0.02, 1000) for _ in range(200)], min_exceedances=1000, n_boot=20)
+    (tmp_path / "wide.json").write_text(json.dumps({"impostor_tail": wide.to_json()}))
+    code, out, err = run(capsys, "watchlist", "seal", "--in", tmp / "build", "--signing-key", tmp / "op" / "operator.key",
+                         "--device-key", tmp / "dev" / "device.pub", "--device-id", "cam-01", "--version", 4,
+                         "--out", tmp_path / "v4.bundle", "--impostors", tmp_path / "wide.json")
+    assert code == 1 and "cannot reach FPIR 0.003 with 2 templates" in err and "> 1" in err
+    assert not (tmp_path / "v4.bundle").exists()
+    (tmp_path / "broken.json").write_text("{}")
+    code, _, err = run(capsys, "watchlist", "seal", "--in", tmp / "build", "--signing-key", tmp / "op" / "operator.key",
+                       "--device-key", tmp / "dev" / "device.pub", "--device-id", "cam-01", "--version", 4,
+                       "--out", tmp_path / "v4.bundle", "--impostors", tmp_path / "broken.json")
+    assert code == 1 and "is not an impostor file" in err
+
+
+def test_build_gate_options_are_checked_and_no_gate_enrolls_more(operator_flow, capsys, tmp_path):
+    tmp = operator_flow
+    code, _, err = run(capsys, "watchlist", "build", "--gallery", tmp / "gallery.csv", "--root", DATA,
+                       "--out", tmp_path / "b", "--min-sharpness", 2)
+    assert code == 1 and "--min-sharpness must be between 0 and 1, got 2.0" in err
+    code, _, err = run(capsys, "watchlist", "build", "--gallery", tmp / "gallery.csv", "--root", DATA,
+                       "--out", tmp_path / "strict", "--min-eye-distance", 500, "--json")
+    assert code == 1 and "could be enrolled (4 rejected)" in err
+    code, out, _ = run(capsys, "watchlist", "build", "--gallery", tmp / "gallery.csv", "--root", DATA,
+                       "--out", tmp_path / "loose", "--min-eye-distance", 500, "--no-gate", "--json")
+    assert code == 0 and json.loads(out)["n_templates"] == 2

@@ -114,7 +114,7 @@ def cmd_latency(args: argparse.Namespace) -> dict:
             from edge.vision.landmarks import detection_landmarks, dlib_chip
 
             pts = detection_landmarks(analyzer.landmarks, rgb, dets[0])
-            out["edge dlib 5-point landmarks (2 predictions) ms"] = _median_ms(
+            out["edge dlib 5-point landmarks ms"] = _median_ms(
                 lambda: detection_landmarks(analyzer.landmarks, rgb, dets[0]), args.runs)
             out["edge dlib chip cut ms"] = _median_ms(lambda: dlib_chip(rgb, pts), args.runs)
         plain = FaceAnalyzer.create(VisionOptions(threads=threads, flip=False, alignment="keypoints"))

@@ -55,7 +55,6 @@ node 20 + the npm packages above.  The appliance only needs a TFLite interpreter
 from __future__ import annotations
 
 import argparse
-import base64
 import csv
 import hashlib
 import json
@@ -66,7 +65,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -325,20 +324,11 @@ def convert_float32(saved_model: Path) -> bytes:
 
 
 def convert_int8(saved_model: Path, calib: np.ndarray) -> bytes:
-    """Full-integer model: uint8 input (raw pixels), float32 output; recipe of convert_embedder.py."""
-    import tensorflow as tf
+    """Full-integer model: uint8 input (raw pixels), float32 output; the recipe of convert_embedder.py."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from convert_embedder import QuantRecipe, int8_converter
 
-    def representative() -> Iterator[list[np.ndarray]]:
-        for chip in calib:
-            yield [chip[None].astype(np.float32)]
-
-    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = representative
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.uint8
-    converter.inference_output_type = tf.float32
-    return converter.convert()
+    return int8_converter(saved_model, calib, QuantRecipe("per-channel")).convert()
 
 
 # --------------------------------------------------------------------------------------

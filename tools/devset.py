@@ -84,7 +84,6 @@ def cmd_embed(args: argparse.Namespace) -> None:
     size = analyzer.embedder.chip_size
     unit = TEMPLATE / 150.0 * 1.5 - 0.25  # dlib's normalised face square (0..1) for the BlazeFace template
     template = ((unit + args.padding) / (1.0 + 2.0 * args.padding) * 150.0).astype(np.float32)
-    chipper = None
     if args.variant.startswith("dlib5"):
         from edge.paths import models_dir
         from edge.vision.landmarks import detection_landmarks, dlib_chip, load_shape_predictor
@@ -92,6 +91,9 @@ def cmd_embed(args: argparse.Namespace) -> None:
 
         def chipper(rgb, det):
             return dlib_chip(rgb, detection_landmarks(sp, rgb, det), size, args.padding)
+    else:
+        def chipper(rgb, det):
+            return align_face(rgb, det.keypoints, size, template)
     n = len(d["path"])
     emb = np.zeros((n, analyzer.embedder.dim), np.float32)
     chosen = np.full(n, -1, np.int16)
@@ -108,13 +110,13 @@ def cmd_embed(args: argparse.Namespace) -> None:
         chosen[i] = j if pick.index is not None else -2 - j  # -2-j: ambiguous, largest taken for measurement
         rgb = read_image(args.data / str(d["path"][i]))
         t0 = time.perf_counter()
-        chip = chipper(rgb, dets[j]) if chipper else align_face(rgb, dets[j].keypoints, size, template)
+        chip = chipper(rgb, dets[j])
         emb[i] = analyzer.embedder.embed(chip)
         t_embed.append(time.perf_counter() - t0)
 
         class face:  # noqa: N801 - the figures below need only the chip
             pass
-        face.chip = align_face(rgb, dets[j].keypoints, 150) if size != 150 or chipper else chip
+        face.chip = align_face(rgb, dets[j].keypoints, 150)  # the gate's figures: the keypoint chip, as the device
         qual = q.assess(dets[j], face.chip, q.QualityThresholds())
         figs["sharp_old"][i] = q.laplacian_variance(face.chip)
         figs["sharp"][i], figs["eye"][i] = qual.sharpness, qual.eye_distance

@@ -163,7 +163,7 @@ def limits(args) -> QualityThresholds:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for name in ("openset", "fit-tail", "check-tail", "gate"):
+    for name in ("openset", "fit-tail", "check-tail", "gate", "write-split"):
         p = sub.add_parser(name)
         p.add_argument("--cache", type=Path, required=True)
         p.add_argument("--half", choices=("fit", "check"))
@@ -185,7 +185,18 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     c = dict(np.load(args.cache))
     c["ndet"] = np.load(args.cache.parent / "dets.npz")["ndet"]  # same photo order (tools/devset.py)
-    if args.cmd == "gate":
+    if args.cmd == "write-split":  # the same split as CSVs for `edge eval openset` (paths relative to the data root)
+        sp = split(c, args.half, set(args.sets.split(",")) if args.sets else None)
+        args.out.mkdir(parents=True, exist_ok=True)
+        with open(args.out / "gallery.csv", "w") as g, open(args.out / "probes.csv", "w") as pr:
+            g.write("path,identity\n")
+            pr.write("path,identity,in_watchlist\n")
+            for i in sp["gallery"]:
+                g.write(f"{c['path'][i]},{c['identity'][i]}\n")
+            for i, flag in [(i, 1) for i in sp["mated"]] + [(i, 0) for i in sp["nonmated"]]:
+                pr.write(f"{c['path'][i]},{c['identity'][i] or 'utk:' + str(c['path'][i])},{flag}\n")
+        print(f"{args.out}: {len(sp['gallery'])} gallery photos, {len(sp['mated'])} mated, {len(sp['nonmated'])} non-mated")
+    elif args.cmd == "gate":
         r = gate_reasons(c, limits(args))
         for s in np.unique(c["set"]):
             m = c["set"] == s
