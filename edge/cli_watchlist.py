@@ -292,7 +292,7 @@ def cmd_watchlist_bench(args: argparse.Namespace) -> int:
         load_s = time.perf_counter() - t0
         del opened
         rss, rss_q = _fresh_process_rss(data, device, operator, tempfile, subprocess, queries, args.shortlist,
-                                        args.search_k[-1])
+                                        args.search_k[-1] if args.search_k[-1] > 0 else -1)
         watchlist.shortlist = args.shortlist
         for search_k in args.search_k:
             watchlist.search_k = search_k if search_k > 0 else -1

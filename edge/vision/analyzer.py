@@ -12,10 +12,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge.errors import ModelError
 from edge.types import Detection, Face, shift
 from edge.vision.align import align_face
 from edge.vision.detector import FaceDetector
-from edge.errors import ModelError
 from edge.vision.embedder import FaceEmbedder
 from edge.vision.landmarks import ShapePredictor, detection_landmarks, dlib_chip, load_shape_predictor
 from edge.vision.manifest import ModelInfo, load_manifest
