@@ -86,7 +86,7 @@ def unpack(data: bytes) -> Payload:
     if not isinstance(subjects, dict) or set(subjects) != set(SUBJECT_FIELDS) or len({len(v) for v in subjects.values()}) != 1:
         raise PayloadError("watchlist payload subjects must be equal-length columns " + ", ".join(SUBJECT_FIELDS))
     if templates:
-        n, dim = len(meta["items"]), meta["dim"]
+        n, dim = len(meta["items"]) if isinstance(meta["items"], list) else -1, meta["dim"]
         if not isinstance(dim, int) or len(templates) != n * (dim + 4):
             raise PayloadError(f"watchlist payload templates hold {len(templates)} bytes, not {n} × ({dim} + 4)")
     return Payload(bytes(index), meta, bytes(templates))
