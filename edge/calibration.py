@@ -111,12 +111,12 @@ class TailModel:
         reps = [self._threshold(fmr, z, s, x) for z, s, x in self.replicates] or [point]
         bound = max(point, float(np.quantile(reps, self.confidence)))
         if not bound <= 1.0:
-            endpoint = self.u - self.sigma / self.xi if self.xi < 0 else math.inf
+            endpoint = f"ends at {self.u - self.sigma / self.xi:.4f}" if self.xi < 0 else "is unbounded"
             raise DataError(
                 f"this embedder cannot reach FPIR {fpir} with {n_templates} templates: its impostor tail "
                 f"({self.n:,} real comparisons) needs a cosine threshold of {bound:.4f} > 1 at {self.confidence:.0%} "
-                f"confidence (per-comparison FMR {fmr:.2e}; modelled tail endpoint {min(endpoint, 9.99):.4f}). Shrink "
-                "the watchlist, accept a higher --fpir, or set --threshold and report the FPIR it implies")
+                f"confidence (per-comparison FMR {fmr:.2e}; the modelled tail {endpoint}). Shrink the watchlist, "
+                "accept a higher --fpir, or set --threshold and report the FPIR it implies")
         return {"match": round(bound, 5), "point": round(point, 5), "fpir_target": fpir,
                 "calibrated_for_n": n_templates, "fmr_per_comparison": float(f"{fmr:.3e}"),
                 "predicted_fpir": round(self.fpir(bound, n_templates), 6)}
