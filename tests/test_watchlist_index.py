@@ -108,3 +108,18 @@ def test_large_lists_shortlist_on_a_pca_projection_and_rescore_exactly():
         hits += top.subject_id == f"s{int(row.argmax())}"
         assert top.similarity == pytest.approx(float(row[int(top.subject_id[1:])]), abs=3e-3)
     assert hits >= 198
+
+
+def test_a_malformed_shortlist_projection_is_a_load_error_not_a_traceback():
+    from edge.watchlist.index import IndexLoadError
+
+    rng = np.random.default_rng(5)
+    n = 2100
+    vectors = _unit(rng, n, 128)
+    subjects = [{"id": f"s{i}", "label": "", "category": "", "expires": None} for i in range(n)]
+    payload = make_payload(vectors, list(range(n)), subjects, n_trees=2)
+    broken = dict(payload.meta, stage1=dict(payload.meta["stage1"], components=[[0.0] * 7]))
+    with pytest.raises(IndexLoadError, match="shortlist projection is malformed"):
+        Watchlist.from_payload(Payload(payload.index, broken, payload.templates))
+    with pytest.raises(IndexLoadError, match="no templates to re-score with"):
+        Watchlist.from_payload(Payload(payload.index, payload.meta, b""))
