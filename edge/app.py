@@ -44,7 +44,7 @@ RELOADABLE = ("quality", "tracking", "policy", "health")
 def vision_options(c: Config) -> VisionOptions:
     v = c.vision
     return VisionOptions(v.detector, v.embedder, v.threads, v.backend, v.delegate, v.min_score, v.flip, v.models_dir,
-                         v.alignment)
+                         v.alignment, v.fusion)
 
 
 def quality_thresholds(c: Config) -> QualityThresholds:
@@ -126,7 +126,7 @@ class App:
                             " (device.state_dir)") from None
         self.analyzer = FaceAnalyzer.create(vision_options(c))
         info = self.analyzer.embedder_info
-        self.embedder_id = info.info.get("family", info.name)
+        self.embedder_id = self.analyzer.watchlist_embedder_id
         self.store = WatchlistStore(state, c.device.id, keys.load_private_key(c.watchlist.device_key, "device"),
                                     load_trust(c.watchlist.trusted_keys), self.embedder_id, info.sha256,
                                     lambda b: Watchlist.from_payload(b.payload, b.manifest["thresholds"], b.manifest))
@@ -159,7 +159,7 @@ class App:
         self.source = open_source(c.camera.source, **source_options(c))
         self.pipeline = Pipeline(self.source, self.analyzer.detector, self.analyzer.embedder, self.tracker,
                                  self.policy, MatchContext(self._watchlist), self.writer, self.health,
-                                 quality_thresholds(c), chipper=self.analyzer.chip)
+                                 quality_thresholds(c), embed_face=self.analyzer.embed)
         self.health.watch("outbox_depth", self.outbox.depth)
         self.health.watch("event_queue", self.pipeline.events.qsize)
         self.health.watch("watchlist_version", lambda: self.store.state()["version"])

@@ -27,16 +27,23 @@ def _watchlist(analyzer: Any, photos: Path, size: int):
 
     enrollment = enroll([GalleryEntry(photos / n, n, label, "demo", None) for n, label in DEMO_GALLERY.items()], analyzer)
     vectors = np.stack(enrollment.vectors)
+    vectors2 = np.stack(enrollment.vectors2) if analyzer.fusion is not None else None
     subjects, items = list(enrollment.subjects), list(enrollment.item_subject)
     extra = max(0, size - len(subjects))
     if extra:
         rng = np.random.default_rng(0)
-        pad = rng.normal(size=(extra, vectors.shape[1])).astype(np.float32)
-        pad /= np.linalg.norm(pad, axis=1, keepdims=True)
-        vectors = np.concatenate([vectors, pad])
+
+        def pad(dim: int) -> np.ndarray:
+            v = rng.normal(size=(extra, dim)).astype(np.float32)
+            return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+        vectors = np.concatenate([vectors, pad(vectors.shape[1])])
+        if vectors2 is not None:
+            vectors2 = np.concatenate([vectors2, pad(vectors2.shape[1])])
         subjects += [{"id": f"synthetic-{i}", "label": "", "category": "", "expires": None} for i in range(extra)]
         items += list(range(len(enrollment.subjects), len(enrollment.subjects) + extra))
-    return Watchlist.from_payload(pack(make_payload(vectors, items, subjects)), {"match": 0.95, "margin": 0.02})
+    payload = make_payload(vectors, items, subjects, vectors2=vectors2, fusion=analyzer.fusion_meta)
+    return Watchlist.from_payload(pack(payload), {"match": 0.95, "margin": 0.02})
 
 
 def _watchlist_from_bundle(bundle: Path, device_key: Path, operator_key: Path):
@@ -82,7 +89,7 @@ def run_bench(analyzer: Any, video: Path | None, photos: Path, pace: str = "fast
         pipeline = Pipeline(OpenCVSource(video, pace=pace), analyzer.detector, analyzer.embedder, Tracker(),
                             DecisionPolicy(PolicyConfig(k=2, n=3)), MatchContext(lambda: watchlist),
                             lambda d, f, w, c: events.append(time.monotonic() - f.monotonic), health,
-                            lossless=pace == "fast", chipper=analyzer.chip)
+                            lossless=pace == "fast", embed_face=analyzer.embed)
         cpu0, wall0 = os.times(), time.monotonic()
         pipeline.start()
         pipeline.wait(max_seconds)

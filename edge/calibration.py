@@ -62,7 +62,8 @@ def gpd_quantile(survival: float, sigma: float, xi: float) -> float:
 class TailModel:
     """A fitted impostor tail. u: tail threshold (cosine); zeta: FMR at u; sigma, xi: GPD of X − u;
     curve: (cosine, FMR) points of the empirical survival below u; n: comparisons; n_probes: probes (bootstrap
-    units); replicates: (B, 3) bootstrap (zeta, sigma, xi); confidence: the bound's quantile; source: provenance."""
+    units); replicates: (B, 3) bootstrap (zeta, sigma, xi); confidence: the bound's quantile; source: provenance;
+    max_score: the largest score there is (1 for a cosine; a fused score's maximum, `edge.vision.fusion`)."""
 
     u: float
     zeta: float
@@ -74,6 +75,7 @@ class TailModel:
     replicates: tuple[tuple[float, float, float], ...]
     confidence: float = 0.95
     source: str = ""
+    max_score: float = 1.0
 
     def fmr(self, t: float) -> float:
         """Modelled FMR of one comparison at cosine threshold t (point estimate)."""
@@ -103,18 +105,18 @@ class TailModel:
     def threshold_for(self, n_templates: int, fpir: float) -> dict:
         """The threshold at which `n_templates` templates give FPIR ≤ `fpir` with the bound's confidence.
 
-        Raises DataError when even the bound needs a cosine above 1 (the target is out of this embedder's reach)."""
+        Raises DataError when even the bound needs a score above `max_score` (the target is out of reach)."""
         if not 0 < fpir < 1 or n_templates < 1:
             raise DataError(f"need 0 < fpir < 1 and a positive watchlist size (got fpir={fpir}, n={n_templates})")
         fmr = -math.expm1(math.log1p(-fpir) / n_templates)
         point = self._threshold(fmr, self.zeta, self.sigma, self.xi)
         reps = [self._threshold(fmr, z, s, x) for z, s, x in self.replicates] or [point]
         bound = max(point, float(np.quantile(reps, self.confidence)))
-        if not bound <= 1.0:
+        if not bound <= self.max_score:
             endpoint = f"ends at {self.u - self.sigma / self.xi:.4f}" if self.xi < 0 else "is unbounded"
             raise DataError(
                 f"this embedder cannot reach FPIR {fpir} with {n_templates} templates: its impostor tail "
-                f"({self.n:,} real comparisons) needs a cosine threshold of {bound:.4f} > 1 at {self.confidence:.0%} "
+                f"({self.n:,} real comparisons) needs a threshold of {bound:.4f} > {self.max_score:g} at {self.confidence:.0%} "
                 f"confidence (per-comparison FMR {fmr:.2e}; the modelled tail {endpoint}). Shrink the watchlist, "
                 "accept a higher --fpir, or set --threshold and report the FPIR it implies")
         return {"match": round(bound, 5), "point": round(point, 5), "fpir_target": fpir,
@@ -127,7 +129,7 @@ class TailModel:
                 "n": self.n, "n_probes": self.n_probes, "confidence": self.confidence,
                 "curve": [[round(x, 6), float(f"{y:.6e}")] for x, y in self.curve],
                 "replicates": [[float(f"{z:.6e}"), round(s, 7), round(x, 5)] for z, s, x in self.replicates],
-                "source": self.source}
+                "source": self.source, "max_score": self.max_score}
 
     @classmethod
     def from_json(cls, d: dict) -> "TailModel":
@@ -136,7 +138,7 @@ class TailModel:
             return cls(float(d["u"]), float(d["zeta"]), float(d["sigma"]), float(d["xi"]),
                        tuple((float(x), float(y)) for x, y in d["curve"]), int(d["n"]), int(d["n_probes"]),
                        tuple((float(z), float(s), float(x)) for z, s, x in d.get("replicates", ())),
-                       float(d.get("confidence", 0.95)), str(d.get("source", "")))
+                       float(d.get("confidence", 0.95)), str(d.get("source", "")), float(d.get("max_score", 1.0)))
         except (KeyError, TypeError, ValueError) as err:
             raise DataError(f"impostor tail model is malformed ({err!r})") from None
 
@@ -185,3 +187,14 @@ def embedder_tail(info: dict) -> TailModel:
         raise DataError(f"no impostor tail for embedder {info.get('family', '?')} in the model manifest: "
                         "pass --impostors FILE or --threshold")
     return TailModel.from_json(stats)
+
+
+def scoring_tail(embedder_info: dict, fusion=None) -> TailModel:
+    """The tail of the scores a device actually compares with its threshold: the fused score's (from the manifest's
+    fusion section, bounded by the fused maximum) when `fusion` (an `edge.vision.fusion.Fusion`) is given, else the
+    embedder's cosine tail."""
+    if fusion is None:
+        return embedder_tail(embedder_info)
+    if not fusion.tail:
+        raise DataError("the model manifest's fusion section has no impostor tail: pass --impostors FILE or --threshold")
+    return TailModel.from_json(dict(fusion.tail, max_score=fusion.max_score))

@@ -151,6 +151,8 @@ def _vision_parent() -> argparse.ArgumentParser:
                         "embedding cost)")
     g.add_argument("--alignment", choices=("dlib5", "keypoints"), default="dlib5",
                    help="chips from dlib's 5-point landmarks (default; dlib's own chips) or BlazeFace's keypoints")
+    g.add_argument("--fusion", action=argparse.BooleanOptionalAction, default=True,
+                   help="fuse the second embedder's score with dlib's (default on, with --alignment dlib5)")
     return p
 
 

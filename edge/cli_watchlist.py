@@ -50,8 +50,9 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
 # --- watchlist ------------------------------------------------------------------------------------------------
 
 def _embedder_info(analyzer) -> dict:
-    return {"id": analyzer.embedder_info.info.get("family", analyzer.embedder_info.name),
-            "name": analyzer.embedder_info.name, "sha256": analyzer.embedder_info.sha256, "flip": analyzer.embedder.flip}
+    return {"id": analyzer.watchlist_embedder_id, "name": analyzer.embedder_info.name,
+            "sha256": analyzer.embedder_info.sha256, "flip": analyzer.embedder.flip, "alignment": analyzer.alignment,
+            "fusion": analyzer.fusion_meta is not None}
 
 
 def _gate_parent() -> argparse.ArgumentParser:
@@ -95,7 +96,7 @@ def _gate(args: argparse.Namespace):
 
 
 def cmd_watchlist_build(args: argparse.Namespace) -> int:
-    from edge.watchlist.build import enroll, make_payload, read_gallery, write_build
+    from edge.watchlist.build import enroll, payload_of, read_gallery, write_build
 
     entries = read_gallery(args.gallery, args.root)
     analyzer = _analyzer(args)
@@ -104,7 +105,7 @@ def cmd_watchlist_build(args: argparse.Namespace) -> int:
     enrollment = enroll(entries, analyzer, limits, progress=_progress("enrolling"), subject=rule)
     if not enrollment.vectors:
         raise EdgeError(f"no photo of {args.gallery} could be enrolled ({len(enrollment.rejected)} rejected)")
-    payload = make_payload(np.stack(enrollment.vectors), enrollment.item_subject, enrollment.subjects, args.trees)
+    payload = payload_of(enrollment, analyzer.fusion_meta, args.trees)
     report = write_build(args.out, payload, enrollment, _embedder_info(analyzer), time.perf_counter() - t0)
     if args.json:
         _print_json(report)
@@ -130,7 +131,16 @@ def _impostor_tail(args: argparse.Namespace, embedder: dict):
             raise DataError(f"{args.impostors} is not an impostor file from `edge eval openset --save-impostors` "
                             f"({type(err).__name__}: {err})") from None
         return TailModel.from_json(stats)
-    return embedder_tail(load_manifest(args.models_dir).get(embedder.get("name", ""), "embedder").info)
+    manifest = load_manifest(args.models_dir)
+    if embedder.get("fusion"):
+        from edge.calibration import scoring_tail
+        from edge.vision.fusion import load_fusion
+        from edge.vision.runtime import sha256_file
+
+        if not manifest.fusion:
+            raise DataError("this build fuses a second embedder, but the model manifest has no fusion section")
+        return scoring_tail({}, load_fusion(manifest.fusion, manifest.directory, sha256_file))
+    return embedder_tail(manifest.get(embedder.get("name", ""), "embedder").info)
 
 
 def cmd_watchlist_seal(args: argparse.Namespace) -> int:
@@ -213,7 +223,7 @@ def cmd_watchlist_bench(args: argparse.Namespace) -> int:
     from edge.imageio import read_image
     from edge.openset import read_probes
     from edge.watchlist import bench
-    from edge.calibration import embedder_tail
+    from edge.calibration import scoring_tail
     from edge.watchlist.build import enroll, make_payload, read_gallery
     from edge.watchlist.bundle import open_bundle, seal
     from edge.watchlist.index import Watchlist
@@ -221,10 +231,11 @@ def cmd_watchlist_bench(args: argparse.Namespace) -> int:
 
     rng = np.random.default_rng(args.seed)
     analyzer = _analyzer(args)
+    fusion = analyzer.fusion
     enrollment = enroll(read_gallery(args.gallery, args.root), analyzer, progress=_progress("enrolling"))
     real = np.stack(enrollment.vectors)
     real_subject = np.array(enrollment.item_subject)
-    mated, mated_subject, nonmated = [], [], []
+    mated, mated_subject, nonmated, mated2, nonmated2 = [], [], [], [], []
     ids = {s["id"]: i for i, s in enumerate(enrollment.subjects)}
     for probe in _progress("probes")(read_probes(args.probes, args.root)):
         face = analyzer.best_face(read_image(probe.path))
@@ -232,9 +243,11 @@ def cmd_watchlist_bench(args: argparse.Namespace) -> int:
             continue
         if probe.in_watchlist and probe.identity in ids:
             mated.append(face.embedding)
+            mated2.append(face.embedding2)
             mated_subject.append(ids[probe.identity])
         elif not probe.in_watchlist:
             nonmated.append(face.embedding)
+            nonmated2.append(face.embedding2)
     mated_a, nonmated_a = np.array(mated), np.array(nonmated)
     measured_imp = (nonmated_a @ real.T).ravel()
     genuine = np.array([float((real[real_subject == s] @ v).max()) for v, s in zip(mated_a, mated_subject)])
@@ -253,10 +266,10 @@ def cmd_watchlist_bench(args: argparse.Namespace) -> int:
                         "alpha": round(alpha, 4), "seconds": round(time.perf_counter() - t0, 2)},
         "impostor_cosine_measured": bench.summarise_similarities(measured_imp),
         "impostor_cosine_synthetic": bench.summarise_similarities(synth_imp),
-        "genuine_cosine_measured": bench.summarise_similarities(genuine), "runs": [],
+        "genuine_cosine_measured": bench.summarise_similarities(genuine), "fused": fusion is not None, "runs": [],
     }
     try:
-        report["threshold"] = embedder_tail(analyzer.embedder_info.info).threshold_for(args.size, 0.003)
+        report["threshold"] = scoring_tail(analyzer.embedder_info.info, fusion).threshold_for(args.size, 0.003)
     except DataError as err:
         report["threshold"] = {"refused": str(err)}
     # Queries: the real mated probes, then synthetic mated probes of random distractors at the median genuine cosine.
@@ -264,11 +277,23 @@ def cmd_watchlist_bench(args: argparse.Namespace) -> int:
     picks = rng.choice(n_distractors, n_synth, replace=False) + len(real)
     queries = np.concatenate([mated_a, bench.mated_probes(vectors[picks], float(np.median(genuine)), rng)])
     expected = np.concatenate([np.array(mated_subject), item_subject[picks]])
-    exact = bench.exact_top1(vectors, item_subject, queries)
+    vectors2 = queries2 = None
+    exact_rows, exact_queries = vectors, queries
+    if fusion is not None:  # the second embedding's distractors and probes, drawn the same way from its own data
+        real2, m2, n2 = np.stack(enrollment.vectors2), np.array(mated2), np.array(nonmated2)
+        imp2 = (n2 @ real2.T).ravel()
+        gen2 = np.array([float((real2[real_subject == s] @ v).max()) for v, s in zip(m2, mated_subject)])
+        draw2, _ = bench.distractor_sampler(np.concatenate([real2, m2, n2]), float(imp2.mean()), rng)
+        vectors2 = np.concatenate([real2, draw2(n_distractors)]).astype(np.float32)
+        queries2 = np.concatenate([m2, bench.mated_probes(vectors2[picks], float(np.median(gen2)), rng)])
+        exact_rows = np.concatenate([vectors, vectors2], axis=1)
+        exact_queries = np.concatenate([fusion.scale1 * queries, fusion.scale2 * queries2], axis=1)
+    exact = bench.exact_top1(exact_rows, item_subject, exact_queries)
     operator, device = keys.generate_operator_key(), keys.generate_device_key()
     for n_trees in args.trees:
         t0 = time.perf_counter()
-        payload = make_payload(vectors, item_subject.tolist(), subjects, n_trees, stage1_dim=args.stage1_dim)
+        payload = make_payload(vectors, item_subject.tolist(), subjects, n_trees, stage1_dim=args.stage1_dim,
+                               vectors2=vectors2, fusion=analyzer.fusion_meta)
         build_s = time.perf_counter() - t0
         index_bytes = len(payload.index) + len(payload.templates)
         plaintext = pack(payload)
@@ -292,11 +317,11 @@ def cmd_watchlist_bench(args: argparse.Namespace) -> int:
         load_s = time.perf_counter() - t0
         del opened
         rss, rss_q = _fresh_process_rss(data, device, operator, tempfile, subprocess, queries, args.shortlist,
-                                        args.search_k[-1] if args.search_k[-1] > 0 else -1)
+                                        args.search_k[-1] if args.search_k[-1] > 0 else -1, queries2)
         watchlist.shortlist = args.shortlist
         for search_k in args.search_k:
             watchlist.search_k = search_k if search_k > 0 else -1
-            times, tops = bench.time_queries(watchlist, queries)
+            times, tops = bench.time_queries(watchlist, queries, queries2=queries2)
             top_index = np.array([int(t.split("-")[1]) + len(enrollment.subjects) if t.startswith("synthetic-")
                                   else ids[t] for t in tops])
             run = {"n_trees": n_trees, "search_k": watchlist.search_k, "build_seconds": round(build_s, 2),
@@ -320,7 +345,7 @@ def cmd_watchlist_bench(args: argparse.Namespace) -> int:
 
 
 def _fresh_process_rss(data: bytes, device, operator, tempfile, subprocess, queries: np.ndarray, shortlist: int,
-                       search_k: int) -> tuple[float, float]:
+                       search_k: int, queries2: np.ndarray | None = None) -> tuple[float, float]:
     """RSS (MiB) of a new Python process after it verified, decrypted and loaded the bundle — the device's view —
     and after it then ran the queries (the index pages they touch count too)."""
     from edge import keys
@@ -329,6 +354,7 @@ def _fresh_process_rss(data: bytes, device, operator, tempfile, subprocess, quer
         bundle, dkey, okey = Path(tmp) / "b.bundle", Path(tmp) / "device.key", Path(tmp) / "operator.pub"
         bundle.write_bytes(data)
         np.save(Path(tmp) / "q.npy", queries.astype(np.float32))
+        np.save(Path(tmp) / "q2.npy", (queries2 if queries2 is not None else queries[:, :0]).astype(np.float32))
         keys.save_private_key(dkey, device)
         keys.save_public_key(okey, operator.public_key())
         code = ("import sys; from edge import keys; from edge.watchlist.bundle import open_bundle; "
@@ -337,9 +363,11 @@ def _fresh_process_rss(data: bytes, device, operator, tempfile, subprocess, quer
                 "b=open_bundle(open(sys.argv[1],'rb').read(), d, {keys.key_id(o): o}); "
                 "w=Watchlist.from_payload(b.payload, manifest=b.manifest); del b; import gc; gc.collect(); "
                 f"print(round(rss_mb(), 1)); import numpy as np; w.shortlist={shortlist}; w.search_k={search_k}; "
-                "[w.search(q) for q in np.load(sys.argv[4])]; "
+                "q2=np.load(sys.argv[5]); "
+                "[w.search(q, embedding2=q2[i] if q2.shape[1] else None) for i, q in enumerate(np.load(sys.argv[4]))]; "
                 "print(round(rss_mb(), 1))")
-        out = subprocess.run([sys.executable, "-c", code, str(bundle), str(dkey), str(okey), str(Path(tmp) / "q.npy")],
+        out = subprocess.run([sys.executable, "-c", code, str(bundle), str(dkey), str(okey), str(Path(tmp) / "q.npy"),
+                              str(Path(tmp) / "q2.npy")],
                              capture_output=True, text=True, check=True)
         lines = out.stdout.strip().splitlines()
         return float(lines[-2]), float(lines[-1])
@@ -351,7 +379,7 @@ def cmd_eval_openset(args: argparse.Namespace) -> int:
     from edge.imageio import read_image
     from edge.calibration import fit_tail
     from edge.openset import det_points, openset_report, read_probes
-    from edge.watchlist.build import enroll, make_payload, read_gallery
+    from edge.watchlist.build import enroll, payload_of, read_gallery
     from edge.watchlist.index import Watchlist
 
     t0 = time.perf_counter()
@@ -363,7 +391,9 @@ def cmd_eval_openset(args: argparse.Namespace) -> int:
     if not enrollment.vectors:
         raise EdgeError("no gallery photo could be enrolled")
     gallery = np.stack(enrollment.vectors)
-    watchlist = Watchlist.from_payload(make_payload(gallery, enrollment.item_subject, enrollment.subjects, args.trees))
+    fusion = analyzer.fusion
+    gallery2 = np.stack(enrollment.vectors2) if fusion is not None else None
+    watchlist = Watchlist.from_payload(payload_of(enrollment, analyzer.fusion_meta, args.trees))
     mated_top, mated_ok, nonmated_top, impostors, failed = [], [], [], [], 0
     for probe in _progress("searching")(probes):
         face = analyzer.best_face(read_image(probe.path))
@@ -373,14 +403,17 @@ def cmd_eval_openset(args: argparse.Namespace) -> int:
                 mated_top.append(-np.inf)
                 mated_ok.append(False)
             continue
-        top = watchlist.search(face.embedding, k=1)
+        top = watchlist.search(face.embedding, k=1, embedding2=face.embedding2)
         sim = top[0].similarity if top else -np.inf
         if probe.in_watchlist:
             mated_top.append(sim)
             mated_ok.append(bool(top) and top[0].subject_id == probe.identity)
         else:
             nonmated_top.append(sim)
-            impostors.append((gallery @ face.embedding).astype(np.float32))
+            sims = gallery @ face.embedding
+            if fusion is not None:  # the fused score the threshold applies to
+                sims = fusion.scale1 * sims + fusion.scale2 * (gallery2 @ face.embedding2) + fusion.offset
+            impostors.append(sims.astype(np.float32))
     reasons: dict[str, int] = {}
     for r in enrollment.rejected:
         reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
@@ -412,10 +445,10 @@ def cmd_eval_openset(args: argparse.Namespace) -> int:
 
 def _calibration(analyzer, n_templates: int, fpir: float, nonmated_top: np.ndarray) -> dict:
     """The shipped impostor tail's threshold for this gallery's size, and the FPIR measured at it here."""
-    from edge.calibration import embedder_tail
+    from edge.calibration import scoring_tail
 
     try:
-        th = embedder_tail(analyzer.embedder_info.info).threshold_for(n_templates, fpir)
+        th = scoring_tail(analyzer.embedder_info.info, analyzer.fusion).threshold_for(n_templates, fpir)
     except DataError as err:
         return {"error": str(err)}
     return {"predicted_threshold": th["match"], "predicted_fpir": th["predicted_fpir"],
@@ -473,7 +506,7 @@ def add_parsers(sub: argparse._SubParsersAction, vision: argparse.ArgumentParser
     p.add_argument("--gallery", type=Path, required=True)
     p.add_argument("--root", type=Path, required=True, help="folder the CSV's paths are relative to")
     p.add_argument("--out", type=Path, required=True, help="build directory (plaintext: keep it on the operator machine)")
-    p.add_argument("--trees", type=int, default=16, help="Annoy trees (default 16, see README for the trade-off)")
+    p.add_argument("--trees", type=int, default=8, help="Annoy trees (default 8, see README for the trade-off)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_watchlist_build)
     p = wl.add_parser("seal", help="sign and encrypt a build for one device",
@@ -511,8 +544,8 @@ def add_parsers(sub: argparse._SubParsersAction, vision: argparse.ArgumentParser
     p.add_argument("--root", type=Path, required=True)
     p.add_argument("--size", type=int, default=300_000, help="subjects in the watchlist (default 300000)")
     p.add_argument("--queries", type=int, default=10_000, help="number of timed queries (default 10000)")
-    p.add_argument("--trees", type=lambda s: [int(x) for x in s.split(",")], default=[16],
-                   help="comma-separated Annoy tree counts to compare (default 16)")
+    p.add_argument("--trees", type=lambda s: [int(x) for x in s.split(",")], default=[8],
+                   help="comma-separated Annoy tree counts to compare (default 8)")
     p.add_argument("--search-k", type=lambda s: [int(x) for x in s.split(",")], default=[0],
                    help="comma-separated Annoy search_k values to compare (0 = Annoy's default)")
     p.add_argument("--stage1-dim", type=int, default=32, help="PCA dimensions of the shortlist index (default 32)")
@@ -530,7 +563,7 @@ def add_parsers(sub: argparse._SubParsersAction, vision: argparse.ArgumentParser
     p.add_argument("--probes", type=Path, required=True)
     p.add_argument("--root", type=Path, required=True)
     p.add_argument("--fpir", type=float, default=0.003, help="target FPIR (default 0.003)")
-    p.add_argument("--trees", type=int, default=16)
+    p.add_argument("--trees", type=int, default=8)
     p.add_argument("--save-impostors", type=Path, metavar="JSON", help="save the impostor tail fitted on this run's non-mated comparisons (for `watchlist seal --impostors`)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--plot", type=Path, metavar="PNG", help="write the DET curve")

@@ -136,13 +136,13 @@ def run_demo(analyzer: Any, photos: Path, workdir: Path | None = None, video: Pa
     from edge.delivery import EventConsumer, EventPublisher, EventStore
     from edge.health import Health
     from edge.mqtt import MqttClient, MqttSettings
-    from edge.calibration import embedder_tail
+    from edge.calibration import scoring_tail
     from edge.outbox import Outbox
     from edge.pipeline import MatchContext, Pipeline
     from edge.policy import DecisionPolicy, PolicyConfig
     from edge.topics import Topics
     from edge.track import Tracker
-    from edge.watchlist.build import GalleryEntry, enroll, make_payload
+    from edge.watchlist.build import GalleryEntry, enroll, payload_of
     from edge.watchlist.bundle import seal
     from edge.watchlist.index import Watchlist
     from edge.watchlist.payload import pack
@@ -159,10 +159,11 @@ def run_demo(analyzer: Any, photos: Path, workdir: Path | None = None, video: Pa
         enrollment = enroll(entries, analyzer)
         if not enrollment.vectors:
             raise EdgeError("no gallery photo could be enrolled: " + "; ".join(r["reason"] for r in enrollment.rejected))
-        thresholds = embedder_tail(analyzer.embedder_info.info).threshold_for(len(enrollment.vectors), 0.003)
+        thresholds = scoring_tail(analyzer.embedder_info.info, analyzer.fusion).threshold_for(len(enrollment.vectors),
+                                                                                              0.003)
         operator, device_key = keys.generate_operator_key(), keys.generate_device_key()
-        embedder_id = analyzer.embedder_info.info.get("family", analyzer.embedder_info.name)
-        bundle = seal(pack(make_payload(np.stack(enrollment.vectors), enrollment.item_subject, enrollment.subjects)),
+        embedder_id = analyzer.watchlist_embedder_id
+        bundle = seal(pack(payload_of(enrollment, analyzer.fusion_meta)),
                       watchlist_id="demo", version=1, device_id=device_id, device_public=device_key.public_key(),
                       signing_key=operator, embedder_id=embedder_id, embedder_sha256=analyzer.embedder_info.sha256,
                       dim=analyzer.embedder.dim, n_items=len(enrollment.vectors), n_subjects=len(enrollment.subjects),
@@ -210,7 +211,7 @@ def run_demo(analyzer: Any, photos: Path, workdir: Path | None = None, video: Pa
         health = Health()
         pipeline = Pipeline(OpenCVSource(video, pace="realtime"), analyzer.detector, analyzer.embedder, Tracker(),
                             DecisionPolicy(PolicyConfig(k=2, n=3)), MatchContext(lambda: store.current()[0]), writer,
-                            health, chipper=analyzer.chip)
+                            health, embed_face=analyzer.embed)
         stop = threading.Event()
         threads = []
         if have_broker:

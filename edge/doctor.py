@@ -160,7 +160,8 @@ def _watchlist_store(config: Any) -> Any:
     info = manifest.get(config.vision.embedder, "embedder") if config.vision.embedder else manifest.default("embedder")
     store = WatchlistStore(config.device.state_dir, config.device.id,
                            keys.load_private_key(config.watchlist.device_key, "device"),
-                           load_trust(config.watchlist.trusted_keys), info.info.get("family", info.name),
+                           load_trust(config.watchlist.trusted_keys),
+                           manifest.embedding_space(info, config.vision.fusion and config.vision.alignment == "dlib5"),
                            info.sha256, lambda bundle: True)  # verify and decrypt only; no index is built
     store.start()
     return store

@@ -20,7 +20,7 @@ import numpy as np
 from edge.health import Health
 from edge.policy import Decision, DecisionPolicy
 from edge.track import Tracker, quality_score
-from edge.types import Frame
+from edge.types import Face, Frame
 from edge.vision.align import align_face
 from edge.vision.quality import QualityThresholds, assess
 
@@ -82,11 +82,11 @@ class Pipeline:
                  matches: MatchContext, sink: Callable[[Decision, Frame, Any, Any], None], health: Health | None = None,
                  quality: QualityThresholds = QualityThresholds(), event_queue_size: int = 256,
                  lossless: bool = False, track_templates: bool = True,
-                 chipper: Callable[[np.ndarray, Any], np.ndarray] | None = None) -> None:
+                 embed_face: Callable[[np.ndarray, Any], Face] | None = None) -> None:
         self.source = source
-        #: (rgb, detection) → the embedder's chip, cut only for chips that will be embedded (FaceAnalyzer.chip:
-        #: dlib landmarks + dlib's chip); None = the keypoint chip the quality gate measures (cheap, ~0.1 ms)
-        self.chipper = chipper
+        #: (rgb, detection) → Face, called only for chips that will be embedded (FaceAnalyzer.embed: dlib landmarks,
+        #: dlib's chip, the embedding and the fused second one); None = embed the keypoint chip the gate measured
+        self.embed_face = embed_face
         self.track_templates = track_templates
         self.detector = detector
         self.embedder = embedder
@@ -183,22 +183,26 @@ class Pipeline:
             score = quality_score(q)
             if not track.should_embed(score, now):
                 continue
-            if self.chipper is not None:
-                chip = self.chipper(frame.rgb, det)
-            embedding = self.embedder.embed(chip)
-            track.record_embedding(score, embedding, now)
+            embedding2 = None
+            if self.embed_face is not None:
+                face = self.embed_face(frame.rgb, det)
+                chip, embedding, embedding2 = face.chip, face.embedding, face.embedding2
+            else:
+                embedding = self.embedder.embed(chip)
+            track.record_embedding(score, embedding, now, embedding2)
             h.observe("embed", time.perf_counter() - t1)
             h.inc("embeddings")
             if watchlist is None:
                 continue
             t2 = time.perf_counter()
-            result = watchlist.match(embedding)
+            result = watchlist.match(embedding, embedding2=embedding2)
             h.observe("match", time.perf_counter() - t2)
             decision = self.policy.observe(track.track_id, result, now, q.to_json(), first_seen=track.first_seen)
             template = track.template() if decision is None and self.track_templates else None
             if template is not None:
-                decision = self.policy.observe_template(track.track_id, watchlist.match(template), track.embeds, now,
-                                                        q.to_json(), first_seen=track.first_seen)
+                result = watchlist.match(template, embedding2=track.template(second=True))
+                decision = self.policy.observe_template(track.track_id, result, track.embeds, now, q.to_json(),
+                                                        first_seen=track.first_seen)
             if decision is not None:
                 decisions.append(decision)
                 try:

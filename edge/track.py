@@ -99,6 +99,7 @@ class Track:
     embed_improvement: float = 1.15
     reembed_after_s: float = 0.5
     template_sum: np.ndarray | None = None
+    template2_sum: np.ndarray | None = None
     last_embedded: float = float("-inf")
 
     def should_embed(self, quality_score: float, now: float | None = None) -> bool:
@@ -114,24 +115,30 @@ class Track:
                 and quality_score >= REEMBED_FLOOR * self.best_embedded_quality)
 
     def record_embedding(self, quality_score: float, embedding: np.ndarray | None = None,
-                         now: float | None = None) -> None:
+                         now: float | None = None, embedding2: np.ndarray | None = None) -> None:
         """Note that a chip with this `quality_score` was embedded for this track at `now` seconds (and add its
-        embedding, a unit vector, to the track template)."""
+        embedding, a unit vector — and the fused second embedding, if any — to the track template)."""
         self.embeds += 1
         if now is not None:
             self.last_embedded = float(now)
         self.best_embedded_quality = max(self.best_embedded_quality, float(quality_score))
         if embedding is not None:
-            w = max(float(quality_score), 1e-6) * np.asarray(embedding, np.float32)
+            q = max(float(quality_score), 1e-6)
+            w = q * np.asarray(embedding, np.float32)
             self.template_sum = w if self.template_sum is None else self.template_sum + w
+            if embedding2 is not None:
+                w2 = q * np.asarray(embedding2, np.float32)
+                self.template2_sum = w2 if self.template2_sum is None else self.template2_sum + w2
 
-    def template(self) -> np.ndarray | None:
+    def template(self, second: bool = False) -> np.ndarray | None:
         """The track template: the quality-weighted mean of its embedded chips as a unit vector, once at least two
-        chips are in it (one chip is already searched on its own); None before."""
-        if self.template_sum is None or self.embeds < 2:
+        chips are in it (one chip is already searched on its own); None before. second: the same for the fused
+        second embeddings."""
+        total = self.template2_sum if second else self.template_sum
+        if total is None or self.embeds < 2:
             return None
-        norm = float(np.linalg.norm(self.template_sum))
-        return (self.template_sum / norm).astype(np.float32) if norm > 0 else None
+        norm = float(np.linalg.norm(total))
+        return (total / norm).astype(np.float32) if norm > 0 else None
 
 
 class Tracker:

@@ -75,9 +75,11 @@ class Face:
     """A detected face with its aligned chip and embedding.
 
     chip: (S, S, 3) uint8 RGB aligned crop fed to the embedder. embedding: (D,) float32, L2-normalised, so the dot
-    product of two embeddings is their cosine similarity.
+    product of two embeddings is their cosine similarity. embedding2: the fused second embedder's projected unit
+    vector (`edge.vision.fusion`), or None when no second embedder runs.
     """
 
     detection: Detection
     chip: np.ndarray
     embedding: np.ndarray
+    embedding2: np.ndarray | None = None

@@ -34,8 +34,8 @@ DEVICE = "cam-test"
 def provision(state: Path, analyzer, device_id: str = DEVICE, install: bool = True) -> bytes:
     """Device and operator keys under state/keys, and obama.jpg enrolled and sealed for the device; returns the
     bundle, which (install) is placed where WatchlistStore.start() finds it."""
-    from edge.calibration import embedder_tail
-    from edge.watchlist.build import GalleryEntry, enroll, make_payload
+    from edge.calibration import scoring_tail
+    from edge.watchlist.build import GalleryEntry, enroll, payload_of
     from edge.watchlist.bundle import seal
     from edge.watchlist.payload import pack
 
@@ -44,10 +44,10 @@ def provision(state: Path, analyzer, device_id: str = DEVICE, install: bool = Tr
     keys.TrustStore([operator.public_key()]).save(state / "keys" / "operators.json")
     enrollment = enroll([GalleryEntry(FACES / "obama.jpg", "obama", "Barack Obama", "test", None)], analyzer)
     assert len(enrollment.vectors) == 1
-    thresholds = embedder_tail(analyzer.embedder_info.info).threshold_for(1, 0.003)
-    bundle = seal(pack(make_payload(np.stack(enrollment.vectors), enrollment.item_subject, enrollment.subjects)),
+    thresholds = scoring_tail(analyzer.embedder_info.info, analyzer.fusion).threshold_for(1, 0.003)
+    bundle = seal(pack(payload_of(enrollment, analyzer.fusion_meta)),
                   watchlist_id="test", version=1, device_id=device_id, device_public=device_key.public_key(),
-                  signing_key=operator, embedder_id=analyzer.embedder_info.info["family"],
+                  signing_key=operator, embedder_id=analyzer.watchlist_embedder_id,
                   embedder_sha256=analyzer.embedder_info.sha256, dim=analyzer.embedder.dim, n_items=1, n_subjects=1,
                   thresholds={"match": thresholds["match"], "margin": 0.02},
                   expires=datetime.now(timezone.utc) + timedelta(days=1))

@@ -51,7 +51,7 @@ def test_bench_json_contract(capsys):
 
 def test_process_embeds_a_still_face_again_cuts_chips_only_for_embeddings_and_decides(analyzer):
     """Pipeline.process with a fake detector and watchlist on a real photo: the cheap keypoint chip gates every
-    frame, the (costly) embedder chip is cut only when the track embeds, a face that holds still is re-embedded
+    frame, the (costly) analyzer embedding runs only when the track embeds, a face that holds still is re-embedded
     after reembed_after_s, and its second agreeing chip fires the k=2 decision."""
     import numpy as np
 
@@ -74,25 +74,29 @@ def test_process_embeds_a_still_face_again_cuts_chips_only_for_embeddings_and_de
         def __init__(self):
             self.queries = []
 
-        def match(self, embedding):
-            self.queries.append(np.asarray(embedding))
+        def match(self, embedding, embedding2=None):
+            self.queries.append((np.asarray(embedding), embedding2))
             top = Candidate("obama", "Barack Obama", "test", 0.97, 0)
             return MatchResult([top], True, 0.95, 0.02, 1.0, top)
 
     cuts = []
 
-    def chipper(image, d):
+    def embed_face(image, d):
         cuts.append(d)
-        return analyzer.chip(image, d)
+        return analyzer.embed(image, d)
 
     wl = FakeWatchlist()
     pipe = Pipeline(None, Detector(), analyzer.embedder, Tracker(reembed_after_s=0.5), DecisionPolicy(PolicyConfig(k=2, n=3)),
-                    MatchContext(lambda: wl), lambda *a: None, chipper=chipper)
+                    MatchContext(lambda: wl), lambda *a: None, embed_face=embed_face)
     decisions = []
     for i in range(12):  # 1.1 s of a face that does not move, at 10 fps
         decisions += pipe.process(Frame(rgb, i, 0.0, i * 0.1))
     counters = pipe.health.snapshot()["counters"]
     assert counters["embeddings"] == len(cuts) == 3  # t = 0, 0.5, 1.0 s
     assert len(decisions) == 1 and decisions[0].subject_id == "obama" and decisions[0].chips_used == 2
-    # The chip that was embedded is dlib's chip (cut by the chipper), not the gate's keypoint chip.
-    assert np.allclose(wl.queries[0], analyzer.embedder.embed(analyzer.chip(rgb, det)), atol=1e-6)
+    # What was matched is the analyzer's face (dlib's chip, and the fused second embedding), not the gate's chip.
+    face = analyzer.embed(rgb, det)
+    assert np.allclose(wl.queries[0][0], face.embedding, atol=1e-6)
+    assert (wl.queries[0][1] is None) == (face.embedding2 is None)
+    if face.embedding2 is not None:
+        assert np.allclose(wl.queries[0][1], face.embedding2, atol=1e-6)

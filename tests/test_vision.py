@@ -88,3 +88,14 @@ def test_embeddings_are_unit_vectors_and_flip_changes_little(analyzer):
     flipped = FaceEmbedder(analyzer.embedder.model, flip=True).embed(chip)
     assert np.linalg.norm(flipped) == pytest.approx(1.0, abs=1e-5)
     assert 0.95 < float(v @ flipped) < 1.0
+
+
+def test_the_default_analyzer_fuses_a_second_embedding_of_the_same_landmarks(analyzer):
+    """Default vision: dlib chips and the manifest's second embedder, projected to a unit vector; same person
+    scores above different people in the second space as well."""
+    assert analyzer.fusion is not None  # the shipped manifest fuses dlib with HSE faceres
+    faces = {n: analyzer.best_face(read_image(FACES / f"{n}.jpg")) for n in ("obama", "obama2", "biden")}
+    e2 = {n: f.embedding2 for n, f in faces.items()}
+    assert all(v.shape == (analyzer.fusion.dim2,) and abs(float(np.linalg.norm(v)) - 1) < 1e-5 for v in e2.values())
+    assert float(e2["obama"] @ e2["obama2"]) > float(e2["obama"] @ e2["biden"])
+    assert analyzer.watchlist_embedder_id == "dlib_resnet_v1+hse_faceres"

@@ -97,17 +97,17 @@ def test_device_install_serves_matches_and_keeps_plaintext_off_disk(operator_flo
     device = keys.load_private_key(tmp / "dev" / "device.key", "device")
     operator = keys.load_public_key(tmp / "op" / "operator.pub", "operator")
     store = WatchlistStore(tmp_path / "state", "cam-01", device, {keys.key_id(operator): operator},
-                           analyzer.embedder_info.info["family"], analyzer.embedder_info.sha256,
+                           analyzer.watchlist_embedder_id, analyzer.embedder_info.sha256,
                            lambda b: Watchlist.from_payload(b.payload, b.manifest["thresholds"], b.manifest))
     store.start()
     result = store.install((tmp / "v3.bundle").read_bytes())
     assert result.ok, result.message
     watchlist, manifest = store.current()
-    probe = analyzer.best_face(read_image(FACES / "obama2.jpg")).embedding
-    decision = watchlist.match(probe)
+    probe = analyzer.best_face(read_image(FACES / "obama2.jpg"))
+    decision = watchlist.match(probe.embedding, embedding2=probe.embedding2)
     assert decision.matched and decision.top.label == CANARY and decision.top.similarity >= decision.threshold
-    stranger = analyzer.best_face(read_image(FACES / "astronaut.jpg")).embedding
-    assert not watchlist.match(stranger).matched
+    stranger = analyzer.best_face(read_image(FACES / "astronaut.jpg"))
+    assert not watchlist.match(stranger.embedding, embedding2=stranger.embedding2).matched
     # Nothing under the state directory or in new temp files holds the canary label or the index in clear.
     new_tmp = [p for p in set(Path(tempfile.gettempdir()).iterdir()) - before if p.is_file()]
     for path in [p for p in (tmp_path / "state").rglob("*") if p.is_file()] + new_tmp:
@@ -131,8 +131,8 @@ def test_eval_openset_on_bundled_photos(capsys, tmp_path):
 
 def test_eval_openset_reports_the_shipped_tails_calibration(capsys, tmp_path):
     """--json carries calibration: the shipped tail's threshold for this gallery's size and the FPIR measured at it."""
-    from edge.calibration import embedder_tail
-    from edge.vision.manifest import load_manifest
+    from edge.calibration import scoring_tail
+    from edge.vision.analyzer import FaceAnalyzer
 
     (tmp_path / "gallery.csv").write_text("path,identity\nfaces/obama.jpg,obama\nfaces/biden.jpg,biden\n")
     (tmp_path / "probes.csv").write_text("path,identity,in_watchlist\nfaces/obama2.jpg,obama,1\n"
@@ -141,8 +141,8 @@ def test_eval_openset_reports_the_shipped_tails_calibration(capsys, tmp_path):
                        tmp_path / "probes.csv", "--root", DATA, "--json")
     assert code == 0
     cal = json.loads(out)["calibration"]
-    tail = embedder_tail(load_manifest().default("embedder").info)
-    want = tail.threshold_for(2, 0.003)
+    default = FaceAnalyzer.create()  # the fused default: the threshold applies to the fused score
+    want = scoring_tail(default.embedder_info.info, default.fusion).threshold_for(2, 0.003)
     assert cal["predicted_threshold"] == want["match"] and cal["predicted_fpir"] == want["predicted_fpir"]
     assert cal["measured_fpir_at_predicted"] == 0.0 and cal["n_nonmated"] == 1  # the astronaut is below it
 
@@ -181,3 +181,18 @@ def test_build_gate_options_are_checked_and_no_gate_enrolls_more(operator_flow, 
     code, out, _ = run(capsys, "watchlist", "build", "--gallery", tmp / "gallery.csv", "--root", DATA,
                        "--out", tmp_path / "loose", "--min-eye-distance", 500, "--no-gate", "--json")
     assert code == 0 and json.loads(out)["n_templates"] == 2
+
+
+def test_a_fused_bundle_is_refused_by_a_device_that_does_not_fuse(operator_flow, tmp_path, analyzer):
+    """The embedding space names both embedders: a device running dlib alone cannot take a fused list."""
+    tmp = operator_flow
+    assert analyzer.watchlist_embedder_id == "dlib_resnet_v1+hse_faceres"
+    device = keys.load_private_key(tmp / "dev" / "device.key", "device")
+    operator = keys.load_public_key(tmp / "op" / "operator.pub", "operator")
+    store = WatchlistStore(tmp_path / "state", "cam-01", device, {keys.key_id(operator): operator},
+                           "dlib_resnet_v1", analyzer.embedder_info.sha256,
+                           lambda b: Watchlist.from_payload(b.payload, b.manifest["thresholds"], b.manifest))
+    store.start()
+    result = store.install((tmp / "v3.bundle").read_bytes())
+    assert not result.ok and result.reason == "wrong_embedder"
+    assert "dlib_resnet_v1+hse_faceres" in result.message

@@ -123,3 +123,29 @@ def test_a_malformed_shortlist_projection_is_a_load_error_not_a_traceback():
         Watchlist.from_payload(Payload(payload.index, broken, payload.templates))
     with pytest.raises(IndexLoadError, match="no templates to re-score with"):
         Watchlist.from_payload(Payload(payload.index, payload.meta, b""))
+
+
+def test_a_fused_watchlist_scores_the_shortlist_with_both_embeddings():
+    """Rows [e1, e2] re-scored with [scale1·q1, scale2·q2] + offset give the fused score an exact search gives; a
+    probe without its second embedding is refused with a clear message, and no score exceeds 1."""
+    from edge.errors import EdgeError
+
+    rng = np.random.default_rng(11)
+    n = 300
+    v1, v2 = _unit(rng, n, 128), _unit(rng, n, 64)
+    subjects = [{"id": f"s{i}", "label": "", "category": "", "expires": None} for i in range(n)]
+    fusion = {"secondary": "test", "dim2": 64, "scale1": 0.84, "scale2": 0.036, "offset": 0.124}
+    payload = make_payload(v1, list(range(n)), subjects, n_trees=8, vectors2=v2, fusion=fusion)
+    assert len(payload.templates) == n * (128 + 64 + 4)
+    wl = Watchlist.from_payload(pack(payload), {"match": 0.9, "margin": 0.0})
+    for i in (0, 123, 299):
+        q1 = v1[i] + 0.1 * _unit(rng, 1, 128)[0]
+        q1 /= np.linalg.norm(q1)
+        exact = 0.84 * (v1 @ q1) + 0.036 * (v2 @ v2[i]) + 0.124
+        top = wl.search(q1, k=1, embedding2=v2[i])[0]
+        assert top.subject_id == f"s{int(exact.argmax())}" and top.similarity == pytest.approx(float(exact.max()), abs=3e-3)
+    assert wl.search(v1[5], k=1, embedding2=v2[5])[0].similarity <= 1.0
+    with pytest.raises(EdgeError, match="no second embedding"):
+        wl.search(v1[0], k=1)
+    with pytest.raises(PayloadError, match="templates hold"):  # rows sized for the primary alone
+        unpack(pack(Payload(payload.index, payload.meta, payload.templates[:n * 132])))

@@ -17,6 +17,7 @@ from edge.types import Detection, Face, shift
 from edge.vision.align import align_face
 from edge.vision.detector import FaceDetector
 from edge.vision.embedder import FaceEmbedder
+from edge.vision.fusion import Fusion, load_fusion
 from edge.vision.landmarks import ShapePredictor, detection_landmarks, dlib_chip, load_shape_predictor
 from edge.vision.manifest import ModelInfo, load_manifest
 from edge.vision.runtime import RuntimeOptions, sha256_file
@@ -32,6 +33,7 @@ class VisionOptions:
     min_score: detector threshold (probability). flip: average the embeddings of a chip and its mirror image.
     alignment: "dlib5" (dlib's 5-point landmarks predicted in numpy from the detection, then dlib's own chip: the
     chips the descriptor was trained on) or "keypoints" (a similarity from BlazeFace's keypoints; cheaper).
+    fusion: also run the manifest's fused second embedder (needs alignment "dlib5"; see `edge.vision.fusion`).
     models_dir: directory with manifest.json (None = `edge.paths.models_dir()`).
     """
 
@@ -44,6 +46,7 @@ class VisionOptions:
     flip: bool = True
     models_dir: Path | None = None
     alignment: str = "dlib5"
+    fusion: bool = True
 
 
 #: Border added around a photo in which no face was found, as a fraction of its height (see `FaceAnalyzer.detect`).
@@ -58,8 +61,11 @@ class FaceAnalyzer:
     """
 
     def __init__(self, detector: FaceDetector, embedder: FaceEmbedder, detector_info: ModelInfo,
-                 embedder_info: ModelInfo, closeup_retry: bool = True, landmarks: ShapePredictor | None = None) -> None:
+                 embedder_info: ModelInfo, closeup_retry: bool = True, landmarks: ShapePredictor | None = None,
+                 secondary: FaceEmbedder | None = None, secondary_info: ModelInfo | None = None,
+                 fusion: Fusion | None = None) -> None:
         self.closeup_retry = closeup_retry
+        self.secondary, self.secondary_info, self.fusion = secondary, secondary_info, fusion
         self.landmarks = landmarks
         self.chip_padding = float(embedder_info.info.get("alignment", {}).get("padding", 0.25))
         self.detector = detector
@@ -90,7 +96,14 @@ class FaceAnalyzer:
             if not lm.path.is_file() or sha256_file(lm.path) != lm.sha256:
                 raise ModelError(f"landmark model {lm.path} is missing or its checksum does not match the manifest")
             landmarks = load_shape_predictor(lm.path)
-        return cls(detector, FaceEmbedder(emb_model, flip=options.flip), det_info, emb_info, landmarks=landmarks)
+        secondary = sec_info = fusion = None
+        section = manifest.fusion
+        if options.fusion and landmarks is not None and section and section.get("primary") == emb_info.name:
+            sec_info = manifest.get(section.get("secondary", ""), "embedder")
+            secondary = FaceEmbedder(sec_info.load(RuntimeOptions(options.threads, options.backend)), flip=False)
+            fusion = load_fusion(section, manifest.directory, sha256_file)
+        return cls(detector, FaceEmbedder(emb_model, flip=options.flip), det_info, emb_info, landmarks=landmarks,
+                   secondary=secondary, secondary_info=sec_info, fusion=fusion)
 
     @property
     def alignment(self) -> str:
@@ -103,6 +116,20 @@ class FaceAnalyzer:
         if self.landmarks is None:
             return align_face(rgb, detection.keypoints, size)
         return dlib_chip(rgb, detection_landmarks(self.landmarks, rgb, detection), size, self.chip_padding)
+
+    @property
+    def watchlist_embedder_id(self) -> str:
+        """The embedding space a watchlist is built in and checked against (`Manifest.embedding_space`): the
+        primary's family, plus the second embedder's when scores are fused ("dlib_resnet_v1+hse_faceres")."""
+        primary = self.embedder_info.info.get("family", self.embedder_info.name)
+        if self.secondary_info is None:
+            return primary
+        return f"{primary}+{self.secondary_info.info.get('family', self.secondary_info.name)}"
+
+    @property
+    def fusion_meta(self) -> dict | None:
+        """What a watchlist built by this analyzer records of its score fusion (None: no second embedder)."""
+        return self.fusion.meta() if self.fusion is not None else None
 
     @property
     def embedder_id(self) -> str:
@@ -123,9 +150,15 @@ class FaceAnalyzer:
         return [shift(d, -pad, -pad) for d in self.detector.detect(padded)]
 
     def embed(self, rgb: np.ndarray, detection: Detection) -> Face:
-        """Align and embed one detected face."""
-        chip = self.chip(rgb, detection)
-        return Face(detection, chip, self.embedder.embed(chip))
+        """Align and embed one detected face (and, with fusion, embed its looser chip with the second embedder)."""
+        if self.fusion is None or self.landmarks is None or self.secondary is None:
+            chip = self.chip(rgb, detection)
+            return Face(detection, chip, self.embedder.embed(chip))
+        points = detection_landmarks(self.landmarks, rgb, detection)
+        chip = dlib_chip(rgb, points, self.embedder.chip_size, self.chip_padding)
+        pad2 = float(self.secondary_info.info.get("alignment", {}).get("padding", 0.25))  # type: ignore[union-attr]
+        chip2 = dlib_chip(rgb, points, self.secondary.chip_size, pad2)
+        return Face(detection, chip, self.embedder.embed(chip), self.fusion.project(self.secondary.raw(chip2)))
 
     def faces(self, rgb: np.ndarray) -> list[Face]:
         """Every face in the image, embedded."""

@@ -41,6 +41,7 @@ class Manifest:
     directory: Path
     models: dict[str, ModelInfo]
     defaults: dict[str, str]
+    fusion: dict | None = None
 
     def get(self, name: str, kind: str | None = None) -> ModelInfo:
         """The entry called `name` (of the given kind), or a ModelError listing the names there are."""
@@ -51,6 +52,16 @@ class Manifest:
                 f"no {kind or 'model'} named {name!r} in {self.directory / MANIFEST_NAME}; known: {', '.join(choices)}"
             )
         return info
+
+    def embedding_space(self, primary: ModelInfo, fused: bool) -> str:
+        """The id a watchlist is built in and checked against: the primary's family, plus the second embedder's
+        ("dlib_resnet_v1+hse_faceres") when `fused` and the manifest fuses this primary."""
+        family = primary.info.get("family", primary.name)
+        section = self.fusion or {}
+        if not fused or section.get("primary") != primary.name:
+            return family
+        second = self.get(section.get("secondary", ""), "embedder")
+        return f"{family}+{second.info.get('family', second.name)}"
 
     def default(self, kind: str) -> ModelInfo:
         """The default model of a kind ("detector" or "embedder")."""
@@ -79,4 +90,4 @@ def load_manifest(directory: str | Path | None = None) -> Manifest:
         if missing:
             raise ModelError(f"model manifest {path}: entry {name!r} lacks {', '.join(missing)}")
         models[name] = ModelInfo(name, directory / entry["file"], entry["sha256"], entry["kind"], entry)
-    return Manifest(directory, models, dict(raw.get("defaults", {})))
+    return Manifest(directory, models, dict(raw.get("defaults", {})), raw.get("fusion"))

@@ -78,12 +78,13 @@ def exact_top1(vectors: np.ndarray, item_subject: np.ndarray, queries: np.ndarra
     return out
 
 
-def time_queries(watchlist, queries: np.ndarray, k: int = 5) -> tuple[list[float], list[str]]:
-    """Per-query wall times (seconds) and top-1 subject ids."""
+def time_queries(watchlist, queries: np.ndarray, k: int = 5,
+                 queries2: np.ndarray | None = None) -> tuple[list[float], list[str]]:
+    """Per-query wall times (seconds) and top-1 subject ids (queries2: the fused second embeddings, if any)."""
     times, tops = [], []
-    for q in queries:
+    for i, q in enumerate(queries):
         t0 = time.perf_counter()
-        cands = watchlist.search(q, k)
+        cands = watchlist.search(q, k, embedding2=None if queries2 is None else queries2[i])
         times.append(time.perf_counter() - t0)
         tops.append(cands[0].subject_id if cands else "")
     return times, tops

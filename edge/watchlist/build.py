@@ -21,8 +21,9 @@ from edge.imageio import read_image
 from edge.vision.quality import ENROLLMENT_LIMITS, QualityThresholds, SubjectRule, assess, subject_face
 from edge.watchlist.payload import Payload, canonical_json, quantize_templates, subject_columns
 
-#: Annoy trees: chosen from `edge watchlist bench` (recall@1 vs exact ≥ 99.9 % at 300,000 items; see README).
-DEFAULT_TREES = 16
+#: Annoy trees: chosen from `edge watchlist bench` at 300,000 fused templates (8 trees: recall@1 vs exact 99.97 %, query
+#: p99 1.16 ms, device RSS 293 MiB; 16 trees: 99.96 %, 1.20 ms, 300 MiB — README).
+DEFAULT_TREES = 8
 #: The shortlist stage searches a PCA projection of the templates to this many dimensions, once there are enough
 #: templates to fit the projection on (`PCA_MIN_ITEMS`); smaller lists index the full templates. Measured at
 #: 300,000 templates, 16 trees (`edge watchlist bench`): the 128-D index is 214 MB; a fresh process's RSS grew by
@@ -66,6 +67,7 @@ class Enrollment:
     rejected: list[dict]
     qualities: list[dict]
     warnings: list[dict]
+    vectors2: list[np.ndarray]
 
 
 def enroll(entries: list[GalleryEntry], analyzer, limits: QualityThresholds | None = ENROLLMENT_LIMITS,
@@ -74,7 +76,7 @@ def enroll(entries: list[GalleryEntry], analyzer, limits: QualityThresholds | No
     """Detect, check, align and embed each gallery photo: its subject face (`subject_face`: the only face, or the
     clearly dominant one, with a warning) must pass `limits` (None = no quality gate, for measuring its effect)."""
     subject_index: dict[str, int] = {}
-    out = Enrollment([], [], [], [], [], [])
+    out = Enrollment([], [], [], [], [], [], [])
     for entry in progress(entries):
         try:
             rgb = read_image(entry.path)
@@ -99,6 +101,8 @@ def enroll(entries: list[GalleryEntry], analyzer, limits: QualityThresholds | No
             out.subjects.append({"id": entry.identity, "label": entry.label, "category": entry.category,
                                  "expires": entry.expires})
         out.vectors.append(face.embedding)
+        if face.embedding2 is not None:
+            out.vectors2.append(face.embedding2)
         out.item_subject.append(subject_index[entry.identity])
         out.qualities.append({"path": str(entry.path), **quality.to_json()})
     return out
@@ -141,10 +145,14 @@ def project(vectors: np.ndarray, mean: np.ndarray, components: np.ndarray) -> np
 
 
 def make_payload(vectors: np.ndarray, item_subject: list[int], subjects: list[dict], n_trees: int = DEFAULT_TREES,
-                 thresholds: dict | None = None, stage1_dim: int = STAGE1_DIM) -> Payload:
+                 thresholds: dict | None = None, stage1_dim: int = STAGE1_DIM, vectors2: np.ndarray | None = None,
+                 fusion: dict | None = None) -> Payload:
     """Index + templates + metadata for a set of unit-vector templates: the Annoy shortlist index is built on a
-    PCA projection (`stage1_dim`) when the list is large enough, the int8 templates re-score its candidates."""
+    PCA projection (`stage1_dim`) when the list is large enough, the int8 templates re-score its candidates.
+    vectors2 / fusion: the fused second embedder's templates and `Fusion.meta()` (both or neither)."""
     vectors = np.asarray(vectors, np.float32)
+    if (vectors2 is None) != (fusion is None):
+        raise DataError("fused templates need both the second embeddings and the fusion settings")
     meta = {"dim": int(vectors.shape[1]), "metric": "angular", "n_trees": n_trees, "items": list(map(int, item_subject)),
             "subjects": subject_columns(subjects), "thresholds": thresholds or {}}
     shortlist = vectors
@@ -154,7 +162,18 @@ def make_payload(vectors: np.ndarray, item_subject: list[int], subjects: list[di
                           "components": [[float(f"{x:.7g}") for x in row] for row in comp]}
         shortlist = project(vectors, np.array(meta["stage1"]["mean"], np.float32),
                             np.array(meta["stage1"]["components"], np.float32))
-    return Payload(build_index(shortlist, n_trees), meta, quantize_templates(vectors))
+    rows = vectors
+    if fusion is not None:
+        meta["fusion"] = dict(fusion)
+        rows = np.concatenate([vectors, np.asarray(vectors2, np.float32)], axis=1)
+    return Payload(build_index(shortlist, n_trees), meta, quantize_templates(rows))
+
+
+def payload_of(enrollment: "Enrollment", fusion: dict | None, n_trees: int = DEFAULT_TREES) -> Payload:
+    """The payload of an enrollment (fused when `fusion`, i.e. the analyzer's `fusion_meta`, is given)."""
+    vectors2 = np.stack(enrollment.vectors2) if fusion is not None else None
+    return make_payload(np.stack(enrollment.vectors), enrollment.item_subject, enrollment.subjects, n_trees,
+                        vectors2=vectors2, fusion=fusion)
 
 
 def write_build(out_dir: Path, payload: Payload, enrollment: Enrollment, embedder: dict, seconds: float) -> dict:

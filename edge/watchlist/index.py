@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from edge.errors import EdgeError
-from edge.watchlist.payload import Payload, split_templates, unpack
+from edge.vision.fusion import fused_query
+from edge.watchlist.payload import Payload, split_templates, template_dim, unpack
 
 
 #: Annoy search effort: with 16 trees over the 32-D projection of 300,000 templates and a 128-template shortlist,
@@ -142,8 +143,11 @@ class Watchlist:
         self.search_k = search_k
         self.shortlist = SHORTLIST
         self._tq = self._ts = self._mean = self._comp = None
+        self.fusion: dict | None = meta.get("fusion") or None
         if templates:
-            self._tq, self._ts = split_templates(templates, len(self.item_subject), self.dim)
+            self._tq, self._ts = split_templates(templates, len(self.item_subject), template_dim(meta))
+        elif self.fusion:
+            raise IndexLoadError("watchlist payload names a fused second embedder but has no templates")
         stage1 = meta.get("stage1")
         if stage1:
             try:
@@ -171,11 +175,13 @@ class Watchlist:
         """Number of distinct subjects (templates may be several per subject)."""
         return len(self._ids)
 
-    def search(self, embedding: np.ndarray, k: int = 5, n_items: int | None = None) -> list[Candidate]:
+    def search(self, embedding: np.ndarray, k: int = 5, n_items: int | None = None,
+               embedding2: np.ndarray | None = None) -> list[Candidate]:
         """Top-k subjects for a unit vector, best template per subject.
 
         Annoy gathers `SHORTLIST` candidates from its trees (`search_k` nodes); the int8 templates give their exact
-        cosine with `embedding`. (v1 payloads: Annoy's own exact distance d of the best `n_items`, cosine = 1 − d²/2.)
+        cosine with `embedding` — or, for a fused watchlist, the fused score with (`embedding`, `embedding2`).
+        (v1 payloads: Annoy's own exact distance d of the best `n_items`, cosine = 1 − d²/2.)
         """
         e = np.asarray(embedding, np.float32)
         if self._tq is not None:
@@ -187,7 +193,14 @@ class Watchlist:
             if not ids:
                 return []
             items = np.asarray(ids, np.intp)
-            sims = (self._tq[items].astype(np.float32) @ e) * self._ts[items]
+            if self.fusion:
+                if embedding2 is None:
+                    raise EdgeError("this watchlist fuses a second embedder's scores; the probe has no second embedding")
+                q_full = fused_query(e, embedding2, self.fusion)
+                sims = (self._tq[items].astype(np.float32) @ q_full) * self._ts[items] + float(self.fusion["offset"])
+            else:
+                sims = (self._tq[items].astype(np.float32) @ e) * self._ts[items]
+            sims = np.clip(sims, -1.0, 1.0)  # int8 rounding may overshoot a perfect match; scores stay cosine-like
             order = np.argsort(-sims, kind="stable")
             pairs = zip(items[order].tolist(), sims[order].tolist())
         else:
@@ -204,11 +217,11 @@ class Watchlist:
                 for s, (sim, item) in ranked]
 
     def match(self, embedding: np.ndarray, threshold: float | None = None, margin: float | None = None,
-              k: int = 5) -> MatchResult:
+              k: int = 5, embedding2: np.ndarray | None = None) -> MatchResult:
         """Decide for one probe: top similarity ≥ threshold and margin over the next subject ≥ margin."""
         threshold = float(self.thresholds.get("match", 1.0) if threshold is None else threshold)
         margin_required = float(self.thresholds.get("margin", 0.0) if margin is None else margin)
-        candidates = self.search(embedding, k)
+        candidates = self.search(embedding, k, embedding2=embedding2)
         if not candidates:
             return MatchResult([], False, threshold, margin_required, 0.0)
         top = candidates[0]

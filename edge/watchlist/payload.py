@@ -4,7 +4,8 @@ Layout v2: b"EWLPAY2\\n" | u64 BE index length | index bytes | u64 BE templates 
 metadata length | canonical JSON metadata. v1 (b"EWLPAY1\\n", no templates section) still loads.
 index: Annoy over the templates projected to `meta["stage1"]` (PCA: mean, components) — the shortlist stage;
 templates: the full embeddings, int8 per row (N × dim bytes) then one float32 scale per row (N × 4 bytes) — the
-exact re-score stage. It exists only in memory on the device; the operator keeps it in the build directory.
+exact re-score stage. With `meta["fusion"]` (`edge.vision.fusion`) each row holds [e1, e2] (dim + dim2 bytes).
+It exists only in memory on the device; the operator keeps it in the build directory.
 """
 
 from __future__ import annotations
@@ -86,10 +87,19 @@ def unpack(data: bytes) -> Payload:
     if not isinstance(subjects, dict) or set(subjects) != set(SUBJECT_FIELDS) or len({len(v) for v in subjects.values()}) != 1:
         raise PayloadError("watchlist payload subjects must be equal-length columns " + ", ".join(SUBJECT_FIELDS))
     if templates:
-        n, dim = len(meta["items"]) if isinstance(meta["items"], list) else -1, meta["dim"]
-        if not isinstance(dim, int) or len(templates) != n * (dim + 4):
+        n, dim = len(meta["items"]) if isinstance(meta["items"], list) else -1, template_dim(meta)
+        if dim < 1 or len(templates) != n * (dim + 4):
             raise PayloadError(f"watchlist payload templates hold {len(templates)} bytes, not {n} × ({dim} + 4)")
     return Payload(bytes(index), meta, bytes(templates))
+
+
+def template_dim(meta: dict) -> int:
+    """Bytes per template row: the primary dim, plus the fused second embedding's (-1 when malformed)."""
+    dim, fusion = meta.get("dim"), meta.get("fusion") or {}
+    dim2 = fusion.get("dim2", 0) if isinstance(fusion, dict) else -1
+    if not isinstance(dim, int) or not isinstance(dim2, int) or dim < 1 or dim2 < 0:
+        return -1
+    return dim + dim2
 
 
 def quantize_templates(vectors: np.ndarray) -> bytes:
