@@ -63,8 +63,9 @@ class FaceAnalyzer:
     def __init__(self, detector: FaceDetector, embedder: FaceEmbedder, detector_info: ModelInfo,
                  embedder_info: ModelInfo, closeup_retry: bool = True, landmarks: ShapePredictor | None = None,
                  secondary: FaceEmbedder | None = None, secondary_info: ModelInfo | None = None,
-                 fusion: Fusion | None = None) -> None:
+                 fusion: Fusion | None = None, embedding_space: str | None = None) -> None:
         self.closeup_retry = closeup_retry
+        self._space = embedding_space or embedder_info.info.get("family", embedder_info.name)
         self.secondary, self.secondary_info, self.fusion = secondary, secondary_info, fusion
         self.landmarks = landmarks
         self.chip_padding = float(embedder_info.info.get("alignment", {}).get("padding", 0.25))
@@ -103,7 +104,8 @@ class FaceAnalyzer:
             secondary = FaceEmbedder(sec_info.load(RuntimeOptions(options.threads, options.backend)), flip=False)
             fusion = load_fusion(section, manifest.directory, sha256_file)
         return cls(detector, FaceEmbedder(emb_model, flip=options.flip), det_info, emb_info, landmarks=landmarks,
-                   secondary=secondary, secondary_info=sec_info, fusion=fusion)
+                   secondary=secondary, secondary_info=sec_info, fusion=fusion,
+                   embedding_space=manifest.embedding_space(emb_info, fusion is not None))
 
     @property
     def alignment(self) -> str:
@@ -121,10 +123,7 @@ class FaceAnalyzer:
     def watchlist_embedder_id(self) -> str:
         """The embedding space a watchlist is built in and checked against (`Manifest.embedding_space`): the
         primary's family, plus the second embedder's when scores are fused ("dlib_resnet_v1+hse_faceres")."""
-        primary = self.embedder_info.info.get("family", self.embedder_info.name)
-        if self.secondary_info is None:
-            return primary
-        return f"{primary}+{self.secondary_info.info.get('family', self.secondary_info.name)}"
+        return self._space
 
     @property
     def fusion_meta(self) -> dict | None:
