@@ -132,7 +132,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             gallery[Path(path)] = label or Path(path).stem
     analyzer = _analyzer(args)
     print(f"edge demo: detector {analyzer.detector_info.name}, embedder {analyzer.embedder_info.name}", flush=True)
-    summary = run_demo(analyzer, photos, args.workdir, args.video, gallery, print_fn=lambda m: print(m, flush=True))
+    summary = run_demo(analyzer, photos, args.workdir, args.video, gallery, print_fn=lambda m: print(m, flush=True),
+                       broker_kind=args.broker)
     return 0 if summary["frames"] else 1
 
 
@@ -172,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--video", type=Path, help="run over this video instead of the generated clip")
     p.add_argument("--gallery", nargs="+", metavar="PHOTO[=LABEL]", help="enroll these photos instead of the demo's")
     p.add_argument("--workdir", type=Path, help="keep the demo's files (clip, outbox, audit log) here")
+    p.add_argument("--broker", choices=("auto", "amqtt"), default="auto",
+                   help="auto: mosquitto if installed, else the embedded amqtt broker; amqtt: the embedded one")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("detect", parents=[vision], help="faces per image",

@@ -4,9 +4,9 @@
    install it through the device's verifying store.
 2. Make a clip (`make_clip`): listed and unlisted faces from *other* bundled photos move, grow and are partly
    occluded over a plain background — or use `--video` with real footage and `--gallery` with real photos.
-3. Start a local broker on a free loopback port (mosquitto if installed; otherwise events go straight from the
-   outbox to the printer, and the demo says so), run the real pipeline over the clip, publish from the outbox,
-   and print each event as the central consumer receives it.
+3. Start a local broker on a free loopback port (mosquitto if installed, else the embedded amqtt broker of the
+   `demo` extra; with neither, events go straight from the outbox to the printer, and the demo says so), run the
+   real pipeline over the clip, publish from the outbox, and print each event as the central consumer receives it.
 """
 
 from __future__ import annotations
@@ -97,20 +97,28 @@ def _free_port() -> int:
 
 
 class LocalBroker:
-    """mosquitto on a free loopback port, anonymous, for the demo only (production: firmware-config/mosquitto)."""
+    """A broker on a free loopback port, anonymous, for the demo only (production: firmware-config/mosquitto):
+    mosquitto if installed, else the pure-Python `amqtt` broker (the `demo` extra) embedded in a thread."""
 
-    def __init__(self, workdir: Path) -> None:
-        self.binary = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
+    def __init__(self, workdir: Path, prefer_mosquitto: bool = True) -> None:
+        self.binary = (shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
+                       if prefer_mosquitto else None)
         self.port = _free_port()
         self.conf = workdir / "mosquitto-demo.conf"
         self.proc: subprocess.Popen | None = None
+        self.kind: str | None = None
+        self._loop: Any = None
+        self._amqtt: Any = None
 
     def start(self) -> bool:
-        if not self.binary:
-            return False
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-        self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+        """Start a broker; False when neither mosquitto nor amqtt is available."""
+        if self.binary and self._start_mosquitto():
+            self.kind = "mosquitto"
+        elif self._start_amqtt():
+            self.kind = "amqtt"
+        return self.kind is not None
+
+    def _wait(self) -> bool:
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
             try:
@@ -118,18 +126,67 @@ class LocalBroker:
                 return True
             except OSError:
                 time.sleep(0.05)
+        return False
+
+    def _start_mosquitto(self) -> bool:
+        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        if self._wait():
+            return True
         self.stop()
         return False
+
+    def _start_amqtt(self) -> bool:
+        try:
+            from amqtt.broker import Broker
+        except ImportError:
+            return False
+        import asyncio
+        import logging
+
+        logging.getLogger("amqtt").setLevel(logging.ERROR)
+        config = {"listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{self.port}"}},
+                  "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}}}
+        self._loop = asyncio.new_event_loop()
+        started = threading.Event()
+
+        def serve() -> None:
+            asyncio.set_event_loop(self._loop)
+            self._amqtt = Broker(config, loop=self._loop)
+            try:
+                self._loop.run_until_complete(self._amqtt.start())
+            except Exception:  # a broker that cannot listen: the demo says so and runs without one
+                self._amqtt = None
+                return
+            finally:
+                started.set()
+            self._loop.run_forever()
+
+        threading.Thread(target=serve, name="edge-demo-broker", daemon=True).start()
+        return started.wait(10) and self._amqtt is not None  # start() returns once it listens
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(5)
+        if self._amqtt is not None and self._loop is not None:
+            import asyncio
+
+            try:
+                asyncio.run_coroutine_threadsafe(self._amqtt.shutdown(), self._loop).result(5)
+            except Exception:  # shutting the demo's broker down must not hide the demo's result
+                pass
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._amqtt = None
 
 
 def run_demo(analyzer: Any, photos: Path, workdir: Path | None = None, video: Path | None = None,
-             gallery: dict[Path, str] | None = None, print_fn: Callable[[str], None] = print) -> dict:
-    """Run the demo; returns a summary (events received, frames, fps, broker used)."""
+             gallery: dict[Path, str] | None = None, print_fn: Callable[[str], None] = print,
+             broker_kind: str = "auto") -> dict:
+    """Run the demo; returns a summary (events received, frames, fps, broker used).
+    broker_kind: "auto" (mosquitto if installed, else amqtt) or "amqtt" (the embedded broker even if mosquitto is
+    there)."""
     from edge import keys
     from edge.audit import AuditLog
     from edge.capture.opencv import OpenCVSource
@@ -188,7 +245,7 @@ def run_demo(analyzer: Any, photos: Path, workdir: Path | None = None, video: Pa
                 f"{a['photo']} ({'listed' if a['listed_as'] else 'not listed'}, {a['visible_s'][0]}–{a['visible_s'][1]} s)"
                 for a in schedule))
         # 3. Broker, device publisher, central consumer.
-        broker = LocalBroker(work)
+        broker = LocalBroker(work, prefer_mosquitto=broker_kind != "amqtt")
         have_broker = broker.start()
         received: list[dict] = []
         lock = threading.Lock()
@@ -215,7 +272,7 @@ def run_demo(analyzer: Any, photos: Path, workdir: Path | None = None, video: Pa
         stop = threading.Event()
         threads = []
         if have_broker:
-            print_fn(f"broker: mosquitto on 127.0.0.1:{broker.port} (loopback, demo only; production config: "
+            print_fn(f"broker: {broker.kind} on 127.0.0.1:{broker.port} (loopback, demo only; production config: "
                      "firmware-config/mosquitto/edge.conf)")
             dev_client = MqttClient(MqttSettings(port=broker.port, client_id=device_id), [(topics.events_ack, 1)])
             op_client = MqttClient(MqttSettings(port=broker.port, client_id="operator"), [("edge/+/events", 1)])
@@ -234,7 +291,8 @@ def run_demo(analyzer: Any, photos: Path, workdir: Path | None = None, video: Pa
 
             threads.append(threading.Thread(target=pump, daemon=True))
         else:
-            print_fn("broker: mosquitto is not installed — events are printed from the device outbox directly "
+            print_fn("broker: neither mosquitto nor amqtt (pip install 'edge-watchlist[demo]') is installed — events are "
+                     "printed from the device outbox directly "
                      "(install mosquitto to see them travel over MQTT)")
         for t in threads:
             t.start()
@@ -256,7 +314,7 @@ def run_demo(analyzer: Any, photos: Path, workdir: Path | None = None, video: Pa
         snap = health.snapshot()
         summary = {"events": len(received), "labels": sorted({e.get("label") or e["subject_id"] for e in received}),
                    "frames": snap["counters"].get("frames_captured", 0), "seconds": round(time.monotonic() - t0, 1),
-                   "broker": "mosquitto" if have_broker else None, "outbox_depth": outbox.depth(),
+                   "broker": broker.kind, "outbox_depth": outbox.depth(),
                    "stage_ms": snap.get("stage_ms", {})}
         counters = snap["counters"]
         refused = {k.split(".", 1)[1]: v for k, v in counters.items() if k.startswith("quality_reject.")}

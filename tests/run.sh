@@ -6,6 +6,9 @@ cd "$(dirname "$0")/.."
 need=()
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v g++ >/dev/null || need+=(g++)
+python3 -c "import ensurepip" 2>/dev/null || need+=(python3-venv)
+python3 -c "import os, sysconfig; raise SystemExit(not os.path.exists(sysconfig.get_paths()['include'] + '/Python.h'))" \
+  || need+=(python3-dev)  # annoy compiles against it
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
   $sudo apt-get update -qq && $sudo apt-get install -y -qq "${need[@]}"

@@ -99,3 +99,15 @@ def test_console_script_exit_code_and_no_traceback(tmp_path):
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 1
     assert proc.stderr.startswith("edge: error: model manifest not found") and "Traceback" not in proc.stderr
+
+
+def test_demo_over_the_embedded_amqtt_broker_when_mosquitto_is_not_used(capsys, tmp_path):
+    """Without mosquitto the demo's events still travel over MQTT: the amqtt broker of the `demo` extra, the real
+    device publisher and the real consumer; the outbox drains only when the consumer acknowledged over MQTT."""
+    code, out, _ = run(capsys, "demo", "--workdir", tmp_path, "--broker", "amqtt")
+    assert code == 0
+    assert "broker: amqtt on 127.0.0.1:" in out
+    events = [line for line in out.splitlines() if line.startswith("EVENT ")]
+    assert events and all("Barack Obama" in e for e in events)
+    assert "outbox depth 0" in out
+    assert (tmp_path / "events.db").exists()  # stored by the consumer that received them over MQTT
