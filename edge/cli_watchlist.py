@@ -119,6 +119,10 @@ def cmd_watchlist_build(args: argparse.Namespace) -> int:
     return 0
 
 
+#: An impostor tail file is a few kilobytes (curve, bootstrap replicates); anything far larger is refused unread.
+MAX_IMPOSTOR_FILE = 4 * 2**20
+
+
 def _impostor_tail(args: argparse.Namespace, embedder: dict):
     """The impostor tail for threshold selection: --impostors FILE, else the embedder's manifest entry."""
     from edge.calibration import TailModel, embedder_tail
@@ -126,8 +130,11 @@ def _impostor_tail(args: argparse.Namespace, embedder: dict):
 
     if args.impostors:
         try:
+            if Path(args.impostors).stat().st_size > MAX_IMPOSTOR_FILE:
+                raise DataError(f"{args.impostors} is larger than {MAX_IMPOSTOR_FILE // 2**20} MiB: not an impostor file "
+                                "from `edge eval openset --save-impostors`")
             stats = json.loads(Path(args.impostors).read_text())["impostor_tail"]
-        except (OSError, KeyError, TypeError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        except (OSError, KeyError, TypeError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
             raise DataError(f"{args.impostors} is not an impostor file from `edge eval openset --save-impostors` "
                             f"({type(err).__name__}: {err})") from None
         return TailModel.from_json(stats)

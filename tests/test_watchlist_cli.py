@@ -168,6 +168,16 @@ def test_seal_takes_the_threshold_from_the_tail_and_refuses_an_unreachable_targe
                        "--device-key", tmp / "dev" / "device.pub", "--device-id", "cam-01", "--version", 4,
                        "--out", tmp_path / "v4.bundle", "--impostors", tmp_path / "broken.json")
     assert code == 1 and "is not an impostor file" in err
+    (tmp_path / "huge.json").write_bytes(b" " * (5 * 2**20))  # size limit: refused unread
+    code, _, err = run(capsys, "watchlist", "seal", "--in", tmp / "build", "--signing-key", tmp / "op" / "operator.key",
+                       "--device-key", tmp / "dev" / "device.pub", "--device-id", "cam-01", "--version", 4,
+                       "--out", tmp_path / "v4.bundle", "--impostors", tmp_path / "huge.json")
+    assert code == 1 and "larger than 4 MiB" in err and "Traceback" not in err
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)  # hostile nesting
+    code, _, err = run(capsys, "watchlist", "seal", "--in", tmp / "build", "--signing-key", tmp / "op" / "operator.key",
+                       "--device-key", tmp / "dev" / "device.pub", "--device-id", "cam-01", "--version", 4,
+                       "--out", tmp_path / "v4.bundle", "--impostors", tmp_path / "deep.json")
+    assert code == 1 and "is not an impostor file" in err and not (tmp_path / "v4.bundle").exists()
 
 
 def test_build_gate_options_are_checked_and_no_gate_enrolls_more(operator_flow, capsys, tmp_path):
