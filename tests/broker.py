@@ -151,7 +151,7 @@ class Broker:
     def client_settings(self, name: str | None, **kw):
         """MqttSettings for this broker with `name`'s client certificate (a device id, "operator" or "rogue";
         None = no client certificate). client_id defaults to `name`; keyword arguments override any field."""
-        from edge.mqtt import MqttSettings
+        from edge.messaging.mqtt import MqttSettings
 
         fields = dict(host=self.host, port=self.port, client_id=name or "no-cert", ca_file=self.pki.ca,
                       reconnect_min=0.1, reconnect_max=1.0, keepalive=10)

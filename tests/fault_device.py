@@ -11,10 +11,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edge.delivery import EventPublisher  # noqa: E402
-from edge.mqtt import MqttClient, MqttSettings  # noqa: E402
-from edge.outbox import Outbox  # noqa: E402
-from edge.topics import Topics, make_event  # noqa: E402
+from edge.messaging.delivery import EventPublisher  # noqa: E402
+from edge.messaging.mqtt import MqttClient, MqttSettings  # noqa: E402
+from edge.messaging.outbox import Outbox  # noqa: E402
+from edge.messaging.topics import Topics, make_event  # noqa: E402
 
 
 def main() -> None:

@@ -29,8 +29,8 @@ def install(state: Path, keys_dir: Path, bundle: Path) -> None:
 
 
 def events(path: Path) -> None:
-    from edge.outbox import Outbox
-    from edge.topics import make_event
+    from edge.messaging.outbox import Outbox
+    from edge.messaging.topics import make_event
 
     outbox = Outbox(path)
     print("READY", flush=True)

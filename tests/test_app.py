@@ -34,7 +34,7 @@ DEVICE = "cam-test"
 def provision(state: Path, analyzer, device_id: str = DEVICE, install: bool = True) -> bytes:
     """Device and operator keys under state/keys, and obama.jpg enrolled and sealed for the device; returns the
     bundle, which (install) is placed where WatchlistStore.start() finds it."""
-    from edge.calibration import scoring_tail
+    from edge.evaluation.calibration import scoring_tail
     from edge.watchlist.build import GalleryEntry, enroll, payload_of
     from edge.watchlist.bundle import seal
     from edge.watchlist.payload import pack
@@ -120,7 +120,7 @@ def events_of(outbox):
 # --- end to end -------------------------------------------------------------------------------------------------
 
 def test_finite_video_yields_one_match_event_and_a_verified_audit_log(tmp_path, device, clip):
-    from edge.app import App
+    from edge.device.app import App
 
     app = App(load_config(write_config(tmp_path / "edge.yaml", device, clip)), tmp_path / "edge.yaml")
     assert app.store.state()["version"] == 1
@@ -128,7 +128,7 @@ def test_finite_video_yields_one_match_event_and_a_verified_audit_log(tmp_path, 
     thread.join(30)
     assert not thread.is_alive(), "a finite source must stop the app by itself"
     assert result["code"] == 0
-    from edge.outbox import Outbox
+    from edge.messaging.outbox import Outbox
 
     with Outbox(device / "outbox.db") as outbox:
         events = events_of(outbox)
@@ -149,7 +149,7 @@ def test_finite_video_yields_one_match_event_and_a_verified_audit_log(tmp_path, 
 
 
 def test_stop_from_another_thread_returns_within_two_seconds(tmp_path, device, clip):
-    from edge.app import App
+    from edge.device.app import App
 
     app = App(load_config(write_config(tmp_path / "edge.yaml", device, clip, loop=True)))
     thread, result = run_in_thread(app)
@@ -167,7 +167,7 @@ def test_stop_from_another_thread_returns_within_two_seconds(tmp_path, device, c
 
 
 def test_reload_applies_thresholds_and_keeps_running(tmp_path, device, clip):
-    from edge.app import App
+    from edge.device.app import App
 
     cfg = write_config(tmp_path / "edge.yaml", device, clip, loop=True)
     app = App(load_config(cfg), cfg)
@@ -188,10 +188,10 @@ def test_reload_applies_thresholds_and_keeps_running(tmp_path, device, clip):
 def test_mqtt_watchlist_sync_event_delivery_and_status(tmp_path, analyzer, clip, broker):
     """Through the real broker (TLS, ACLs): the operator offers the watchlist, the device installs it (audited),
     publishes its match event, deletes it on the consumer's ack, and keeps a retained status online → offline."""
-    from edge.app import App
-    from edge.delivery import EventConsumer, EventStore
-    from edge.mqtt import MqttClient
-    from edge.sync import offer_messages
+    from edge.device.app import App
+    from edge.messaging.delivery import EventConsumer, EventStore
+    from edge.messaging.mqtt import MqttClient
+    from edge.messaging.sync import offer_messages
 
     state = tmp_path / "state"
     bundle = provision(state, analyzer, "cam-a", install=False)
@@ -231,8 +231,8 @@ def test_mqtt_watchlist_sync_event_delivery_and_status(tmp_path, analyzer, clip,
 
 
 def retained_status(broker):
-    from edge.mqtt import MqttClient
-    from edge.topics import decode_status
+    from edge.messaging.mqtt import MqttClient
+    from edge.messaging.topics import decode_status
 
     probe = MqttClient(broker.client_settings("operator", client_id="probe"), [("edge/cam-a/status", 1)])
     probe.start()

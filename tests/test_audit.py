@@ -8,7 +8,8 @@ import threading
 
 import pytest
 
-from edge import audit, cli_audit
+from edge import audit
+from edge.cli import audit as cli_audit
 from edge.audit import AuditError, AuditLog, line_bytes, record_hash, verify
 from edge.errors import EdgeError
 

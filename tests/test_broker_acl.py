@@ -1,4 +1,4 @@
-"""The committed broker config (firmware-config/mosquitto/) against a real mosquitto, through edge.mqtt.MqttClient.
+"""The committed broker config (firmware-config/mosquitto/) against a real mosquitto, through edge.messaging.mqtt.MqttClient.
 
 Each device reads and writes only its own subtree, the operator reads every device's events, status and watchlist
 state and writes acks and watchlists, identities come from client certificates of our CA only, and a device cannot
@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from edge.mqtt import Message, MqttClient, MqttError
+from edge.messaging.mqtt import Message, MqttClient, MqttError
 
 CONNECT_TIMEOUT = 3.0  # s, for connections that must succeed
 REFUSE_TIMEOUT = 1.5  # s, for connections that must not

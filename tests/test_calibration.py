@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from edge.calibration import TailModel, fit_tail, gpd_pwm, gpd_quantile, gpd_survival
+from edge.evaluation.calibration import TailModel, fit_tail, gpd_pwm, gpd_quantile, gpd_survival
 from edge.errors import DataError
 
 

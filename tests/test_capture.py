@@ -13,9 +13,9 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.capture import CameraError, FrameSource, OpenCVSource, PiCameraSource, ReplaySource, open_source
-from edge.capture.opencv import redact_url
-from edge.capture.picamera import INSTALL_HINT, yuv420_to_rgb
+from edge.device.capture import CameraError, FrameSource, OpenCVSource, PiCameraSource, ReplaySource, open_source
+from edge.device.capture.opencv import redact_url
+from edge.device.capture.picamera import INSTALL_HINT, yuv420_to_rgb
 
 FACES = Path(__file__).parent / "data" / "faces"
 SIZE = (160, 120)  # width, height of the test videos

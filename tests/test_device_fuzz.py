@@ -6,10 +6,10 @@ import time
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge.delivery import EventPublisher
-from edge.outbox import Outbox
-from edge.sync import WatchlistSync
-from edge.topics import PayloadError, Topics, decode_ack, make_event
+from edge.messaging.delivery import EventPublisher
+from edge.messaging.outbox import Outbox
+from edge.messaging.sync import WatchlistSync
+from edge.messaging.topics import PayloadError, Topics, decode_ack, make_event
 
 TOPICS = Topics("cam-a")
 JSONISH = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),

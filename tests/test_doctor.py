@@ -13,7 +13,7 @@ from conftest import FACES
 from edge import keys
 from edge.cli import main
 from edge.config import load_config
-from edge.doctor import check_clock, run_doctor
+from edge.device.doctor import check_clock, run_doctor
 from edge.paths import models_dir
 
 

@@ -6,7 +6,7 @@ import threading
 import numpy as np
 import pytest
 
-from edge.health import Health, Heartbeat, cpu_temperature_c, percentile, rss_mb
+from edge.device.health import Health, Heartbeat, cpu_temperature_c, percentile, rss_mb
 
 
 class FakeClock:

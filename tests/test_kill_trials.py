@@ -18,7 +18,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from edge import keys
-from edge.outbox import Outbox
+from edge.messaging.outbox import Outbox
 from edge.watchlist.bundle import open_bundle, seal
 from edge.watchlist.store import WatchlistStore
 

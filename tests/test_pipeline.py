@@ -5,7 +5,7 @@ import threading
 import time
 
 from edge.cli import main
-from edge.pipeline import LatestSlot
+from edge.device.pipeline import LatestSlot
 
 
 def test_latest_slot_keeps_the_freshest_and_counts_drops():
@@ -57,9 +57,9 @@ def test_process_embeds_a_still_face_again_cuts_chips_only_for_embeddings_and_de
 
     from conftest import FACES
     from edge.imageio import read_image
-    from edge.pipeline import MatchContext, Pipeline
-    from edge.policy import DecisionPolicy, PolicyConfig
-    from edge.track import Tracker
+    from edge.device.pipeline import MatchContext, Pipeline
+    from edge.device.policy import DecisionPolicy, PolicyConfig
+    from edge.device.track import Tracker
     from edge.types import Frame
     from edge.watchlist.index import Candidate, MatchResult
 

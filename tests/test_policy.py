@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from edge.policy import Decision, DecisionPolicy, PolicyConfig
+from edge.device.policy import Decision, DecisionPolicy, PolicyConfig
 from edge.watchlist.index import Candidate, MatchResult
 
 SUBJECTS = {"s1": ("Alice", "missing"), "s2": ("Bob", "wanted"), "s3": ("Carol", "vip")}

@@ -94,9 +94,9 @@ def assert_no_image(data: bytes, what: str) -> None:
 @pytest.mark.parametrize("thumbnails", [False, True], ids=["default", "thumbnails_enabled"])
 def test_device_sends_no_image_bytes(tmp_path, analyzer, clip, broker, caplog, thumbnails):  # noqa: F811
     from edge import keys
-    from edge.app import App
-    from edge.mqtt import MqttClient
-    from edge.topics import PayloadError, decode_event, decrypt_thumbnail
+    from edge.device.app import App
+    from edge.messaging.mqtt import MqttClient
+    from edge.messaging.topics import PayloadError, decode_event, decrypt_thumbnail
 
     state = tmp_path / "state"
     provision(state, analyzer, "cam-a", install=True)  # v1 installed: obama is listed
@@ -116,7 +116,7 @@ def test_device_sends_no_image_bytes(tmp_path, analyzer, clip, broker, caplog, t
     operator.wait_connected(5)
     seen: list = []
     try:
-        with caplog.at_level(logging.WARNING, logger="edge.app"):
+        with caplog.at_level(logging.WARNING, logger="edge.device.app"):
             app = App(load_config(cfg), cfg)
         thread, result = run_in_thread(app)  # a finite clip: the app stops by itself
         thread.join(30)

@@ -10,7 +10,7 @@ from cryptography.x509.oid import NameOID
 
 from edge import keys
 from edge.cli import main
-from edge.provision import ProvisionError, provision
+from edge.device.provision import ProvisionError, provision
 
 
 def _mode(path):

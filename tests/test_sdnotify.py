@@ -1,4 +1,4 @@
-"""edge/sdnotify.py against a real AF_UNIX datagram socket, and the app's watchdog gating on pipeline progress."""
+"""edge/device/sdnotify.py against a real AF_UNIX datagram socket, and the app's watchdog gating on pipeline progress."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from edge import sdnotify
-from edge.sdnotify import Notifier, ProgressWatchdog
+from edge.device import sdnotify
+from edge.device.sdnotify import Notifier, ProgressWatchdog
 
 
 @pytest.fixture
@@ -119,7 +119,7 @@ class _FakePipeline:
 
 def test_app_control_loop_pings_only_while_the_pipeline_progresses(sock_path, monkeypatch):
     """The real App._control_loop (no MQTT client) against a fake pipeline whose last_progress stops advancing."""
-    from edge import app as app_mod
+    from edge.device import app as app_mod
 
     s, path = sock_path
     monkeypatch.setenv("NOTIFY_SOCKET", path)

@@ -10,9 +10,9 @@ import pytest
 
 from edge import keys
 from edge.cli import main
-from edge.mqtt import MqttClient
-from edge.sync import WatchlistSync, offer_messages
-from edge.topics import Topics
+from edge.messaging.mqtt import MqttClient
+from edge.messaging.sync import WatchlistSync, offer_messages
+from edge.messaging.topics import Topics
 from edge.watchlist.build import make_payload
 from edge.watchlist.bundle import seal
 from edge.watchlist.index import Watchlist

@@ -10,9 +10,9 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge import topics
+from edge.messaging import topics
 from edge.errors import EdgeError
-from edge.topics import (MAX_THUMBNAIL_BYTES, PayloadError, Status, TopicError, Topics, WatchlistState, decode_ack,
+from edge.messaging.topics import (MAX_THUMBNAIL_BYTES, PayloadError, Status, TopicError, Topics, WatchlistState, decode_ack,
                          decode_event, decode_status, decode_watchlist_state, decrypt_thumbnail, encode_ack,
                          encode_event, encode_status, encode_watchlist_state, encrypt_thumbnail, make_event,
                          operator_filter, parse_topic, stamp_published, uuid7, uuid7_unix_ms)

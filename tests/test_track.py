@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from edge.track import Track, Tracker, greedy_assign, iou_matrix, quality_score
+from edge.device.track import Track, Tracker, greedy_assign, iou_matrix, quality_score
 from edge.types import Detection
 from edge.vision.quality import Quality
 

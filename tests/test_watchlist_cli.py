@@ -131,7 +131,7 @@ def test_eval_openset_on_bundled_photos(capsys, tmp_path):
 
 def test_eval_openset_reports_the_shipped_tails_calibration(capsys, tmp_path):
     """--json carries calibration: the shipped tail's threshold for this gallery's size and the FPIR measured at it."""
-    from edge.calibration import scoring_tail
+    from edge.evaluation.calibration import scoring_tail
     from edge.vision.analyzer import FaceAnalyzer
 
     (tmp_path / "gallery.csv").write_text("path,identity\nfaces/obama.jpg,obama\nfaces/biden.jpg,biden\n")
@@ -148,7 +148,7 @@ def test_eval_openset_reports_the_shipped_tails_calibration(capsys, tmp_path):
 
 
 def test_seal_takes_the_threshold_from_the_tail_and_refuses_an_unreachable_target(operator_flow, capsys, tmp_path):
-    from edge.calibration import fit_tail
+    from edge.evaluation.calibration import fit_tail
 
     tmp = operator_flow
     if not (tmp / "build").exists():

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from edge.openset import openset_report, threshold_at_fpir
+from edge.evaluation.openset import openset_report, threshold_at_fpir
 from edge.watchlist.build import make_payload
 from edge.watchlist.index import Watchlist
 from edge.watchlist.payload import Payload, PayloadError, pack, unpack

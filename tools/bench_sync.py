@@ -35,8 +35,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from edge import keys
-    from edge.mqtt import MqttClient
-    from edge.sync import WatchlistSync, offer_messages
+    from edge.messaging.mqtt import MqttClient
+    from edge.messaging.sync import WatchlistSync, offer_messages
     from edge.watchlist.build import make_payload
     from edge.watchlist.bundle import seal
     from edge.watchlist.index import Watchlist

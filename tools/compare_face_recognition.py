@@ -24,7 +24,7 @@ from pathlib import Path
 import face_recognition
 import numpy as np
 
-from edge.eval import read_pairs, verification_report
+from edge.evaluation.pairs import read_pairs, verification_report
 from edge.imageio import read_image
 from edge.vision.analyzer import FaceAnalyzer, VisionOptions
 
@@ -135,7 +135,7 @@ def cmd_clip(args: argparse.Namespace) -> dict:
     unthrottled) on the same clip, measured in this one run."""
     import cv2
 
-    from edge.bench import run_bench
+    from edge.evaluation.pipeline_bench import run_bench
 
     cap = cv2.VideoCapture(str(args.video))
     frames = []

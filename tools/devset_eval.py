@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.calibration import TailModel, fit_tail
-from edge.openset import threshold_at_fpir
+from edge.evaluation.calibration import TailModel, fit_tail
+from edge.evaluation.openset import threshold_at_fpir
 from edge.vision.quality import QualityThresholds
 
 

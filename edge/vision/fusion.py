@@ -21,7 +21,7 @@ from edge.errors import ModelError
 class Fusion:
     """secondary: manifest name of the second embedder; mean (D2,), components (dim2, D2): its projection;
     scale1, scale2, offset: the fused score's terms; max_score: fused score of two perfect matches; tail: the fused
-    score's impostor tail (`edge.calibration.TailModel` JSON)."""
+    score's impostor tail (`edge.evaluation.calibration.TailModel` JSON)."""
 
     secondary: str
     mean: np.ndarray

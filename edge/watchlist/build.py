@@ -16,7 +16,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from edge.errors import DataError, EdgeError
-from edge.eval import _read_csv
+from edge.evaluation.pairs import _read_csv
 from edge.imageio import read_image
 from edge.vision.quality import ENROLLMENT_LIMITS, QualityThresholds, SubjectRule, assess, subject_face
 from edge.watchlist.payload import Payload, canonical_json, quantize_templates, subject_columns

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from edge.durable import atomic_write
 from edge.errors import EdgeError
-from edge.topics import Topics, encode_watchlist_state
+from edge.messaging.topics import Topics, encode_watchlist_state
 
 OFFER_SCHEMA = "edge-wl-offer/1"
 DEFAULT_CHUNK_BYTES = 1 << 20

@@ -10,7 +10,7 @@ import logging
 import re
 from pathlib import Path
 
-from edge.capture.base import CameraError, Pacer, SourceBase, check_pace
+from edge.device.capture.base import CameraError, Pacer, SourceBase, check_pace
 from edge.errors import ImageError
 from edge.types import Frame
 

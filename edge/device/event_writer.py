@@ -6,15 +6,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from edge.policy import Decision
-from edge.topics import make_event
+from edge.device.policy import Decision
+from edge.messaging.topics import make_event
 from edge.types import Frame
 
 
 class EventWriter:
     """`__call__(decision, frame, watchlist)` from the pipeline's event thread.
 
-    audit: an `edge.audit.AuditLog` (or None). outbox: an `edge.outbox.Outbox`. embedder_id: the embedding
+    audit: an `edge.audit.AuditLog` (or None). outbox: an `edge.messaging.outbox.Outbox`. embedder_id: the embedding
     space's id. on_event: optional callback with the committed event (e.g. for printing in the demo).
     """
 
@@ -33,7 +33,7 @@ class EventWriter:
             return None
         import cv2
 
-        from edge.topics import MAX_THUMBNAIL_BYTES, encrypt_thumbnail
+        from edge.messaging.topics import MAX_THUMBNAIL_BYTES, encrypt_thumbnail
 
         bgr = cv2.cvtColor(cv2.resize(chip, (96, 96), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2BGR)
         for quality in (80, 60, 40, 20):

@@ -1,6 +1,6 @@
 """OpenCV capture: USB/V4L2 cameras, RTSP/HTTP streams, GStreamer pipelines and video files.
 
-The only module (with its siblings in `edge.capture`) that uses `cv2.VideoCapture`.
+The only module (with its siblings in `edge.device.capture`) that uses `cv2.VideoCapture`.
 
 Live sources (camera index, /dev/video*, URL, pipeline) never give up: a failed read is counted, the capture is
 closed and re-opened with exponential backoff, and `read()` keeps blocking until frames flow again or the source
@@ -22,7 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
-from edge.capture.base import CameraError, Pacer, SourceBase, check_pace
+from edge.device.capture.base import CameraError, Pacer, SourceBase, check_pace
 from edge.types import Frame
 
 log = logging.getLogger(__name__)

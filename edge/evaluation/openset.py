@@ -3,7 +3,7 @@
 NIST FRTE identification terms: a *mated* search has its subject in the gallery; a *non-mated* one has not.
 FPIR(T) = share of non-mated searches whose top candidate scores ≥ T. FNIR(T) = share of mated searches whose
 mate is not the top candidate with a score ≥ T. Because a non-mated search is compared with every one of the N
-gallery templates, FPIR ≈ 1 − (1 − FMR)^N: the threshold must rise with the watchlist size (`edge.calibration`).
+gallery templates, FPIR ≈ 1 − (1 − FMR)^N: the threshold must rise with the watchlist size (`edge.evaluation.calibration`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import DataError
-from edge.eval import _read_csv
+from edge.evaluation.pairs import _read_csv
 
 
 @dataclass(frozen=True)

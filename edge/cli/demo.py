@@ -189,16 +189,16 @@ def run_demo(analyzer: Any, photos: Path, workdir: Path | None = None, video: Pa
     there)."""
     from edge import keys
     from edge.audit import AuditLog
-    from edge.capture.opencv import OpenCVSource
-    from edge.delivery import EventConsumer, EventPublisher, EventStore
-    from edge.health import Health
-    from edge.mqtt import MqttClient, MqttSettings
-    from edge.calibration import scoring_tail
-    from edge.outbox import Outbox
-    from edge.pipeline import MatchContext, Pipeline
-    from edge.policy import DecisionPolicy, PolicyConfig
-    from edge.topics import Topics
-    from edge.track import Tracker
+    from edge.device.capture.opencv import OpenCVSource
+    from edge.messaging.delivery import EventConsumer, EventPublisher, EventStore
+    from edge.device.health import Health
+    from edge.messaging.mqtt import MqttClient, MqttSettings
+    from edge.evaluation.calibration import scoring_tail
+    from edge.messaging.outbox import Outbox
+    from edge.device.pipeline import MatchContext, Pipeline
+    from edge.device.policy import DecisionPolicy, PolicyConfig
+    from edge.messaging.topics import Topics
+    from edge.device.track import Tracker
     from edge.watchlist.build import GalleryEntry, enroll, payload_of
     from edge.watchlist.bundle import seal
     from edge.watchlist.index import Watchlist
@@ -262,7 +262,7 @@ def run_demo(analyzer: Any, photos: Path, workdir: Path | None = None, video: Pa
         outbox = Outbox(work / "outbox.db")
         audit = AuditLog(work / "audit.log")
         topics = Topics(device_id)
-        from edge.event_writer import EventWriter
+        from edge.device.event_writer import EventWriter
 
         writer = EventWriter(device_id, outbox, audit, embedder_id, on_event=None if have_broker else show)
         health = Health()

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import inspect
 
-from edge.capture.base import CameraError, FrameSource, SourceStats
-from edge.capture.opencv import OpenCVSource
-from edge.capture.picamera import PiCameraSource
-from edge.capture.replay import ReplaySource
+from edge.device.capture.base import CameraError, FrameSource, SourceStats
+from edge.device.capture.opencv import OpenCVSource
+from edge.device.capture.picamera import PiCameraSource
+from edge.device.capture.replay import ReplaySource
 
 #: Source kinds accepted by `open_source`, and the class that implements each.
 SOURCE_KINDS: dict[str, type] = {

@@ -17,7 +17,7 @@ import socket
 import time
 from typing import Callable, Mapping
 
-log = logging.getLogger("edge.sdnotify")
+log = logging.getLogger("edge.device.sdnotify")
 
 
 def _address(addr: str) -> str:

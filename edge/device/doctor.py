@@ -5,7 +5,7 @@ configured), camera (open the source and read one frame within a timeout), keys 
 loads; operator keys load), broker (when mqtt.enabled: a real TLS connection within a timeout), watchlist (installed
 and not stale), clock against the installed bundle's `created`, and free disk space in the state directory.
 
-The key, trust-store and model checks reuse `edge.cli_run`'s `--check` helpers, so both commands agree.
+The key, trust-store and model checks reuse `edge.cli.run`'s `--check` helpers, so both commands agree.
 """
 
 from __future__ import annotations
@@ -86,8 +86,8 @@ def check_models(models_dir: Path | None = None) -> str:
 
 
 def check_camera(config: Any, timeout: float = CAMERA_TIMEOUT_S) -> str:
-    from edge.app import source_options
-    from edge.capture import open_source
+    from edge.device.app import source_options
+    from edge.device.capture import open_source
 
     source = open_source(config.camera.source, **source_options(config))
     result: dict[str, Any] = {}
@@ -127,13 +127,13 @@ def check_camera(config: Any, timeout: float = CAMERA_TIMEOUT_S) -> str:
 
 
 def check_keys(config: Any) -> str:
-    from edge.cli_run import _device_key, _trusted_keys
+    from edge.cli.run import _device_key, _trusted_keys
 
     return f"{_device_key(config)}; {_trusted_keys(config)}"
 
 
 def check_broker(config: Any, timeout: float = BROKER_TIMEOUT_S) -> str:
-    from edge.mqtt import MqttClient, MqttSettings
+    from edge.messaging.mqtt import MqttClient, MqttSettings
 
     m = config.mqtt
     if not m.enabled:
@@ -152,7 +152,7 @@ def check_broker(config: Any, timeout: float = BROKER_TIMEOUT_S) -> str:
 
 def _watchlist_store(config: Any) -> Any:
     from edge import keys
-    from edge.app import load_trust
+    from edge.device.app import load_trust
     from edge.vision.manifest import load_manifest
     from edge.watchlist.store import WatchlistStore
 

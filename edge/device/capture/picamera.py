@@ -16,7 +16,7 @@ import threading
 
 import numpy as np
 
-from edge.capture.base import CameraError, SourceBase
+from edge.device.capture.base import CameraError, SourceBase
 from edge.types import Frame
 
 log = logging.getLogger(__name__)

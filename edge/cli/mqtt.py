@@ -27,7 +27,7 @@ def broker_parent() -> argparse.ArgumentParser:
 
 
 def _client(args: argparse.Namespace, subscriptions: list[tuple[str, int]]):
-    from edge.mqtt import MqttClient, MqttSettings
+    from edge.messaging.mqtt import MqttClient, MqttSettings
 
     settings = MqttSettings(host=args.host, port=args.port, client_id=args.client_id, ca_file=args.ca,
                             cert_file=args.cert, key_file=args.key, clean_session=False)
@@ -38,7 +38,7 @@ def _client(args: argparse.Namespace, subscriptions: list[tuple[str, int]]):
 
 
 def cmd_events_tail(args: argparse.Namespace) -> int:
-    from edge.delivery import EventConsumer, EventStore
+    from edge.messaging.delivery import EventConsumer, EventStore
 
     store = EventStore(args.store)
     client = _client(args, [(f"{args.prefix}/+/events", 1)])
@@ -73,7 +73,7 @@ def cmd_events_tail(args: argparse.Namespace) -> int:
 
 
 def cmd_watchlist_publish(args: argparse.Namespace) -> int:
-    from edge.sync import offer_messages
+    from edge.messaging.sync import offer_messages
     from edge.watchlist.bundle import BundleError, peek_manifest
 
     try:

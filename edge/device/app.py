@@ -19,23 +19,23 @@ from typing import Any
 
 from edge import __version__, keys
 from edge.audit import AuditLog
-from edge.capture import open_source
+from edge.device.capture import open_source
 from edge.config import Config, ConfigError, load_config
 from edge.errors import EdgeError
-from edge.event_writer import EventWriter
-from edge.health import Health, Heartbeat
-from edge.outbox import Outbox
-from edge.pipeline import MatchContext, Pipeline
-from edge.policy import DecisionPolicy, PolicyConfig
-from edge.sdnotify import sd_notify
-from edge.topics import PayloadError, Topics, encode_status
-from edge.track import Tracker
+from edge.device.event_writer import EventWriter
+from edge.device.health import Health, Heartbeat
+from edge.messaging.outbox import Outbox
+from edge.device.pipeline import MatchContext, Pipeline
+from edge.device.policy import DecisionPolicy, PolicyConfig
+from edge.device.sdnotify import sd_notify
+from edge.messaging.topics import PayloadError, Topics, encode_status
+from edge.device.track import Tracker
 from edge.vision.analyzer import FaceAnalyzer, VisionOptions
 from edge.vision.quality import QualityThresholds
 from edge.watchlist.index import Watchlist
 from edge.watchlist.store import WatchlistStore
 
-log = logging.getLogger("edge.app")
+log = logging.getLogger("edge.device.app")
 
 #: Sections `reload` applies to the running pipeline; the others need a restart.
 RELOADABLE = ("quality", "tracking", "policy", "health")
@@ -166,9 +166,9 @@ class App:
         self.topics = Topics(c.device.id, c.device.topic_prefix)
         self.client = self.publisher = self.sync = None
         if c.mqtt.enabled:
-            from edge.delivery import EventPublisher
-            from edge.mqtt import MqttClient, MqttSettings
-            from edge.sync import WatchlistSync
+            from edge.messaging.delivery import EventPublisher
+            from edge.messaging.mqtt import MqttClient, MqttSettings
+            from edge.messaging.sync import WatchlistSync
 
             m = c.mqtt
             settings = MqttSettings(host=m.host, port=m.port, client_id=c.device.id, ca_file=m.ca_file,

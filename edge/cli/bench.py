@@ -10,8 +10,8 @@ from edge.errors import EdgeError
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from edge.bench import run_bench
-    from edge.cli_common import analyzer_from_args
+    from edge.evaluation.pipeline_bench import run_bench
+    from edge.cli.common import analyzer_from_args
     from edge.paths import samples_dir
 
     bundle = None

@@ -17,14 +17,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edge.health import Health
-from edge.policy import Decision, DecisionPolicy
-from edge.track import Tracker, quality_score
+from edge.device.health import Health
+from edge.device.policy import Decision, DecisionPolicy
+from edge.device.track import Tracker, quality_score
 from edge.types import Face, Frame
 from edge.vision.align import align_face
 from edge.vision.quality import QualityThresholds, assess
 
-log = logging.getLogger("edge.pipeline")
+log = logging.getLogger("edge.device.pipeline")
 
 
 class LatestSlot:

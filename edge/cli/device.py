@@ -1,5 +1,5 @@
 """`edge doctor [--config FILE] [--json]` and `edge device provision --id ID --out DIR [--force] [--json]`:
-argument handling and output only (the work is in edge/doctor.py and edge/provision.py)."""
+argument handling and output only (the work is in edge/device/doctor.py and edge/device/provision.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from edge.doctor import format_table, run_doctor
+    from edge.device.doctor import format_table, run_doctor
 
     config = None
     if args.config is not None:
@@ -27,7 +27,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_provision(args: argparse.Namespace) -> int:
-    from edge.provision import provision
+    from edge.device.provision import provision
 
     result = provision(args.id, args.out, force=args.force)
     if args.json:

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from edge import __version__
-from edge.cli_common import analyzer_from_args as _analyzer
-from edge.cli_common import print_json as _print_json
-from edge.cli_common import progress as _progress
+from edge.cli.common import analyzer_from_args as _analyzer
+from edge.cli.common import print_json as _print_json
+from edge.cli.common import progress as _progress
 from edge.errors import EdgeError, NoFaceError
 
 
@@ -26,7 +26,7 @@ def _verify_threshold(analyzer: Any, override: float | None) -> float:
 # --- commands -------------------------------------------------------------------------------------------------
 
 def cmd_detect(args: argparse.Namespace) -> int:
-    from edge.annotate import annotate
+    from edge.vision.annotate import annotate
     from edge.imageio import read_image, write_image
 
     analyzer = _analyzer(args)
@@ -91,7 +91,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_pairs(args: argparse.Namespace) -> int:
-    from edge.eval import eval_pairs, plot_pairs, read_pairs
+    from edge.evaluation.pairs import eval_pairs, plot_pairs, read_pairs
     from edge.imageio import read_image
 
     pairs = read_pairs(args.pairs, args.root)
@@ -120,7 +120,7 @@ def cmd_eval_pairs(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from edge.demo import run_demo
+    from edge.cli.demo import run_demo
     from edge.paths import samples_dir
 
     photos = args.photos or samples_dir()
@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compare)
 
     ev = sub.add_parser("eval", help="accuracy measurements").add_subparsers(dest="eval_command", metavar="KIND", required=True)
-    from edge import cli_audit, cli_bench, cli_device, cli_mqtt, cli_run, cli_watchlist
+    from edge.cli import audit as cli_audit, bench as cli_bench, device as cli_device, mqtt as cli_mqtt, run as cli_run, watchlist as cli_watchlist
 
     watchlist_sub = cli_watchlist.add_parsers(sub, vision, ev)
     cli_mqtt.add_parsers(sub, watchlist_sub)

@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edge.errors import EdgeError
-from edge.topics import PayloadError, Topics, TopicError, decode_ack, decode_event, encode_ack, parse_topic, stamp_published
+from edge.messaging.topics import PayloadError, Topics, TopicError, decode_ack, decode_event, encode_ack, parse_topic, stamp_published
 
 
 class EventPublisher:
-    """Moves committed events from the outbox to the broker. `client` is an `edge.mqtt.MqttClient`."""
+    """Moves committed events from the outbox to the broker. `client` is an `edge.messaging.mqtt.MqttClient`."""
 
     def __init__(self, outbox: Any, client: Any, topics: Topics, resend_after: float = 10.0, batch: int = 200) -> None:
         self.outbox = outbox

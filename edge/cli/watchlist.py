@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from edge.cli_common import analyzer_from_args as _analyzer
-from edge.cli_common import print_json as _print_json
-from edge.cli_common import progress as _progress
+from edge.cli.common import analyzer_from_args as _analyzer
+from edge.cli.common import print_json as _print_json
+from edge.cli.common import progress as _progress
 from edge.errors import DataError, EdgeError
 
 
@@ -125,7 +125,7 @@ MAX_IMPOSTOR_FILE = 4 * 2**20
 
 def _impostor_tail(args: argparse.Namespace, embedder: dict):
     """The impostor tail for threshold selection: --impostors FILE, else the embedder's manifest entry."""
-    from edge.calibration import TailModel, embedder_tail
+    from edge.evaluation.calibration import TailModel, embedder_tail
     from edge.vision.manifest import load_manifest
 
     if args.impostors:
@@ -140,7 +140,7 @@ def _impostor_tail(args: argparse.Namespace, embedder: dict):
         return TailModel.from_json(stats)
     manifest = load_manifest(args.models_dir)
     if embedder.get("fusion"):
-        from edge.calibration import scoring_tail
+        from edge.evaluation.calibration import scoring_tail
         from edge.vision.fusion import load_fusion
         from edge.vision.runtime import sha256_file
 
@@ -228,9 +228,9 @@ def cmd_watchlist_bench(args: argparse.Namespace) -> int:
 
     from edge import keys
     from edge.imageio import read_image
-    from edge.openset import read_probes
-    from edge.watchlist import bench
-    from edge.calibration import scoring_tail
+    from edge.evaluation.openset import read_probes
+    from edge.evaluation import watchlist_bench as bench
+    from edge.evaluation.calibration import scoring_tail
     from edge.watchlist.build import enroll, make_payload, read_gallery
     from edge.watchlist.bundle import open_bundle, seal
     from edge.watchlist.index import Watchlist
@@ -365,7 +365,7 @@ def _fresh_process_rss(data: bytes, device, operator, tempfile, subprocess, quer
         keys.save_private_key(dkey, device)
         keys.save_public_key(okey, operator.public_key())
         code = ("import sys; from edge import keys; from edge.watchlist.bundle import open_bundle; "
-                "from edge.watchlist.index import Watchlist; from edge.watchlist.bench import rss_mb; "
+                "from edge.watchlist.index import Watchlist; from edge.evaluation.watchlist_bench import rss_mb; "
                 "d=keys.load_private_key(sys.argv[2],'device'); o=keys.load_public_key(sys.argv[3],'operator'); "
                 "b=open_bundle(open(sys.argv[1],'rb').read(), d, {keys.key_id(o): o}); "
                 "w=Watchlist.from_payload(b.payload, manifest=b.manifest); del b; import gc; gc.collect(); "
@@ -384,8 +384,8 @@ def _fresh_process_rss(data: bytes, device, operator, tempfile, subprocess, quer
 
 def cmd_eval_openset(args: argparse.Namespace) -> int:
     from edge.imageio import read_image
-    from edge.calibration import fit_tail
-    from edge.openset import det_points, openset_report, read_probes
+    from edge.evaluation.calibration import fit_tail
+    from edge.evaluation.openset import det_points, openset_report, read_probes
     from edge.watchlist.build import enroll, payload_of, read_gallery
     from edge.watchlist.index import Watchlist
 
@@ -452,7 +452,7 @@ def cmd_eval_openset(args: argparse.Namespace) -> int:
 
 def _calibration(analyzer, n_templates: int, fpir: float, nonmated_top: np.ndarray) -> dict:
     """The shipped impostor tail's threshold for this gallery's size, and the FPIR measured at it here."""
-    from edge.calibration import scoring_tail
+    from edge.evaluation.calibration import scoring_tail
 
     try:
         th = scoring_tail(analyzer.embedder_info.info, analyzer.fusion).threshold_for(n_templates, fpir)

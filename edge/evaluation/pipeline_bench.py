@@ -20,7 +20,7 @@ import numpy as np
 
 
 def _watchlist(analyzer: Any, photos: Path, size: int):
-    from edge.demo import DEMO_GALLERY
+    from edge.cli.demo import DEMO_GALLERY
     from edge.watchlist.build import GalleryEntry, enroll, make_payload
     from edge.watchlist.index import Watchlist
     from edge.watchlist.payload import pack
@@ -70,12 +70,12 @@ def run_bench(analyzer: Any, video: Path | None, photos: Path, pace: str = "fast
     bundle: (sealed bundle, device private key, operator public key) to load the watchlist from, as a device does,
     instead of building one of `watchlist_size` templates in this process.
     """
-    from edge.capture.opencv import OpenCVSource
-    from edge.demo import make_clip
-    from edge.health import Health, rss_mb
-    from edge.pipeline import MatchContext, Pipeline
-    from edge.policy import DecisionPolicy, PolicyConfig
-    from edge.track import Tracker
+    from edge.device.capture.opencv import OpenCVSource
+    from edge.cli.demo import make_clip
+    from edge.device.health import Health, rss_mb
+    from edge.device.pipeline import MatchContext, Pipeline
+    from edge.device.policy import DecisionPolicy, PolicyConfig
+    from edge.device.track import Tracker
 
     with tempfile.TemporaryDirectory(prefix="edge-bench-") as tmp:
         if video is None:

@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 
 from edge.durable import fsync_dir
 from edge.errors import EdgeError
-from edge.topics import PayloadError, decode_event, encode_event, validate_event
+from edge.messaging.topics import PayloadError, decode_event, encode_event, validate_event
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """`edge run --config FILE [--check]` and `edge config --describe|--defaults`: argument handling and output only
-(the appliance is edge/app.py, the schema edge/config.py).
+(the appliance is edge/device/app.py, the schema edge/config.py).
 
 `--check` validates the config, loads the models (checksums verified), builds (not opens) the frame source and
 reads every key and TLS file the config names, reporting each check. A device file that does not exist is a
@@ -46,7 +46,7 @@ def _state_dir(config: Any) -> str:
 
 
 def _models(config: Any) -> str:
-    from edge.app import vision_options
+    from edge.device.app import vision_options
     from edge.vision.analyzer import FaceAnalyzer
 
     a = FaceAnalyzer.create(vision_options(config))
@@ -54,8 +54,8 @@ def _models(config: Any) -> str:
 
 
 def _camera(config: Any) -> str:
-    from edge.app import source_options
-    from edge.capture import open_source
+    from edge.device.app import source_options
+    from edge.device.capture import open_source
 
     return f"{open_source(config.camera.source, **source_options(config)).describe()} (not opened)"
 
@@ -68,7 +68,7 @@ def _device_key(config: Any) -> str:
 
 
 def _trusted_keys(config: Any) -> str:
-    from edge.app import load_trust
+    from edge.device.app import load_trust
 
     trusted = config.watchlist.trusted_keys
     _need(*(trusted if isinstance(trusted, list) else [trusted]))
@@ -84,7 +84,7 @@ def _mqtt(config: Any) -> str:
         return "disabled: events stay in the outbox"
     if m.ca_file is None:
         return f"{m.host}:{m.port} without TLS (mqtt.ca_file is null)"
-    from edge.mqtt import MqttClient, MqttSettings
+    from edge.messaging.mqtt import MqttClient, MqttSettings
 
     _need(m.ca_file, m.cert_file, m.key_file)
     MqttClient(MqttSettings(host=m.host, port=m.port, client_id=config.device.id, ca_file=m.ca_file,
@@ -156,7 +156,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
                         format="%(levelname)s %(name)s: %(message)s" if under_systemd
                         else "%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from edge.app import App
+    from edge.device.app import App
 
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload while the models load must not kill us; run() handles it
     return App(config, args.config).run()
