@@ -21,11 +21,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal, Union
 
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
+from cryptography.exceptions import InvalidSignature, InvalidTag, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from edge.canonical import canonical_json
 from edge.durable import atomic_write
 from edge.errors import EdgeError
 
@@ -50,17 +53,16 @@ class KeyFileError(EdgeError):
     """A key file is missing, unreadable, of the wrong type, too permissive, or would be overwritten."""
 
 
+class SealError(EdgeError):
+    """Sealed bytes cannot be opened: the wrong private key, or the ciphertext, nonce or context was altered."""
+
+
 class RotationError(EdgeError):
     """A key-rotation statement was refused. `reason`: "malformed", "unknown_key" or "bad_signature"."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
-
-
-def canonical_json(obj: Any) -> bytes:
-    """The one byte encoding of `obj` that is signed and hashed: sorted keys, no spaces, ASCII, no NaN."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
 
 
 def generate_operator_key() -> Ed25519PrivateKey:
@@ -340,3 +342,41 @@ class TrustStore:
     def _autosave(self) -> None:
         if self.path is not None:
             self.save()
+
+
+# --------------------------------------------------------------------------------------------------- sealing
+
+def raw_public(key: X25519PublicKey | bytes) -> bytes:
+    """The 32 raw bytes of an X25519 public key (given as a key object or as the raw bytes themselves)."""
+    return bytes(key) if isinstance(key, (bytes, bytearray)) else _raw_public(key)
+
+
+def _seal_key(shared: bytes, info: bytes, ephemeral_raw: bytes, recipient_raw: bytes, bind_keys: bool) -> bytes:
+    context = info + ephemeral_raw + recipient_raw if bind_keys else info
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=context).derive(shared)
+
+
+def seal_to(recipient: X25519PublicKey | bytes, plaintext: bytes, info: bytes, aad: bytes,
+            bind_keys: bool = False) -> tuple[bytes, bytes, bytes]:
+    """Seal `plaintext` to an X25519 public key: a fresh ephemeral key, X25519 → HKDF-SHA256 (context `info`, and
+    with `bind_keys` both public keys after it) → AES-256-GCM with `aad`. The one sealing of the product: bundle
+    content keys and event thumbnails. Returns (ephemeral public key, 32 raw bytes; nonce, 12; ciphertext+tag)."""
+    if isinstance(recipient, (bytes, bytearray)):
+        recipient = X25519PublicKey.from_public_bytes(bytes(recipient))
+    ephemeral = X25519PrivateKey.generate()
+    eph_raw = _raw_public(ephemeral.public_key())
+    key = _seal_key(ephemeral.exchange(recipient), info, eph_raw, _raw_public(recipient), bind_keys)
+    nonce = os.urandom(12)
+    return eph_raw, nonce, AESGCM(key).encrypt(nonce, plaintext, aad)
+
+
+def open_sealed(private: X25519PrivateKey, ephemeral_public: bytes, nonce: bytes, ciphertext: bytes, info: bytes,
+                aad: bytes, bind_keys: bool = False) -> bytes:
+    """The plaintext of a `seal_to` result, with the recipient's private key; SealError when it does not open."""
+    try:
+        ephemeral = X25519PublicKey.from_public_bytes(ephemeral_public)
+        key = _seal_key(private.exchange(ephemeral), info, ephemeral_public, _raw_public(private.public_key()),
+                        bind_keys)
+        return AESGCM(key).decrypt(nonce, ciphertext, aad)
+    except (InvalidTag, ValueError):
+        raise SealError("sealed data cannot be opened with this key (wrong key, or altered data)") from None

@@ -83,3 +83,44 @@ class Face:
     chip: np.ndarray
     embedding: np.ndarray
     embedding2: np.ndarray | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class MatchEvent:
+    """A match event as the device makes it (schema edge-event/1, DESIGN §6), before the outbox gives it a seq.
+
+    A candidate for human review, never a verdict. captured_at: Unix seconds. similarity, threshold: cosine in
+    [-1, 1]; margin: top minus the best other subject, cosine in [0, 2]. quality: flat figures of the deciding chip.
+    thumbnail: only an `edge.messaging.thumbnail.encrypt_thumbnail` result (sealed to the operator), or None.
+    Validated once, when `edge.messaging.payloads.encode_event` encodes it for the outbox.
+    """
+
+    event_id: str
+    device_id: str
+    captured_at: float
+    subject_id: str
+    watchlist_id: str
+    watchlist_version: int
+    embedder_id: str
+    similarity: float
+    threshold: float
+    margin: float
+    track_id: int
+    chips_used: int
+    quality: dict
+    label: str | None = None
+    category: str | None = None
+    thumbnail: dict | None = None
+
+    def to_json(self, seq: int | None = None, published_at: float | None = None) -> dict:
+        """The edge-event/1 object, fields in schema order (label, category, thumbnail only when set)."""
+        event = {"schema": "edge-event/1", "event_id": self.event_id, "seq": seq, "device_id": self.device_id,
+                 "captured_at": self.captured_at, "published_at": published_at, "subject_id": self.subject_id,
+                 "watchlist_id": self.watchlist_id, "watchlist_version": self.watchlist_version,
+                 "embedder_id": self.embedder_id, "similarity": self.similarity, "threshold": self.threshold,
+                 "margin": self.margin, "track_id": self.track_id, "chips_used": self.chips_used,
+                 "quality": self.quality, "review_required": True}
+        for key in ("label", "category", "thumbnail"):
+            if getattr(self, key) is not None:
+                event[key] = getattr(self, key)
+        return event

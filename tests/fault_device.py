@@ -14,7 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from edge.messaging.delivery import EventPublisher  # noqa: E402
 from edge.messaging.mqtt import MqttClient, MqttSettings  # noqa: E402
 from edge.messaging.outbox import Outbox  # noqa: E402
-from edge.messaging.topics import Topics, make_event  # noqa: E402
+from edge.messaging.topics import Topics
+from edge.messaging.payloads import make_event  # noqa: E402
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ def install(state: Path, keys_dir: Path, bundle: Path) -> None:
 
 def events(path: Path) -> None:
     from edge.messaging.outbox import Outbox
-    from edge.messaging.topics import make_event
+    from edge.messaging.payloads import make_event
 
     outbox = Outbox(path)
     print("READY", flush=True)

@@ -232,7 +232,7 @@ def test_mqtt_watchlist_sync_event_delivery_and_status(tmp_path, analyzer, clip,
 
 def retained_status(broker):
     from edge.messaging.mqtt import MqttClient
-    from edge.messaging.topics import decode_status
+    from edge.messaging.payloads import decode_status
 
     probe = MqttClient(broker.client_settings("operator", client_id="probe"), [("edge/cam-a/status", 1)])
     probe.start()

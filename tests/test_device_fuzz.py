@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 from edge.messaging.delivery import EventPublisher
 from edge.messaging.outbox import Outbox
 from edge.messaging.sync import WatchlistSync
-from edge.messaging.topics import PayloadError, Topics, decode_ack, make_event
+from edge.messaging.topics import Topics
+from edge.messaging.payloads import PayloadError, decode_ack, make_event
 
 TOPICS = Topics("cam-a")
 JSONISH = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),

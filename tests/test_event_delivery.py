@@ -14,7 +14,8 @@ from pathlib import Path
 from edge.messaging.delivery import EventConsumer, EventPublisher, EventStore
 from edge.messaging.mqtt import MqttClient
 from edge.messaging.outbox import Outbox
-from edge.messaging.topics import Topics, make_event
+from edge.messaging.topics import Topics
+from edge.messaging.payloads import make_event
 
 HERE = Path(__file__).resolve().parent
 
@@ -125,12 +126,12 @@ def test_fault_broker_and_device_killed_while_10000_events_flow(broker, tmp_path
 
 
 def test_last_will_marks_a_vanished_device_offline(broker, tmp_path):
-    from edge.messaging.topics import decode_status, encode_status
+    from edge.messaging.payloads import decode_status, encode_status
 
     settings = dataclasses.asdict(broker.client_settings("cam-a"))
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in settings.items() if k != "will_payload"}
     code = ("import json, sys, time; from pathlib import Path; from edge.messaging.mqtt import MqttClient, MqttSettings; "
-            "from edge.messaging.topics import encode_status; f = json.loads(sys.argv[1]); "
+            "from edge.messaging.payloads import encode_status; f = json.loads(sys.argv[1]); "
             "f.update({k: Path(f[k]) for k in ('ca_file', 'cert_file', 'key_file')}); "
             "f.update(will_topic='edge/cam-a/status', will_payload=encode_status('offline', {})); "
             "c = MqttClient(MqttSettings(**f)); c.start(); c.wait_connected(5); print('up', flush=True); time.sleep(60)")

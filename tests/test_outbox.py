@@ -15,7 +15,7 @@ import pytest
 
 from edge.errors import EdgeError
 from edge.messaging.outbox import SEQ_GAP_AFTER_CORRUPTION, Outbox, OutboxCorruptError, OutboxError
-from edge.messaging.topics import PayloadError, decode_event, make_event
+from edge.messaging.payloads import PayloadError, decode_event, make_event
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -239,7 +239,7 @@ def test_unopenable_path_is_an_outbox_error(tmp_path):
 CHILD = r"""
 import sys
 from edge.messaging.outbox import Outbox
-from edge.messaging.topics import make_event
+from edge.messaging.payloads import make_event
 
 ob = Outbox(sys.argv[1])
 print("ready", flush=True)

@@ -96,7 +96,8 @@ def test_device_sends_no_image_bytes(tmp_path, analyzer, clip, broker, caplog, t
     from edge import keys
     from edge.device.app import App
     from edge.messaging.mqtt import MqttClient
-    from edge.messaging.topics import PayloadError, decode_event, decrypt_thumbnail
+    from edge.messaging.payloads import PayloadError, decode_event
+    from edge.messaging.thumbnail import decrypt_thumbnail
 
     state = tmp_path / "state"
     provision(state, analyzer, "cam-a", install=True)  # v1 installed: obama is listed

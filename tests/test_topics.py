@@ -10,12 +10,12 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge.messaging import topics
+from edge import ids as ids_module
+from edge.messaging import payloads
 from edge.errors import EdgeError
-from edge.messaging.topics import (MAX_THUMBNAIL_BYTES, PayloadError, Status, TopicError, Topics, WatchlistState, decode_ack,
-                         decode_event, decode_status, decode_watchlist_state, decrypt_thumbnail, encode_ack,
-                         encode_event, encode_status, encode_watchlist_state, encrypt_thumbnail, make_event,
-                         operator_filter, parse_topic, stamp_published, uuid7, uuid7_unix_ms)
+from edge.messaging.topics import TopicError, Topics, operator_filter, parse_topic
+from edge.messaging.payloads import MAX_THUMBNAIL_BYTES, PayloadError, Status, WatchlistState, decode_ack, decode_event, decode_status, decode_watchlist_state, encode_ack, encode_event, encode_status, encode_watchlist_state, make_event, stamp_published, uuid7, uuid7_unix_ms
+from edge.messaging.thumbnail import decrypt_thumbnail, encrypt_thumbnail
 
 JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00" + bytes(range(256)) * 8 + b"\xff\xd9"
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(200))
@@ -238,7 +238,7 @@ def test_uuid7_is_strictly_increasing_and_unique():
 def test_uuid7_monotonic_when_clock_stalls_or_goes_back(monkeypatch):
     ms = time.time_ns() // 1_000_000 + 86_400_000  # a day ahead: later than anything generated so far
     ticks = iter([ms * 10**6] * 5000 + [(ms - 60_000) * 10**6] * 10)  # a stalled ms (counter overflows), then -1 min
-    monkeypatch.setattr(topics.time, "time_ns", lambda: next(ticks))
+    monkeypatch.setattr(ids_module.time, "time_ns", lambda: next(ticks))
     ids = [uuid7() for _ in range(5010)]
     assert ids == sorted(ids) and len(set(ids)) == 5010
     assert all(u.version == 7 and u.variant == uuid.RFC_4122 for u in ids)
@@ -285,7 +285,7 @@ def test_thumbnail_limits():
         encrypt_thumbnail(big, key)
     largest = JPEG[:4] + bytes(MAX_THUMBNAIL_BYTES - 4)  # the largest thumbnail still fits in an event
     ev = event(thumbnail=encrypt_thumbnail(largest, key), subject_id="s" * 256, label="l" * 256)
-    assert len(encode_event(ev)) <= topics.MAX_EVENT_BYTES
+    assert len(encode_event(ev)) <= payloads.MAX_EVENT_BYTES
 
 
 # ----------------------------------------------------------------------------------------- ack, status, watchlist

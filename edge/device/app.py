@@ -28,7 +28,8 @@ from edge.messaging.outbox import Outbox
 from edge.device.pipeline import MatchContext, Pipeline
 from edge.device.policy import DecisionPolicy, PolicyConfig
 from edge.device.sdnotify import sd_notify
-from edge.messaging.topics import PayloadError, Topics, encode_status
+from edge.messaging.topics import Topics
+from edge.messaging.payloads import PayloadError, encode_status
 from edge.device.track import Tracker
 from edge.vision.analyzer import FaceAnalyzer, VisionOptions
 from edge.vision.quality import QualityThresholds

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from edge.device.policy import Decision
-from edge.messaging.topics import make_event
+from edge.messaging.payloads import MAX_THUMBNAIL_BYTES, new_event
 from edge.types import Frame
 
 
@@ -33,7 +33,9 @@ class EventWriter:
             return None
         import cv2
 
-        from edge.messaging.topics import MAX_THUMBNAIL_BYTES, encrypt_thumbnail
+        from edge.messaging.payloads import MAX_THUMBNAIL_BYTES
+
+        from edge.messaging.thumbnail import encrypt_thumbnail
 
         bgr = cv2.cvtColor(cv2.resize(chip, (96, 96), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2BGR)
         for quality in (80, 60, 40, 20):
@@ -43,8 +45,9 @@ class EventWriter:
         return None
 
     def __call__(self, decision: Decision, frame: Frame, watchlist: Any, chip: Any = None) -> dict:
+        """Audit, then commit one decision as a `MatchEvent`; returns the event as committed (edge-event/1 dict)."""
         manifest = getattr(watchlist, "manifest", {}) or {}
-        event = make_event(
+        event = new_event(
             device_id=self.device_id, captured_at=frame.captured_at, subject_id=decision.subject_id,
             watchlist_id=str(manifest.get("watchlist_id", "")), watchlist_version=int(manifest.get("version", 0)),
             embedder_id=self.embedder_id or str(manifest.get("embedder", {}).get("id", "")),
@@ -52,10 +55,10 @@ class EventWriter:
             track_id=int(decision.track_id), chips_used=int(decision.chips_used), quality=dict(decision.quality or {}),
             label=decision.label or None, category=decision.category or None, thumbnail=self._thumbnail(chip))
         if self.audit is not None:
-            self.audit.append("match", {"event_id": event["event_id"], "subject_id": event["subject_id"],
-                                        "similarity": event["similarity"], "threshold": event["threshold"],
-                                        "track_id": event["track_id"], "watchlist_version": event["watchlist_version"]})
-        event["seq"] = self.outbox.add(event)
+            self.audit.append("match", {"event_id": event.event_id, "subject_id": event.subject_id,
+                                        "similarity": event.similarity, "threshold": event.threshold,
+                                        "track_id": event.track_id, "watchlist_version": event.watchlist_version})
+        committed = event.to_json(self.outbox.add(event))
         if self.on_event:
-            self.on_event(event)
-        return event
+            self.on_event(committed)
+        return committed

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import DataError
-from edge.evaluation.pairs import _read_csv
+from edge.tables import read_csv
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ def read_probes(csv_path: str | Path, root: str | Path) -> list[Probe]:
     """Read `path,identity,in_watchlist` (in_watchlist ∈ {0, 1}; paths relative to `root`)."""
     csv_path, root = Path(csv_path), Path(root)
     probes = []
-    for line, row in enumerate(_read_csv(csv_path, ("path", "identity", "in_watchlist")), start=2):
+    for line, row in enumerate(read_csv(csv_path, ("path", "identity", "in_watchlist")), start=2):
         flag = (row["in_watchlist"] or "").strip()
         if flag not in ("0", "1"):
             raise DataError(f"{csv_path}, line {line}: 'in_watchlist' must be 0 or 1, got {row['in_watchlist']!r}")

@@ -6,7 +6,6 @@ row, and the driver that embeds each photo once and scores every pair.
 
 from __future__ import annotations
 
-import csv
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from edge.errors import DataError, EdgeError
+from edge.tables import read_csv
 
 
 @dataclass(frozen=True)
@@ -27,26 +27,11 @@ class Pair:
     fold: int | None = None
 
 
-def _read_csv(path: Path, required: Iterable[str]) -> list[dict[str, str]]:
-    try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            header = reader.fieldnames or []
-            missing = [c for c in required if c not in header]
-            if missing:
-                raise DataError(f"{path}: missing column(s) {', '.join(missing)} (header is: {','.join(header)})")
-            return list(reader)
-    except FileNotFoundError:
-        raise DataError(f"CSV file not found: {path}") from None
-    except UnicodeDecodeError:
-        raise DataError(f"{path} is not a UTF-8 CSV file") from None
-
-
 def read_pairs(csv_path: str | Path, root: str | Path) -> list[Pair]:
     """Read `path_a,path_b,same[,fold]` (paths relative to `root`, same ∈ {0, 1}); every file must exist."""
     csv_path, root = Path(csv_path), Path(root)
     pairs, missing = [], []
-    for line, row in enumerate(_read_csv(csv_path, ("path_a", "path_b", "same")), start=2):
+    for line, row in enumerate(read_csv(csv_path, ("path_a", "path_b", "same")), start=2):
         same = (row["same"] or "").strip()
         if same not in ("0", "1"):
             raise DataError(f"{csv_path}, line {line}: 'same' must be 0 or 1, got {row['same']!r}")

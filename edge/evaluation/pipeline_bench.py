@@ -20,7 +20,7 @@ import numpy as np
 
 
 def _watchlist(analyzer: Any, photos: Path, size: int):
-    from edge.cli.demo import DEMO_GALLERY
+    from edge.evaluation.clip import DEMO_GALLERY
     from edge.watchlist.build import GalleryEntry, enroll, make_payload
     from edge.watchlist.index import Watchlist
     from edge.watchlist.payload import pack
@@ -71,7 +71,7 @@ def run_bench(analyzer: Any, video: Path | None, photos: Path, pace: str = "fast
     instead of building one of `watchlist_size` templates in this process.
     """
     from edge.device.capture.opencv import OpenCVSource
-    from edge.cli.demo import make_clip
+    from edge.evaluation.clip import make_clip
     from edge.device.health import Health, rss_mb
     from edge.device.pipeline import MatchContext, Pipeline
     from edge.device.policy import DecisionPolicy, PolicyConfig

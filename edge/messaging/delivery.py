@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edge.errors import EdgeError
-from edge.messaging.topics import PayloadError, Topics, TopicError, decode_ack, decode_event, encode_ack, parse_topic, stamp_published
+from edge.messaging.topics import TopicError, Topics, parse_topic
+from edge.messaging.payloads import PayloadError, decode_ack, decode_event, encode_ack, stamp_published
 
 
 class EventPublisher:

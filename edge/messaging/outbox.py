@@ -33,7 +33,9 @@ from typing import Any, NamedTuple
 
 from edge.durable import fsync_dir
 from edge.errors import EdgeError
-from edge.messaging.topics import PayloadError, decode_event, encode_event, validate_event
+from edge.messaging.payloads import PayloadError, decode_event, encode_event
+from edge.messaging.topics import MAX_SEQ
+from edge.types import MatchEvent
 
 log = logging.getLogger(__name__)
 
@@ -219,17 +221,20 @@ class Outbox:
 
     # -------------------------------------------------------------------------------------------------- the API
 
-    def add(self, event: dict) -> int:
-        """Store `event` (an edge-event/1 dict; its `seq` is ignored) under the next seq, commit, return the seq.
+    def add(self, event: MatchEvent | dict) -> int:
+        """Store `event` (a `MatchEvent`, or an edge-event/1 dict whose `seq` is ignored) under the next seq, commit,
+        return the seq. The event is validated here, once (`encode_event`), before a seq is consumed.
 
         Raises PayloadError if the event is invalid (no seq is consumed) and OutboxError if the disk refuses.
         """
-        validate_event({**event, "seq": 1})
+        body = event.to_json() if isinstance(event, MatchEvent) else dict(event)
+        # Validated once, at the widest seq (so the size check holds for any); the real seq is spliced in below.
+        before, after = encode_event(body, seq=MAX_SEQ).split(b'"seq":%d' % MAX_SEQ, 1)
         with self._lock, self._transaction() as db:
             now = self._clock()
             depth = self._depth - self._prune(db, now)
             seq = self._last_seq + 1
-            payload = encode_event({**event, "seq": seq})
+            payload = before + b'"seq":%d' % seq + after
             overflow = depth + 1 - self.max_events
             if overflow > 0:  # full: the oldest evidence goes, the newest stays
                 db.execute("DELETE FROM events WHERE seq IN (SELECT seq FROM events ORDER BY seq LIMIT ?)",

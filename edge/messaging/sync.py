@@ -15,26 +15,23 @@ untrusted; a forged one can only waste bandwidth), and reports the installed ver
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from edge.durable import atomic_write
 from edge.errors import EdgeError
-from edge.messaging.topics import Topics, encode_watchlist_state
+from edge.messaging.payloads import MAX_CHUNKS, Offer, PayloadError, encode_offer, encode_watchlist_state, parse_offer
+from edge.messaging.topics import TopicError, Topics
 
-OFFER_SCHEMA = "edge-wl-offer/1"
 DEFAULT_CHUNK_BYTES = 1 << 20
 #: Chunks requested at a time: the broker queues retained copies for a new subscription, and mosquitto drops
 #: what exceeds its per-client queue (max_queued_bytes), so the device asks for a few MiB at a time.
 WINDOW = 8
 #: Seconds without progress after which the requested chunks are asked for again.
 STALL_AFTER = 10.0
-MAX_OFFER_BYTES = 1 << 20
-MAX_CHUNKS = 4096
 
 
 class SyncError(EdgeError):
@@ -56,48 +53,14 @@ def offer_messages(bundle: bytes, device_id: str, version: int, prefix: str = "e
     chunks = [bundle[i:i + chunk_bytes] for i in range(0, len(bundle), chunk_bytes)]
     if len(chunks) > MAX_CHUNKS:
         raise SyncError(f"bundle of {len(bundle)} bytes needs {len(chunks)} chunks; raise the chunk size")
-    offer = {"schema": OFFER_SCHEMA, "device_id": device_id, "version": version,
-             "bundle_sha256": hashlib.sha256(bundle).hexdigest(), "bundle_bytes": len(bundle),
-             "chunk_bytes": chunk_bytes, "chunks": [hashlib.sha256(c).hexdigest() for c in chunks]}
+    try:
+        offer = encode_offer(device_id, version, hashlib.sha256(bundle).hexdigest(), len(bundle), chunk_bytes,
+                             [hashlib.sha256(c).hexdigest() for c in chunks])
+    except PayloadError as err:
+        raise SyncError(str(err)) from None
     messages = [(topics.watchlist_chunk(version, n), c) for n, c in enumerate(chunks)]
-    messages.append((topics.watchlist_manifest, json.dumps(offer, separators=(",", ":")).encode()))
+    messages.append((topics.watchlist_manifest, offer))
     return messages
-
-
-@dataclass(frozen=True)
-class Offer:
-    """A parsed (untrusted) offer."""
-
-    version: int
-    bundle_sha256: str
-    bundle_bytes: int
-    chunk_bytes: int
-    chunks: list[str]
-
-
-def parse_offer(payload: bytes, device_id: str) -> Offer:
-    """Validate an offer message; SyncError with the reason."""
-    if len(payload) > MAX_OFFER_BYTES:
-        raise SyncError(f"watchlist offer of {len(payload)} bytes exceeds {MAX_OFFER_BYTES}")
-    try:
-        raw = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise SyncError("watchlist offer is not JSON") from None
-    if not isinstance(raw, dict) or raw.get("schema") != OFFER_SCHEMA:
-        raise SyncError(f"watchlist offer schema {raw.get('schema') if isinstance(raw, dict) else None!r} is not "
-                        f"supported (this device understands {OFFER_SCHEMA})")
-    try:
-        offer = Offer(int(raw["version"]), str(raw["bundle_sha256"]), int(raw["bundle_bytes"]),
-                      int(raw["chunk_bytes"]), [str(c) for c in raw["chunks"]])
-    except (KeyError, TypeError, ValueError) as err:
-        raise SyncError(f"watchlist offer is missing or has a malformed field ({err})") from None
-    if raw.get("device_id") != device_id:
-        raise SyncError(f"watchlist offer is for device {raw.get('device_id')!r}, not {device_id!r}")
-    expected = -(-offer.bundle_bytes // offer.chunk_bytes) if offer.chunk_bytes > 0 else -1
-    if (offer.version < 1 or offer.chunk_bytes <= 0 or not 0 < len(offer.chunks) <= MAX_CHUNKS
-            or len(offer.chunks) != expected or any(len(c) != 64 for c in offer.chunks)):
-        raise SyncError("watchlist offer is inconsistent (version, sizes or chunk list)")
-    return offer
 
 
 @dataclass
@@ -116,10 +79,18 @@ class SyncStats:
 
 class WatchlistSync:
     """Device side. `handle(topic, payload)` is called from the control thread for every message under
-    `<prefix>/<device>/watchlist/`. `store` is a started `WatchlistStore`."""
+    `<prefix>/<device>/watchlist/`. `store` is a started `WatchlistStore` (anything with install/current/state).
+
+    on_result: called with (InstallResult, bundle bytes) after every install attempt (the device's audit trail).
+    clock: monotonic seconds (injected by tests).
+    """
 
     def __init__(self, store: Any, transport: Transport, device_id: str, incoming_dir: Path, prefix: str = "edge",
-                 window: int = WINDOW, stall_after: float = STALL_AFTER) -> None:
+                 window: int = WINDOW, stall_after: float = STALL_AFTER,
+                 on_result: Callable[[Any, bytes], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.on_result = on_result
+        self.clock = clock
         self.store = store
         self.transport = transport
         self.device_id = device_id
@@ -132,7 +103,7 @@ class WatchlistSync:
         self.stall_after = stall_after
         self._missing: set[int] = set()
         self._requested: set[int] = set()
-        self._progress = time.monotonic()
+        self._progress = self.clock()
 
     def start(self) -> None:
         """Subscribe to offers (the broker re-sends the retained one) and report the installed state."""
@@ -149,13 +120,16 @@ class WatchlistSync:
     def handle(self, topic: str, payload: bytes) -> None:
         """Process one message; malformed input is counted and reported, never raised."""
         try:
-            if topic == self.topics.watchlist_manifest:
+            parsed = self.topics.parse(topic)
+            if parsed.device_id != self.device_id:
+                raise SyncError(f"topic {topic!r} belongs to device {parsed.device_id!r}")
+            if parsed.kind == "watchlist_manifest":
                 self._on_offer(parse_offer(payload, self.device_id))
-            elif topic.startswith(f"{self.prefix}/{self.device_id}/watchlist/chunk/"):  # see Topics.watchlist_chunk
-                self._on_chunk(topic, payload)
+            elif parsed.kind == "watchlist_chunk":
+                self._on_chunk(*parsed.extra, payload)
             else:
                 self.stats.chunks_ignored += 1
-        except SyncError as err:
+        except (SyncError, PayloadError, TopicError) as err:
             self.stats.malformed += 1
             self.stats.last_reason = str(err)
 
@@ -177,7 +151,7 @@ class WatchlistSync:
                 shutil.rmtree(stale, ignore_errors=True)
         held = {int(p.name) for p in folder.iterdir() if p.name.isdigit()}
         self._missing = set(range(len(offer.chunks))) - held
-        self._progress = time.monotonic()
+        self._progress = self.clock()
         self._request_more()
         self._maybe_install()
 
@@ -191,7 +165,7 @@ class WatchlistSync:
 
     def tick(self, now: float | None = None) -> None:
         """Call periodically: re-requests the outstanding chunks when nothing arrived for `stall_after` s."""
-        now = time.monotonic() if now is None else now
+        now = self.clock() if now is None else now
         if self.offer and self._requested and now - self._progress > self.stall_after:
             for n in self._requested:
                 t = self.topics.watchlist_chunk(self.offer.version, n)
@@ -199,12 +173,7 @@ class WatchlistSync:
                 self.transport.subscribe(t, 1)
             self._progress = now
 
-    def _on_chunk(self, topic: str, payload: bytes) -> None:
-        parts = topic.rsplit("/", 2)
-        try:
-            version, n = int(parts[-2]), int(parts[-1])
-        except ValueError:
-            raise SyncError(f"malformed chunk topic {topic!r}") from None
+    def _on_chunk(self, version: int, n: int, payload: bytes) -> None:
         offer = self.offer
         if offer is None or version != offer.version or n not in self._missing:
             self.stats.chunks_ignored += 1  # replayed, stale or already held
@@ -220,7 +189,7 @@ class WatchlistSync:
         atomic_write(self._dir(offer) / str(n), payload)
         self._missing.discard(n)
         self._requested.discard(n)
-        self._progress = time.monotonic()
+        self._progress = self.clock()
         self.stats.chunks_received += 1
         self.transport.unsubscribe(self.topics.watchlist_chunk(version, n))
         self._request_more()
@@ -239,6 +208,8 @@ class WatchlistSync:
             self.report(reason="sync_mismatch", message="the assembled bundle does not match the offer")
             return
         result = self.store.install(data)
+        if self.on_result is not None:
+            self.on_result(result, data)
         if result.ok:
             self.stats.installs += 1
         else:

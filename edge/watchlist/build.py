@@ -16,9 +16,10 @@ from typing import Callable, Iterable
 import numpy as np
 
 from edge.errors import DataError, EdgeError
-from edge.evaluation.pairs import _read_csv
+from edge.tables import read_csv
 from edge.imageio import read_image
 from edge.vision.quality import ENROLLMENT_LIMITS, QualityThresholds, SubjectRule, assess, subject_face
+from edge.watchlist.index import build_index
 from edge.watchlist.payload import Payload, canonical_json, quantize_templates, subject_columns
 
 #: Annoy trees: chosen from `edge watchlist bench` at 300,000 fused templates (8 trees: recall@1 vs exact 99.97 %, query
@@ -47,7 +48,7 @@ def read_gallery(csv_path: str | Path, root: str | Path) -> list[GalleryEntry]:
     """Read a gallery CSV; missing files are reported by enrollment, not here."""
     csv_path, root = Path(csv_path), Path(root)
     entries = []
-    for line, row in enumerate(_read_csv(csv_path, ("path", "identity")), start=2):
+    for line, row in enumerate(read_csv(csv_path, ("path", "identity")), start=2):
         if not (row["path"] or "").strip() or not (row["identity"] or "").strip():
             raise DataError(f"{csv_path}, line {line}: empty path or identity")
         entries.append(GalleryEntry(root / row["path"], row["identity"].strip(), (row.get("label") or row["identity"]).strip(),
@@ -106,25 +107,6 @@ def enroll(entries: list[GalleryEntry], analyzer, limits: QualityThresholds | No
         out.item_subject.append(subject_index[entry.identity])
         out.qualities.append({"path": str(entry.path), **quality.to_json()})
     return out
-
-
-def build_index(vectors: np.ndarray, n_trees: int = DEFAULT_TREES, seed: int = 1) -> bytes:
-    """Annoy (angular) index bytes for (N, D) unit vectors, item i = row i."""
-    import tempfile
-
-    from annoy import AnnoyIndex
-
-    vectors = np.asarray(vectors, np.float32)
-    ann = AnnoyIndex(vectors.shape[1], "angular")
-    ann.set_seed(seed)
-    for i, v in enumerate(vectors):
-        ann.add_item(i, v)
-    ann.build(n_trees, n_jobs=-1)
-    # Annoy saves only to a path; this runs on the operator's machine, where the build dir holds plaintext anyway.
-    with tempfile.NamedTemporaryFile(suffix=".ann") as tmp:
-        ann.save(tmp.name)
-        ann.unload()
-        return Path(tmp.name).read_bytes()
 
 
 def fit_pca(vectors: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:

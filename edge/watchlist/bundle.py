@@ -36,14 +36,13 @@ from datetime import datetime, timezone
 from typing import Any, Mapping, Union
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from edge.errors import EdgeError
-from edge.keys import TrustStore, canonical_json, key_id
+from edge.canonical import canonical_json
+from edge.keys import SealError, TrustStore, key_id, open_sealed, seal_to
 
 MAGIC = b"EDGEWL1\n"
 FORMAT = "edge-watchlist/1"
@@ -341,9 +340,8 @@ def binding_hash(manifest: Mapping[str, Any]) -> bytes:
     return hashlib.sha256(canonical_json({k: manifest[k] for k in BINDING_FIELDS})).digest()
 
 
-def _kek(shared: bytes, device_id: str, version: int) -> bytes:
-    info = KEYWRAP_INFO + device_id.encode("utf-8") + version.to_bytes(8, "big")
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(shared)
+def _keywrap_info(device_id: str, version: int) -> bytes:
+    return KEYWRAP_INFO + device_id.encode("utf-8") + version.to_bytes(8, "big")
 
 
 def _b64(raw: bytes) -> str:
@@ -352,24 +350,19 @@ def _b64(raw: bytes) -> str:
 
 def wrap_content_key(content_key: bytes, device_public: X25519PublicKey, device_id: str, version: int,
                      binding: bytes) -> dict[str, str]:
-    """The manifest's `key_wrap` object: `content_key` sealed to `device_public` with a fresh ephemeral key."""
-    ephemeral = X25519PrivateKey.generate()
-    kek = _kek(ephemeral.exchange(device_public), device_id, version)
-    nonce = os.urandom(12)
-    eph_raw = ephemeral.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return {"alg": KEYWRAP_ALG, "ephemeral_public": _b64(eph_raw), "nonce": _b64(nonce),
-            "wrapped_key": _b64(AESGCM(kek).encrypt(nonce, content_key, binding))}
+    """The manifest's `key_wrap` object: `content_key` sealed to `device_public` (`edge.keys.seal_to`)."""
+    eph_raw, nonce, wrapped = seal_to(device_public, content_key, _keywrap_info(device_id, version), binding)
+    return {"alg": KEYWRAP_ALG, "ephemeral_public": _b64(eph_raw), "nonce": _b64(nonce), "wrapped_key": _b64(wrapped)}
 
 
 def unwrap_content_key(manifest: Mapping[str, Any], device_private: X25519PrivateKey) -> bytes:
     """The content key of a validated manifest, or BundleError unwrap_failed."""
     wrap = manifest["key_wrap"]
-    ephemeral = X25519PublicKey.from_public_bytes(base64.b64decode(wrap["ephemeral_public"]))
     try:
-        kek = _kek(device_private.exchange(ephemeral), manifest["device_id"], manifest["version"])
-        return AESGCM(kek).decrypt(base64.b64decode(wrap["nonce"]), base64.b64decode(wrap["wrapped_key"]),
-                                   binding_hash(manifest))
-    except (InvalidTag, ValueError):
+        return open_sealed(device_private, base64.b64decode(wrap["ephemeral_public"]), base64.b64decode(wrap["nonce"]),
+                           base64.b64decode(wrap["wrapped_key"]),
+                           _keywrap_info(manifest["device_id"], manifest["version"]), binding_hash(manifest))
+    except SealError:
         raise BundleError("unwrap_failed", f"cannot unwrap the content key: bundle {manifest['watchlist_id']}"
                                            f" v{manifest['version']} for device {manifest['device_id']} was not"
                                            " sealed for this device's key (or its key wrap was altered)") from None

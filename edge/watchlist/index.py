@@ -55,6 +55,26 @@ def load_annoy_from_memory(index: bytes, dim: int) -> Any:
     return ann
 
 
+def build_index(vectors: np.ndarray, n_trees: int = 8, seed: int = 1) -> bytes:
+    """Annoy (angular) index bytes for (N, D) unit vectors, item i = row i."""
+    import tempfile
+    from pathlib import Path
+
+    from annoy import AnnoyIndex
+
+    vectors = np.asarray(vectors, np.float32)
+    ann = AnnoyIndex(vectors.shape[1], "angular")
+    ann.set_seed(seed)
+    for i, v in enumerate(vectors):
+        ann.add_item(i, v)
+    ann.build(n_trees, n_jobs=-1)
+    # Annoy saves only to a path; this runs on the operator's machine, where the build dir holds plaintext anyway.
+    with tempfile.NamedTemporaryFile(suffix=".ann") as tmp:
+        ann.save(tmp.name)
+        ann.unload()
+        return Path(tmp.name).read_bytes()
+
+
 class StringColumn:
     """A read-only column of optional strings kept compactly: few distinct values (categories) as codes into a
     table, many (ids, labels) as one UTF-8 blob with int64 offsets — 300,000 ids cost ~6 MB instead of ~25 MB of

@@ -20,11 +20,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Generic, Mapping, TypeVar, Union
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-
 from edge.durable import atomic_write
-from edge.keys import TrustStore
+from edge.keys import PrivateKey, PublicKey, TrustStore
 from edge.watchlist.bundle import BundleError, OpenedBundle, open_bundle, parse_time, peek_manifest
 
 log = logging.getLogger(__name__)
@@ -64,8 +61,8 @@ class WatchlistStore(Generic[T]):
         self,
         state_dir: str | Path,
         device_id: str,
-        device_private: X25519PrivateKey,
-        trust: Union[TrustStore, Mapping[str, Ed25519PublicKey]],
+        device_private: PrivateKey,  # X25519
+        trust: Union[TrustStore, Mapping[str, PublicKey]],
         embedder_id: str,
         embedder_sha256: str,
         loader: Callable[[OpenedBundle], T],
