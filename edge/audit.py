@@ -25,6 +25,8 @@ first writes a newline and a `recovered` record whose data names the fragment (`
 recovered truncation: the write was never acknowledged, so no recorded event is lost), not as tampering. A fragment
 that is itself a complete record (only its newline was lost) is simply completed. An unreadable line that does end
 in a newline is not something a crash produces, and `verify` reports it as a problem.
+
+Lines: the record format, the locked appender and the verifier share one encoding; split, the chain's rules would live in two places.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from edge.canonical import canonical_json
 from edge.durable import fsync_dir
 from edge.errors import EdgeError
 
@@ -64,7 +67,7 @@ class AuditError(EdgeError):
 # --------------------------------------------------------------------------------------------- record encoding
 
 def _canonical(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    return canonical_json(obj, ascii=False)  # the log's format: UTF-8 kept as is
 
 
 def record_hash(record: dict) -> str:

@@ -7,6 +7,8 @@ suggestion. `load_config` reports every problem at once, one line each, naming f
 
 Paths: `~` and `${VAR}` are expanded (e.g. `${CREDENTIALS_DIRECTORY}/device.key` under systemd's LoadCredential=);
 a relative path is relative to the directory of the config file, never to the working directory.
+
+Lines: the whole config schema (every section, default, range and description) is one document, on purpose.
 """
 
 from __future__ import annotations

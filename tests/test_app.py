@@ -47,7 +47,7 @@ def provision(state: Path, analyzer, device_id: str = DEVICE, install: bool = Tr
     thresholds = scoring_tail(analyzer.embedder_info.info, analyzer.fusion).threshold_for(1, 0.003)
     bundle = seal(pack(payload_of(enrollment, analyzer.fusion_meta)),
                   watchlist_id="test", version=1, device_id=device_id, device_public=device_key.public_key(),
-                  signing_key=operator, embedder_id=analyzer.watchlist_embedder_id,
+                  signing_key=operator, embedder_id=analyzer.embedder_id,
                   embedder_sha256=analyzer.embedder_info.sha256, dim=analyzer.embedder.dim, n_items=1, n_subjects=1,
                   thresholds={"match": thresholds["match"], "margin": 0.02},
                   expires=datetime.now(timezone.utc) + timedelta(days=1))

@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edge.errors import EdgeError
-from edge.keys import TrustStore, canonical_json, generate_device_key, generate_operator_key, key_id
+from edge.canonical import canonical_json
+from edge.keys import TrustStore, generate_device_key, generate_operator_key, key_id
 from edge.watchlist import bundle as B
 from edge.watchlist.bundle import BundleError, open_bundle, peek_manifest, seal
 

@@ -118,45 +118,34 @@ class _FakePipeline:
 
 
 def test_app_control_loop_pings_only_while_the_pipeline_progresses(sock_path, monkeypatch):
-    """The real App._control_loop (no MQTT client) against a fake pipeline whose last_progress stops advancing."""
-    from edge.device import app as app_mod
+    """The device's real control worker (no MQTT client) on a simulated clock, against a fake pipeline whose
+    last_progress stops advancing: pings over the real socket while it moves, none once it has stalled > 5 s."""
+    from edge.device.control import Control
 
     s, path = sock_path
     monkeypatch.setenv("NOTIFY_SOCKET", path)
-    # compress time: the app treats progress older than 5 s as a stall; run the clock 20x faster
-    t0 = time.monotonic()
-    monkeypatch.setattr(app_mod.time, "monotonic", lambda: t0 + (time.perf_counter() - p0) * 20)
-    p0 = time.perf_counter()
     pipeline = _FakePipeline()
-    pipeline.last_progress = app_mod.time.monotonic()
-    a = app_mod.App.__new__(app_mod.App)
-    a.config = SimpleNamespace(mqtt=SimpleNamespace(status_interval_s=60.0),
-                               health=SimpleNamespace(log_interval_s=1e9))
-    a.topics = SimpleNamespace(prefix="edge", device_id="t")
-    a.client, a.pipeline, a._stop = None, pipeline, threading.Event()
-    a.health = SimpleNamespace(inc=lambda *_: None)
-    feeder_stop = threading.Event()
+    config = SimpleNamespace(mqtt=SimpleNamespace(status_interval_s=60.0), health=SimpleNamespace(log_interval_s=1e9))
+    clock = [1000.0]
+    control = Control(config, SimpleNamespace(prefix="edge", device_id="t"), SimpleNamespace(inc=lambda *_: None),
+                      pipeline, store=None, outbox=None, audit=None, clock=lambda: clock[0])
 
-    def feed() -> None:
-        while not feeder_stop.wait(0.01):
+    def advance(seconds: float) -> None:  # 50 ms passes, as the worker runs them
+        for _ in range(int(seconds / 0.05)):
+            clock[0] += 0.05
             if pipeline.advancing:
-                pipeline.last_progress = app_mod.time.monotonic()
+                pipeline.last_progress = clock[0]
+            control.step(clock[0])
 
-    feeder = threading.Thread(target=feed, daemon=True)
-    control = threading.Thread(target=a._control_loop, daemon=True)
-    feeder.start(), control.start()
-    try:
-        time.sleep(0.5)  # 10 "seconds" of progress
-        moving = recv_all(s, 0.05)
-        assert len(moving) >= 5 and set(moving) == {"WATCHDOG=1"}, moving
-        pipeline.advancing = False
-        time.sleep(0.4)  # 8 "seconds": pings for up to 5 of them, then none
-        recv_all(s, 0.05)
-        time.sleep(0.5)  # 10 more "seconds" of stall
-        assert recv_all(s, 0.05) == [], "WATCHDOG=1 sent while the inference thread made no progress"
-        pipeline.advancing = True
-        time.sleep(0.3)
-        assert "WATCHDOG=1" in recv_all(s, 0.05), "pings must resume when progress resumes"
-    finally:
-        a._stop.set(), feeder_stop.set()
-        control.join(2), feeder.join(2)
+    pipeline.last_progress = clock[0]
+    advance(10)  # 10 s of progress
+    moving = recv_all(s, 0.05)
+    assert len(moving) >= 5 and set(moving) == {"WATCHDOG=1"}, moving
+    pipeline.advancing = False
+    advance(8)  # pings for up to 5 s of it, then none
+    recv_all(s, 0.05)
+    advance(10)  # 10 more s of stall
+    assert recv_all(s, 0.05) == [], "WATCHDOG=1 sent while the inference thread made no progress"
+    pipeline.advancing = True
+    advance(3)
+    assert "WATCHDOG=1" in recv_all(s, 0.05), "pings must resume when progress resumes"

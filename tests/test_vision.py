@@ -98,4 +98,4 @@ def test_the_default_analyzer_fuses_a_second_embedding_of_the_same_landmarks(ana
     e2 = {n: f.embedding2 for n, f in faces.items()}
     assert all(v.shape == (analyzer.fusion.dim2,) and abs(float(np.linalg.norm(v)) - 1) < 1e-5 for v in e2.values())
     assert float(e2["obama"] @ e2["obama2"]) > float(e2["obama"] @ e2["biden"])
-    assert analyzer.watchlist_embedder_id == "dlib_resnet_v1+hse_faceres"
+    assert analyzer.embedder_id == "dlib_resnet_v1+hse_faceres"

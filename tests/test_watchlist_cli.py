@@ -97,7 +97,7 @@ def test_device_install_serves_matches_and_keeps_plaintext_off_disk(operator_flo
     device = keys.load_private_key(tmp / "dev" / "device.key", "device")
     operator = keys.load_public_key(tmp / "op" / "operator.pub", "operator")
     store = WatchlistStore(tmp_path / "state", "cam-01", device, {keys.key_id(operator): operator},
-                           analyzer.watchlist_embedder_id, analyzer.embedder_info.sha256,
+                           analyzer.embedder_id, analyzer.embedder_info.sha256,
                            lambda b: Watchlist.from_payload(b.payload, b.manifest["thresholds"], b.manifest))
     store.start()
     result = store.install((tmp / "v3.bundle").read_bytes())
@@ -196,7 +196,7 @@ def test_build_gate_options_are_checked_and_no_gate_enrolls_more(operator_flow, 
 def test_a_fused_bundle_is_refused_by_a_device_that_does_not_fuse(operator_flow, tmp_path, analyzer):
     """The embedding space names both embedders: a device running dlib alone cannot take a fused list."""
     tmp = operator_flow
-    assert analyzer.watchlist_embedder_id == "dlib_resnet_v1+hse_faceres"
+    assert analyzer.embedder_id == "dlib_resnet_v1+hse_faceres"
     device = keys.load_private_key(tmp / "dev" / "device.key", "device")
     operator = keys.load_public_key(tmp / "op" / "operator.pub", "operator")
     store = WatchlistStore(tmp_path / "state", "cam-01", device, {keys.key_id(operator): operator},

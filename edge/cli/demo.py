@@ -34,16 +34,13 @@ def run_demo(analyzer: Any, photos: Path, workdir: Path | None = None, video: Pa
     from edge.device.capture.opencv import OpenCVSource
     from edge.messaging.delivery import EventConsumer, EventPublisher, EventStore
     from edge.device.health import Health
+    from edge.device.wiring import build_pipeline, watchlist_loader
     from edge.messaging.mqtt import MqttClient, MqttSettings
     from edge.evaluation.calibration import scoring_tail
     from edge.messaging.outbox import Outbox
-    from edge.device.pipeline import MatchContext, Pipeline
-    from edge.device.policy import DecisionPolicy, PolicyConfig
     from edge.messaging.topics import Topics
-    from edge.device.track import Tracker
     from edge.watchlist.build import GalleryEntry, enroll, payload_of
     from edge.watchlist.bundle import seal
-    from edge.watchlist.index import Watchlist
     from edge.watchlist.payload import pack
     from edge.watchlist.store import WatchlistStore
 
@@ -61,7 +58,7 @@ def run_demo(analyzer: Any, photos: Path, workdir: Path | None = None, video: Pa
         thresholds = scoring_tail(analyzer.embedder_info.info, analyzer.fusion).threshold_for(len(enrollment.vectors),
                                                                                               0.003)
         operator, device_key = keys.generate_operator_key(), keys.generate_device_key()
-        embedder_id = analyzer.watchlist_embedder_id
+        embedder_id = analyzer.embedder_id
         bundle = seal(pack(payload_of(enrollment, analyzer.fusion_meta)),
                       watchlist_id="demo", version=1, device_id=device_id, device_public=device_key.public_key(),
                       signing_key=operator, embedder_id=embedder_id, embedder_sha256=analyzer.embedder_info.sha256,
@@ -71,7 +68,7 @@ def run_demo(analyzer: Any, photos: Path, workdir: Path | None = None, video: Pa
         store = WatchlistStore(work / "state", device_id, device_key,
                                {keys.key_id(operator.public_key()): operator.public_key()}, embedder_id,
                                analyzer.embedder_info.sha256,
-                               lambda b: Watchlist.from_payload(b.payload, b.manifest["thresholds"], b.manifest))
+                               watchlist_loader)
         store.start()
         result = store.install(bundle)
         if not result.ok:
@@ -108,9 +105,8 @@ def run_demo(analyzer: Any, photos: Path, workdir: Path | None = None, video: Pa
 
         writer = EventWriter(device_id, outbox, audit, embedder_id, on_event=None if have_broker else show)
         health = Health()
-        pipeline = Pipeline(OpenCVSource(video, pace="realtime"), analyzer.detector, analyzer.embedder, Tracker(),
-                            DecisionPolicy(PolicyConfig(k=2, n=3)), MatchContext(lambda: store.current()[0]), writer,
-                            health, embed_face=analyzer.embed)
+        pipeline = build_pipeline(OpenCVSource(video, pace="realtime"), analyzer, lambda: store.current()[0], writer,
+                                  health)
         stop = threading.Event()
         threads = []
         if have_broker:

@@ -81,7 +81,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     sim = float(a.embedding @ b.embedding)
     threshold = _verify_threshold(analyzer, args.threshold)
     result = {"similarity": round(sim, 4), "same": sim >= threshold, "threshold": threshold,
-              "embedder": analyzer.embedder_id}
+              "embedder": analyzer.embedder_info.name}  # the primary model: compare scores its embeddings
     if args.json:
         _print_json(result)
     else:

@@ -2,8 +2,9 @@
 (the appliance is edge/device/app.py, the schema edge/config.py).
 
 `--check` validates the config, loads the models (checksums verified), builds (not opens) the frame source and
-reads every key and TLS file the config names, reporting each check. A device file that does not exist is a
-failure, or — with `--allow-missing`, e.g. to validate a profile on a developer machine — a skipped check.
+reads every key and TLS file the config names, reporting each check (the checks live in `edge.device.doctor`). A
+device file that does not exist is a failure, or — with `--allow-missing`, e.g. to validate a profile on a
+developer machine — a skipped check.
 """
 
 from __future__ import annotations
@@ -15,114 +16,13 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Callable
-
-#: Outcomes of one check: passed, failed, or a device file that is absent.
-OK, FAIL, ABSENT = "ok", "fail", "absent"
-
-
-class _Absent(Exception):
-    """A file the device needs does not exist (yet)."""
-
-
-def _need(*paths: Path | None) -> list[Path]:
-    present = [Path(p) for p in paths if p is not None]
-    missing = [p for p in present if not p.exists()]
-    if missing:
-        raise _Absent(", ".join(str(p) for p in missing) + (" is" if len(missing) == 1 else " are") + " absent")
-    return present
-
-
-def _state_dir(config: Any) -> str:
-    state = Path(config.device.state_dir)
-    if state.exists():
-        if not state.is_dir() or not os.access(state, os.W_OK | os.X_OK):
-            raise ValueError(f"{state} is not a writable directory")
-        return f"{state} (writable)"
-    parent = next(p for p in state.parents if p.exists())
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise _Absent(f"{state} is absent and cannot be created here ({parent} is not writable)")
-    return f"{state} (absent; created mode 0700 at start)"
-
-
-def _models(config: Any) -> str:
-    from edge.device.app import vision_options
-    from edge.vision.analyzer import FaceAnalyzer
-
-    a = FaceAnalyzer.create(vision_options(config))
-    return f"detector {a.detector_info.name}, embedder {a.embedder_id} (checksums verified)"
-
-
-def _camera(config: Any) -> str:
-    from edge.device.app import source_options
-    from edge.device.capture import open_source
-
-    return f"{open_source(config.camera.source, **source_options(config)).describe()} (not opened)"
-
-
-def _device_key(config: Any) -> str:
-    from edge import keys
-
-    (path,) = _need(config.watchlist.device_key)
-    return f"{path}: X25519 key {keys.key_id(keys.load_private_key(path, 'device').public_key())}"
-
-
-def _trusted_keys(config: Any) -> str:
-    from edge.device.app import load_trust
-
-    trusted = config.watchlist.trusted_keys
-    _need(*(trusted if isinstance(trusted, list) else [trusted]))
-    store = load_trust(trusted)
-    if not len(store):
-        raise ValueError(f"{trusted} pins no operator key: no watchlist could ever be installed")
-    return f"{len(store)} operator key(s): {', '.join(sorted(store.keys()))}"
-
-
-def _mqtt(config: Any) -> str:
-    m = config.mqtt
-    if not m.enabled:
-        return "disabled: events stay in the outbox"
-    if m.ca_file is None:
-        return f"{m.host}:{m.port} without TLS (mqtt.ca_file is null)"
-    from edge.messaging.mqtt import MqttClient, MqttSettings
-
-    _need(m.ca_file, m.cert_file, m.key_file)
-    MqttClient(MqttSettings(host=m.host, port=m.port, client_id=config.device.id, ca_file=m.ca_file,
-                            cert_file=m.cert_file, key_file=m.key_file))  # loads the TLS files; does not connect
-    return f"{m.host}:{m.port}, TLS files load ({m.ca_file}" + (f", {m.cert_file}" if m.cert_file else "") + ")"
-
-
-def _thumbnail_key(config: Any) -> str:
-    from edge import keys
-
-    if not config.events.thumbnails:
-        return "thumbnails off: no image leaves the device"
-    (path,) = _need(config.events.operator_thumbnail_key)
-    keys.load_public_key(path, "device")
-    return f"{path}: X25519 public key"
-
-
-CHECKS: list[tuple[str, Callable[[Any], str]]] = [
-    ("camera", _camera), ("models", _models), ("state_dir", _state_dir), ("device_key", _device_key),
-    ("trusted_keys", _trusted_keys), ("mqtt", _mqtt), ("thumbnail_key", _thumbnail_key)]
-
-
-def run_checks(config: Any, source: str) -> list[dict]:
-    """[{name, status: ok|fail|absent, detail}] for a config that already validated."""
-    out = [{"name": "config", "status": OK, "detail": f"{source}: device {config.device.id}, camera "
-                                                      f"{config.camera.source}, state in {config.device.state_dir}"}]
-    for name, check in CHECKS:
-        try:
-            out.append({"name": name, "status": OK, "detail": check(config)})
-        except _Absent as err:
-            out.append({"name": name, "status": ABSENT, "detail": str(err)})
-        except Exception as err:  # noqa: BLE001 - every failure is reported, one line each
-            out.append({"name": name, "status": FAIL, "detail": str(err) or type(err).__name__})
-    return out
+from typing import Any
 
 
 def cmd_check(config: Any, args: argparse.Namespace) -> int:
-    checks = run_checks(config, str(args.config))
+    from edge.device.doctor import ABSENT, OK, config_checks
+
+    checks = config_checks(config, str(args.config))
     for c in checks:
         c["ok"] = c["status"] == OK or (c["status"] == ABSENT and args.allow_missing)
         c["skipped"] = c["status"] == ABSENT and args.allow_missing

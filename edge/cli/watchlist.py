@@ -50,7 +50,7 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
 # --- watchlist ------------------------------------------------------------------------------------------------
 
 def _embedder_info(analyzer) -> dict:
-    return {"id": analyzer.watchlist_embedder_id, "name": analyzer.embedder_info.name,
+    return {"id": analyzer.embedder_id, "name": analyzer.embedder_info.name,
             "sha256": analyzer.embedder_info.sha256, "flip": analyzer.embedder.flip, "alignment": analyzer.alignment,
             "fusion": analyzer.fusion_meta is not None}
 

@@ -1,11 +1,14 @@
-"""`edge doctor`: is this device able to do its job? Each check is {name, ok, detail}.
+"""Is this device able to do its job? One check framework for `edge doctor` and `edge run --check`.
 
-Without a config: runtime, models (every manifest checksum) and clock. With `--config`: also delegate (when one is
-configured), camera (open the source and read one frame within a timeout), keys (device key present, mode 0600,
-loads; operator keys load), broker (when mqtt.enabled: a real TLS connection within a timeout), watchlist (installed
-and not stale), clock against the installed bundle's `created`, and free disk space in the state directory.
+A check is a function of the config that returns one line of detail or raises: `Absent` when a device file does
+not exist (yet), anything else for a failure. `run_check` turns it into {name, status: ok|fail|absent, detail}.
 
-The key, trust-store and model checks reuse `edge.cli.run`'s `--check` helpers, so both commands agree.
+`edge run --check` (`config_checks`): the config validates, the models load (checksums verified), the frame source
+builds (not opened), every key and TLS file the config names reads. `edge doctor` (`run_doctor`): without a config
+the runtime, models (every manifest checksum) and clock; with one also the delegate (when configured), camera
+(open the source and read one frame within a timeout), keys, broker (when mqtt.enabled: a real TLS connection
+within a timeout), watchlist (installed and not stale), the clock against the installed bundle's `created`, and
+free disk space in the state directory.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from edge.device import wiring
+
 #: Seconds allowed for the camera to deliver a frame and for the broker to accept the connection.
 CAMERA_TIMEOUT_S = 10.0
 BROKER_TIMEOUT_S = 5.0
@@ -24,44 +29,109 @@ BROKER_TIMEOUT_S = 5.0
 MIN_FREE_BYTES = 100 * 1024 * 1024
 #: Earliest plausible year for the system clock.
 MIN_YEAR = 2025
+#: Outcomes of one check: passed, failed, or a device file that is absent.
+OK, FAIL, ABSENT = "ok", "fail", "absent"
 
-_DISTRIBUTIONS = {"litert": "ai-edge-litert", "tflite-runtime": "tflite-runtime"}
+
+class Absent(Exception):
+    """A file the device needs does not exist (yet)."""
 
 
-def _result(name: str, fn: Callable[[], str]) -> dict:
+def need(*paths: Path | None) -> list[Path]:
+    """The given paths (None skipped) if all exist, else `Absent` naming the missing ones."""
+    present = [Path(p) for p in paths if p is not None]
+    missing = [p for p in present if not p.exists()]
+    if missing:
+        raise Absent(", ".join(str(p) for p in missing) + (" is" if len(missing) == 1 else " are") + " absent")
+    return present
+
+
+def run_check(name: str, fn: Callable[[], str]) -> dict:
+    """{name, status, detail} of one check: every failure becomes one line, never a traceback."""
     try:
-        return {"name": name, "ok": True, "detail": fn()}
+        return {"name": name, "status": OK, "detail": fn()}
+    except Absent as err:
+        return {"name": name, "status": ABSENT, "detail": str(err)}
     except Exception as err:  # noqa: BLE001 - every failure becomes one line of the report
-        return {"name": name, "ok": False, "detail": str(err) or type(err).__name__}
+        return {"name": name, "status": FAIL, "detail": str(err) or type(err).__name__}
 
 
 # --- checks ------------------------------------------------------------------------------------------------------
 
 def check_runtime(backend: str = "auto") -> str:
-    from importlib import metadata
+    from edge.vision.runtime import backend_version
 
-    from edge.vision.runtime import _import_backend
-
-    name, module = _import_backend(backend)
-    try:
-        version = metadata.version(_DISTRIBUTIONS[name])
-    except metadata.PackageNotFoundError:
-        version = getattr(module, "__version__", "unknown version")
-    return f"{name} {version} ({module.__name__})"
+    return backend_version(backend)
 
 
 def check_delegate(config: Any) -> str:
-    from edge.errors import ModelError
-    from edge.vision.runtime import _import_backend
+    from edge.vision.runtime import load_delegate
 
-    delegate = config.vision.delegate
-    _, module = _import_backend(config.vision.backend)
-    try:
-        module.load_delegate(delegate)
-    except (ValueError, OSError, RuntimeError) as err:
-        raise ModelError(f"delegate {delegate!r} could not be loaded ({err}); install its runtime library or remove "
-                         "vision.delegate from the configuration") from None
-    return f"{delegate} loads"
+    load_delegate(config.vision.delegate, config.vision.backend)
+    return f"{config.vision.delegate} loads"
+
+
+def check_loaded_models(config: Any) -> str:
+    """The configured models load (checksums verified)."""
+    from edge.vision.analyzer import FaceAnalyzer
+
+    a = FaceAnalyzer.create(wiring.vision_options(config))
+    return f"detector {a.detector_info.name}, embedder {a.embedder_info.name} as {a.embedder_id} (checksums verified)"
+
+
+def check_source_builds(config: Any) -> str:
+    return f"{wiring.frame_source(config).describe()} (not opened)"
+
+
+def check_state_dir(config: Any) -> str:
+    state = Path(config.device.state_dir)
+    if state.exists():
+        if not state.is_dir() or not os.access(state, os.W_OK | os.X_OK):
+            raise ValueError(f"{state} is not a writable directory")
+        return f"{state} (writable)"
+    parent = next(p for p in state.parents if p.exists())
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise Absent(f"{state} is absent and cannot be created here ({parent} is not writable)")
+    return f"{state} (absent; created mode 0700 at start)"
+
+
+def check_device_key(config: Any) -> str:
+    from edge import keys
+
+    (path,) = need(config.watchlist.device_key)
+    return f"{path}: X25519 key {keys.key_id(keys.load_private_key(path, 'device').public_key())}"
+
+
+def check_trusted_keys(config: Any) -> str:
+    trusted = config.watchlist.trusted_keys
+    need(*(trusted if isinstance(trusted, list) else [trusted]))
+    store = wiring.load_trust(trusted)
+    if not len(store):
+        raise ValueError(f"{trusted} pins no operator key: no watchlist could ever be installed")
+    return f"{len(store)} operator key(s): {', '.join(sorted(store.keys()))}"
+
+
+def check_tls_files(config: Any) -> str:
+    m = config.mqtt
+    if not m.enabled:
+        return "disabled: events stay in the outbox"
+    if m.ca_file is None:
+        return f"{m.host}:{m.port} without TLS (mqtt.ca_file is null)"
+    from edge.messaging.mqtt import MqttClient
+
+    need(m.ca_file, m.cert_file, m.key_file)
+    MqttClient(wiring.mqtt_settings(config))  # loads the TLS files; does not connect
+    return f"{m.host}:{m.port}, TLS files load ({m.ca_file}" + (f", {m.cert_file}" if m.cert_file else "") + ")"
+
+
+def check_thumbnail_key(config: Any) -> str:
+    from edge import keys
+
+    if not config.events.thumbnails:
+        return "thumbnails off: no image leaves the device"
+    (path,) = need(config.events.operator_thumbnail_key)
+    keys.load_public_key(path, "device")
+    return f"{path}: X25519 public key"
 
 
 def check_models(models_dir: Path | None = None) -> str:
@@ -86,10 +156,7 @@ def check_models(models_dir: Path | None = None) -> str:
 
 
 def check_camera(config: Any, timeout: float = CAMERA_TIMEOUT_S) -> str:
-    from edge.device.app import source_options
-    from edge.device.capture import open_source
-
-    source = open_source(config.camera.source, **source_options(config))
+    source = wiring.frame_source(config)
     result: dict[str, Any] = {}
 
     def grab() -> None:
@@ -127,20 +194,16 @@ def check_camera(config: Any, timeout: float = CAMERA_TIMEOUT_S) -> str:
 
 
 def check_keys(config: Any) -> str:
-    from edge.cli.run import _device_key, _trusted_keys
-
-    return f"{_device_key(config)}; {_trusted_keys(config)}"
+    return f"{check_device_key(config)}; {check_trusted_keys(config)}"
 
 
 def check_broker(config: Any, timeout: float = BROKER_TIMEOUT_S) -> str:
-    from edge.messaging.mqtt import MqttClient, MqttSettings
+    from edge.messaging.mqtt import MqttClient
 
     m = config.mqtt
     if not m.enabled:
         return "mqtt disabled: not checked (events stay in the outbox)"
-    client = MqttClient(MqttSettings(host=m.host, port=m.port, client_id=config.device.id, ca_file=m.ca_file,
-                                     cert_file=m.cert_file, key_file=m.key_file, reconnect_min=0.2,
-                                     reconnect_max=1.0, keepalive=m.keepalive_s))
+    client = MqttClient(wiring.mqtt_settings(config, reconnect_min=0.2, reconnect_max=1.0))
     client.start()
     try:
         client.wait_connected(timeout)
@@ -150,25 +213,12 @@ def check_broker(config: Any, timeout: float = BROKER_TIMEOUT_S) -> str:
     return f"connected to {m.host}:{m.port} as {config.device.id} ({tls})"
 
 
-def _watchlist_store(config: Any) -> Any:
-    from edge import keys
-    from edge.device.app import load_trust
-    from edge.vision.manifest import load_manifest
-    from edge.watchlist.store import WatchlistStore
-
-    manifest = load_manifest(config.vision.models_dir)
-    info = manifest.get(config.vision.embedder, "embedder") if config.vision.embedder else manifest.default("embedder")
-    store = WatchlistStore(config.device.state_dir, config.device.id,
-                           keys.load_private_key(config.watchlist.device_key, "device"),
-                           load_trust(config.watchlist.trusted_keys),
-                           manifest.embedding_space(info, config.vision.fusion and config.vision.alignment == "dlib5"),
-                           info.sha256, lambda bundle: True)  # verify and decrypt only; no index is built
-    store.start()
-    return store
-
-
 def check_watchlist(config: Any) -> str:
-    state = _watchlist_store(config).state()
+    from edge.vision.analyzer import embedder_identity
+
+    store = wiring.watchlist_store(config, *embedder_identity(wiring.vision_options(config)),
+                                   loader=lambda bundle: True)  # verify and decrypt only; no index is built
+    state = store.state()
     rejection = state.get("last_rejection")
     why = f" ({rejection.get('message') or rejection.get('reason')})" if rejection else ""
     if state["state"] == "none":
@@ -216,25 +266,38 @@ def check_disk(config: Any, min_free: int = MIN_FREE_BYTES) -> str:
     return text
 
 
-# --- the report --------------------------------------------------------------------------------------------------
+# --- the reports -------------------------------------------------------------------------------------------------
+
+#: `edge run --check`: (name, check) in order, after the config itself.
+CONFIG_CHECKS: list[tuple[str, Callable[[Any], str]]] = [
+    ("camera", check_source_builds), ("models", check_loaded_models), ("state_dir", check_state_dir),
+    ("device_key", check_device_key), ("trusted_keys", check_trusted_keys), ("mqtt", check_tls_files),
+    ("thumbnail_key", check_thumbnail_key)]
+
+
+def config_checks(config: Any, source: str) -> list[dict]:
+    """`edge run --check`: [{name, status: ok|fail|absent, detail}] for a config that already validated."""
+    out = [{"name": "config", "status": OK, "detail": f"{source}: device {config.device.id}, camera "
+                                                      f"{config.camera.source}, state in {config.device.state_dir}"}]
+    return out + [run_check(name, lambda check=check: check(config)) for name, check in CONFIG_CHECKS]
+
 
 def run_doctor(config: Any | None = None) -> list[dict]:
-    """All checks in order: [{name, ok, detail}]."""
+    """`edge doctor`: all checks in order, [{name, ok, detail}]."""
     backend = config.vision.backend if config is not None else "auto"
     models_dir = config.vision.models_dir if config is not None else None
-    checks = [_result("runtime", lambda: check_runtime(backend))]
+    plan: list[tuple[str, Callable[[], str]]] = [("runtime", lambda: check_runtime(backend))]
     if config is not None and config.vision.delegate:
-        checks.append(_result("delegate", lambda: check_delegate(config)))
-    checks.append(_result("models", lambda: check_models(models_dir)))
+        plan.append(("delegate", lambda: check_delegate(config)))
+    plan.append(("models", lambda: check_models(models_dir)))
     if config is not None:
-        checks.append(_result("camera", lambda: check_camera(config)))
-        checks.append(_result("keys", lambda: check_keys(config)))
-        checks.append(_result("broker", lambda: check_broker(config)))
-        checks.append(_result("watchlist", lambda: check_watchlist(config)))
-    checks.append(_result("clock", lambda: check_clock(config)))
+        plan += [("camera", lambda: check_camera(config)), ("keys", lambda: check_keys(config)),
+                 ("broker", lambda: check_broker(config)), ("watchlist", lambda: check_watchlist(config))]
+    plan.append(("clock", lambda: check_clock(config)))
     if config is not None:
-        checks.append(_result("disk", lambda: check_disk(config)))
-    return checks
+        plan.append(("disk", lambda: check_disk(config)))
+    return [{"name": r["name"], "ok": r["status"] == OK, "detail": r["detail"]} for r in
+            (run_check(name, fn) for name, fn in plan)]
 
 
 def format_table(checks: list[dict]) -> str:

@@ -51,13 +51,13 @@ def _watchlist_from_bundle(bundle: Path, device_key: Path, operator_key: Path):
     import gc
 
     from edge import keys
+    from edge.device.wiring import watchlist_loader
     from edge.watchlist.bundle import open_bundle
-    from edge.watchlist.index import Watchlist
 
     operator = keys.load_public_key(operator_key, "operator")
     opened = open_bundle(Path(bundle).read_bytes(), keys.load_private_key(device_key, "device"),
                          {keys.key_id(operator): operator}, allow_expired=True)
-    watchlist = Watchlist.from_payload(opened.payload, opened.manifest["thresholds"], opened.manifest)
+    watchlist = watchlist_loader(opened)
     del opened
     gc.collect()
     return watchlist
@@ -73,9 +73,7 @@ def run_bench(analyzer: Any, video: Path | None, photos: Path, pace: str = "fast
     from edge.device.capture.opencv import OpenCVSource
     from edge.evaluation.clip import make_clip
     from edge.device.health import Health, rss_mb
-    from edge.device.pipeline import MatchContext, Pipeline
-    from edge.device.policy import DecisionPolicy, PolicyConfig
-    from edge.device.track import Tracker
+    from edge.device.wiring import build_pipeline
 
     with tempfile.TemporaryDirectory(prefix="edge-bench-") as tmp:
         if video is None:
@@ -86,10 +84,9 @@ def run_bench(analyzer: Any, video: Path | None, photos: Path, pace: str = "fast
         wl_seconds = time.perf_counter() - t_wl
         events: list[float] = []
         health = Health()
-        pipeline = Pipeline(OpenCVSource(video, pace=pace), analyzer.detector, analyzer.embedder, Tracker(),
-                            DecisionPolicy(PolicyConfig(k=2, n=3)), MatchContext(lambda: watchlist),
-                            lambda d, f, w, c: events.append(time.monotonic() - f.monotonic), health,
-                            lossless=pace == "fast", embed_face=analyzer.embed)
+        pipeline = build_pipeline(OpenCVSource(video, pace=pace), analyzer, lambda: watchlist,
+                                  lambda d, f, w, c: events.append(time.monotonic() - f.monotonic), health,
+                                  lossless=pace == "fast")
         cpu0, wall0 = os.times(), time.monotonic()
         pipeline.start()
         pipeline.wait(max_seconds)

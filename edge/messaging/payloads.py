@@ -9,6 +9,8 @@ A match event is a *candidate for human review*, never a verdict (`review_requir
 carries image bytes in clear: the only image it may carry is an optional thumbnail sealed to the operator's X25519
 key (`edge.messaging.thumbnail`). The device makes a `MatchEvent` (`new_event`); it is validated once, when the
 outbox encodes it (`encode_event`); a re-send only stamps `published_at` into the stored bytes.
+
+Lines: one strict validator and the five schemas it checks belong together; split, its private helpers would become API.
 """
 
 from __future__ import annotations

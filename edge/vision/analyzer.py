@@ -19,7 +19,7 @@ from edge.vision.detector import FaceDetector
 from edge.vision.embedder import FaceEmbedder
 from edge.vision.fusion import Fusion, load_fusion
 from edge.vision.landmarks import ShapePredictor, detection_landmarks, dlib_chip, load_shape_predictor
-from edge.vision.manifest import ModelInfo, load_manifest
+from edge.vision.manifest import Manifest, ModelInfo, load_manifest
 from edge.vision.runtime import RuntimeOptions, sha256_file
 
 
@@ -47,6 +47,28 @@ class VisionOptions:
     models_dir: Path | None = None
     alignment: str = "dlib5"
     fusion: bool = True
+
+
+def _fuses(options: VisionOptions, manifest: Manifest, primary: ModelInfo) -> bool:
+    """Whether `options` run the manifest's fused second embedder beside `primary` (needs dlib5 alignment)."""
+    section = manifest.fusion
+    return bool(options.fusion and options.alignment == "dlib5" and section and section.get("primary") == primary.name)
+
+
+def _primary(options: VisionOptions, manifest: Manifest) -> ModelInfo:
+    return manifest.get(options.embedder, "embedder") if options.embedder else manifest.default("embedder")
+
+
+def embedder_identity(options: VisionOptions, manifest: Manifest | None = None) -> tuple[str, str]:
+    """(embedder id, sha256 of the primary embedder file) for `options`, from the manifest alone (nothing loads).
+
+    The embedder id is the embedding space a watchlist is built in and a device checks it against
+    (`Manifest.embedding_space`): the primary's family, plus the second embedder's when scores are fused
+    ("dlib_resnet_v1+hse_faceres"). `FaceAnalyzer.embedder_id` is this value; it means the same everywhere.
+    """
+    manifest = manifest or load_manifest(options.models_dir)
+    primary = _primary(options, manifest)
+    return manifest.embedding_space(primary, _fuses(options, manifest, primary)), primary.sha256
 
 
 #: Border added around a photo in which no face was found, as a fraction of its height (see `FaceAnalyzer.detect`).
@@ -80,7 +102,7 @@ class FaceAnalyzer:
         options = options or VisionOptions()
         manifest = load_manifest(options.models_dir)
         det_info = manifest.get(options.detector, "detector") if options.detector else manifest.default("detector")
-        emb_info = manifest.get(options.embedder, "embedder") if options.embedder else manifest.default("embedder")
+        emb_info = _primary(options, manifest)
         det_model = det_info.load(RuntimeOptions(options.threads, options.backend, options.delegate))
         emb_model = emb_info.load(RuntimeOptions(options.threads, options.backend))
         detector = FaceDetector(
@@ -99,13 +121,13 @@ class FaceAnalyzer:
             landmarks = load_shape_predictor(lm.path)
         secondary = sec_info = fusion = None
         section = manifest.fusion
-        if options.fusion and landmarks is not None and section and section.get("primary") == emb_info.name:
+        if landmarks is not None and _fuses(options, manifest, emb_info):
             sec_info = manifest.get(section.get("secondary", ""), "embedder")
             secondary = FaceEmbedder(sec_info.load(RuntimeOptions(options.threads, options.backend)), flip=False)
             fusion = load_fusion(section, manifest.directory, sha256_file)
         return cls(detector, FaceEmbedder(emb_model, flip=options.flip), det_info, emb_info, landmarks=landmarks,
                    secondary=secondary, secondary_info=sec_info, fusion=fusion,
-                   embedding_space=manifest.embedding_space(emb_info, fusion is not None))
+                   embedding_space=embedder_identity(options, manifest)[0])
 
     @property
     def alignment(self) -> str:
@@ -120,20 +142,14 @@ class FaceAnalyzer:
         return dlib_chip(rgb, detection_landmarks(self.landmarks, rgb, detection), size, self.chip_padding)
 
     @property
-    def watchlist_embedder_id(self) -> str:
-        """The embedding space a watchlist is built in and checked against (`Manifest.embedding_space`): the
-        primary's family, plus the second embedder's when scores are fused ("dlib_resnet_v1+hse_faceres")."""
+    def embedder_id(self) -> str:
+        """The embedding space a watchlist is built in and checked against (`embedder_identity`)."""
         return self._space
 
     @property
     def fusion_meta(self) -> dict | None:
         """What a watchlist built by this analyzer records of its score fusion (None: no second embedder)."""
         return self.fusion.meta() if self.fusion is not None else None
-
-    @property
-    def embedder_id(self) -> str:
-        """Identity of the embedding space: manifest name + file checksum (watchlists must match it)."""
-        return f"{self.embedder_info.info.get('family', self.embedder_info.name)}@{self.embedder_info.sha256[:16]}"
 
     def detect(self, rgb: np.ndarray) -> list[Detection]:
         """Faces in an RGB photo, best score first.

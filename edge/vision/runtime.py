@@ -70,6 +70,33 @@ def available_backend(backend: str = "auto") -> str:
     return _import_backend(backend)[0]
 
 
+_DISTRIBUTIONS = {"litert": "ai-edge-litert", "tflite-runtime": "tflite-runtime"}
+
+
+def backend_version(backend: str = "auto") -> str:
+    """"<backend> <version> (<module>)" of the runtime `load_model` would use; ModelError when none is installed."""
+    from importlib import metadata
+
+    name, module = _import_backend(backend)
+    try:
+        version = metadata.version(_DISTRIBUTIONS[name])
+    except metadata.PackageNotFoundError:
+        version = getattr(module, "__version__", "unknown version")
+    return f"{name} {version} ({module.__name__})"
+
+
+def load_delegate(delegate: str, backend: str = "auto") -> Any:
+    """Load a delegate library (e.g. "libedgetpu.so.1") with the runtime's loader; ModelError naming the fix."""
+    _, module = _import_backend(backend)
+    try:
+        return module.load_delegate(delegate)
+    except (ValueError, OSError, RuntimeError) as err:
+        raise ModelError(
+            f"delegate {delegate!r} could not be loaded ({err}); install its runtime library"
+            " (for a Coral Edge TPU: libedgetpu1-std) or remove `delegate` from the configuration"
+        ) from None
+
+
 def sha256_file(path: Path) -> str:
     """Hex sha256 of a file's bytes."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
@@ -157,15 +184,7 @@ def load_model(
                 f" {len(content)} bytes): the file is corrupt, truncated or not the model the manifest names"
             )
     backend, module = _import_backend(options.backend)
-    delegates = []
-    if options.delegate:
-        try:
-            delegates.append(module.load_delegate(options.delegate))
-        except (ValueError, OSError, RuntimeError) as err:
-            raise ModelError(
-                f"delegate {options.delegate!r} could not be loaded ({err}); install its runtime library"
-                " (for a Coral Edge TPU: libedgetpu1-std) or remove `delegate` from the configuration"
-            ) from None
+    delegates = [load_delegate(options.delegate, options.backend)] if options.delegate else []
     try:
         interpreter = module.Interpreter(
             model_content=content,

@@ -20,7 +20,8 @@ from edge.tables import read_csv
 from edge.imageio import read_image
 from edge.vision.quality import ENROLLMENT_LIMITS, QualityThresholds, SubjectRule, assess, subject_face
 from edge.watchlist.index import build_index
-from edge.watchlist.payload import Payload, canonical_json, quantize_templates, subject_columns
+from edge.canonical import canonical_json
+from edge.watchlist.payload import Payload, quantize_templates, subject_columns
 
 #: Annoy trees: chosen from `edge watchlist bench` at 300,000 fused templates (8 trees: recall@1 vs exact 99.97 %, query
 #: p99 1.16 ms, device RSS 293 MiB; 16 trees: 99.96 %, 1.20 ms, 300 MiB — README).

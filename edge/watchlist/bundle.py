@@ -20,6 +20,8 @@ as 8 bytes), wrapped = AES-256-GCM(KEK).encrypt(nonce, content key, AAD = bindin
 Verification (`open_bundle`) never parses what it has not yet authenticated: magic, length fields and limits,
 signature against the pinned operator keys, and only then the manifest JSON and its schema, device, expiry, payload
 length and hash, key unwrap and decryption. Every failure is a `BundleError` with a stable `reason` code.
+
+Lines: the bundle format, its manifest schema, sealing and verification are one security boundary, read as one.
 """
 
 from __future__ import annotations

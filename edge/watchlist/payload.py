@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from edge.canonical import canonical_json
 from edge.errors import EdgeError
 
 MAGIC = b"EWLPAY2\n"
@@ -44,11 +45,6 @@ SUBJECT_FIELDS = ("id", "label", "category", "expires")
 def subject_columns(subjects: list[dict]) -> dict[str, list]:
     """Subject records → the payload's column form."""
     return {f: [s.get(f) for s in subjects] for f in SUBJECT_FIELDS}
-
-
-def canonical_json(obj: Any) -> bytes:
-    """Deterministic JSON bytes (sorted keys, no spaces, ASCII)."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
 def pack(payload: Payload) -> bytes:

@@ -1,0 +1,146 @@
+"""The control worker (thread `edge-control`): MQTT inbox → event acks and watchlist sync (routed by
+`parse_topic`), the outbox pump, the retained status heartbeat, the periodic health line and the systemd
+watchdog — the last only while the inference thread makes progress.
+
+`step(now)` is one pass and takes the clock as an argument; `run()` loops it every 50 ms until `stop` is set.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from typing import Any, Callable
+
+from edge.device.health import Heartbeat
+from edge.device.sdnotify import sd_notify
+from edge.messaging.payloads import PayloadError, encode_status
+from edge.messaging.topics import TopicError
+
+log = logging.getLogger("edge.device.control")
+
+#: Seconds of inference-thread silence after which the watchdog is no longer fed (systemd then restarts us).
+STALL_S = 5.0
+#: Seconds between watchdog pings while the pipeline progresses.
+PING_S = 1.0
+
+
+class Control:
+    """One device's control worker. client / publisher / sync are None when MQTT is disabled.
+
+    config: the running `Config` (its `mqtt.status_interval_s` and `health.log_interval_s`, re-read each pass so
+    a reload applies). pipeline: anything with `last_progress` (monotonic seconds) and `slot.dropped`.
+    clock: monotonic seconds (injected by tests).
+    """
+
+    def __init__(self, config: Any, topics: Any, health: Any, pipeline: Any, store: Any, outbox: Any, audit: Any,
+                 client: Any = None, publisher: Any = None, sync: Any = None, stop: threading.Event | None = None,
+                 clock: Callable[[], float] = time.monotonic, notify: Callable[[str], bool] = sd_notify) -> None:
+        self.config, self.topics, self.health, self.pipeline = config, topics, health, pipeline
+        self.store, self.outbox, self.audit = store, outbox, audit
+        self.client, self.publisher, self.sync = client, publisher, sync
+        self.stop_event = stop or threading.Event()
+        self.clock, self.notify = clock, notify
+        self._thread: threading.Thread | None = None
+        self._was_up = False
+        self._heartbeat: Heartbeat | None = None
+        now = clock()
+        self._next_ping, self._next_log = now, now + config.health.log_interval_s
+
+    # --- what the device reports ----------------------------------------------------------------------------------
+    def status(self) -> dict:
+        """The retained status's health figures: counters, stages, watchlist state, outbox depth, audit head."""
+        return {**self.health.snapshot(), "watchlist": self.store.state(), "outbox_depth": self.outbox.depth(),
+                "audit_head": self.audit.head()}
+
+    def summary(self) -> str:
+        """The periodic one-line health log."""
+        s, wl = self.health.snapshot(), self.store.state()
+        n, ms = s["counters"], s["stage_ms"]
+        stages = ", ".join(f"{k} p50 {v['p50']:.1f} ms" for k, v in ms.items() if k in ("detect", "embed", "match"))
+        mqtt = "" if self.client is None else f", mqtt {'up' if self.client.connected else 'down'}"
+        return (f"health: {s['fps']:.1f} fps, frames {n.get('frames_captured', 0)} (dropped "
+                f"{self.pipeline.slot.dropped}), faces {n.get('faces', 0)}, events {n.get('events', 0)}, outbox "
+                f"{self.outbox.depth()}, watchlist {'v%s ' % wl['version'] if wl['version'] else ''}{wl['state']}"
+                f"{mqtt}" + (f"; {stages}" if stages else ""))
+
+    def publish_status(self, state: str = "online") -> None:
+        """Publish the retained status (online with health, or offline)."""
+        try:
+            self.client.publish(self.topics.status, encode_status(state, self.status() if state == "online" else {}),
+                                1, True)
+        except PayloadError as err:
+            log.warning("status not published: %s", err)
+
+    # --- one pass -------------------------------------------------------------------------------------------------
+    def route(self, topic: str, payload: bytes) -> None:
+        """Hand one inbound message to its handler: acks to the publisher, watchlist topics to the sync."""
+        try:
+            parsed = self.topics.parse(topic)
+        except TopicError:
+            self.health.inc("control_foreign_topic")
+            return
+        if parsed.device_id != self.topics.device_id:
+            self.health.inc("control_foreign_topic")
+        elif parsed.kind == "events_ack":
+            self.publisher.on_ack(payload)
+        elif parsed.kind in ("watchlist_manifest", "watchlist_chunk"):
+            self.sync.handle(topic, payload)
+
+    def step(self, now: float) -> None:
+        """One pass at monotonic time `now` (seconds): drain the inbox, sync, pump, status, log, watchdog."""
+        if self.client is not None:
+            while True:
+                try:
+                    msg = self.client.inbox.get_nowait()
+                except queue.Empty:
+                    break
+                self.route(msg.topic, msg.payload)
+            up = self.client.connected
+            if up and not self._was_up:
+                self.sync.report()
+            self.sync.tick(now)
+            self.publisher.pump()
+            if self._heartbeat is None:
+                self._heartbeat = Heartbeat(self.config.mqtt.status_interval_s)
+            if up and (not self._was_up or self._heartbeat.due(now)):
+                self.publish_status()
+            self._was_up = up
+        if now >= self._next_log:
+            log.info("%s", self.summary())
+            self._next_log = now + self.config.health.log_interval_s
+        if now >= self._next_ping and now - self.pipeline.last_progress < STALL_S:
+            self.notify("WATCHDOG=1")  # only while the inference thread makes progress
+            self._next_ping = now + PING_S
+
+    def run(self) -> None:
+        """Loop `step` every 50 ms until `stop` is set; one failing pass is logged and counted, never fatal."""
+        while not self.stop_event.is_set():
+            try:
+                self.step(self.clock())
+            except Exception:  # noqa: BLE001 - the control thread must outlive one bad message or a full disk
+                log.exception("control loop step failed")
+                self.health.inc("control_errors")
+            self.stop_event.wait(0.05)
+
+    # --- lifecycle ------------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the MQTT client and the control thread."""
+        if self.client is not None:
+            self.client.start()
+        self._thread = threading.Thread(target=self.run, name="edge-control", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float) -> None:
+        """Join the thread (within `timeout` s), flush what is due, publish offline and disconnect."""
+        self.stop_event.set()
+        if self._thread is not None:
+            self._thread.join(max(0.0, timeout))
+        if self.client is not None:
+            try:
+                self.publisher.pump()
+                self.publish_status("offline")
+                self.client.stop()
+            except Exception:  # noqa: BLE001 - shutting down: log and go on
+                log.warning("MQTT shutdown failed", exc_info=True)

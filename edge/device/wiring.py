@@ -1,0 +1,253 @@
+"""The one composition of the device: a `Config` turned into components (DESIGN §1, §7). Used by `edge run` (`App`),
+`edge doctor`, `edge run --check`, `edge demo` and `edge bench`, so each object is built from config in one place.
+
+Functions here only construct; nothing starts a thread or opens a camera. `build(config)` makes the whole device
+(`Device`); the smaller builders serve the commands that need one part.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from edge import keys
+from edge.config import Config
+from edge.device.health import Health
+from edge.device.pipeline import MatchContext, Pipeline
+from edge.device.policy import DecisionPolicy, PolicyConfig
+from edge.device.track import Tracker
+from edge.errors import EdgeError
+from edge.vision.analyzer import VisionOptions
+from edge.vision.quality import QualityThresholds
+
+log = logging.getLogger("edge.device.wiring")
+
+
+# --------------------------------------------------------------------------------------------- config → options
+
+def vision_options(c: Config) -> VisionOptions:
+    """config.vision → the analyzer's options."""
+    v = c.vision
+    return VisionOptions(v.detector, v.embedder, v.threads, v.backend, v.delegate, v.min_score, v.flip, v.models_dir,
+                         v.alignment, v.fusion)
+
+
+def quality_thresholds(c: Config) -> QualityThresholds:
+    """config.quality → the gate's thresholds."""
+    q = c.quality
+    return QualityThresholds(q.min_eye_distance_px, q.min_sharpness, q.max_yaw, q.max_roll_deg, q.min_score)
+
+
+def policy_config(c: Config) -> PolicyConfig:
+    """config.policy → the decision policy's settings."""
+    p = c.policy
+    return PolicyConfig(k=p.k, n=p.n, threshold=p.threshold, margin=p.margin, cooldown_s=p.cooldown_s)
+
+
+def apply_tracking(tracker: Tracker, c: Config) -> Tracker:
+    """Set config.tracking on `tracker` (a new one, or the running one on reload); returns it."""
+    t = c.tracking
+    tracker.iou_threshold, tracker.max_age_s = t.iou_threshold, t.max_age_s
+    tracker.embed_budget, tracker.embed_improvement = t.embed_budget, t.embed_improvement
+    tracker.reembed_after_s = t.reembed_after_s
+    return tracker
+
+
+def source_options(c: Config) -> dict[str, Any]:
+    """config.camera → keyword options of the source kind (`open_source`)."""
+    cam = c.camera
+    if cam.source == "picamera2":
+        return {"width": cam.width, "height": cam.height, "lores_width": cam.lores_width,
+                "lores_height": cam.lores_height, "fps": cam.fps, "camera_num": cam.device}
+    if cam.source == "replay":
+        return {"paths": cam.device, "fps": cam.fps, "pace": cam.replay_pace, "loop": cam.loop}
+    return {"device": cam.device, "width": cam.width, "height": cam.height, "fps": cam.fps,
+            "reconnect_min_s": cam.reconnect_min_s, "reconnect_max_s": cam.reconnect_max_s,
+            "pace": cam.replay_pace, "loop": cam.loop, "fourcc": cam.fourcc}
+
+
+def frame_source(c: Config) -> Any:
+    """The configured frame source, built but not opened."""
+    from edge.device.capture import open_source
+
+    return open_source(c.camera.source, **source_options(c))
+
+
+def mqtt_settings(c: Config, **overrides: Any) -> Any:
+    """config.mqtt (client id = the device id) → `MqttSettings`; `overrides` replace fields (e.g. the last will)."""
+    from edge.messaging.mqtt import MqttSettings
+
+    m = c.mqtt
+    fields = {"host": m.host, "port": m.port, "client_id": c.device.id, "ca_file": m.ca_file,
+              "cert_file": m.cert_file, "key_file": m.key_file, "keepalive": m.keepalive_s}
+    return MqttSettings(**{**fields, **overrides})
+
+
+# ----------------------------------------------------------------------------------------------------- watchlist
+
+def load_trust(trusted: Path | list[Path]) -> keys.TrustStore:
+    """The operator trust store: a trust-store JSON, or a list of Ed25519 public-key PEM files."""
+    if isinstance(trusted, list):
+        return keys.TrustStore([keys.load_public_key(p, "operator") for p in trusted])
+    return keys.TrustStore.load(trusted)
+
+
+def watchlist_loader(bundle: Any) -> Any:
+    """A verified, opened bundle → the live `Watchlist` (the store's loader on every device)."""
+    from edge.watchlist.index import Watchlist
+
+    return Watchlist.from_payload(bundle.payload, bundle.manifest["thresholds"], bundle.manifest)
+
+
+def watchlist_store(c: Config, embedder_id: str, embedder_sha256: str,
+                    loader: Callable[[Any], Any] = watchlist_loader) -> Any:
+    """The device's started `WatchlistStore` (installed bundle verified and loaded; `loader` may only verify)."""
+    from edge.watchlist.store import WatchlistStore
+
+    store = WatchlistStore(c.device.state_dir, c.device.id, keys.load_private_key(c.watchlist.device_key, "device"),
+                           load_trust(c.watchlist.trusted_keys), embedder_id, embedder_sha256, loader)
+    store.start()
+    return store
+
+
+# ------------------------------------------------------------------------------------------------------ pipeline
+
+def build_pipeline(source: Any, analyzer: Any, watchlist: Callable[[], Any], sink: Callable[..., Any],
+                   health: Health, tracker: Tracker | None = None, policy: DecisionPolicy | None = None,
+                   quality: QualityThresholds = QualityThresholds(), lossless: bool = False) -> Pipeline:
+    """The capture → vision → match → decision loop over `source` with `analyzer`'s models; `watchlist()` gives
+    the live watchlist (or None), `sink(decision, frame, watchlist, chip)` takes each decision."""
+    return Pipeline(source, analyzer.detector, analyzer.embedder, tracker or Tracker(),
+                    policy or DecisionPolicy(PolicyConfig(k=2, n=3)), MatchContext(watchlist), sink, health, quality,
+                    lossless=lossless, embed_face=analyzer.embed)
+
+
+def event_writer(c: Config, outbox: Any, audit: Any, embedder_id: str) -> Any:
+    """Decisions → audit record + outbox row; with `events.thumbnails` on, each carries a sealed face JPEG."""
+    from edge.device.event_writer import EventWriter
+
+    thumbnail_key = None
+    if c.events.thumbnails:  # off by default: only then does a (sealed) face image leave the device
+        thumbnail_key = keys.load_public_key(c.events.operator_thumbnail_key, "device")  # X25519
+        log.warning("events.thumbnails is on: each event carries a 96×96 face JPEG encrypted to %s",
+                    c.events.operator_thumbnail_key)
+    return EventWriter(c.device.id, outbox, audit, embedder_id, thumbnail_key=thumbnail_key)
+
+
+# -------------------------------------------------------------------------------------------------- the device
+
+def private_state_dir(c: Config) -> Path:
+    """config.device.state_dir and its `incoming/`, created mode 0700 (keys and subject ids are the device's)."""
+    state = c.device.state_dir
+    try:
+        for d in (state, state / "incoming"):
+            d.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if d.stat().st_mode & 0o077:
+                os.chmod(d, 0o700)
+    except OSError as err:
+        raise EdgeError(f"state directory {d} cannot be created or made private (0700): {err.strerror or err}"
+                        " (device.state_dir)") from None
+    return state
+
+
+def file_sha256(path: Path | None) -> str | None:
+    """Hex sha256 of a file, or None when there is none or it cannot be read (for the audit log)."""
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest() if path else None
+    except OSError:
+        return None
+
+
+@dataclass
+class Device:
+    """Every component of a running device, built and wired but not started (see `build`)."""
+
+    config: Config
+    health: Health
+    analyzer: Any
+    store: Any
+    audit: Any
+    outbox: Any
+    writer: Any
+    tracker: Tracker
+    policy: DecisionPolicy
+    source: Any
+    pipeline: Pipeline
+    topics: Any
+    control: Any
+    client: Any = None
+
+
+def build(c: Config, audit_factory: Callable[[Path], Any], start_record: Callable[[Any, Any], None],
+          stop_event: Any) -> Device:
+    """Build the device of config `c`. `audit_factory(path)` opens the audit log; `start_record(audit, store)`
+    writes its opening records; the control worker stops on `stop_event`. A half-built device closes its files."""
+    from edge.device.control import Control
+    from edge.messaging.outbox import Outbox
+    from edge.messaging.topics import Topics
+    from edge.vision.analyzer import FaceAnalyzer
+
+    state = private_state_dir(c)
+    health = Health()
+    analyzer = FaceAnalyzer.create(vision_options(c))
+    store = watchlist_store(c, analyzer.embedder_id, analyzer.embedder_info.sha256)
+    audit = audit_factory(state / "audit.log")
+    outbox = None
+    try:
+        start_record(audit, store)
+        outbox = Outbox(state / "outbox.db", max_events=c.events.outbox_max_events,
+                        max_age_s=c.events.outbox_max_age_days * 86400)
+        writer = event_writer(c, outbox, audit, analyzer.embedder_id)
+        tracker = apply_tracking(Tracker(), c)
+        policy = DecisionPolicy(policy_config(c))
+        source = frame_source(c)
+
+        def live_watchlist() -> Any:
+            live, _ = store.current()
+            if live is not None and c.watchlist.stale_after_expiry == "stop" and store.state()["state"] == "stale":
+                return None
+            return live
+
+        pipeline = build_pipeline(source, analyzer, live_watchlist, writer, health, tracker, policy,
+                                  quality_thresholds(c))
+        health.watch("outbox_depth", outbox.depth)
+        health.watch("event_queue", pipeline.events.qsize)
+        health.watch("watchlist_version", lambda: store.state()["version"])
+        topics = Topics(c.device.id, c.device.topic_prefix)
+        client = publisher = sync = None
+        if c.mqtt.enabled:
+            client, publisher, sync = _messaging(c, topics, outbox, store, audit, state)
+            health.watch("mqtt_connected", lambda: client.connected)
+        control = Control(c, topics, health, pipeline, store, outbox, audit, client, publisher, sync, stop_event)
+    except BaseException:
+        if outbox is not None:
+            outbox.close()
+        audit.close()
+        raise
+    return Device(c, health, analyzer, store, audit, outbox, writer, tracker, policy, source, pipeline, topics,
+                  control, client)
+
+
+def _messaging(c: Config, topics: Any, outbox: Any, store: Any, audit: Any, state: Path) -> tuple[Any, Any, Any]:
+    """The MQTT client (last will: offline), the event publisher and the watchlist sync, with installs audited."""
+    from edge.messaging.delivery import EventPublisher
+    from edge.messaging.mqtt import MqttClient
+    from edge.messaging.payloads import encode_status
+    from edge.messaging.sync import WatchlistSync
+
+    settings = mqtt_settings(c, will_topic=topics.status, will_payload=encode_status("offline", {}))
+    client = MqttClient(settings, [(topics.events_ack, 1), (topics.watchlist_manifest, 1)])
+
+    def audit_install(result: Any, data: bytes) -> None:
+        if result.reason != "already_installed":
+            audit.append("watchlist_install" if result.ok else "watchlist_reject",
+                         {"version": result.version, "reason": result.reason, "message": result.message,
+                          "sha256": hashlib.sha256(data).hexdigest()})
+
+    sync = WatchlistSync(store, client, c.device.id, state / "incoming", c.device.topic_prefix,
+                         on_result=audit_install)
+    return client, EventPublisher(outbox, client, topics), sync
