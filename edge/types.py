@@ -1,8 +1,13 @@
-"""The vocabulary shared by the stages: small immutable records, numpy inside, JSON out."""
+"""The vocabulary that crosses modules: what the stages hand each other (numpy inside, JSON out).
+
+Frame → Detection → Face (vision) → Track (tracking) → Candidate / Match (a watchlist search) → Decision (the
+policy) → PendingEvent (the pipeline's event queue) → MatchEvent (the outbox and the wire).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -124,3 +129,157 @@ class MatchEvent:
             if getattr(self, key) is not None:
                 event[key] = getattr(self, key)
         return event
+
+
+#: A periodic re-embedding needs at least this share of the best embedded chip's quality_score.
+REEMBED_FLOOR = 0.8
+
+
+@dataclass(eq=False)
+class Track:
+    """One face followed across frames. Mutable: only its Tracker updates the association fields.
+
+    first_seen / last_seen: seconds (the `now` passed to `Tracker.update`). hits: frames it was seen in.
+    embeds: chips embedded so far; best_embedded_quality: the best `quality_score` among them (0 before any).
+    template_sum: the `quality_score`-weighted sum of the embedded chips' embeddings (None before any).
+    """
+
+    track_id: int
+    detection: Detection
+    first_seen: float
+    last_seen: float
+    hits: int = 1
+    embeds: int = 0
+    best_embedded_quality: float = 0.0
+    embed_budget: int = 5
+    embed_improvement: float = 1.15
+    reembed_after_s: float = 0.5
+    template_sum: np.ndarray | None = None
+    template2_sum: np.ndarray | None = None
+    last_embedded: float = float("-inf")
+
+    def should_embed(self, quality_score: float, now: float | None = None) -> bool:
+        """Whether a chip that passed the quality gate is worth embedding (see the module docstring);
+        now: seconds, for the periodic re-embedding (None = only the improvement rule)."""
+        if self.embeds >= self.embed_budget:
+            return False
+        if self.embeds == 0:
+            return True
+        if quality_score >= self.best_embedded_quality * self.embed_improvement:
+            return True
+        return (now is not None and now - self.last_embedded >= self.reembed_after_s
+                and quality_score >= REEMBED_FLOOR * self.best_embedded_quality)
+
+    def record_embedding(self, quality_score: float, embedding: np.ndarray | None = None,
+                         now: float | None = None, embedding2: np.ndarray | None = None) -> None:
+        """Note that a chip with this `quality_score` was embedded for this track at `now` seconds (and add its
+        embedding, a unit vector — and the fused second embedding, if any — to the track template)."""
+        self.embeds += 1
+        if now is not None:
+            self.last_embedded = float(now)
+        self.best_embedded_quality = max(self.best_embedded_quality, float(quality_score))
+        if embedding is not None:
+            q = max(float(quality_score), 1e-6)
+            w = q * np.asarray(embedding, np.float32)
+            self.template_sum = w if self.template_sum is None else self.template_sum + w
+            if embedding2 is not None:
+                w2 = q * np.asarray(embedding2, np.float32)
+                self.template2_sum = w2 if self.template2_sum is None else self.template2_sum + w2
+
+    def template(self, second: bool = False) -> np.ndarray | None:
+        """The track template: the quality-weighted mean of its embedded chips as a unit vector, once at least two
+        chips are in it (one chip is already searched on its own); None before. second: the same for the fused
+        second embeddings."""
+        total = self.template2_sum if second else self.template_sum
+        if total is None or self.embeds < 2:
+            return None
+        norm = float(np.linalg.norm(total))
+        return (total / norm).astype(np.float32) if norm > 0 else None
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One subject proposed for a probe. similarity: exact cosine similarity of its best template."""
+
+    subject_id: str
+    label: str
+    category: str
+    similarity: float
+    item: int
+
+
+@dataclass(frozen=True)
+class Match:
+    """The evidence for one probe: candidates (one per subject, best first), the decision and why.
+
+    margin: top similarity minus the best *other* subject's (1.0 when there is no other candidate).
+    """
+
+    candidates: list[Candidate]
+    matched: bool
+    threshold: float
+    margin_required: float
+    margin: float
+    top: Candidate | None = None
+
+    def to_json(self) -> dict:
+        """JSON-ready evidence (similarities rounded to 1e-4)."""
+        return {
+            "matched": self.matched, "threshold": self.threshold, "margin_required": self.margin_required,
+            "margin": round(self.margin, 4),
+            "candidates": [{"subject_id": c.subject_id, "label": c.label, "similarity": round(c.similarity, 4)}
+                           for c in self.candidates],
+        }
+
+
+#: The name matching code used before the vocabulary moved here.
+MatchResult = Match
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One (track, subject) decision and its evidence.
+
+    similarity: the best similarity among the agreeing results; similarities: theirs, oldest first.
+    threshold / margin_required: the limits applied to the result that completed the vote.
+    margin: the smallest margin among the agreeing results. chips_used: how many results agreed.
+    first_seen: when the track was first observed (seconds); decided_at: `now` of the deciding result.
+    quality: the dict passed with the deciding result (copied as given).
+    """
+
+    track_id: int
+    subject_id: str
+    label: str
+    category: str
+    similarity: float
+    similarities: list[float]
+    threshold: float
+    margin_required: float
+    margin: float
+    chips_used: int
+    first_seen: float
+    decided_at: float
+    quality: dict[str, Any] = field(default_factory=dict)
+    review_required: bool = True
+
+    def to_json(self) -> dict:
+        """JSON-ready dict (similarities and margin rounded to 1e-4)."""
+        return {
+            "track_id": self.track_id, "subject_id": self.subject_id, "label": self.label,
+            "category": self.category, "similarity": round(self.similarity, 4),
+            "similarities": [round(s, 4) for s in self.similarities], "threshold": self.threshold,
+            "margin_required": self.margin_required, "margin": round(self.margin, 4),
+            "chips_used": self.chips_used, "first_seen": self.first_seen, "decided_at": self.decided_at,
+            "quality": dict(self.quality), "review_required": True,
+        }
+
+
+@dataclass(frozen=True, eq=False)
+class PendingEvent:
+    """What the pipeline's event queue carries from the inference thread to the event sink: the decision, the
+    frame it was made on, the watchlist that matched (for its id and version) and the deciding chip (RGB uint8)."""
+
+    decision: Decision
+    frame: Frame
+    watchlist: Any
+    chip: np.ndarray | None

@@ -61,7 +61,7 @@ def test_process_embeds_a_still_face_again_cuts_chips_only_for_embeddings_and_de
     from edge.device.policy import DecisionPolicy, PolicyConfig
     from edge.device.track import Tracker
     from edge.types import Frame
-    from edge.watchlist.index import Candidate, MatchResult
+    from edge.types import Candidate, MatchResult
 
     rgb = read_image(FACES / "obama.jpg")
     det = analyzer.detect(rgb)[0]

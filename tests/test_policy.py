@@ -5,7 +5,7 @@ import json
 import pytest
 
 from edge.device.policy import Decision, DecisionPolicy, PolicyConfig
-from edge.watchlist.index import Candidate, MatchResult
+from edge.types import Candidate, MatchResult
 
 SUBJECTS = {"s1": ("Alice", "missing"), "s2": ("Bob", "wanted"), "s3": ("Carol", "vip")}
 

@@ -49,9 +49,10 @@ class App:
 
         d = wiring.build(config, AuditLog, opening_records, self._stop)
         self.device = d
-        self.health, self.analyzer, self.store, self.audit, self.outbox = d.health, d.analyzer, d.store, d.audit, d.outbox
-        self.writer, self.tracker, self.policy, self.source, self.pipeline = d.writer, d.tracker, d.policy, d.source, d.pipeline
-        self.topics, self.control, self.client = d.topics, d.control, d.client
+        self.health, self.analyzer, self.store, self.audit = d.health, d.analyzer, d.store, d.audit
+        self.outbox, self.writer, self.tracker, self.policy = d.outbox, d.writer, d.tracker, d.policy
+        self.source, self.pipeline, self.topics, self.control, self.client = (d.source, d.pipeline, d.topics,
+                                                                             d.control, d.client)
 
     def status(self) -> dict:
         """The health figures of the retained status (`Control.status`)."""

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from edge.device.policy import Decision
 from edge.messaging.payloads import MAX_THUMBNAIL_BYTES, new_event
-from edge.types import Frame
+from edge.types import Decision, Frame
 
 
 class EventWriter:
@@ -32,8 +31,6 @@ class EventWriter:
         if self.thumbnail_key is None or chip is None:
             return None
         import cv2
-
-        from edge.messaging.payloads import MAX_THUMBNAIL_BYTES
 
         from edge.messaging.thumbnail import encrypt_thumbnail
 

@@ -18,9 +18,9 @@ from typing import Any, Callable
 import numpy as np
 
 from edge.device.health import Health
-from edge.device.policy import Decision, DecisionPolicy
+from edge.device.policy import DecisionPolicy
 from edge.device.track import Tracker, quality_score
-from edge.types import Face, Frame
+from edge.types import Decision, Face, Frame, PendingEvent
 from edge.vision.align import align_face
 from edge.vision.quality import QualityThresholds, assess
 
@@ -97,7 +97,7 @@ class Pipeline:
         self.health = health or Health()
         self.quality = quality
         self.slot = LatestSlot(lossless)
-        self.events: queue.Queue = queue.Queue(maxsize=event_queue_size)
+        self.events: queue.Queue[PendingEvent | None] = queue.Queue(maxsize=event_queue_size)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.finished = threading.Event()  # the source ended (finite sources)
@@ -140,11 +140,10 @@ class Pipeline:
             item = self.events.get()
             if item is None:
                 return
-            decision, frame, watchlist, chip = item
             try:
-                self.sink(decision, frame, watchlist, chip)
+                self.sink(item.decision, item.frame, item.watchlist, item.chip)
                 self.health.inc("events")
-                self.health.observe("frame_to_event", time.monotonic() - frame.monotonic)
+                self.health.observe("frame_to_event", time.monotonic() - item.frame.monotonic)
             except Exception:
                 log.exception("event sink failed")
                 self.health.inc("event_sink_errors")
@@ -206,7 +205,7 @@ class Pipeline:
             if decision is not None:
                 decisions.append(decision)
                 try:
-                    self.events.put_nowait((decision, frame, watchlist, chip))
+                    self.events.put_nowait(PendingEvent(decision, frame, watchlist, chip))
                 except queue.Full:
                     h.inc("events_dropped")
         h.observe("frame", time.perf_counter() - t0)

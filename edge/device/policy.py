@@ -3,7 +3,7 @@
 Pure logic: no I/O, no threads, no clock — `now` is passed in seconds (the same clock for every call).
 
 A result *votes* for its top subject when its similarity ≥ threshold and its margin over the best other subject
-≥ margin (the config's values, or, when those are None, the ones carried by each MatchResult — i.e. the
+≥ margin (the config's values, or, when those are None, the ones carried by each Match — i.e. the
 watchlist bundle's). A decision fires when at least k of a track's last n results vote for the same subject,
 or when the track *template* (the quality-weighted mean of ≥ 2 of its chips' embeddings, `Track.template`) votes:
 that one search already pools the chips' evidence (`observe_template`).
@@ -19,15 +19,14 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
 
-from edge.watchlist.index import Candidate, MatchResult
+from edge.types import Candidate, Decision, Match
 
 
 @dataclass(frozen=True)
 class PolicyConfig:
     """k: agreeing results needed among the last n. threshold: least cosine similarity; margin: least gap to the
-    best other subject (cosine); None = each MatchResult's own. cooldown_s: seconds before the same subject can
+    best other subject (cosine); None = each Match's own. cooldown_s: seconds before the same subject can
     be decided again (from any track)."""
 
     k: int = 2
@@ -43,44 +42,6 @@ class PolicyConfig:
             raise ValueError(f"n must be ≥ k ({self.k}), got {self.n}")
         if self.cooldown_s < 0:
             raise ValueError(f"cooldown_s must be ≥ 0 seconds, got {self.cooldown_s}")
-
-
-@dataclass(frozen=True)
-class Decision:
-    """One (track, subject) decision and its evidence.
-
-    similarity: the best similarity among the agreeing results; similarities: theirs, oldest first.
-    threshold / margin_required: the limits applied to the result that completed the vote.
-    margin: the smallest margin among the agreeing results. chips_used: how many results agreed.
-    first_seen: when the track was first observed (seconds); decided_at: `now` of the deciding result.
-    quality: the dict passed with the deciding result (copied as given).
-    """
-
-    track_id: int
-    subject_id: str
-    label: str
-    category: str
-    similarity: float
-    similarities: list[float]
-    threshold: float
-    margin_required: float
-    margin: float
-    chips_used: int
-    first_seen: float
-    decided_at: float
-    quality: dict[str, Any] = field(default_factory=dict)
-    review_required: bool = True
-
-    def to_json(self) -> dict:
-        """JSON-ready dict (similarities and margin rounded to 1e-4)."""
-        return {
-            "track_id": self.track_id, "subject_id": self.subject_id, "label": self.label,
-            "category": self.category, "similarity": round(self.similarity, 4),
-            "similarities": [round(s, 4) for s in self.similarities], "threshold": self.threshold,
-            "margin_required": self.margin_required, "margin": round(self.margin, 4),
-            "chips_used": self.chips_used, "first_seen": self.first_seen, "decided_at": self.decided_at,
-            "quality": dict(self.quality), "review_required": True,
-        }
 
 
 @dataclass(frozen=True)
@@ -100,7 +61,7 @@ class _TrackState:
 
 
 class DecisionPolicy:
-    """Turns per-chip MatchResults into per-track Decisions (see the module docstring).
+    """Turns per-chip Matchs into per-track Decisions (see the module docstring).
 
     Counters (also in `stats()`): observed, no_candidates, below_threshold, below_margin (each result counted
     once, threshold checked first), decisions, suppressed_by_cooldown.
@@ -119,7 +80,7 @@ class DecisionPolicy:
         self.template_observed = 0
         self.template_decisions = 0
 
-    def observe(self, track_id: int, result: MatchResult, now: float, quality: dict | None = None,
+    def observe(self, track_id: int, result: Match, now: float, quality: dict | None = None,
                 first_seen: float | None = None) -> Decision | None:
         """Add one embedded chip's result for a track; returns a Decision when this result completes a vote.
 
@@ -147,7 +108,7 @@ class DecisionPolicy:
             return None
         return self._fire(track_id, state, vote, top, agreeing, threshold, margin_required, now, quality)
 
-    def observe_template(self, track_id: int, result: MatchResult, chips: int, now: float,
+    def observe_template(self, track_id: int, result: Match, chips: int, now: float,
                          quality: dict | None = None, first_seen: float | None = None) -> Decision | None:
         """Add the result of searching a track's template (pooled from `chips` ≥ 2 embedded chips): a vote of its
         own decides. Counted in `template_observed` / `template_decisions`; not part of the k-of-n window."""
@@ -162,7 +123,7 @@ class DecisionPolicy:
             self.template_decisions += 1
         return decision
 
-    def _prepare(self, track_id: int, result: MatchResult, now: float,
+    def _prepare(self, track_id: int, result: Match, now: float,
                  first_seen: float | None) -> tuple[_TrackState, float, float, Candidate | None]:
         """The track's state (created on first sight), the threshold and margin in force, and the top candidate."""
         cfg = self.config

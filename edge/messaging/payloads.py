@@ -26,7 +26,6 @@ from typing import Any, Literal
 from edge.errors import EdgeError
 from edge.ids import uuid7, uuid7_unix_ms  # noqa: F401 - part of the event schema's API
 from edge.messaging.topics import DEVICE_ID as _DEVICE_ID
-from edge.messaging.topics import MAX_SEQ
 from edge.messaging.topics import is_int as _is_int
 from edge.types import MatchEvent
 

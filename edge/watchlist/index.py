@@ -11,12 +11,12 @@ Payloads without templates (format v1) rank by Annoy's own exact distance, as be
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from edge.errors import EdgeError
+from edge.types import Candidate, MatchResult  # the vocabulary of a search (edge.types)
 from edge.vision.fusion import fused_query
 from edge.watchlist.payload import Payload, split_templates, template_dim, unpack
 
@@ -101,41 +101,6 @@ class StringColumn:
         if self._table is not None:
             return self._table[int(self._codes[i])]
         return self._blob[int(self._offsets[i]):int(self._offsets[i + 1])].decode()
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One subject proposed for a probe. similarity: exact cosine similarity of its best template."""
-
-    subject_id: str
-    label: str
-    category: str
-    similarity: float
-    item: int
-
-
-@dataclass(frozen=True)
-class MatchResult:
-    """The evidence for one probe: candidates (one per subject, best first), the decision and why.
-
-    margin: top similarity minus the best *other* subject's (1.0 when there is no other candidate).
-    """
-
-    candidates: list[Candidate]
-    matched: bool
-    threshold: float
-    margin_required: float
-    margin: float
-    top: Candidate | None = field(default=None)
-
-    def to_json(self) -> dict:
-        """JSON-ready evidence (similarities rounded to 1e-4)."""
-        return {
-            "matched": self.matched, "threshold": self.threshold, "margin_required": self.margin_required,
-            "margin": round(self.margin, 4),
-            "candidates": [{"subject_id": c.subject_id, "label": c.label, "similarity": round(c.similarity, 4)}
-                           for c in self.candidates],
-        }
 
 
 class Watchlist:

@@ -13,7 +13,6 @@ Versions are monotonic per device, across watchlist ids: one device holds one wa
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
