@@ -189,7 +189,8 @@ def test_mqtt_watchlist_sync_event_delivery_and_status(tmp_path, analyzer, clip,
     """Through the real broker (TLS, ACLs): the operator offers the watchlist, the device installs it (audited),
     publishes its match event, deletes it on the consumer's ack, and keeps a retained status online → offline."""
     from edge.device.app import App
-    from edge.messaging.delivery import EventConsumer, EventStore
+    from edge.messaging.delivery import EventConsumer
+    from edge.operator.event_store import EventStore
     from edge.messaging.mqtt import MqttClient
     from edge.messaging.sync import offer_messages
 

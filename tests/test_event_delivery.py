@@ -11,7 +11,8 @@ import threading
 import time
 from pathlib import Path
 
-from edge.messaging.delivery import EventConsumer, EventPublisher, EventStore
+from edge.messaging.delivery import EventConsumer, EventPublisher
+from edge.operator.event_store import EventStore
 from edge.messaging.mqtt import MqttClient
 from edge.messaging.outbox import Outbox
 from edge.messaging.topics import Topics

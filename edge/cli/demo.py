@@ -32,7 +32,8 @@ def run_demo(analyzer: Any, photos: Path, workdir: Path | None = None, video: Pa
     from edge import keys
     from edge.audit import AuditLog
     from edge.device.capture.opencv import OpenCVSource
-    from edge.messaging.delivery import EventConsumer, EventPublisher, EventStore
+    from edge.messaging.delivery import EventConsumer, EventPublisher
+    from edge.operator.event_store import EventStore
     from edge.device.health import Health
     from edge.device.wiring import build_pipeline, watchlist_loader
     from edge.messaging.mqtt import MqttClient, MqttSettings

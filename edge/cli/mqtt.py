@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from edge.errors import DataError, EdgeError
+from edge.errors import DataError
 
 
 def broker_parent() -> argparse.ArgumentParser:
@@ -38,10 +38,13 @@ def _client(args: argparse.Namespace, subscriptions: list[tuple[str, int]]):
 
 
 def cmd_events_tail(args: argparse.Namespace) -> int:
-    from edge.messaging.delivery import EventConsumer, EventStore
+    from edge.messaging.delivery import EventConsumer
+    from edge.operator.event_store import EventStore
 
     store = EventStore(args.store)
-    client = _client(args, [(f"{args.prefix}/+/events", 1)])
+    from edge.messaging.topics import operator_filter
+
+    client = _client(args, [(operator_filter("events", args.prefix), 1)])
 
     def show(ev: dict) -> None:
         if args.json:
@@ -89,19 +92,8 @@ def cmd_watchlist_publish(args: argparse.Namespace) -> int:
     messages = offer_messages(data, args.device, int(manifest["version"]), args.prefix, args.chunk_bytes)
     client = _client(args, [])
     t0 = time.perf_counter()
-    pending = []
     try:
-        for topic, payload in messages:
-            while (mid := client.publish(topic, payload, qos=1, retain=True)) is None:
-                client.wait_connected(args.connect_timeout)
-            pending.append(mid)
-            pending = [m for m in pending if not client.acked(m)]
-        deadline = time.monotonic() + 60
-        while pending and time.monotonic() < deadline:
-            pending = [m for m in pending if not client.acked(m)]
-            time.sleep(0.01)
-        if pending:
-            raise EdgeError(f"the broker did not acknowledge {len(pending)} of {len(messages)} messages within 60 s")
+        client.publish_confirmed(messages, retain=True, connect_timeout=args.connect_timeout)
     finally:
         client.stop()
     seconds = time.perf_counter() - t0

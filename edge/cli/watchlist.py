@@ -12,7 +12,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from edge.cli.common import analyzer_from_args as _analyzer
 from edge.cli.common import print_json as _print_json
@@ -223,127 +222,11 @@ def cmd_watchlist_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_watchlist_bench(args: argparse.Namespace) -> int:
-    import subprocess
-    import tempfile
+    from edge.evaluation.watchlist_bench import run_watchlist_bench
 
-    from edge import keys
-    from edge.imageio import read_image
-    from edge.evaluation.openset import read_probes
-    from edge.evaluation import watchlist_bench as bench
-    from edge.evaluation.calibration import scoring_tail
-    from edge.watchlist.build import enroll, make_payload, read_gallery
-    from edge.watchlist.bundle import open_bundle, seal
-    from edge.watchlist.index import Watchlist
-    from edge.watchlist.payload import pack
-
-    rng = np.random.default_rng(args.seed)
-    analyzer = _analyzer(args)
-    fusion = analyzer.fusion
-    enrollment = enroll(read_gallery(args.gallery, args.root), analyzer, progress=_progress("enrolling"))
-    real = np.stack(enrollment.vectors)
-    real_subject = np.array(enrollment.item_subject)
-    mated, mated_subject, nonmated, mated2, nonmated2 = [], [], [], [], []
-    ids = {s["id"]: i for i, s in enumerate(enrollment.subjects)}
-    for probe in _progress("probes")(read_probes(args.probes, args.root)):
-        face = analyzer.best_face(read_image(probe.path))
-        if face is None:
-            continue
-        if probe.in_watchlist and probe.identity in ids:
-            mated.append(face.embedding)
-            mated2.append(face.embedding2)
-            mated_subject.append(ids[probe.identity])
-        elif not probe.in_watchlist:
-            nonmated.append(face.embedding)
-            nonmated2.append(face.embedding2)
-    mated_a, nonmated_a = np.array(mated), np.array(nonmated)
-    measured_imp = (nonmated_a @ real.T).ravel()
-    genuine = np.array([float((real[real_subject == s] @ v).max()) for v, s in zip(mated_a, mated_subject)])
-    draw, alpha = bench.distractor_sampler(np.concatenate([real, mated_a, nonmated_a]), float(measured_imp.mean()), rng)
-    n_distractors = args.size - len(enrollment.subjects)
-    t0 = time.perf_counter()
-    distractors = draw(n_distractors)
-    synth_imp = (nonmated_a @ distractors[:20000].T).ravel()
-    vectors = np.concatenate([real, distractors]).astype(np.float32)
-    item_subject = np.concatenate([real_subject, np.arange(n_distractors) + len(enrollment.subjects)])
-    subjects = enrollment.subjects + [{"id": f"synthetic-{i:06d}", "label": "", "category": "distractor",
-                                       "expires": None} for i in range(n_distractors)]
-    report: dict[str, Any] = {
-        "n_subjects": args.size, "n_real_subjects": len(enrollment.subjects), "n_templates": len(vectors),
-        "distractors": {"method": "normalise(m + alpha*L*z), alpha fitted to the measured impostor mean",
-                        "alpha": round(alpha, 4), "seconds": round(time.perf_counter() - t0, 2)},
-        "impostor_cosine_measured": bench.summarise_similarities(measured_imp),
-        "impostor_cosine_synthetic": bench.summarise_similarities(synth_imp),
-        "genuine_cosine_measured": bench.summarise_similarities(genuine), "fused": fusion is not None, "runs": [],
-    }
-    try:
-        report["threshold"] = scoring_tail(analyzer.embedder_info.info, fusion).threshold_for(args.size, 0.003)
-    except DataError as err:
-        report["threshold"] = {"refused": str(err)}
-    # Queries: the real mated probes, then synthetic mated probes of random distractors at the median genuine cosine.
-    n_synth = max(0, args.queries - len(mated_a))
-    picks = rng.choice(n_distractors, n_synth, replace=False) + len(real)
-    queries = np.concatenate([mated_a, bench.mated_probes(vectors[picks], float(np.median(genuine)), rng)])
-    expected = np.concatenate([np.array(mated_subject), item_subject[picks]])
-    vectors2 = queries2 = None
-    exact_rows, exact_queries = vectors, queries
-    if fusion is not None:  # the second embedding's distractors and probes, drawn the same way from its own data
-        real2, m2, n2 = np.stack(enrollment.vectors2), np.array(mated2), np.array(nonmated2)
-        imp2 = (n2 @ real2.T).ravel()
-        gen2 = np.array([float((real2[real_subject == s] @ v).max()) for v, s in zip(m2, mated_subject)])
-        draw2, _ = bench.distractor_sampler(np.concatenate([real2, m2, n2]), float(imp2.mean()), rng)
-        vectors2 = np.concatenate([real2, draw2(n_distractors)]).astype(np.float32)
-        queries2 = np.concatenate([m2, bench.mated_probes(vectors2[picks], float(np.median(gen2)), rng)])
-        exact_rows = np.concatenate([vectors, vectors2], axis=1)
-        exact_queries = np.concatenate([fusion.scale1 * queries, fusion.scale2 * queries2], axis=1)
-    exact = bench.exact_top1(exact_rows, item_subject, exact_queries)
-    operator, device = keys.generate_operator_key(), keys.generate_device_key()
-    for n_trees in args.trees:
-        t0 = time.perf_counter()
-        payload = make_payload(vectors, item_subject.tolist(), subjects, n_trees, stage1_dim=args.stage1_dim,
-                               vectors2=vectors2, fusion=analyzer.fusion_meta)
-        build_s = time.perf_counter() - t0
-        index_bytes = len(payload.index) + len(payload.templates)
-        plaintext = pack(payload)
-        del payload
-        t0 = time.perf_counter()
-        data = seal(plaintext, watchlist_id="bench", version=1, device_id="bench-device",
-                    device_public=device.public_key(), signing_key=operator, embedder_id="bench", embedder_sha256="0" * 64,
-                    dim=int(vectors.shape[1]), n_items=len(vectors), n_subjects=args.size, thresholds={"match": 0.95},
-                    expires=datetime.now(timezone.utc) + timedelta(days=1))
-        seal_s = time.perf_counter() - t0
-        del plaintext
-        if args.save_bundle:
-            args.save_bundle.mkdir(parents=True, exist_ok=True)
-            (args.save_bundle / f"bench-{n_trees}.bundle").write_bytes(data)
-            keys.save_private_key(args.save_bundle / "device.key", device, force=True)
-            keys.save_public_key(args.save_bundle / "operator.pub", operator.public_key())
-        t0 = time.perf_counter()
-        opened = open_bundle(data, device, {keys.key_id(operator.public_key()): operator.public_key()})
-        verify_s = time.perf_counter() - t0
-        watchlist = Watchlist.from_payload(opened.payload, manifest=opened.manifest)
-        load_s = time.perf_counter() - t0
-        del opened
-        rss, rss_q = _fresh_process_rss(data, device, operator, tempfile, subprocess, queries, args.shortlist,
-                                        args.search_k[-1] if args.search_k[-1] > 0 else -1, queries2)
-        watchlist.shortlist = args.shortlist
-        for search_k in args.search_k:
-            watchlist.search_k = search_k if search_k > 0 else -1
-            times, tops = bench.time_queries(watchlist, queries, queries2=queries2)
-            top_index = np.array([int(t.split("-")[1]) + len(enrollment.subjects) if t.startswith("synthetic-")
-                                  else ids[t] for t in tops])
-            run = {"n_trees": n_trees, "search_k": watchlist.search_k, "build_seconds": round(build_s, 2),
-                   "seal_seconds": round(seal_s, 2), "bundle_bytes": len(data), "index_bytes_in_memfd": index_bytes,
-                   "verify_decrypt_seconds": round(verify_s, 2), "verify_decrypt_load_seconds": round(load_s, 2),
-                   "rss_mb_fresh_process_after_load": rss, "rss_mb_after_queries": rss_q, "query_ms": bench.percentile_ms(times),
-                   "n_queries": len(queries), "recall_at_1_vs_exact": round(float((top_index == exact).mean()), 5),
-                   "rank1_vs_truth": round(float((top_index == expected).mean()), 5)}
-            report["runs"].append(run)
-            print(f"trees {n_trees} search_k {watchlist.search_k}: build {run['build_seconds']} s, bundle "
-                  f"{len(data) / 2**20:.1f} MiB, verify+decrypt+load {run['verify_decrypt_load_seconds']} s, RSS {rss} MiB "
-                  f"({rss_q} after the queries),"
-                  f" query p50 {run['query_ms']['p50']} ms p99 {run['query_ms']['p99']} ms, recall@1 vs exact "
-                  f"{run['recall_at_1_vs_exact']}", file=sys.stderr)
-        del watchlist, data
+    report = run_watchlist_bench(_analyzer(args), args.gallery, args.root, args.probes, args.size, args.queries,
+                                 args.trees, args.search_k, args.seed, args.stage1_dim, args.shortlist,
+                                 args.save_bundle, progress=_progress, log=lambda line: print(line, file=sys.stderr))
     if args.json:
         _print_json(report)
     else:
@@ -351,43 +234,12 @@ def cmd_watchlist_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fresh_process_rss(data: bytes, device, operator, tempfile, subprocess, queries: np.ndarray, shortlist: int,
-                       search_k: int, queries2: np.ndarray | None = None) -> tuple[float, float]:
-    """RSS (MiB) of a new Python process after it verified, decrypted and loaded the bundle — the device's view —
-    and after it then ran the queries (the index pages they touch count too)."""
-    from edge import keys
-
-    with tempfile.TemporaryDirectory() as tmp:
-        bundle, dkey, okey = Path(tmp) / "b.bundle", Path(tmp) / "device.key", Path(tmp) / "operator.pub"
-        bundle.write_bytes(data)
-        np.save(Path(tmp) / "q.npy", queries.astype(np.float32))
-        np.save(Path(tmp) / "q2.npy", (queries2 if queries2 is not None else queries[:, :0]).astype(np.float32))
-        keys.save_private_key(dkey, device)
-        keys.save_public_key(okey, operator.public_key())
-        code = ("import sys; from edge import keys; from edge.watchlist.bundle import open_bundle; "
-                "from edge.watchlist.index import Watchlist; from edge.evaluation.watchlist_bench import rss_mb; "
-                "d=keys.load_private_key(sys.argv[2],'device'); o=keys.load_public_key(sys.argv[3],'operator'); "
-                "b=open_bundle(open(sys.argv[1],'rb').read(), d, {keys.key_id(o): o}); "
-                "w=Watchlist.from_payload(b.payload, manifest=b.manifest); del b; import gc; gc.collect(); "
-                f"print(round(rss_mb(), 1)); import numpy as np; w.shortlist={shortlist}; w.search_k={search_k}; "
-                "q2=np.load(sys.argv[5]); "
-                "[w.search(q, embedding2=q2[i] if q2.shape[1] else None) for i, q in enumerate(np.load(sys.argv[4]))]; "
-                "print(round(rss_mb(), 1))")
-        out = subprocess.run([sys.executable, "-c", code, str(bundle), str(dkey), str(okey), str(Path(tmp) / "q.npy"),
-                              str(Path(tmp) / "q2.npy")],
-                             capture_output=True, text=True, check=True)
-        lines = out.stdout.strip().splitlines()
-        return float(lines[-2]), float(lines[-1])
-
-
 # --- eval openset ---------------------------------------------------------------------------------------------
 
 def cmd_eval_openset(args: argparse.Namespace) -> int:
-    from edge.imageio import read_image
     from edge.evaluation.calibration import fit_tail
-    from edge.evaluation.openset import det_points, openset_report, read_probes
-    from edge.watchlist.build import enroll, payload_of, read_gallery
-    from edge.watchlist.index import Watchlist
+    from edge.evaluation.openset import calibration_check, det_points, openset_report, plot_det, read_probes, search_probes
+    from edge.watchlist.build import enroll, read_gallery
 
     t0 = time.perf_counter()
     entries = read_gallery(args.gallery, args.root)
@@ -397,48 +249,26 @@ def cmd_eval_openset(args: argparse.Namespace) -> int:
     enrollment = enroll(entries, analyzer, limits, progress=_progress("enrolling"), subject=rule)
     if not enrollment.vectors:
         raise EdgeError("no gallery photo could be enrolled")
-    gallery = np.stack(enrollment.vectors)
-    fusion = analyzer.fusion
-    gallery2 = np.stack(enrollment.vectors2) if fusion is not None else None
-    watchlist = Watchlist.from_payload(payload_of(enrollment, analyzer.fusion_meta, args.trees))
-    mated_top, mated_ok, nonmated_top, impostors, failed = [], [], [], [], 0
-    for probe in _progress("searching")(probes):
-        face = analyzer.best_face(read_image(probe.path))
-        if face is None:
-            failed += 1
-            if probe.in_watchlist:
-                mated_top.append(-np.inf)
-                mated_ok.append(False)
-            continue
-        top = watchlist.search(face.embedding, k=1, embedding2=face.embedding2)
-        sim = top[0].similarity if top else -np.inf
-        if probe.in_watchlist:
-            mated_top.append(sim)
-            mated_ok.append(bool(top) and top[0].subject_id == probe.identity)
-        else:
-            nonmated_top.append(sim)
-            sims = gallery @ face.embedding
-            if fusion is not None:  # the fused score the threshold applies to
-                sims = fusion.scale1 * sims + fusion.scale2 * (gallery2 @ face.embedding2) + fusion.offset
-            impostors.append(sims.astype(np.float32))
+    s = search_probes(analyzer, enrollment, probes, args.trees, _progress)
+    failed = s.failed_detect
     reasons: dict[str, int] = {}
     for r in enrollment.rejected:
         reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
     report = {"n_gallery": len(enrollment.subjects), "n_templates": len(enrollment.vectors),
               "n_gallery_rejected": len(enrollment.rejected), "gallery_rejected_reasons": reasons,
-              "n_gallery_warnings": len(enrollment.warnings), "n_mated": len(mated_top),
-              "n_nonmated": len(nonmated_top), "n_failed_detect": failed}
-    report.update(openset_report(np.array(mated_top), np.array(mated_ok), np.array(nonmated_top), args.fpir))
-    report["calibration"] = _calibration(analyzer, len(enrollment.vectors), args.fpir, np.array(nonmated_top))
+              "n_gallery_warnings": len(enrollment.warnings), "n_mated": len(s.mated_top),
+              "n_nonmated": len(s.nonmated_top), "n_failed_detect": failed}
+    report.update(openset_report(s.mated_top, s.mated_ok, s.nonmated_top, args.fpir))
+    report["calibration"] = calibration_check(analyzer, len(enrollment.vectors), args.fpir, s.nonmated_top)
     report["seconds"] = round(time.perf_counter() - t0, 2)
     if args.save_impostors:
-        n = sum(len(g) for g in impostors)
-        model = fit_tail(impostors, min_exceedances=max(10, min(2000, n // 100)),
-                         source=f"edge eval openset: {len(impostors)} non-mated probes x {len(gallery)} templates")
+        n = sum(len(g) for g in s.impostors)
+        model = fit_tail(s.impostors, min_exceedances=max(10, min(2000, n // 100)),
+                         source=f"edge eval openset: {len(s.impostors)} non-mated probes x {len(enrollment.vectors)} templates")
         args.save_impostors.write_text(json.dumps({"impostor_tail": model.to_json(),
                                                    "embedder": _embedder_info(analyzer)}, indent=2))
     if args.plot:
-        _plot_det(args.plot, *det_points(np.array(mated_top), np.array(mated_ok), np.array(nonmated_top)), report)
+        plot_det(args.plot, *det_points(s.mated_top, s.mated_ok, s.nonmated_top), report)
         report["plot"] = str(args.plot)
     if args.json:
         _print_json(report)
@@ -448,40 +278,6 @@ def cmd_eval_openset(args: argparse.Namespace) -> int:
         print(f"at FPIR ≤ {args.fpir}: threshold {report['threshold']:.4f}, FPIR {report['fpir']}, FNIR {report['fnir']} "
               f"(FPIR resolution {report['fpir_resolution']}); rank-1 {report['rank1']}")
     return 0
-
-
-def _calibration(analyzer, n_templates: int, fpir: float, nonmated_top: np.ndarray) -> dict:
-    """The shipped impostor tail's threshold for this gallery's size, and the FPIR measured at it here."""
-    from edge.evaluation.calibration import scoring_tail
-
-    try:
-        th = scoring_tail(analyzer.embedder_info.info, analyzer.fusion).threshold_for(n_templates, fpir)
-    except DataError as err:
-        return {"error": str(err)}
-    return {"predicted_threshold": th["match"], "predicted_fpir": th["predicted_fpir"],
-            "measured_fpir_at_predicted": round(float((nonmated_top >= th["match"]).mean()), 5)
-            if len(nonmated_top) else None, "n_nonmated": int(len(nonmated_top))}
-
-
-def _plot_det(path: Path, fpir: np.ndarray, fnir: np.ndarray, report: dict) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise EdgeError("--plot needs matplotlib: pip install 'edge-watchlist[eval]'") from None
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
-    ax.step(np.maximum(fpir, 1e-4), fnir, where="post")
-    ax.set_xscale("log")
-    ax.set_xlabel("FPIR (non-mated searches alarming)")
-    ax.set_ylabel("FNIR (mated searches missed)")
-    ax.axvline(max(report["fpir_target"], 1e-4), color="k", ls="--", lw=0.8)
-    ax.set_title(f"DET — FNIR {report['fnir']} at FPIR {report['fpir']} (T={report['threshold']:.3f})")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 # --- parser ---------------------------------------------------------------------------------------------------

@@ -11,10 +11,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from edge.errors import DataError
+from edge.errors import DataError, EdgeError
 from edge.tables import read_csv
 
 
@@ -77,3 +78,85 @@ def det_points(mated_top: np.ndarray, mated_correct: np.ndarray, nonmated_top: n
     fpir = np.array([(nonmated_top >= t).mean() for t in ts])
     fnir = np.array([1 - (mated_correct & (mated_top >= t)).mean() for t in ts])
     return fpir, fnir
+
+
+@dataclass
+class Searches:
+    """What `search_probes` measured. mated_top / nonmated_top: each search's top similarity (cosine, fused when
+    the analyzer fuses; -inf without a face); mated_ok: the mate was the top candidate; impostors: each non-mated
+    probe's scores against every template (the comparisons a threshold's tail is fitted to)."""
+
+    mated_top: np.ndarray
+    mated_ok: np.ndarray
+    nonmated_top: np.ndarray
+    impostors: list[np.ndarray]
+    failed_detect: int
+
+
+def search_probes(analyzer: Any, enrollment: Any, probes: list[Probe], trees: int = 8,
+                  progress: Callable[[str], Callable[[Iterable], Iterable]] = lambda what: lambda it: it) -> Searches:
+    """Search every probe photo in a watchlist built from `enrollment` with the device's two-stage search."""
+    from edge.imageio import read_image
+    from edge.watchlist.build import payload_of
+    from edge.watchlist.index import Watchlist
+
+    gallery = np.stack(enrollment.vectors)
+    fusion = analyzer.fusion
+    gallery2 = np.stack(enrollment.vectors2) if fusion is not None else None
+    watchlist = Watchlist.from_payload(payload_of(enrollment, analyzer.fusion_meta, trees))
+    mated_top, mated_ok, nonmated_top, impostors, failed = [], [], [], [], 0
+    for probe in progress("searching")(probes):
+        face = analyzer.best_face(read_image(probe.path))
+        if face is None:
+            failed += 1
+            if probe.in_watchlist:
+                mated_top.append(-np.inf)
+                mated_ok.append(False)
+            continue
+        top = watchlist.search(face.embedding, k=1, embedding2=face.embedding2)
+        sim = top[0].similarity if top else -np.inf
+        if probe.in_watchlist:
+            mated_top.append(sim)
+            mated_ok.append(bool(top) and top[0].subject_id == probe.identity)
+        else:
+            nonmated_top.append(sim)
+            sims = gallery @ face.embedding
+            if fusion is not None:  # the fused score the threshold applies to
+                sims = fusion.scale1 * sims + fusion.scale2 * (gallery2 @ face.embedding2) + fusion.offset
+            impostors.append(sims.astype(np.float32))
+    return Searches(np.array(mated_top), np.array(mated_ok), np.array(nonmated_top), impostors, failed)
+
+
+def calibration_check(analyzer: Any, n_templates: int, fpir: float, nonmated_top: np.ndarray) -> dict:
+    """The shipped impostor tail's threshold for this gallery's size, and the FPIR measured at it here."""
+    from edge.evaluation.calibration import scoring_tail
+
+    try:
+        th = scoring_tail(analyzer.embedder_info.info, analyzer.fusion).threshold_for(n_templates, fpir)
+    except DataError as err:  # no tail shipped for this embedder
+        return {"error": str(err)}
+    return {"predicted_threshold": th["match"], "predicted_fpir": th["predicted_fpir"],
+            "measured_fpir_at_predicted": round(float((nonmated_top >= th["match"]).mean()), 5)
+            if len(nonmated_top) else None, "n_nonmated": int(len(nonmated_top))}
+
+
+def plot_det(path: Path, fpir: np.ndarray, fnir: np.ndarray, report: dict) -> None:
+    """The DET curve (FNIR against FPIR, log x) with the operating point, as a PNG at `path`."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise EdgeError("--plot needs matplotlib: pip install 'edge-watchlist[eval]'") from None
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    ax.step(np.maximum(fpir, 1e-4), fnir, where="post")
+    ax.set_xscale("log")
+    ax.set_xlabel("FPIR (non-mated searches alarming)")
+    ax.set_ylabel("FNIR (mated searches missed)")
+    ax.axvline(max(report["fpir_target"], 1e-4), color="k", ls="--", lw=0.8)
+    ax.set_title(f"DET — FNIR {report['fnir']} at FPIR {report['fpir']} (T={report['threshold']:.3f})")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -14,8 +14,13 @@ from __future__ import annotations
 
 import resource
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
-from typing import Callable
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -98,3 +103,180 @@ def summarise_similarities(x: np.ndarray) -> dict:
 
 def median(xs: list[float]) -> float:
     return statistics.median(xs)
+
+
+def run_watchlist_bench(analyzer: Any, gallery: Path, root: Path, probes: Path, size: int, n_queries: int,
+                        trees: list[int], search_k: list[int], seed: int = 0, stage1_dim: int | None = None,
+                        shortlist: int = 128, save_bundle: Path | None = None,
+                        progress: Callable[[str], Callable[[Iterable], Iterable]] = lambda what: lambda it: it,
+                        log: Callable[[str], None] = lambda line: None) -> dict:
+    """The `edge watchlist bench` report: real enrollments of `gallery` padded with synthetic distractors to `size`
+    subjects, built with each of `trees` (Annoy trees), sealed, verified, decrypted, loaded (also in a fresh
+    process, for its RSS in MiB) and queried at each Annoy `search_k` with `n_queries` probes (the real mated ones
+    first), against exact search. save_bundle: also keep each sealed bundle and its keys there. log: one line per
+    run (the progress of a long job)."""
+    from edge import keys
+    from edge.errors import DataError
+    from edge.evaluation.calibration import scoring_tail
+    from edge.evaluation.openset import read_probes
+    from edge.imageio import read_image
+    from edge.watchlist.build import enroll, make_payload, read_gallery
+    from edge.watchlist.bundle import open_bundle, seal
+    from edge.watchlist.index import Watchlist
+    from edge.watchlist.payload import pack
+
+    rng = np.random.default_rng(seed)
+    fusion = analyzer.fusion
+    enrollment = enroll(read_gallery(gallery, root), analyzer, progress=progress("enrolling"))
+    real = np.stack(enrollment.vectors)
+    real_subject = np.array(enrollment.item_subject)
+    mated, mated_subject, nonmated, mated2, nonmated2 = [], [], [], [], []
+    ids = {s["id"]: i for i, s in enumerate(enrollment.subjects)}
+    for probe in progress("probes")(read_probes(probes, root)):
+        face = analyzer.best_face(read_image(probe.path))
+        if face is None:
+            continue
+        if probe.in_watchlist and probe.identity in ids:
+            mated.append(face.embedding)
+            mated2.append(face.embedding2)
+            mated_subject.append(ids[probe.identity])
+        elif not probe.in_watchlist:
+            nonmated.append(face.embedding)
+            nonmated2.append(face.embedding2)
+    mated_a, nonmated_a = np.array(mated), np.array(nonmated)
+    measured_imp = (nonmated_a @ real.T).ravel()
+    genuine = np.array([float((real[real_subject == s] @ v).max()) for v, s in zip(mated_a, mated_subject)])
+    draw, alpha = distractor_sampler(np.concatenate([real, mated_a, nonmated_a]), float(measured_imp.mean()), rng)
+    n_distractors = size - len(enrollment.subjects)
+    t0 = time.perf_counter()
+    distractors = draw(n_distractors)
+    synth_imp = (nonmated_a @ distractors[:20000].T).ravel()
+    vectors = np.concatenate([real, distractors]).astype(np.float32)
+    item_subject = np.concatenate([real_subject, np.arange(n_distractors) + len(enrollment.subjects)])
+    subjects = enrollment.subjects + [{"id": f"synthetic-{i:06d}", "label": "", "category": "distractor",
+                                       "expires": None} for i in range(n_distractors)]
+    report: dict[str, Any] = {
+        "n_subjects": size, "n_real_subjects": len(enrollment.subjects), "n_templates": len(vectors),
+        "distractors": {"method": "normalise(m + alpha*L*z), alpha fitted to the measured impostor mean",
+                        "alpha": round(alpha, 4), "seconds": round(time.perf_counter() - t0, 2)},
+        "impostor_cosine_measured": summarise_similarities(measured_imp),
+        "impostor_cosine_synthetic": summarise_similarities(synth_imp),
+        "genuine_cosine_measured": summarise_similarities(genuine), "fused": fusion is not None, "runs": [],
+    }
+    try:
+        report["threshold"] = scoring_tail(analyzer.embedder_info.info, fusion).threshold_for(size, 0.003)
+    except DataError as err:
+        report["threshold"] = {"refused": str(err)}
+    # Queries: the real mated probes, then synthetic mated probes of random distractors at the median genuine cosine.
+    n_synth = max(0, n_queries - len(mated_a))
+    picks = rng.choice(n_distractors, n_synth, replace=False) + len(real)
+    queries = np.concatenate([mated_a, mated_probes(vectors[picks], float(np.median(genuine)), rng)])
+    expected = np.concatenate([np.array(mated_subject), item_subject[picks]])
+    vectors2 = queries2 = None
+    exact_rows, exact_queries = vectors, queries
+    if fusion is not None:  # the second embedding's distractors and probes, drawn the same way from its own data
+        real2, m2, n2 = np.stack(enrollment.vectors2), np.array(mated2), np.array(nonmated2)
+        imp2 = (n2 @ real2.T).ravel()
+        gen2 = np.array([float((real2[real_subject == s] @ v).max()) for v, s in zip(m2, mated_subject)])
+        draw2, _ = distractor_sampler(np.concatenate([real2, m2, n2]), float(imp2.mean()), rng)
+        vectors2 = np.concatenate([real2, draw2(n_distractors)]).astype(np.float32)
+        queries2 = np.concatenate([m2, mated_probes(vectors2[picks], float(np.median(gen2)), rng)])
+        exact_rows = np.concatenate([vectors, vectors2], axis=1)
+        exact_queries = np.concatenate([fusion.scale1 * queries, fusion.scale2 * queries2], axis=1)
+    exact = exact_top1(exact_rows, item_subject, exact_queries)
+    operator, device = keys.generate_operator_key(), keys.generate_device_key()
+    for n_trees in trees:
+        t0 = time.perf_counter()
+        payload = make_payload(vectors, item_subject.tolist(), subjects, n_trees, stage1_dim=stage1_dim,
+                               vectors2=vectors2, fusion=analyzer.fusion_meta)
+        build_s = time.perf_counter() - t0
+        index_bytes = len(payload.index) + len(payload.templates)
+        plaintext = pack(payload)
+        del payload
+        t0 = time.perf_counter()
+        data = seal(plaintext, watchlist_id="bench", version=1, device_id="bench-device",
+                    device_public=device.public_key(), signing_key=operator, embedder_id="bench", embedder_sha256="0" * 64,
+                    dim=int(vectors.shape[1]), n_items=len(vectors), n_subjects=size, thresholds={"match": 0.95},
+                    expires=datetime.now(timezone.utc) + timedelta(days=1))
+        seal_s = time.perf_counter() - t0
+        del plaintext
+        if save_bundle:
+            save_bundle.mkdir(parents=True, exist_ok=True)
+            (save_bundle / f"bench-{n_trees}.bundle").write_bytes(data)
+            keys.save_private_key(save_bundle / "device.key", device, force=True)
+            keys.save_public_key(save_bundle / "operator.pub", operator.public_key())
+        t0 = time.perf_counter()
+        opened = open_bundle(data, device, {keys.key_id(operator.public_key()): operator.public_key()})
+        verify_s = time.perf_counter() - t0
+        watchlist = Watchlist.from_payload(opened.payload, manifest=opened.manifest)
+        load_s = time.perf_counter() - t0
+        del opened
+        rss, rss_q = fresh_process_rss(data, device, operator, queries, shortlist,
+                                       search_k[-1] if search_k[-1] > 0 else -1, queries2)
+        watchlist.shortlist = shortlist
+        for effort in search_k:
+            watchlist.search_k = effort if effort > 0 else -1
+            times, tops = time_queries(watchlist, queries, queries2=queries2)
+            top_index = np.array([int(t.split("-")[1]) + len(enrollment.subjects) if t.startswith("synthetic-")
+                                  else ids[t] for t in tops])
+            run = {"n_trees": n_trees, "search_k": watchlist.search_k, "build_seconds": round(build_s, 2),
+                   "seal_seconds": round(seal_s, 2), "bundle_bytes": len(data), "index_bytes_in_memfd": index_bytes,
+                   "verify_decrypt_seconds": round(verify_s, 2), "verify_decrypt_load_seconds": round(load_s, 2),
+                   "rss_mb_fresh_process_after_load": rss, "rss_mb_after_queries": rss_q, "query_ms": percentile_ms(times),
+                   "n_queries": len(queries), "recall_at_1_vs_exact": round(float((top_index == exact).mean()), 5),
+                   "rank1_vs_truth": round(float((top_index == expected).mean()), 5)}
+            report["runs"].append(run)
+            log(f"trees {n_trees} search_k {watchlist.search_k}: build {run['build_seconds']} s, bundle "
+                  f"{len(data) / 2**20:.1f} MiB, verify+decrypt+load {run['verify_decrypt_load_seconds']} s, RSS {rss} MiB "
+                  f"({rss_q} after the queries),"
+                  f" query p50 {run['query_ms']['p50']} ms p99 {run['query_ms']['p99']} ms, recall@1 vs exact "
+                  f"{run['recall_at_1_vs_exact']}")
+        del watchlist, data
+    return report
+
+
+def fresh_process_rss(data: bytes, device: Any, operator: Any, queries: np.ndarray, shortlist: int, search_k: int,
+                      queries2: np.ndarray | None = None) -> tuple[float, float]:
+    """RSS (MiB) of a new Python process after it verified, decrypted and loaded the bundle — the device's view —
+    and after it then ran the queries (the index pages they touch count too). The child is this module's `main`."""
+    from edge import keys
+
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle, dkey, okey = Path(tmp) / "b.bundle", Path(tmp) / "device.key", Path(tmp) / "operator.pub"
+        bundle.write_bytes(data)
+        np.save(Path(tmp) / "q.npy", queries.astype(np.float32))
+        np.save(Path(tmp) / "q2.npy", (queries2 if queries2 is not None else queries[:, :0]).astype(np.float32))
+        keys.save_private_key(dkey, device)
+        keys.save_public_key(okey, operator.public_key())
+        out = subprocess.run([sys.executable, "-m", "edge.evaluation.watchlist_bench", str(bundle), str(dkey),
+                              str(okey), str(Path(tmp) / "q.npy"), str(Path(tmp) / "q2.npy"), str(shortlist),
+                              str(search_k)], capture_output=True, text=True, check=True)
+        lines = out.stdout.strip().splitlines()
+        return float(lines[-2]), float(lines[-1])
+
+
+def main(argv: list[str]) -> None:
+    """The fresh process of `fresh_process_rss`: BUNDLE DEVICE_KEY OPERATOR_PUB QUERIES.npy QUERIES2.npy SHORTLIST
+    SEARCH_K → prints the RSS in MiB after loading, then after querying."""
+    import gc
+
+    from edge import keys
+    from edge.watchlist.bundle import open_bundle
+    from edge.watchlist.index import Watchlist
+
+    bundle, dkey, okey, q, q2, shortlist, search_k = argv
+    device, operator = keys.load_private_key(dkey, "device"), keys.load_public_key(okey, "operator")
+    opened = open_bundle(Path(bundle).read_bytes(), device, {keys.key_id(operator): operator})
+    watchlist = Watchlist.from_payload(opened.payload, manifest=opened.manifest)
+    del opened
+    gc.collect()
+    print(round(rss_mb(), 1), flush=True)
+    watchlist.shortlist, watchlist.search_k = int(shortlist), int(search_k)
+    second = np.load(q2)
+    for i, query in enumerate(np.load(q)):
+        watchlist.search(query, embedding2=second[i] if second.shape[1] else None)
+    print(round(rss_mb(), 1), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

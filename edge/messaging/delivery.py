@@ -5,22 +5,20 @@ QoS 1 and re-sends any that stay unacknowledged for `resend_after` seconds. Rows
 central consumer acknowledges their `seq` on `edge/<device>/events/ack` — a broker PUBACK is not durable end to
 end (mosquitto saves its state only periodically).
 
-Operator (`EventConsumer`): validates each event, stores it once (SQLite, keyed by `event_id`, so duplicates from
-re-sends are dropped and counted), appends new ones to a JSONL log, and only then acknowledges the seq.
+Operator (`EventConsumer`): validates each event, stores it once (the injected store keys it by `event_id`, so
+duplicates from re-sends are dropped and counted), appends new ones to a JSONL log, and only then acknowledges the seq.
 """
 
 from __future__ import annotations
 
 import json
 import queue
-import sqlite3
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from edge.errors import EdgeError
 from edge.messaging.topics import TopicError, Topics, parse_topic
 from edge.messaging.payloads import PayloadError, decode_ack, decode_event, encode_ack, stamp_published
 
@@ -72,45 +70,11 @@ class ConsumerStats:
     per_device: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 
-class EventStore:
-    """The operator's event store: SQLite (WAL, synchronous=FULL), one row per `event_id`."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self.db = sqlite3.connect(self.path, check_same_thread=False)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
-            self.db.execute("CREATE TABLE IF NOT EXISTS events (event_id TEXT PRIMARY KEY, device_id TEXT NOT NULL, "
-                            "seq INTEGER NOT NULL, received_at REAL NOT NULL, body TEXT NOT NULL)")
-            self.db.execute("CREATE INDEX IF NOT EXISTS by_device_seq ON events(device_id, seq)")
-        except sqlite3.DatabaseError as err:
-            raise EdgeError(f"event store {self.path} cannot be opened: {err}") from None
-
-    def add(self, events: list[dict]) -> list[dict]:
-        """Store a batch in one transaction; returns the ones that were new."""
-        new = []
-        with self.db:
-            for ev in events:
-                cur = self.db.execute("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?)",
-                                      (ev["event_id"], ev["device_id"], ev["seq"], time.time(), json.dumps(ev)))
-                if cur.rowcount:
-                    new.append(ev)
-        return new
-
-    def seqs(self, device_id: str) -> list[int]:
-        """All stored seqs of a device, ascending."""
-        return [r[0] for r in self.db.execute("SELECT seq FROM events WHERE device_id=? ORDER BY seq", (device_id,))]
-
-    def close(self) -> None:
-        self.db.close()
-
-
 class EventConsumer:
-    """Drains an MqttClient subscribed to `<prefix>/+/events`: validate, store once, log, then acknowledge."""
+    """Drains an MqttClient subscribed to `<prefix>/+/events`: validate, store once, log, then acknowledge.
+    store: an operator event store (`edge.operator.event_store.EventStore`): `add(events)` returns the new ones."""
 
-    def __init__(self, client: Any, store: EventStore, prefix: str = "edge", jsonl: Path | None = None,
+    def __init__(self, client: Any, store: Any, prefix: str = "edge", jsonl: Path | None = None,
                  on_event: Callable[[dict], None] | None = None) -> None:
         self.client = client
         self.store = store

@@ -192,6 +192,24 @@ class MqttClient:
                 return True
             return False
 
+    def publish_confirmed(self, messages: list[tuple[str, bytes]], retain: bool = False, connect_timeout: float = 10.0,
+                          ack_timeout: float = 60.0) -> None:
+        """Publish every (topic, payload) with QoS 1, waiting for a connection when the client has none, then until
+        the broker acknowledged them all (EdgeError after `ack_timeout` seconds, naming how many are missing)."""
+        pending: list[int] = []
+        for topic, payload in messages:
+            while (mid := self.publish(topic, payload, qos=1, retain=retain)) is None:
+                self.wait_connected(connect_timeout)
+            pending.append(mid)
+            pending = [m for m in pending if not self.acked(m)]
+        deadline = time.monotonic() + ack_timeout
+        while pending and time.monotonic() < deadline:
+            pending = [m for m in pending if not self.acked(m)]
+            time.sleep(0.01)
+        if pending:
+            raise EdgeError(f"the broker did not acknowledge {len(pending)} of {len(messages)} messages within"
+                            f" {ack_timeout:g} s")
+
     def subscribe(self, topic: str, qos: int = 1) -> None:
         """Add a subscription (kept across reconnects)."""
         self.subscriptions.append((topic, qos))
