@@ -119,6 +119,7 @@ def events_of(outbox):
 
 # --- end to end -------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_finite_video_yields_one_match_event_and_a_verified_audit_log(tmp_path, device, clip):
     from edge.device.app import App
 
@@ -185,6 +186,7 @@ def test_reload_applies_thresholds_and_keeps_running(tmp_path, device, clip):
     assert kinds.count("config") == 2
 
 
+@pytest.mark.slow
 def test_mqtt_watchlist_sync_event_delivery_and_status(tmp_path, analyzer, clip, broker):
     """Through the real broker (TLS, ACLs): the operator offers the watchlist, the device installs it (audited),
     publishes its match event, deletes it on the consumer's ack, and keeps a retained status online → offline."""
@@ -267,6 +269,7 @@ def wait_for(proc: subprocess.Popen, needle: str, timeout: float = 30.0) -> str:
     raise AssertionError(f"{needle!r} not seen on stderr:\n{''.join(seen)}")
 
 
+@pytest.mark.slow
 def test_run_exits_0_within_two_seconds_of_sigterm(tmp_path, device, clip):
     proc = spawn(write_config(tmp_path / "edge.yaml", device, clip, loop=True))
     try:

@@ -159,6 +159,7 @@ def test_device_wildcard_subscription_is_filtered_per_message(connect):
 # --- identities: client id, username, certificates ---------------------------------------------------------------
 @pytest.mark.parametrize("impostor", [{"client_id": "cam-b"}, {"client_id": "cam-b", "username": "cam-b"}],
                          ids=["client_id", "client_id+username"])
+@pytest.mark.slow
 def test_device_cannot_take_over_another_devices_session(broker, connect, impostor):
     """use_username_as_clientid: cam-a connecting as client id "cam-b" gets the id "cam-a" (its CN); without the
     option mosquitto would close cam-b's connection and the two would keep kicking each other off."""
@@ -205,6 +206,7 @@ def test_same_device_reconnecting_replaces_its_old_connection(broker, connect):
     ("rogue", "certificate verify failed"),  # a certificate for CN cam-a from another CA
     (None, "peer did not return a certificate"),
 ])
+@pytest.mark.slow
 def test_connection_without_a_certificate_of_our_ca_is_refused(broker, name, broker_says):
     client = MqttClient(broker.client_settings(name))
     client.start()

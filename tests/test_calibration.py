@@ -26,6 +26,7 @@ def test_pwm_recovers_a_known_gpd():
     assert gpd_quantile(float(gpd_survival(0.02, s, x)), s, x) == pytest.approx(0.02, rel=1e-9)
 
 
+@pytest.mark.slow
 def test_tail_model_predicts_fmr_beyond_the_data_it_was_fitted_on():
     rng = np.random.default_rng(2)
     probes = [_beta_cosines(rng, 1000) for _ in range(1000)]  # 1,000,000 comparisons

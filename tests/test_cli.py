@@ -84,6 +84,7 @@ def test_eval_pairs_bad_csv(capsys, tmp_path):
     assert code == 1 and "missing column(s) path_a, path_b, same" in err
 
 
+@pytest.mark.slow
 def test_demo_runs_the_whole_loop_and_prints_only_the_listed_person(capsys, tmp_path):
     code, out, _ = run(capsys, "demo", "--workdir", tmp_path)
     assert code == 0
@@ -101,6 +102,7 @@ def test_console_script_exit_code_and_no_traceback(tmp_path):
     assert proc.stderr.startswith("edge: error: model manifest not found") and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_demo_over_the_embedded_amqtt_broker_when_mosquitto_is_not_used(capsys, tmp_path):
     """Without mosquitto the demo's events still travel over MQTT: the amqtt broker of the `demo` extra, the real
     device publisher and the real consumer; the outbox drains only when the consumer acknowledged over MQTT."""

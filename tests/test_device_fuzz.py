@@ -6,6 +6,8 @@ import time
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import pytest
+
 from edge.messaging.delivery import EventPublisher
 from edge.messaging.outbox import Outbox
 from edge.messaging.sync import WatchlistSync
@@ -59,6 +61,7 @@ def _outbox(tmp_path_factory):
     return box
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(payload=st.binary(max_size=4096) | JSONISH.map(lambda v: __import__("json").dumps(v).encode()))
 def test_ack_topic_fuzz(tmp_path_factory, payload):

@@ -98,6 +98,7 @@ def test_doctor_connects_to_the_broker(broker, tmp_path):
     assert f"{broker.port}" in checks["broker"]["detail"]
 
 
+@pytest.mark.slow
 def test_doctor_reports_an_unreachable_broker(tls_certs, tmp_path):
     port = free_port()
     config = _device(tmp_path, "cam-a", {"enabled": True, "host": "127.0.0.1", "port": port,
@@ -108,6 +109,7 @@ def test_doctor_reports_an_unreachable_broker(tls_certs, tmp_path):
     assert f"127.0.0.1:{port}" in checks["broker"]["detail"]
 
 
+@pytest.mark.slow
 def test_doctor_reports_the_brokers_refusal(broker, tmp_path):
     pki = broker.pki  # "rogue": a cam-a certificate from another CA, which the broker refuses
     config = _device(tmp_path, "cam-a", {"enabled": True, "host": broker.host, "port": broker.port,

@@ -3,6 +3,7 @@ including the fault test: broker SIGKILLed 20 times and the device 5 times while
 
 import dataclasses
 import json
+import os
 import random
 import signal
 import subprocess
@@ -10,6 +11,8 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+import pytest
 
 from edge.messaging.delivery import EventConsumer, EventPublisher
 from edge.operator.event_store import EventStore
@@ -85,8 +88,16 @@ def test_consumer_rejects_events_on_the_wrong_topic_and_counts_duplicates(broker
     consumer.client.stop()
 
 
+#: The fault test's length (full in CI and by default): broker kill cycles, the longest broker downtime (seconds),
+#: events. A developer's quick run: EDGE_FAULT_CYCLES=3 EDGE_FAULT_DOWNTIME_S=2 bash tests/run.sh -k fault
+FAULT_CYCLES = int(os.environ.get("EDGE_FAULT_CYCLES", "20"))
+FAULT_DOWNTIME_S = float(os.environ.get("EDGE_FAULT_DOWNTIME_S", "10"))
+FAULT_EVENTS = int(os.environ.get("EDGE_FAULT_EVENTS", "10000"))
+
+
+@pytest.mark.slow
 def test_fault_broker_and_device_killed_while_10000_events_flow(broker, tmp_path):
-    total, rng = 10_000, random.Random(7)
+    total, rng = FAULT_EVENTS, random.Random(7)
     consumer = _consumer(broker, tmp_path)
     stop = threading.Event()
 
@@ -101,11 +112,11 @@ def test_fault_broker_and_device_killed_while_10000_events_flow(broker, tmp_path
     cmd = [sys.executable, str(HERE / "fault_device.py"), "--outbox", str(tmp_path / "outbox.db"), "--total",
            str(total), "--rate", "70", "--settings", json.dumps(settings)]
     device = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    device_kills = set(rng.sample(range(20), 5))
-    for i in range(20):
+    device_kills = set(rng.sample(range(FAULT_CYCLES), max(1, FAULT_CYCLES // 4)))
+    for i in range(FAULT_CYCLES):
         time.sleep(rng.uniform(0.5, 3.0))
         broker.kill()
-        time.sleep(rng.uniform(1.0, 10.0))
+        time.sleep(rng.uniform(min(1.0, FAULT_DOWNTIME_S), FAULT_DOWNTIME_S))
         if i in device_kills:
             device.send_signal(signal.SIGKILL)
             device.wait()

@@ -17,6 +17,8 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import pytest
+
 from edge import keys
 from edge.messaging.outbox import Outbox
 from edge.watchlist.bundle import open_bundle, seal
@@ -54,6 +56,7 @@ def kill_after_ready(proc: subprocess.Popen, delay: float) -> tuple[list[str], b
     return complete, err
 
 
+@pytest.mark.slow
 def test_sigkill_during_watchlist_install_leaves_old_or_new(tmp_path):
     rng = random.Random(SEED)
     operator, device = keys.generate_operator_key(), keys.generate_device_key()
@@ -126,6 +129,7 @@ def test_sigkill_during_watchlist_install_leaves_old_or_new(tmp_path):
     assert not corrupt, corrupt
 
 
+@pytest.mark.slow
 def test_sigkill_during_event_burst_loses_no_committed_event(tmp_path):
     rng = random.Random(SEED + 1)
     path = tmp_path / "outbox.db"

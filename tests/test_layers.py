@@ -2,6 +2,7 @@
 "Architecture"). Reads every module's imports with `ast` (function-local imports included); imports nothing."""
 
 import ast
+from functools import lru_cache
 from pathlib import Path
 
 import pytest
@@ -38,7 +39,8 @@ def _package(rel: str) -> str:
     return head if head in ALLOWED and "/" in rel else GROUND
 
 
-def _imports(path: Path) -> set[str]:
+@lru_cache(maxsize=None)
+def _imports(path: Path) -> frozenset[str]:
     tree = ast.parse(path.read_text(), str(path))
     found = set()
     for node in ast.walk(tree):
@@ -48,7 +50,7 @@ def _imports(path: Path) -> set[str]:
             found.add(node.module)
             if node.module == "edge":  # `from edge import keys` names modules
                 found.update(f"edge.{alias.name}" for alias in node.names)
-    return found
+    return frozenset(found)
 
 
 MODULES = sorted(p.relative_to(EDGE).as_posix() for p in EDGE.rglob("*.py"))

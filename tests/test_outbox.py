@@ -256,6 +256,7 @@ while True:
 """
 
 
+@pytest.mark.slow
 def test_seqs_survive_sigkill_mid_write(tmp_path):
     path = tmp_path / "o.db"
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}

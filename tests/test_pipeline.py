@@ -4,6 +4,8 @@ import json
 import threading
 import time
 
+import pytest
+
 from edge.cli import main
 from edge.device.pipeline import LatestSlot
 
@@ -39,6 +41,7 @@ def test_closed_slot_unblocks_a_waiting_reader():
     assert slot.get(5.0) is None and time.monotonic() - t0 < 1.0
 
 
+@pytest.mark.slow
 def test_bench_json_contract(capsys):
     assert main(["bench", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)

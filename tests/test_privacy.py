@@ -91,6 +91,7 @@ def assert_no_image(data: bytes, what: str) -> None:
         assert sig not in data, f"{what} contains a {name} signature {sig!r}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("thumbnails", [False, True], ids=["default", "thumbnails_enabled"])
 def test_device_sends_no_image_bytes(tmp_path, analyzer, clip, broker, caplog, thumbnails):  # noqa: F811
     from edge import keys

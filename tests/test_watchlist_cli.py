@@ -206,3 +206,26 @@ def test_a_fused_bundle_is_refused_by_a_device_that_does_not_fuse(operator_flow,
     result = store.install((tmp / "v3.bundle").read_bytes())
     assert not result.ok and result.reason == "wrong_embedder"
     assert "dlib_resnet_v1+hse_faceres" in result.message
+
+
+def test_watchlist_bench_on_bundled_photos_reports_every_run(capsys, tmp_path):
+    """`edge watchlist bench` end to end at a small size: real enrollments padded with distractors, sealed, loaded in
+    a fresh process (its RSS), queried; recall against exact search and the keys of DESIGN §9's report."""
+    (tmp_path / "gallery.csv").write_text("path,identity\nfaces/obama.jpg,obama\nfaces/biden.jpg,biden\n")
+    (tmp_path / "probes.csv").write_text(
+        "path,identity,in_watchlist\nfaces/obama2.jpg,obama,1\nfaces/obama3.jpg,obama,1\n"
+        "faces/astronaut.jpg,eileen_collins,0\nfaces/coffee.jpg,nobody,0\n")
+    code, out, err = run(capsys, "watchlist", "bench", "--gallery", tmp_path / "gallery.csv", "--probes",
+                         tmp_path / "probes.csv", "--root", DATA, "--size", "300", "--queries", "40", "--trees", "2,4",
+                         "--stage1-dim", "16", "--save-bundle", tmp_path / "saved", "--json")
+    assert code == 0, err
+    r = json.loads(out)
+    assert (r["n_subjects"], r["n_real_subjects"]) == (300, 2) and r["fused"] is True
+    assert [run_["n_trees"] for run_ in r["runs"]] == [2, 4]
+    for run_ in r["runs"]:
+        assert run_["n_queries"] == 40 and 0.9 <= run_["recall_at_1_vs_exact"] <= 1.0
+        assert run_["rss_mb_fresh_process_after_load"] > 0 and run_["rss_mb_after_queries"] > 0
+        assert run_["query_ms"]["p50"] > 0
+    assert "trees 2 search_k -1" in err  # one progress line per run on stderr
+    assert (tmp_path / "saved" / "bench-4.bundle").stat().st_size > 0
+    assert oct((tmp_path / "saved" / "device.key").stat().st_mode & 0o777) == "0o600"
