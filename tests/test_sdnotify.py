@@ -105,7 +105,7 @@ def test_progress_watchdog_stops_pinging_when_progress_stalls(sock_path):
 
 
 class _FakePipeline:
-    """Only what App._control_loop reads: last_progress (time.monotonic())."""
+    """Only what the control worker (edge.device.control) reads: last_progress (time.monotonic())."""
 
     def __init__(self) -> None:
         self.last_progress = time.monotonic()

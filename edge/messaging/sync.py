@@ -89,18 +89,12 @@ class WatchlistSync:
                  window: int = WINDOW, stall_after: float = STALL_AFTER,
                  on_result: Callable[[Any, bytes], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.on_result = on_result
-        self.clock = clock
-        self.store = store
-        self.transport = transport
-        self.device_id = device_id
-        self.prefix = prefix
-        self.topics = Topics(device_id, prefix)
+        self.store, self.transport, self.on_result, self.clock = store, transport, on_result, clock
+        self.device_id, self.prefix, self.topics = device_id, prefix, Topics(device_id, prefix)
         self.incoming_dir = Path(incoming_dir)
+        self.window, self.stall_after = window, stall_after
         self.stats = SyncStats()
         self.offer: Offer | None = None
-        self.window = window
-        self.stall_after = stall_after
         self._missing: set[int] = set()
         self._requested: set[int] = set()
         self._progress = self.clock()
