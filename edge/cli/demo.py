@@ -7,6 +7,9 @@
 3. Start a local broker on a free loopback port (mosquitto if installed, else the embedded amqtt broker of the
    `demo` extra; with neither, events go straight from the outbox to the printer, and the demo says so), run the
    real pipeline over the clip, publish from the outbox, and print each event as the central consumer receives it.
+
+It composes a device (store, pipeline, outbox, publisher) and the operator's consumer and event store in one
+process, so it lives in the CLI: the only package that may import both `edge.device` and `edge.operator`.
 """
 
 from __future__ import annotations
