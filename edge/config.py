@@ -395,13 +395,37 @@ def _format(source: str, problems: list[tuple[int | None, str]]) -> str:
     return "\n".join(f"{source}, line {line}: {text}" if line else f"{source}: {text}" for line, text in rows)
 
 
+#: Largest config file read, bytes; a config is a few KiB.
+MAX_CONFIG_BYTES = 256 * 1024
+
+
+def _no_alias_loader() -> type:
+    """yaml.SafeLoader refusing aliases (`*name`): a config never needs them, and a few hundred bytes of nested
+    aliases expand to gigabytes (the "billion laughs")."""
+    import yaml
+
+    class NoAliasLoader(yaml.SafeLoader):
+        def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise yaml.MarkedYAMLError(None, None, "YAML aliases (*name) are not allowed in a config",
+                                           event.start_mark)
+            return super().compose_node(parent, index)
+
+    return NoAliasLoader
+
+
 def parse_config(text: str, source: str = "<config>", base_dir: Path | None = None) -> Config:
     """Validate YAML `text`; `source` names it in messages; relative paths are anchored at `base_dir`."""
     import yaml
 
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(_format(source, [(None, f"is {len(text)} characters; a config is at most "
+                                                  f"{MAX_CONFIG_BYTES} bytes")]))
+    loader = _no_alias_loader()
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        root = yaml.compose(text, Loader=loader)
+        data = yaml.load(text, Loader=loader)  # noqa: S506 - a SafeLoader subclass
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         line = mark.line + 1 if mark else None
@@ -434,6 +458,8 @@ def load_config(path: str | Path) -> Config:
     """Read and validate a YAML config file; raises `ConfigError` listing every problem (file, line, key)."""
     path = Path(path)
     try:
+        if path.is_file() and path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: is {path.stat().st_size} bytes; a config is at most {MAX_CONFIG_BYTES} bytes")
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None

@@ -32,3 +32,11 @@ def atomic_write(path: str | Path, data: bytes, mode: int = 0o600) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def private_dir(path: str | Path) -> Path:
+    """`path` created if needed and made mode 0700 whatever the umask (it holds keys or personal data)."""
+    path = Path(path)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path

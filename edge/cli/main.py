@@ -214,12 +214,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `edge` console script."""
+    """Entry point of the `edge` console script. Everything printed goes through `SafeStream` (no terminal escapes
+    from data); a user error is one line on stderr and exit 1, never a traceback."""
+    import os
+
+    from edge.cli.common import SafeStream
+
+    out, err = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = SafeStream(out), SafeStream(err)  # type: ignore[assignment]
+    try:
+        return _run(argv)
+    except Exception as exc:  # noqa: BLE001 - a bug, still one line; EDGE_TRACEBACK=1 shows where
+        if os.environ.get("EDGE_TRACEBACK"):
+            raise
+        print(f"edge: internal error: {type(exc).__name__}: {exc} (this is a bug; EDGE_TRACEBACK=1 shows the "
+              "traceback)", file=sys.stderr)
+        return 70
+    finally:
+        sys.stdout, sys.stderr = out, err
+
+
+def _run(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except EdgeError as err:
         print(f"edge: error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:  # a file the user named cannot be read or written
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"edge: error: {where}{err.strerror or err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("edge: interrupted", file=sys.stderr)

@@ -16,6 +16,7 @@ from typing import Any
 from edge.cli.common import analyzer_from_args as _analyzer
 from edge.cli.common import print_json as _print_json
 from edge.cli.common import progress as _progress
+from edge.durable import atomic_write
 from edge.errors import DataError, EdgeError
 
 
@@ -105,7 +106,8 @@ def cmd_watchlist_build(args: argparse.Namespace) -> int:
     if not enrollment.vectors:
         raise EdgeError(f"no photo of {args.gallery} could be enrolled ({len(enrollment.rejected)} rejected)")
     payload = payload_of(enrollment, analyzer.fusion_meta, args.trees)
-    report = write_build(args.out, payload, enrollment, _embedder_info(analyzer), time.perf_counter() - t0)
+    report = write_build(args.out, payload, enrollment, _embedder_info(analyzer), time.perf_counter() - t0,
+                         force=args.force)
     if args.json:
         _print_json(report)
     else:
@@ -149,12 +151,40 @@ def _impostor_tail(args: argparse.Namespace, embedder: dict):
     return embedder_tail(manifest.get(embedder.get("name", ""), "embedder").info)
 
 
+#: Longest validity a sealed watchlist may have, days (a device treats it as stale after it).
+MAX_EXPIRES_DAYS = 3650
+
+
+def _check_seal_args(args: argparse.Namespace) -> None:
+    """Every value `seal` writes into a bundle, checked before anything is read or written (one line each)."""
+    from edge.messaging.topics import DEVICE_ID, MAX_SEQ
+
+    for name, value in (("--device-id", args.device_id), ("--watchlist-id", args.watchlist_id)):
+        if not DEVICE_ID.match(value):
+            raise DataError(f"{name} {value!r} is invalid: use 1-64 characters from A-Z a-z 0-9 . _ - (it becomes"
+                            " part of MQTT topics and file names)")
+    if not 1 <= args.version <= MAX_SEQ:
+        raise DataError(f"--version must be an integer in [1, 2^63-1], got {args.version}")
+    if args.threshold is not None and not 0 < args.threshold <= 1:
+        raise DataError(f"--threshold must be a cosine similarity in (0, 1], got {args.threshold}")
+    if not 0 <= args.margin < 1:
+        raise DataError(f"--margin must be a cosine margin in [0, 1), got {args.margin}")
+    if not 0 < args.fpir < 1:
+        raise DataError(f"--fpir must be a rate in (0, 1), got {args.fpir}")
+    if not 0 < args.expires_days <= MAX_EXPIRES_DAYS:
+        raise DataError(f"--expires-days must be in (0, {MAX_EXPIRES_DAYS}], got {args.expires_days:g}")
+    if args.out.exists() and not args.force:
+        raise DataError(f"{args.out} exists; pass --force to replace it")
+
+
 def cmd_watchlist_seal(args: argparse.Namespace) -> int:
     from edge import keys
     from edge.watchlist.build import load_build
     from edge.watchlist.bundle import seal
+    from edge.watchlist.index import Watchlist
     from edge.watchlist.payload import pack
 
+    _check_seal_args(args)
     payload, embedder = load_build(args.input)
     signing = keys.load_private_key(args.signing_key, "operator")
     device_pub = keys.load_public_key(args.device_key, "device")
@@ -164,6 +194,11 @@ def cmd_watchlist_seal(args: argparse.Namespace) -> int:
     else:
         thresholds = _impostor_tail(args, embedder).threshold_for(n_templates, args.fpir)
     thresholds["margin"] = args.margin
+    try:  # what the device will load must load here first (a corrupt index.ann or templates.bin is caught now)
+        Watchlist.from_payload(pack(payload), _numbers_only(thresholds), {"embedder": embedder})
+    except (EdgeError, ValueError, KeyError, TypeError) as err:
+        raise DataError(f"{args.input} does not load as a watchlist ({err}); rebuild it with `edge watchlist build`")\
+            from None
     plaintext = pack(payload)
     expires = datetime.now(timezone.utc) + timedelta(days=args.expires_days)
     data = seal(plaintext, watchlist_id=args.watchlist_id, version=args.version, device_id=args.device_id,
@@ -171,7 +206,7 @@ def cmd_watchlist_seal(args: argparse.Namespace) -> int:
                 embedder_sha256=embedder.get("sha256", ""), dim=int(payload.meta["dim"]), n_items=n_templates,
                 n_subjects=len(payload.meta["subjects"]["id"]), thresholds=_numbers_only(thresholds), expires=expires)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_bytes(data)
+    atomic_write(args.out, data, mode=0o644)  # sealed: only its device can open it
     result = {"version": args.version, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
               "device_id": args.device_id, "n_items": n_templates, "thresholds": _numbers_only(thresholds),
               "expires": expires.strftime("%Y-%m-%dT%H:%M:%SZ")}
@@ -310,6 +345,7 @@ def add_parsers(sub: argparse._SubParsersAction, vision: argparse.ArgumentParser
     p.add_argument("--root", type=Path, required=True, help="folder the CSV's paths are relative to")
     p.add_argument("--out", type=Path, required=True, help="build directory (plaintext: keep it on the operator machine)")
     p.add_argument("--trees", type=int, default=8, help="Annoy trees (default 8, see README for the trade-off)")
+    p.add_argument("--force", action="store_true", help="replace an existing build in --out")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_watchlist_build)
     p = wl.add_parser("seal", help="sign and encrypt a build for one device",
@@ -329,6 +365,7 @@ def add_parsers(sub: argparse._SubParsersAction, vision: argparse.ArgumentParser
     p.add_argument("--threshold", type=float, help="use this match threshold instead of calibrating one")
     p.add_argument("--margin", type=float, default=0.02, help="required cosine margin over the next subject (default 0.02)")
     p.add_argument("--models-dir", type=Path, help="directory with manifest.json (for the default impostor model)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_watchlist_seal)
     p = wl.add_parser("verify", help="verify and decrypt a bundle in memory")

@@ -51,6 +51,8 @@ WATCHLIST_STATES = ("installed", "rejected", "stale", "none")
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}\Z")
 _TOKEN = re.compile(r"[a-z][a-z0-9_]{0,63}\Z")
 _SHA256 = re.compile(r"[0-9a-f]{64}\Z")
+#: C0 and C1 control characters (ESC starts a terminal escape sequence), DEL, and the bidirectional overrides.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 # Base64 of the JPEG (FF D8 FF) and PNG (89 50 4E 47 0D 0A 1A 0A) signatures, and the raw signatures as text.
 _IMAGE_MARKERS = ("/9j/", "iVBORw0KGgo", "data:image", "\xff\xd8\xff", "\x89PNG")
 _IMAGE_WORDS = ("jpeg", "jpg", "png", "image", "img", "photo", "picture", "snapshot", "crop", "chip_pixels")
@@ -144,6 +146,8 @@ def _need_str(obj: dict, key: str, what: str, max_len: int = 256, nullable: bool
                            f"{' or null' if nullable else ''}, got {_show(value)}")
     if any(marker in value for marker in _IMAGE_MARKERS):
         raise PayloadError(f"{what} field {key!r} looks like image data; images never travel in clear")
+    if _CONTROL.search(value):
+        raise PayloadError(f"{what} field {key!r} contains control characters (e.g. terminal escape sequences)")
 
 
 def _need_int(obj: dict, key: str, what: str, low: int) -> None:

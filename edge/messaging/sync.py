@@ -118,7 +118,14 @@ class WatchlistSync:
             if parsed.device_id != self.device_id:
                 raise SyncError(f"topic {topic!r} belongs to device {parsed.device_id!r}")
             if parsed.kind == "watchlist_manifest":
-                self._on_offer(parse_offer(payload, self.device_id))
+                try:
+                    offer = parse_offer(payload, self.device_id)
+                except PayloadError as err:  # told on watchlist/state; the installed list keeps serving
+                    self.stats.malformed += 1
+                    self.stats.last_reason = str(err)
+                    self.report(reason="malformed_offer", message=str(err)[:1000])
+                    return
+                self._on_offer(offer)
             elif parsed.kind == "watchlist_chunk":
                 self._on_chunk(*parsed.extra, payload)
             else:

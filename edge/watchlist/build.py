@@ -8,13 +8,17 @@ receive it sealed (`edge watchlist seal`).
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
 
+from edge.durable import atomic_write, private_dir
 from edge.errors import DataError, EdgeError
 from edge.tables import read_csv
 from edge.imageio import read_image
@@ -45,15 +49,41 @@ class GalleryEntry:
     expires: str | None
 
 
+#: A subject id: what an event names a person by on the wire (no control characters, bounded).
+SUBJECT_ID = re.compile(r"[^\x00-\x1f\x7f-\x9f]{1,128}\Z")
+
+
+def _parse_expiry(text: str) -> datetime | None:
+    """A gallery `expires` (YYYY-MM-DD, or ISO 8601 with a time; naive means UTC) as an aware datetime, or None."""
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+
+
 def read_gallery(csv_path: str | Path, root: str | Path) -> list[GalleryEntry]:
     """Read a gallery CSV; missing files are reported by enrollment, not here."""
     csv_path, root = Path(csv_path), Path(root)
     entries = []
+    now = datetime.now(timezone.utc)
     for line, row in enumerate(read_csv(csv_path, ("path", "identity")), start=2):
         if not (row["path"] or "").strip() or not (row["identity"] or "").strip():
             raise DataError(f"{csv_path}, line {line}: empty path or identity")
-        entries.append(GalleryEntry(root / row["path"], row["identity"].strip(), (row.get("label") or row["identity"]).strip(),
-                                    (row.get("category") or "").strip(), (row.get("expires") or "").strip() or None))
+        identity = row["identity"].strip()
+        if not SUBJECT_ID.match(identity):
+            raise DataError(f"{csv_path}, line {line}: identity {identity[:40]!r} must be 1-128 characters without"
+                            " control characters")
+        expires = (row.get("expires") or "").strip() or None
+        if expires is not None:
+            when = _parse_expiry(expires)
+            if when is None:
+                raise DataError(f"{csv_path}, line {line}: expires {expires[:40]!r} is not a date (use YYYY-MM-DD or"
+                                " an ISO 8601 UTC time)")
+            if when <= now:
+                raise DataError(f"{csv_path}, line {line}: expires {expires} is in the past")
+        entries.append(GalleryEntry(root / row["path"], identity, (row.get("label") or identity).strip(),
+                                    (row.get("category") or "").strip(), expires))
     if not entries:
         raise DataError(f"{csv_path} has no rows")
     return entries
@@ -159,17 +189,23 @@ def payload_of(enrollment: "Enrollment", fusion: dict | None, n_trees: int = DEF
                         vectors2=vectors2, fusion=fusion)
 
 
-def write_build(out_dir: Path, payload: Payload, enrollment: Enrollment, embedder: dict, seconds: float) -> dict:
-    """Write index.ann, meta.json and report.json into `out_dir`; returns the report."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "index.ann").write_bytes(payload.index)
-    (out_dir / "templates.bin").write_bytes(payload.templates)
-    meta = dict(payload.meta, embedder=embedder)
-    (out_dir / "meta.json").write_bytes(canonical_json(meta))
+def write_build(out_dir: Path, payload: Payload, enrollment: Enrollment, embedder: dict, seconds: float,
+                force: bool = False) -> dict:
+    """Write index.ann, templates.bin, meta.json and report.json into `out_dir` (mode 0700: it holds names and
+    templates in clear); refuses to overwrite an existing build unless `force`. Returns the report."""
+    if (out_dir / "meta.json").exists() and not force:
+        raise DataError(f"{out_dir} already holds a watchlist build; pass --force to replace it")
+    private_dir(out_dir)
+    atomic_write(out_dir / "index.ann", payload.index)  # every file 0600: names and templates in clear
+    atomic_write(out_dir / "templates.bin", payload.templates)
+    files = {"index.ann": hashlib.sha256(payload.index).hexdigest(),
+             "templates.bin": hashlib.sha256(payload.templates).hexdigest()}
+    meta = dict(payload.meta, embedder=embedder, files=files)  # both popped again by load_build
+    atomic_write(out_dir / "meta.json", canonical_json(meta))
     report = {"n_subjects": len(enrollment.subjects), "n_templates": len(enrollment.vectors),
               "rejected": enrollment.rejected, "warnings": enrollment.warnings, "n_trees": payload.meta["n_trees"], "embedder": embedder,
               "seconds": round(seconds, 2)}
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2))
+    atomic_write(out_dir / "report.json", json.dumps(report, indent=2).encode())
     return report
 
 
@@ -182,6 +218,17 @@ def load_build(build_dir: Path) -> tuple[Payload, dict]:
     except FileNotFoundError as err:
         raise DataError(f"{build_dir} is not a watchlist build directory ({Path(err.filename).name} is missing); "
                         "make one with `edge watchlist build`") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise DataError(f"{build_dir}/meta.json is not valid JSON ({type(err).__name__}); rebuild with"
+                        " `edge watchlist build`") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("items"), list) or not isinstance(meta.get("subjects"), dict):
+        raise DataError(f"{build_dir}/meta.json is not a watchlist build's metadata; rebuild with `edge watchlist build`")
     embedder = meta.pop("embedder", {})
+    for name, data in (("index.ann", index), ("templates.bin", templates)):
+        want = (meta.get("files") or {}).get(name)
+        if want is not None and hashlib.sha256(data).hexdigest() != want:
+            raise DataError(f"{build_dir}/{name} does not match the checksum the build recorded (corrupt or"
+                            " edited); rebuild with `edge watchlist build`")
+    meta.pop("files", None)
     return Payload(index, meta, templates), embedder
 
