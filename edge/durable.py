@@ -34,9 +34,27 @@ def atomic_write(path: str | Path, data: bytes, mode: int = 0o600) -> None:
     fsync_dir(path.parent)
 
 
-def private_dir(path: str | Path) -> Path:
-    """`path` created if needed and made mode 0700 whatever the umask (it holds keys or personal data)."""
+def private_dir(path: str | Path, chmod_existing: bool = True) -> Path:
+    """`path` (and every missing parent) created mode 0700 whatever the umask: it holds keys or personal data. An
+    existing `path` is made 0700 too (like ssh's ~/.ssh) unless `chmod_existing` is False; existing parents are
+    left as they are."""
     path = Path(path)
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
+    missing = [p for p in [path, *path.parents] if not p.exists()][::-1]
+    for level in missing:
+        level.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(level, 0o700)
+    if chmod_existing:
+        os.chmod(path, 0o700)
+    return path
+
+
+def private_file(path: str | Path) -> Path:
+    """Create `path` empty with mode 0600 if it does not exist (before a library such as SQLite creates it with the
+    umask's mode); an existing file is made 0600."""
+    path = Path(path)
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
     return path

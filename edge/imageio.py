@@ -88,9 +88,15 @@ def read_image(path: str | Path) -> np.ndarray:
 
 
 def write_image(path: str | Path, rgb: np.ndarray) -> None:
-    """Write an RGB array as an image file; the format follows the extension (.jpg, .png …)."""
+    """Write an RGB array as an image file, mode 0600 (a face is personal data); the format follows the extension
+    (.jpg, .png …). ImageError naming the path when it cannot be encoded or written."""
+    from edge.durable import atomic_write
+
     path = Path(path)
     ok, buf = cv2.imencode(path.suffix or ".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     if not ok:
         raise ImageError(f"cannot encode an image for {path} (unknown extension {path.suffix!r}?)")
-    path.write_bytes(buf.tobytes())
+    try:
+        atomic_write(path, buf.tobytes())
+    except OSError as err:
+        raise ImageError(f"cannot write {path}: {err.strerror or err}") from None

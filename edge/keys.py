@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from edge.canonical import canonical_json
-from edge.durable import atomic_write
+from edge.durable import atomic_write, private_dir
 from edge.errors import EdgeError
 
 KeyKind = Literal["operator", "device"]
@@ -112,7 +112,7 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
 def save_private_key(path: str | Path, key: PrivateKey, force: bool = False) -> None:
     """Write `key` as unencrypted PEM PKCS#8 with mode 0600; refuse to replace an existing file unless `force`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent, chmod_existing=False)  # a new key directory is 0700 whatever the umask
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
     if force:
@@ -127,7 +127,7 @@ def save_private_key(path: str | Path, key: PrivateKey, force: bool = False) -> 
 def save_public_key(path: str | Path, key: PublicKey) -> None:
     """Write `key` as PEM SubjectPublicKeyInfo with mode 0644 (replacing any existing file atomically)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent, chmod_existing=False)
     pem = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     atomic_write(path, pem, 0o644)
 
@@ -272,7 +272,7 @@ class TrustStore:
             self.path = Path(path)
         if self.path is None:
             raise ValueError("TrustStore.save: no path given and the store was not loaded from a file")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent, chmod_existing=False)
         doc = {"format": TRUST_FORMAT, "keys": {kid: _b64(_raw_public(k)) for kid, k in self._keys.items()}}
         atomic_write(self.path, canonical_json(doc) + b"\n", 0o644)
 

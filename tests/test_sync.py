@@ -92,10 +92,12 @@ def publish(broker, messages):
 def test_publish_command_and_install(broker, crypto, tmp_path, capsys):
     bundle = tmp_path / "v1.bundle"
     bundle.write_bytes(make_bundle(crypto, 1))
+    keys.save_public_key(tmp_path / "operator.pub", crypto[0].public_key())
     pki = broker.pki
     code = main(["watchlist", "publish", "--bundle", str(bundle), "--device", DEVICE, "--host", broker.host, "--port",
                  str(broker.port), "--ca", str(pki.ca), "--cert", str(pki.cert("operator")), "--key",
-                 str(pki.key("operator")), "--chunk-bytes", "8192", "--json"])
+                 str(pki.key("operator")), "--chunk-bytes", "8192", "--operator-key", str(tmp_path / "operator.pub"),
+                 "--json"])
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     assert report["version"] == 1 and report["chunks"] == -(-report["bytes"] // 8192)

@@ -91,6 +91,8 @@ def run_demo(analyzer: Any, photos: Path, workdir: Path | None = None, video: Pa
         broker = LocalBroker(work, prefer_mosquitto=broker_kind != "amqtt")
         have_broker = broker.start()
         received: list[dict] = []
+        # The operator's side names the subjects (events carry only the ids): here, from the enrollment itself.
+        names = {s["id"]: s["label"] for s in enrollment.subjects if s.get("label")}
         lock = threading.Lock()
         clock = {"start": time.time()}
 
@@ -98,7 +100,7 @@ def run_demo(analyzer: Any, photos: Path, workdir: Path | None = None, video: Pa
             with lock:
                 received.append(ev)
             print_fn(f"EVENT {ev['device_id']} #{ev['seq']} at {ev['captured_at'] - clock['start']:.1f} s: "
-                     f"{ev.get('label') or ev['subject_id']} — similarity "
+                     f"{names.get(ev['subject_id'], ev['subject_id'])} — similarity "
                      f"{ev['similarity']:.3f} ≥ {ev['threshold']:.3f}, margin {ev['margin']:.3f}, track {ev['track_id']},"
                      f" {ev['chips_used']} chips — candidate for human review (review_required={ev['review_required']})")
 
@@ -154,7 +156,8 @@ def run_demo(analyzer: Any, photos: Path, workdir: Path | None = None, video: Pa
             op_client.stop()
         broker.stop()
         snap = health.snapshot()
-        summary = {"events": len(received), "labels": sorted({e.get("label") or e["subject_id"] for e in received}),
+        summary = {"events": len(received), "labels": sorted({names.get(e["subject_id"], e["subject_id"])
+                                                              for e in received}),
                    "frames": snap["counters"].get("frames_captured", 0), "seconds": round(time.monotonic() - t0, 1),
                    "broker": broker.kind, "outbox_depth": outbox.depth(),
                    "stage_ms": snap.get("stage_ms", {})}

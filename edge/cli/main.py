@@ -29,9 +29,13 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from edge.vision.annotate import annotate
     from edge.imageio import read_image, write_image
 
+    if args.annotate:  # faces are personal data: a new folder is 0700 whatever the umask
+        from edge.durable import private_dir
+
+        if args.annotate.exists() and not args.annotate.is_dir():
+            raise EdgeError(f"--annotate {args.annotate} is not a directory")
+        private_dir(args.annotate, chmod_existing=False)
     analyzer = _analyzer(args)
-    if args.annotate:
-        args.annotate.mkdir(parents=True, exist_ok=True)
     results, failed = [], 0
     for path in args.images:
         entry: dict[str, Any] = {"path": str(path)}

@@ -40,17 +40,22 @@ def _client(args: argparse.Namespace, subscriptions: list[tuple[str, int]]):
 def cmd_events_tail(args: argparse.Namespace) -> int:
     from edge.messaging.delivery import EventConsumer
     from edge.operator.event_store import EventStore
+    from edge.operator.labels import labels_from_build
 
     store = EventStore(args.store)
     from edge.messaging.topics import operator_filter
 
     client = _client(args, [(operator_filter("events", args.prefix), 1)])
 
+    names = labels_from_build(args.watchlist) if args.watchlist else {}
+
     def show(ev: dict) -> None:
+        name = names.get(ev["subject_id"]) or ev.get("label")
         if args.json:
-            print(json.dumps(ev), flush=True)
+            print(json.dumps({**ev, "label": name} if name else ev), flush=True)
         else:
-            print(f"{ev['device_id']} #{ev['seq']} subject {ev['subject_id']} similarity {ev['similarity']:.3f} "
+            who = f"{name} ({ev['subject_id']})" if name else ev["subject_id"]
+            print(f"{ev['device_id']} #{ev['seq']} subject {who} similarity {ev['similarity']:.3f} "
                   f"(threshold {ev['threshold']:.3f}, margin {ev['margin']:.3f}, track {ev['track_id']}) — "
                   "candidate for human review", flush=True)
 
@@ -76,19 +81,21 @@ def cmd_events_tail(args: argparse.Namespace) -> int:
 
 
 def cmd_watchlist_publish(args: argparse.Namespace) -> int:
+    from edge import keys
     from edge.messaging.sync import offer_messages
-    from edge.watchlist.bundle import BundleError, peek_manifest
+    from edge.watchlist.bundle import MAX_BUNDLE_BYTES, BundleError, verify_bundle
 
     try:
+        if args.bundle.stat().st_size > MAX_BUNDLE_BYTES:
+            raise DataError(f"{args.bundle} is larger than a bundle can be ({MAX_BUNDLE_BYTES} bytes)")
         data = args.bundle.read_bytes()
     except OSError as err:
         raise DataError(f"cannot read bundle {args.bundle}: {err.strerror or err}") from None
-    try:
-        manifest = peek_manifest(data)
+    trust = keys.TrustStore([keys.load_public_key(p, "operator") for p in args.operator_key])
+    try:  # a truncated, bit-flipped or foreign bundle never replaces the good retained offer
+        manifest, _ = verify_bundle(data, trust, expected_device_id=args.device)
     except BundleError as err:
-        raise DataError(f"{args.bundle} is not a watchlist bundle: {err}") from None
-    if manifest.get("device_id") != args.device:
-        raise DataError(f"{args.bundle} is sealed for device {manifest.get('device_id')!r}, not {args.device!r}")
+        raise DataError(f"{args.bundle} was not published: {err}") from None
     messages = offer_messages(data, args.device, int(manifest["version"]), args.prefix, args.chunk_bytes)
     client = _client(args, [])
     t0 = time.perf_counter()
@@ -119,6 +126,8 @@ def add_parsers(sub: argparse._SubParsersAction, watchlist_sub: argparse._SubPar
     p.add_argument("--jsonl", type=Path, help="also append each new event to this JSON-lines file")
     p.add_argument("--count", type=int, help="exit after this many new events")
     p.add_argument("--idle-exit", type=float, help="exit after this many seconds without an event")
+    p.add_argument("--watchlist", type=Path, metavar="BUILD_DIR", help="the operator's watchlist build directory:"
+                   " names for the subject ids (devices never send names)")
     p.add_argument("--json", action="store_true", help="print events as JSON lines")
     p.set_defaults(func=cmd_events_tail)
 
@@ -127,6 +136,9 @@ def add_parsers(sub: argparse._SubParsersAction, watchlist_sub: argparse._SubPar
                                              "<prefix>/<device>/watchlist/…; the device fetches what it lacks.")
     p.add_argument("--bundle", type=Path, required=True, help="bundle from `edge watchlist seal`")
     p.add_argument("--device", required=True, help="target device id (must match the bundle)")
+    p.add_argument("--operator-key", type=Path, action="append", required=True, metavar="PUB",
+                   help="operator public key the bundle must be signed by (repeatable); checked with the payload's"
+                        " sha256 before anything is sent")
     p.add_argument("--chunk-bytes", type=int, default=1 << 20, help="chunk size in bytes (default 1 MiB)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_watchlist_publish)

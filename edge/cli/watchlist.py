@@ -205,7 +205,7 @@ def cmd_watchlist_seal(args: argparse.Namespace) -> int:
                 device_public=device_pub, signing_key=signing, embedder_id=embedder.get("id", ""),
                 embedder_sha256=embedder.get("sha256", ""), dim=int(payload.meta["dim"]), n_items=n_templates,
                 n_subjects=len(payload.meta["subjects"]["id"]), thresholds=_numbers_only(thresholds), expires=expires)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)  # a sealed bundle is not personal data in clear
     atomic_write(args.out, data, mode=0o644)  # sealed: only its device can open it
     result = {"version": args.version, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
               "device_id": args.device_id, "n_items": n_templates, "thresholds": _numbers_only(thresholds),

@@ -1,6 +1,10 @@
 """Decisions become match events: written to the audit log first, then committed to the outbox (which the
 publisher drains to the broker). Nothing here touches the network. No image bytes leave in clear: only when the
-operator enabled thumbnails is a small JPEG of the aligned face attached, encrypted to the operator's X25519 key."""
+operator enabled thumbnails is a small JPEG of the aligned face attached, encrypted to the operator's X25519 key.
+
+Events carry the opaque subject id, never a name: the outbox (and its WAL) is on the device's disk until the
+consumer acknowledges, so labels are resolved on the operator side from its own copy of the watchlist metadata
+(`edge.operator.labels`)."""
 
 from __future__ import annotations
 
@@ -50,7 +54,7 @@ class EventWriter:
             embedder_id=self.embedder_id or str(manifest.get("embedder", {}).get("id", "")),
             similarity=float(decision.similarity), threshold=float(decision.threshold), margin=float(decision.margin),
             track_id=int(decision.track_id), chips_used=int(decision.chips_used), quality=dict(decision.quality or {}),
-            label=decision.label or None, category=decision.category or None, thumbnail=self._thumbnail(chip))
+            thumbnail=self._thumbnail(chip))  # no label or category: the device's disk never holds a name
         if self.audit is not None:
             self.audit.append("match", {"event_id": event.event_id, "subject_id": event.subject_id,
                                         "similarity": event.similarity, "threshold": event.threshold,

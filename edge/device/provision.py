@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from edge import keys
-from edge.durable import atomic_write
+from edge.durable import atomic_write, private_dir
 from edge.errors import EdgeError
 
 DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -75,7 +75,7 @@ def provision(device_id: str, out: str | Path, force: bool = False) -> Provision
             if (out / name).exists():
                 raise ProvisionError(f"{out / name} already exists; use --force to replace it (the device's "
                                      "current keys and certificate would stop working)")
-    out.mkdir(parents=True, exist_ok=True)
+    private_dir(out)  # the device's key directory: 0700 whatever the umask
     device_key = keys.generate_device_key()
     public = device_key.public_key()
     tls_key = ec.generate_private_key(ec.SECP256R1())

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from edge.durable import atomic_write
+from edge.durable import atomic_write, private_dir
 from edge.errors import EdgeError
 from edge.messaging.payloads import MAX_CHUNKS, Offer, PayloadError, encode_offer, encode_watchlist_state, parse_offer
 from edge.messaging.topics import TopicError, Topics
@@ -146,7 +146,7 @@ class WatchlistSync:
         self._requested = set()
         self.offer = offer
         folder = self._dir(offer)
-        folder.mkdir(parents=True, exist_ok=True)
+        private_dir(folder)
         for stale in self.incoming_dir.iterdir():
             if stale != folder:
                 shutil.rmtree(stale, ignore_errors=True)

@@ -8,6 +8,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+from edge.durable import private_dir, private_file
 from edge.errors import EdgeError
 
 
@@ -16,8 +17,9 @@ class EventStore:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent, chmod_existing=False)
         try:
+            private_file(self.path)  # names and evidence: 0600 before SQLite creates it (its -wal/-shm copy the mode)
             self.db = sqlite3.connect(self.path, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")

@@ -427,6 +427,42 @@ def seal(
     return data
 
 
+def verify_bundle(data: bytes, operator_keys: OperatorKeys, *, expected_device_id: str | None = None,
+                  now: datetime | None = None, allow_expired: bool = False) -> tuple[dict[str, Any], str]:
+    """Everything about a bundle that needs no device key: framing, the pinned operator's signature, the manifest's
+    schema, the device it is for, expiry, and the payload's length and sha256. Returns (the validated manifest,
+    the id of the pinned key that signed it), or raises BundleError. `open_bundle` runs this first; `edge watchlist publish` runs it before sending."""
+    view = memoryview(data)
+    frame = _split(view)
+    signed_by = _verify(frame, _pinned(operator_keys))
+    manifest = _parse_manifest(frame.manifest)
+    label = f"bundle {manifest['watchlist_id']} v{manifest['version']}"
+    if manifest["signing"]["key_id"] != signed_by:
+        raise BundleError("bad_signature", f"{label} names signing key {manifest['signing']['key_id']} but was"
+                                           f" signed by pinned key {signed_by}")
+    if expected_device_id is not None and manifest["device_id"] != expected_device_id:
+        raise BundleError("wrong_device", f"{label} is for device {manifest['device_id']!r}; this device is"
+                                          f" {expected_device_id!r}")
+    now = now or datetime.now(timezone.utc)
+    if now.tzinfo is None:
+        raise ValueError("verify_bundle: `now` must be a timezone-aware datetime")
+    if not allow_expired and parse_time(manifest["expires"]) <= now:
+        raise BundleError("expired", f"{label} expired at {manifest['expires']}: the watchlist is stale; ask the"
+                                     " operator for a fresh bundle")
+    ciphertext = view[frame.payload_offset:]
+    declared = manifest["payload"]["length"]
+    if len(ciphertext) < declared:
+        raise BundleError("truncated", f"{label} is truncated: the payload has {len(ciphertext)} of {declared}"
+                                       " bytes")
+    if len(ciphertext) > declared:
+        raise BundleError("payload_mismatch", f"{label} has {len(ciphertext) - declared} unexpected bytes after"
+                                              f" its {declared}-byte payload")
+    if hashlib.sha256(ciphertext).hexdigest() != manifest["payload"]["sha256"]:
+        raise BundleError("payload_mismatch", f"{label}: the payload does not match the manifest's sha256"
+                                              " (corrupted or replaced)")
+    return manifest, signed_by
+
+
 def open_bundle(
     data: bytes,
     device_private: X25519PrivateKey,
@@ -442,34 +478,12 @@ def open_bundle(
     bundles for any other device. now: the current time (aware; default: the clock). allow_expired: accept a bundle
     whose `expires` has passed (used only to keep serving an already-installed watchlist, marked stale).
     """
+    manifest, signed_by = verify_bundle(data, operator_keys, expected_device_id=expected_device_id, now=now,
+                                        allow_expired=allow_expired)
     view = memoryview(data)
     frame = _split(view)
-    signed_by = _verify(frame, _pinned(operator_keys))
-    manifest = _parse_manifest(frame.manifest)
-    label = f"bundle {manifest['watchlist_id']} v{manifest['version']}"
-    if manifest["signing"]["key_id"] != signed_by:
-        raise BundleError("bad_signature", f"{label} names signing key {manifest['signing']['key_id']} but was"
-                                           f" signed by pinned key {signed_by}")
-    if expected_device_id is not None and manifest["device_id"] != expected_device_id:
-        raise BundleError("wrong_device", f"{label} is for device {manifest['device_id']!r}; this device is"
-                                          f" {expected_device_id!r}")
-    now = now or datetime.now(timezone.utc)
-    if now.tzinfo is None:
-        raise ValueError("open_bundle: `now` must be a timezone-aware datetime")
-    if not allow_expired and parse_time(manifest["expires"]) <= now:
-        raise BundleError("expired", f"{label} expired at {manifest['expires']}: the watchlist is stale; ask the"
-                                     " operator for a fresh bundle")
     ciphertext = view[frame.payload_offset:]
-    declared = manifest["payload"]["length"]
-    if len(ciphertext) < declared:
-        raise BundleError("truncated", f"{label} is truncated: the payload has {len(ciphertext)} of {declared}"
-                                       " bytes")
-    if len(ciphertext) > declared:
-        raise BundleError("payload_mismatch", f"{label} has {len(ciphertext) - declared} unexpected bytes after"
-                                              f" its {declared}-byte payload")
-    if hashlib.sha256(ciphertext).hexdigest() != manifest["payload"]["sha256"]:
-        raise BundleError("payload_mismatch", f"{label}: the payload does not match the manifest's sha256"
-                                              " (corrupted or replaced)")
+    label = f"bundle {manifest['watchlist_id']} v{manifest['version']}"
     content_key = unwrap_content_key(manifest, device_private)
     try:
         plaintext = AESGCM(content_key).decrypt(base64.b64decode(manifest["payload"]["nonce"]), ciphertext,
