@@ -380,3 +380,11 @@ def open_sealed(private: X25519PrivateKey, ephemeral_public: bytes, nonce: bytes
         return AESGCM(key).decrypt(nonce, ciphertext, aad)
     except (InvalidTag, ValueError):
         raise SealError("sealed data cannot be opened with this key (wrong key, or altered data)") from None
+
+
+def derive_key(private: X25519PrivateKey, purpose: bytes) -> bytes:
+    """32 bytes for one purpose (e.g. the MAC of the device's install record), derived from the device's private
+    key with HKDF-SHA256 (info = `purpose`): nothing new to store, and useless without the device key."""
+    raw = private.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                serialization.NoEncryption())
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose).derive(raw)

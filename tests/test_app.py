@@ -51,8 +51,12 @@ def provision(state: Path, analyzer, device_id: str = DEVICE, install: bool = Tr
                   embedder_sha256=analyzer.embedder_info.sha256, dim=analyzer.embedder.dim, n_items=1, n_subjects=1,
                   thresholds={"match": thresholds["match"], "margin": 0.02},
                   expires=datetime.now(timezone.utc) + timedelta(days=1))
-    if install:
-        (state / "installed.bundle").write_bytes(bundle)
+    if install:  # as the device's own store installs it: the bundle and its authenticated install record
+        from edge.watchlist.store import WatchlistStore
+
+        store = WatchlistStore(state, device_id, device_key, {keys.key_id(operator.public_key()): operator.public_key()},
+                               analyzer.embedder_id, analyzer.embedder_info.sha256, lambda opened: True)
+        assert store.install(bundle).ok
     return bundle
 
 

@@ -97,7 +97,7 @@ def test_sigkill_during_watchlist_install_leaves_old_or_new(tmp_path):
         store = fresh_store()
         store.start()
         live, manifest = store.current()
-        leftovers = sorted(p.name for p in state.iterdir() if p.name != "installed.bundle")
+        leftovers = sorted(p.name for p in state.iterdir() if p.name not in ("installed.bundle", "installed.version"))
         on_disk = (state / "installed.bundle").read_bytes()
         version = manifest["version"] if manifest else None
         problems = []

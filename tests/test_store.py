@@ -63,7 +63,7 @@ def test_install_persists_encrypted_bundle_with_mode_0600(installed):
     store, state, v2 = installed
     assert (state / "installed.bundle").read_bytes() == v2
     assert stat.S_IMODE(os.stat(state / "installed.bundle").st_mode) == 0o600
-    assert sorted(p.name for p in state.iterdir()) == ["installed.bundle"]  # no temp files left
+    assert sorted(p.name for p in state.iterdir()) == ["installed.bundle", "installed.version"]  # no temp files left
     live, manifest = store.current()
     assert live == b"watchlist v2" and manifest["version"] == 2
     assert store.state(now=NOW) == {"version": 2, "watchlist_id": "wl-main", "state": "ok",
@@ -115,7 +115,7 @@ def test_every_rejection_keeps_the_installed_watchlist(keys, installed, attack):
     assert result.reason == reason
     assert message in result.message
     assert (state / "installed.bundle").read_bytes() == v2
-    assert sorted(p.name for p in state.iterdir()) == ["installed.bundle"]
+    assert sorted(p.name for p in state.iterdir()) == ["installed.bundle", "installed.version"]
     assert store.current()[0] == b"watchlist v2"
     st = store.state(now=NOW)
     assert (st["version"], st["state"]) == (2, "ok")
@@ -134,7 +134,7 @@ def test_persist_failure_keeps_the_installed_watchlist(keys, installed, monkeypa
     assert "No space left on device" in result.message
     monkeypatch.undo()
     assert (state / "installed.bundle").read_bytes() == v2
-    assert sorted(p.name for p in state.iterdir()) == ["installed.bundle"]
+    assert sorted(p.name for p in state.iterdir()) == ["installed.bundle", "installed.version"]
     assert store.current()[0] == b"watchlist v2"
 
 

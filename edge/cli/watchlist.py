@@ -242,6 +242,8 @@ def cmd_watchlist_verify(args: argparse.Namespace) -> int:
         result.update(ok=True, version=opened.manifest["version"], n_items=len(watchlist),
                       n_subjects=watchlist.n_subjects, watchlist_id=opened.manifest["watchlist_id"],
                       expires=opened.manifest["expires"], thresholds=opened.manifest["thresholds"])
+        if args.state_dir is not None:
+            _against_install_record(args, opened, device, result)
     except BundleError as err:
         result.update(reason=err.reason, message=str(err))
     except EdgeError as err:
@@ -254,6 +256,29 @@ def cmd_watchlist_verify(args: argparse.Namespace) -> int:
     else:
         print(f"REJECTED ({result['reason']}): {result['message']}")
     return 0 if result["ok"] else 1
+
+
+def _against_install_record(args: argparse.Namespace, opened: Any, device: Any, result: dict) -> None:
+    """--state-dir: the bundle against that device's authenticated install record (no rollback, no swap)."""
+    from edge.watchlist.store import RecordError, WatchlistStore
+
+    store = WatchlistStore(args.state_dir, opened.manifest["device_id"], device, {}, "", "", lambda b: b)
+    try:
+        record = store.read_record()
+    except RecordError as err:
+        result.update(ok=False, reason="install_record_invalid", message=str(err))
+        return
+    if record is None:
+        result["install_record"] = None
+        return
+    version, sha = record
+    result["install_record"] = {"version": version, "bundle_sha256": sha}
+    if opened.version < version:
+        result.update(ok=False, reason="rollback", message=f"v{opened.version} is older than v{version}, the highest"
+                                                           f" version the device in {args.state_dir} accepted")
+    elif opened.version == version and opened.bundle_sha256 != sha:
+        result.update(ok=False, reason="same_version_different_content",
+                      message=f"v{version} differs from the bundle the device accepted as v{version}")
 
 
 def cmd_watchlist_bench(args: argparse.Namespace) -> int:
@@ -373,6 +398,8 @@ def add_parsers(sub: argparse._SubParsersAction, vision: argparse.ArgumentParser
     p.add_argument("--device-key", type=Path, required=True, help="the device's private key (X25519)")
     p.add_argument("--operator-key", type=Path, required=True, help="the operator's public key (Ed25519)")
     p.add_argument("--device-id", help="also require this target device id")
+    p.add_argument("--state-dir", type=Path, help="also check it against this device state directory's install "
+                                                  "record: an older version (rollback) is refused")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_watchlist_verify)
     p = wl.add_parser("bench", parents=[vision], help="build/seal/load/query a watchlist of N subjects",

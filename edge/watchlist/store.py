@@ -7,11 +7,18 @@ the new file, never a mix) and then swaps the live object under a lock. After an
 byte-identical and the previous live object is still served. Plaintext never touches disk: the only file the store
 writes is the encrypted bundle; the loader receives the decrypted payload in memory.
 
-Versions are monotonic per device, across watchlist ids: one device holds one watchlist.
+Versions are monotonic per device, across watchlist ids: one device holds one watchlist. The highest version
+accepted survives restarts in `installed.version` (version + bundle sha256, HMAC-SHA256 with a key derived from the
+device key): at start, an installed bundle older than it, different from it at the same version, or without a valid
+record at all is refused (reason "rollback", "same_version_different_content", "install_record_invalid" or
+"install_record_missing") and nothing is served until the operator sends a current bundle.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import logging
 import threading
 from dataclasses import dataclass
@@ -19,14 +26,24 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Generic, Mapping, TypeVar, Union
 
-from edge.durable import atomic_write
-from edge.keys import PrivateKey, PublicKey, TrustStore
+from edge.canonical import canonical_json
+from edge.durable import atomic_write, private_dir
+from edge.keys import PrivateKey, PublicKey, TrustStore, derive_key
 from edge.watchlist.bundle import BundleError, OpenedBundle, open_bundle, parse_time, peek_manifest
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 INSTALLED = "installed.bundle"
+#: The install record: the highest version accepted and its bundle's sha256, MAC'd with a key derived from the
+#: device key, so a rollback of installed.bundle while the service is stopped is caught at start.
+RECORD = "installed.version"
+RECORD_FORMAT = "edge-wl-install-record/1"
+_RECORD_PURPOSE = b"edge-watchlist-install-record/1"
+
+
+class RecordError(Exception):
+    """The install record exists but does not verify."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +134,8 @@ class WatchlistStore(Generic[T]):
                 self._floor = opened.version
                 self._reject("wrong_embedder", f"installed watchlist {self.path}: {problem}", now)
                 return
+            if not self._matches_record(opened, now):
+                return
             try:
                 live = self._loader(opened)
             except Exception as err:  # noqa: BLE001 - a loader failure must not crash the device
@@ -127,6 +146,37 @@ class WatchlistStore(Generic[T]):
             if self._expired(opened.manifest, now):
                 log.warning("installed watchlist %s v%d expired at %s: serving it as stale", opened.watchlist_id,
                             opened.version, opened.manifest["expires"])
+
+    def _matches_record(self, opened: OpenedBundle, now: datetime | None) -> bool:
+        """At start: the installed bundle against the install record (see the module docstring); False = refused,
+        with the floor set so that only a current bundle can repair the device."""
+        try:
+            record = self.read_record()
+        except RecordError as err:
+            self._floor = opened.version
+            self._reject("install_record_invalid", f"installed watchlist refused: {err}; re-send the current"
+                                                   " watchlist", now)
+            return False
+        if record is None:
+            self._floor = opened.version
+            self._reject("install_record_missing", f"installed watchlist {self.path} has no install record"
+                                                   f" ({self.record_path}): it may have been swapped for an older"
+                                                   " one; re-send the current watchlist", now)
+            return False
+        version, sha = record
+        if opened.version < version:
+            self._floor = version
+            self._reject("rollback", f"installed watchlist v{opened.version} is older than v{version}, the highest"
+                                     " this device accepted (rolled back while stopped?)", now)
+            return False
+        if opened.version == version and opened.bundle_sha256 != sha:
+            self._floor = version
+            self._reject("same_version_different_content", f"installed watchlist v{version} is not the bundle this"
+                                                           " device accepted as that version", now)
+            return False
+        if opened.version > version:  # a power cut between persisting the bundle and its record
+            self._write_record(opened.version, opened.bundle_sha256)
+        return True
 
     def install(self, data: bytes, now: datetime | None = None) -> InstallResult:
         """Verify `data`, apply the install policy, load, persist and swap; returns what happened."""
@@ -183,6 +233,43 @@ class WatchlistStore(Generic[T]):
                 "state": "stale" if self._expired(manifest, now) else "ok", "expires": manifest["expires"],
                 "last_rejection": dict(rejection) if rejection else None}
 
+    # ------------------------------------------------------------ the install record
+
+    @property
+    def record_path(self) -> Path:
+        """The authenticated install record (highest accepted version)."""
+        return self.state_dir / RECORD
+
+    def _record_mac(self, version: int, bundle_sha256: str) -> str:
+        body = canonical_json({"device_id": self.device_id, "version": version, "bundle_sha256": bundle_sha256})
+        return hmac.new(derive_key(self._device_private, _RECORD_PURPOSE), body, hashlib.sha256).hexdigest()
+
+    def _write_record(self, version: int, bundle_sha256: str) -> None:
+        doc = {"format": RECORD_FORMAT, "device_id": self.device_id, "version": version,
+               "bundle_sha256": bundle_sha256, "mac": self._record_mac(version, bundle_sha256)}
+        atomic_write(self.record_path, canonical_json(doc), 0o600)
+
+    def read_record(self) -> tuple[int, str] | None:
+        """(version, bundle sha256) of a valid install record; None when there is none; RecordError when it
+        exists but does not verify (edited, another device's, or not a record)."""
+        try:
+            raw = self.record_path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            if len(raw) > 4096:
+                raise ValueError("too large")
+            doc = json.loads(raw)
+            version, sha = doc["version"], doc["bundle_sha256"]
+            ok = (doc.get("format") == RECORD_FORMAT and doc.get("device_id") == self.device_id
+                  and type(version) is int and isinstance(sha, str)
+                  and hmac.compare_digest(str(doc.get("mac", "")), self._record_mac(version, sha)))
+        except (ValueError, KeyError, TypeError, RecursionError):
+            ok = False
+        if not ok:
+            raise RecordError(f"{self.record_path} does not verify with this device's key (edited or not ours)")
+        return version, sha
+
     # ------------------------------------------------------------ internals
 
     def _embedder_problem(self, opened: OpenedBundle) -> str | None:
@@ -219,12 +306,16 @@ class WatchlistStore(Generic[T]):
             self._bundle_sha256, self._floor = opened.bundle_sha256, opened.version
 
     def _persist(self, data: bytes) -> None:
-        """Replace `installed.bundle` atomically and durably; on failure the old file is untouched."""
-        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        """Replace `installed.bundle` atomically and durably, then its install record; on failure the old file is
+        untouched. Bundle first: a power cut between the two leaves a newer bundle than the record, which start
+        accepts (never an older one)."""
+        private_dir(self.state_dir)
         atomic_write(self.path, data, 0o600)
+        self._write_record(int(peek_manifest(data)["version"]), hashlib.sha256(data).hexdigest())
 
     def _remove_leftover_temps(self) -> None:
         """Delete temp files a power cut left behind mid-persist (they are never the installed bundle)."""
         if self.state_dir.is_dir():
-            for leftover in self.state_dir.glob(f".{INSTALLED}.*.tmp"):
-                leftover.unlink(missing_ok=True)
+            for name in (INSTALLED, RECORD):
+                for leftover in self.state_dir.glob(f".{name}.*.tmp"):
+                    leftover.unlink(missing_ok=True)
