@@ -25,6 +25,8 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     from edge.audit import verify
 
     result = verify(args.file, expected_head=args.expect_head)
+    if args.verify_key is not None or args.heads is not None:
+        _check_seals(args, result)
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
         return 0 if result.ok else 1
@@ -40,6 +42,31 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         n = len(result.problems)
         print(f"FAILED: {n} problem{'s' * (n != 1)} in {args.file} ({result.records} records)")
     return 0 if result.ok else 1
+
+
+def _check_seals(args: argparse.Namespace, result: object) -> None:
+    """--verify-key / --heads: the forward-secure seals and the heads the operator saw (edge/audit_seal.py)."""
+    from edge.audit import tail
+    from edge.audit_seal import check_seals, load_heads, load_verify_key
+
+    if args.verify_key is None:
+        raise EdgeError("--heads needs --verify-key (the audit-verify.key made when the device was provisioned)")
+    initial = load_verify_key(args.verify_key)
+    records = [rec for _, rec, _ in tail(args.file) if rec is not None]
+    device = next((r["data"].get("device_id") for r in records if r.get("kind") == "start"
+                   and isinstance(r.get("data"), dict)), None)
+    heads = [h for h in load_heads(args.heads) if h.get("device_id") in (None, device)] if args.heads else None
+    report = check_seals(records, initial, heads)
+    for problem in report.problems:
+        result.problems.append({"line": None, "problem": problem})
+    if report.seals == 0 and records:
+        result.problems.append({"line": None, "problem": "no seal verifies: the log was never sealed with this key"})
+    if report.unsealed_tail:
+        result.notices.append({"line": None, "notice": f"{report.unsealed_tail} record(s) after the last seal are"
+                                                        " not yet protected by it"})
+    result.notices.append({"line": None, "notice": f"{report.seals} seal(s) verified, {report.heads_checked} head(s)"
+                                                    " from the operator checked"})
+    result.ok = not result.problems
 
 
 def cmd_audit_show(args: argparse.Namespace) -> int:
@@ -71,6 +98,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--expect-head", type=_expected_head, metavar="SEQ[:HASH]",
                    help="the head recorded elsewhere earlier (status heartbeat): fail if the log ends before SEQ or "
                         "its record differs")
+    p.add_argument("--verify-key", type=Path, metavar="FILE", help="the device's audit-verify.key (from `edge device "
+                   "provision`): check every forward-secure seal, so a rewritten past fails even with hashes recomputed")
+    p.add_argument("--heads", type=Path, metavar="FILE", help="heads the operator saw in status heartbeats (`edge events "
+                   "tail --heads FILE`): catches a cut-off or replaced log")
     p.add_argument("--json", action="store_true", help="machine-readable output: {ok, records, problems, notices, head}")
     p.set_defaults(func=cmd_audit_verify)
 

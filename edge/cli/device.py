@@ -40,6 +40,10 @@ def cmd_provision(args: argparse.Namespace) -> int:
     print(f"device key: {result.out / 'device.key'} (X25519, 0600; stays on the device)")
     print(f"CSR:        {result.csr_path} (CN={result.device_id}; have the operator CA sign it into the broker "
           "client certificate)")
+    print(f"audit seal: {result.out / 'audit.seal'} (0600; install into the device's state directory, where it "
+          "evolves at every seal)")
+    print(f"audit verification key: {result.out / 'audit-verify.key'} (0600; the OPERATOR keeps it and deletes it "
+          "from here: `edge audit verify --verify-key`)")
     print("X25519 public key (give it to the operator: `edge watchlist seal --device-key`):")
     print(result.public_key_pem, end="")
     return 0

@@ -198,7 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compare)
 
     ev = sub.add_parser("eval", help="accuracy measurements").add_subparsers(dest="eval_command", metavar="KIND", required=True)
-    from edge.cli import audit as cli_audit, bench as cli_bench, device as cli_device, mqtt as cli_mqtt, run as cli_run, watchlist as cli_watchlist
+    from edge.cli import audit as cli_audit, bench as cli_bench, device as cli_device
+    from edge.cli import keys as cli_keys, mqtt as cli_mqtt, run as cli_run, watchlist as cli_watchlist
+
+    cli_keys.add_parsers(sub)
 
     watchlist_sub = cli_watchlist.add_parsers(sub, vision, ev)
     cli_mqtt.add_parsers(sub, watchlist_sub)

@@ -45,7 +45,10 @@ def cmd_events_tail(args: argparse.Namespace) -> int:
     store = EventStore(args.store)
     from edge.messaging.topics import operator_filter
 
-    client = _client(args, [(operator_filter("events", args.prefix), 1)])
+    subscriptions = [(operator_filter("events", args.prefix), 1)]
+    if args.heads:
+        subscriptions.append((operator_filter("status", args.prefix), 1))
+    client = _client(args, subscriptions)
 
     names = labels_from_build(args.watchlist) if args.watchlist else {}
 
@@ -59,7 +62,16 @@ def cmd_events_tail(args: argparse.Namespace) -> int:
                   f"(threshold {ev['threshold']:.3f}, margin {ev['margin']:.3f}, track {ev['track_id']}) — "
                   "candidate for human review", flush=True)
 
-    consumer = EventConsumer(client, store, args.prefix, args.jsonl, show)
+    heads = open(args.heads, "a", encoding="utf-8") if args.heads else None
+
+    def keep_head(device: str, status) -> None:  # the audit heads each device published, for `edge audit verify`
+        seal = status.health.get("audit_seal") or status.health.get("audit_head")
+        if heads is not None and isinstance(seal, dict) and isinstance(seal.get("seq"), int):
+            heads.write(json.dumps({"device_id": device, **{k: seal[k] for k in ("seq", "hash", "epoch", "mac")
+                                                            if k in seal}, "received_at": time.time()}) + "\n")
+            heads.flush()
+
+    consumer = EventConsumer(client, store, args.prefix, args.jsonl, show, on_status=keep_head)
     last = time.monotonic()
     try:
         while True:
@@ -74,6 +86,8 @@ def cmd_events_tail(args: argparse.Namespace) -> int:
     finally:
         client.stop()
         store.close()
+        if heads is not None:
+            heads.close()
     s = consumer.stats
     print(f"stored {s.stored} events, {s.duplicates} duplicates dropped, {s.rejected} rejected"
           + (f" (last: {s.last_rejection})" if s.last_rejection else ""), file=sys.stderr)
@@ -126,6 +140,8 @@ def add_parsers(sub: argparse._SubParsersAction, watchlist_sub: argparse._SubPar
     p.add_argument("--jsonl", type=Path, help="also append each new event to this JSON-lines file")
     p.add_argument("--count", type=int, help="exit after this many new events")
     p.add_argument("--idle-exit", type=float, help="exit after this many seconds without an event")
+    p.add_argument("--heads", type=Path, metavar="FILE", help="also keep every device's audit-log head from its status "
+                   "heartbeats here (JSON lines), for `edge audit verify --heads`")
     p.add_argument("--watchlist", type=Path, metavar="BUILD_DIR", help="the operator's watchlist build directory:"
                    " names for the subject ids (devices never send names)")
     p.add_argument("--json", action="store_true", help="print events as JSON lines")

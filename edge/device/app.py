@@ -137,6 +137,10 @@ class App:
             self.control.stop(deadline - time.monotonic() - 0.5)
             self.audit.append("stop", {"frames": self.health.counter("frames_captured"),
                                        "events": self.health.counter("events"), "outbox_depth": self.outbox.depth()})
+            try:
+                self.control.seal()  # the stop record, sealed: what happened until now can no longer be rewritten
+            except Exception:  # noqa: BLE001 - shutting down: log and go on
+                log.warning("sealing the audit log at stop failed", exc_info=True)
             self.outbox.close()
             self.audit.close()
             log.info("stopped")

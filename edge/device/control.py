@@ -36,7 +36,9 @@ class Control:
 
     def __init__(self, config: Any, topics: Any, health: Any, pipeline: Any, store: Any, outbox: Any, audit: Any,
                  client: Any = None, publisher: Any = None, sync: Any = None, stop: threading.Event | None = None,
-                 clock: Callable[[], float] = time.monotonic, notify: Callable[[str], bool] = sd_notify) -> None:
+                 clock: Callable[[], float] = time.monotonic, notify: Callable[[str], bool] = sd_notify,
+                 sealer: Any = None) -> None:
+        self.sealer = sealer  # edge.audit_seal.Sealer, or None: the audit log is hash-chained only
         self.config, self.topics, self.health, self.pipeline = config, topics, health, pipeline
         self.store, self.outbox, self.audit = store, outbox, audit
         self.client, self.publisher, self.sync = client, publisher, sync
@@ -52,7 +54,7 @@ class Control:
     def status(self) -> dict:
         """The retained status's health figures: counters, stages, watchlist state, outbox depth, audit head."""
         return {**self.health.snapshot(), "watchlist": self.store.state(), "outbox_depth": self.outbox.depth(),
-                "audit_head": self.audit.head()}
+                "audit_head": self.audit.head(), "audit_seal": self.sealer.last if self.sealer else None}
 
     def summary(self) -> str:
         """The periodic one-line health log."""
@@ -65,8 +67,16 @@ class Control:
                 f"{self.outbox.depth()}, watchlist {'v%s ' % wl['version'] if wl['version'] else ''}{wl['state']}"
                 f"{mqtt}" + (f"; {stages}" if stages else ""))
 
+    def seal(self) -> None:
+        """Seal the audit log's head (forward-secure; `edge.audit_seal`) when the device has a sealing key."""
+        if self.sealer is not None:
+            self.sealer.seal(self.audit)
+
     def publish_status(self, state: str = "online") -> None:
-        """Publish the retained status (online with health, or offline)."""
+        """Seal the audit log, then publish the retained status (online with health and the seal's head, or
+        offline)."""
+        if state == "online":
+            self.seal()
         try:
             self.client.publish(self.topics.status, encode_status(state, self.status() if state == "online" else {}),
                                 1, True)

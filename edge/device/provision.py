@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from edge import keys
+from edge.audit_seal import new_keys as new_seal_keys
 from edge.durable import atomic_write, private_dir
 from edge.errors import EdgeError
 
@@ -46,7 +47,8 @@ class Provisioned:
         return {"device_id": self.device_id, "key_id": self.key_id, "public_key": self.public_key_pem,
                 "device_key": str(self.out / DEVICE_KEY), "device_pub": str(self.out / DEVICE_PUB),
                 "tls_key": str(self.out / TLS_KEY), "csr": str(self.csr_path),
-                "device_json": str(self.out / DEVICE_JSON), "warnings": list(self.warnings)}
+                "device_json": str(self.out / DEVICE_JSON), "audit_seal": str(self.out / "audit.seal"),
+                "audit_verify_key": str(self.out / "audit-verify.key"), "warnings": list(self.warnings)}
 
 
 def validate_device_id(device_id: str) -> list[str]:
@@ -71,7 +73,7 @@ def provision(device_id: str, out: str | Path, force: bool = False) -> Provision
     warnings = validate_device_id(device_id)
     out = Path(out)
     if not force:
-        for name in (DEVICE_KEY, DEVICE_PUB, TLS_KEY, TLS_CSR, DEVICE_JSON):
+        for name in (DEVICE_KEY, DEVICE_PUB, TLS_KEY, TLS_CSR, DEVICE_JSON, "audit.seal", "audit-verify.key"):
             if (out / name).exists():
                 raise ProvisionError(f"{out / name} already exists; use --force to replace it (the device's "
                                      "current keys and certificate would stop working)")
@@ -82,6 +84,7 @@ def provision(device_id: str, out: str | Path, force: bool = False) -> Provision
     keys.save_private_key(out / DEVICE_KEY, device_key, force=force)
     keys.save_public_key(out / DEVICE_PUB, public)
     keys.save_private_key(out / TLS_KEY, tls_key, force=force)  # type: ignore[arg-type] - any PKCS#8 key saves
+    new_seal_keys(out, device_id)  # audit.seal → the device's state dir; audit-verify.key → the operator, only
     csr_pem = make_csr(device_id, tls_key).public_bytes(serialization.Encoding.PEM)
     atomic_write(out / TLS_CSR, csr_pem, 0o644)
     pem = public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()

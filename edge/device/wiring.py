@@ -180,6 +180,7 @@ class Device:
     topics: Any
     control: Any
     client: Any = None
+    sealer: Any = None
 
 
 def build(c: Config, audit_factory: Callable[[Path], Any], start_record: Callable[[Any, Any], None],
@@ -222,14 +223,29 @@ def build(c: Config, audit_factory: Callable[[Path], Any], start_record: Callabl
         if c.mqtt.enabled:
             client, publisher, sync = _messaging(c, topics, outbox, store, audit, state)
             health.watch("mqtt_connected", lambda: client.connected)
-        control = Control(c, topics, health, pipeline, store, outbox, audit, client, publisher, sync, stop_event)
+        sealer = audit_sealer(state)
+        control = Control(c, topics, health, pipeline, store, outbox, audit, client, publisher, sync, stop_event,
+                          sealer=sealer)
     except BaseException:
         if outbox is not None:
             outbox.close()
         audit.close()
         raise
     return Device(c, health, analyzer, store, audit, outbox, writer, tracker, policy, source, pipeline, topics,
-                  control, client)
+                  control, client, sealer)
+
+
+def audit_sealer(state: Path) -> Any:
+    """The audit log's forward-secure sealer from `<state>/audit.seal` (put there from `edge device provision`), or
+    None — then the log is hash-chained only, and the device says so at every start."""
+    from edge.audit_seal import Sealer
+
+    path = state / "audit.seal"
+    if not path.exists():
+        log.warning("no %s: the audit log is not sealed (provision the device with `edge device provision` and "
+                    "install its audit.seal to protect the log's past)", path)
+        return None
+    return Sealer(path)
 
 
 def _messaging(c: Config, topics: Any, outbox: Any, store: Any, audit: Any, state: Path) -> tuple[Any, Any, Any]:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edge.messaging.topics import TopicError, Topics, parse_topic
-from edge.messaging.payloads import PayloadError, decode_ack, decode_event, encode_ack, stamp_published
+from edge.messaging.payloads import PayloadError, decode_ack, decode_event, decode_status, encode_ack, stamp_published
 
 
 class EventPublisher:
@@ -75,7 +75,9 @@ class EventConsumer:
     store: an operator event store (`edge.operator.event_store.EventStore`): `add(events)` returns the new ones."""
 
     def __init__(self, client: Any, store: Any, prefix: str = "edge", jsonl: Path | None = None,
-                 on_event: Callable[[dict], None] | None = None) -> None:
+                 on_event: Callable[[dict], None] | None = None,
+                 on_status: Callable[[str, Any], None] | None = None) -> None:
+        self.on_status = on_status  # (device id, Status) for each status message (subscribe to them as well)
         self.client = client
         self.store = store
         self.prefix = prefix
@@ -94,8 +96,14 @@ class EventConsumer:
                 break
             self.stats.received += 1
             try:
+                parsed = parse_topic(msg.topic, self.prefix)
+                if parsed.kind == "status":
+                    self.stats.received -= 1  # not an event
+                    if self.on_status is not None:
+                        self.on_status(parsed.device_id, decode_status(msg.payload))
+                    continue
                 event = decode_event(msg.payload)
-                device = parse_topic(msg.topic, self.prefix).device_id
+                device = parsed.device_id
                 if event["device_id"] != device:
                     raise PayloadError(f"event claims device {event['device_id']!r} but came on {msg.topic!r}")
             except (PayloadError, TopicError) as err:

@@ -1,0 +1,209 @@
+"""Forward-secure sealing of the audit log: a hash chain nobody can rewrite, only extend (the idea of journald's
+Forward Secure Sealing).
+
+The device holds a *sealing key* for the current epoch (`audit.seal`, 0600). A seal is a `seal` record appended to
+the log whose data is {epoch, head_seq, head_hash, mac}: HMAC-SHA256 under epoch e's key of the (seq, hash) of the
+last record before it. Right after sealing, the key evolves — K(e+1) = SHA-256("edge-audit-seal-evolve/1" || K(e))
+— and the file is overwritten, so the key that sealed epoch e is gone from the device. The operator keeps the
+*verification key* K(0) from provisioning (`audit-verify.key`); from it any K(e) follows, never the reverse.
+
+What it protects: whoever later gains write access to the log (or root on the device) holds only the current key,
+so records covered by an earlier seal cannot be edited, deleted, reordered or re-chained without a MAC failing — and
+the seals' heads also travel in the status heartbeat, where the operator keeps them (`edge events tail --heads`),
+so truncating the log or replacing it whole is caught too (`edge audit verify --verify-key K --heads FILE`).
+What it does not: records after the last seal (the current epoch) are not yet protected, and an attacker on a live
+device can append lies from now on; nor can erasing a key from flash be guaranteed (wear levelling may keep old
+blocks). Seals are written at every status heartbeat and at stop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge.canonical import canonical_json
+from edge.durable import atomic_write
+from edge.errors import EdgeError
+
+SEAL_KIND = "seal"
+KEY_FORMAT = "edge-audit-seal-key/1"
+VERIFY_FORMAT = "edge-audit-verify-key/1"
+_EVOLVE = b"edge-audit-seal-evolve/1"
+#: Largest key or heads file read, bytes.
+MAX_KEY_BYTES = 4096
+MAX_HEADS_BYTES = 64 * 2**20
+
+
+class SealError(EdgeError):
+    """A sealing or verification key file is missing, malformed or not for this log."""
+
+
+def evolve(key: bytes) -> bytes:
+    """The next epoch's key (one-way: the previous one does not follow from it)."""
+    return hashlib.sha256(_EVOLVE + key).digest()
+
+
+def key_at(initial: bytes, epoch: int) -> bytes:
+    """Epoch `epoch`'s key from the verification key K(0)."""
+    key = initial
+    for _ in range(epoch):
+        key = evolve(key)
+    return key
+
+
+def seal_mac(key: bytes, epoch: int, head_seq: int, head_hash: str) -> str:
+    """HMAC-SHA256 (hex) of a seal's canonical body."""
+    body = canonical_json({"epoch": epoch, "head_seq": head_seq, "head_hash": head_hash})
+    return hmac.new(key, body, hashlib.sha256).hexdigest()
+
+
+def new_keys(directory: Path, device_id: str) -> tuple[Path, Path]:
+    """Make K(0): `audit.seal` for the device's state directory and `audit-verify.key` for the operator (both 0600);
+    returns their paths. The device's copy evolves away from K(0) at its first seal."""
+    initial = os.urandom(32)
+    seal_path, verify_path = Path(directory) / "audit.seal", Path(directory) / "audit-verify.key"
+    atomic_write(seal_path, canonical_json({"format": KEY_FORMAT, "device_id": device_id, "epoch": 0,
+                                            "key": initial.hex()}), 0o600)
+    atomic_write(verify_path, canonical_json({"format": VERIFY_FORMAT, "device_id": device_id,
+                                              "key": initial.hex()}), 0o600)
+    return seal_path, verify_path
+
+
+def _read_json(path: Path, what: str, limit: int = MAX_KEY_BYTES) -> dict:
+    try:
+        if path.stat().st_size > limit:
+            raise SealError(f"{path} is larger than {limit} bytes: not an {what}")
+        doc = json.loads(path.read_bytes())
+    except OSError as err:
+        raise SealError(f"cannot read {what} {path}: {err.strerror or err}") from None
+    except (ValueError, RecursionError):
+        raise SealError(f"{path} is not an {what} (not JSON)") from None
+    if not isinstance(doc, dict):
+        raise SealError(f"{path} is not an {what}")
+    return doc
+
+
+def _key_field(doc: dict, path: Path, what: str) -> bytes:
+    try:
+        key = bytes.fromhex(doc["key"])
+    except (KeyError, TypeError, ValueError):
+        key = b""
+    if len(key) != 32:
+        raise SealError(f"{path} is not an {what} (no 32-byte key)")
+    return key
+
+
+def load_verify_key(path: Path) -> bytes:
+    """K(0) from an `audit-verify.key` file."""
+    doc = _read_json(Path(path), "audit verification key")
+    if doc.get("format") != VERIFY_FORMAT:
+        raise SealError(f"{path} is not an audit verification key (format {doc.get('format')!r})")
+    return _key_field(doc, Path(path), "audit verification key")
+
+
+class Sealer:
+    """The device's side: the current epoch's key, in `path` (0600). `seal(audit)` appends a seal, then evolves."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        doc = _read_json(self.path, "audit sealing key")
+        if doc.get("format") != KEY_FORMAT or type(doc.get("epoch")) is not int or doc["epoch"] < 0:
+            raise SealError(f"{self.path} is not an audit sealing key")
+        self.device_id = str(doc.get("device_id", ""))
+        self.epoch, self._key = doc["epoch"], _key_field(doc, self.path, "audit sealing key")
+        self.last: dict | None = None  # the latest seal, for the status heartbeat
+
+    def seal(self, audit: Any) -> dict:
+        """Append a seal of the log's current head, evolve the key and erase the old one; returns the head to
+        publish: {seq, hash} of the seal record, its epoch and mac, and the (seq, hash) it seals."""
+        head = audit.head()
+        mac = seal_mac(self._key, self.epoch, head["seq"], head["hash"])
+        record = audit.append(SEAL_KIND, {"epoch": self.epoch, "head_seq": head["seq"], "head_hash": head["hash"],
+                                          "mac": mac})
+        self.last = {"seq": record["seq"], "hash": record["hash"], "epoch": self.epoch, "mac": mac,
+                     "sealed_seq": head["seq"], "sealed_hash": head["hash"]}
+        self.epoch, self._key = self.epoch + 1, evolve(self._key)
+        atomic_write(self.path, canonical_json({"format": KEY_FORMAT, "device_id": self.device_id,
+                                                "epoch": self.epoch, "key": self._key.hex()}), 0o600)
+        return self.last
+
+
+@dataclass
+class SealReport:
+    """What `check_seals` found: seals verified, the records after the last seal, and every problem (one line
+    each, naming the seq)."""
+
+    seals: int = 0
+    unsealed_tail: int = 0
+    heads_checked: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+def check_seals(records: list[dict], initial: bytes, heads: list[dict] | None = None) -> SealReport:
+    """Verify every seal record of a chain-verified log against K(0), and the log against heads seen by the
+    operator. `records`: the log's records in order (dicts with seq, kind, data, hash)."""
+    report = SealReport()
+    by_seq = {r["seq"]: r for r in records}
+    expected_epoch = 0
+    last_sealed = 0
+    for r in records:
+        if r.get("kind") != SEAL_KIND:
+            continue
+        d = r.get("data") or {}
+        epoch, seq, head = d.get("epoch"), d.get("head_seq"), d.get("head_hash")
+        if epoch != expected_epoch:
+            report.problems.append(f"seq {r['seq']}: seal of epoch {epoch!r}, expected epoch {expected_epoch}"
+                                   " (seals removed or replayed)")
+        if type(epoch) is not int or type(seq) is not int or not isinstance(head, str) or not 0 <= epoch < 10**7:
+            report.problems.append(f"seq {r['seq']}: malformed seal")
+            continue
+        if not hmac.compare_digest(str(d.get("mac", "")), seal_mac(key_at(initial, epoch), epoch, seq, head)):
+            report.problems.append(f"seq {r['seq']}: seal of epoch {epoch} does not verify (forged, or the log was"
+                                   " rewritten after the key that sealed it was erased)")
+        elif seq != r["seq"] - 1 or (seq and by_seq.get(seq, {}).get("hash") != head):
+            report.problems.append(f"seq {r['seq']}: seal covers seq {seq} with a hash the log no longer has")
+        else:
+            report.seals += 1
+            last_sealed = r["seq"]
+        expected_epoch = epoch + 1
+    report.unsealed_tail = sum(1 for r in records if r["seq"] > last_sealed)
+    last_seq = records[-1]["seq"] if records else 0
+    for h in heads or []:
+        report.heads_checked += 1
+        seq, want = h.get("seq"), h.get("hash")
+        if type(seq) is not int:
+            report.problems.append(f"heads file: a head without a seq: {str(h)[:80]}")
+        elif seq > last_seq:
+            report.problems.append(f"the log ends at seq {last_seq}, but the operator saw head seq {seq}: records"
+                                   " were cut off")
+        elif by_seq.get(seq, {}).get("hash") != want:
+            report.problems.append(f"seq {seq}: the log's record differs from the head the operator saw"
+                                   " (rewritten or replaced)")
+    return report
+
+
+def load_heads(path: Path) -> list[dict]:
+    """Heads the operator kept (`edge events tail --heads FILE`): JSON lines of {device_id, seq, hash, …}."""
+    path = Path(path)
+    try:
+        if path.stat().st_size > MAX_HEADS_BYTES:
+            raise SealError(f"{path} is larger than {MAX_HEADS_BYTES // 2**20} MiB")
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise SealError(f"cannot read heads file {path}: {getattr(err, 'strerror', None) or err}") from None
+    heads = []
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            head = json.loads(line)
+        except (ValueError, RecursionError):
+            raise SealError(f"{path}, line {n}: not JSON") from None
+        if isinstance(head, dict):
+            heads.append(head)
+    return heads
