@@ -32,6 +32,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 OPERATOR = "operator"
+#: The operator's publishing tool (`edge watchlist publish`): its own identity, so it never displaces the consumer.
+PUBLISHER = "operator-publish"
 ROGUE = "rogue"
 # Device ids become MQTT usernames and topic levels (ACL `pattern edge/%u/...`): no "/", "+", "#" or spaces.
 _DEVICE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -70,7 +72,7 @@ class Pki:
         path = self.dir / f"{name}.{ext}"
         if not path.is_file():
             raise KeyError(f"no client certificate named {name!r} in {self.dir} "
-                           f"(have: {', '.join(self.devices)}, {OPERATOR}, {ROGUE})")
+                           f"(have: {', '.join(self.devices)}, {OPERATOR}, {PUBLISHER}, {ROGUE})")
         return path
 
 
@@ -133,7 +135,7 @@ def make_pki(out: Path, devices: list[str] | tuple[str, ...] = ("cam-a", "cam-b"
     if not devices:
         raise ValueError("at least one device id is needed (the rogue certificate impersonates the first)")
     for device in devices:
-        if not _DEVICE_ID.match(device) or device in (OPERATOR, ROGUE):
+        if not _DEVICE_ID.match(device) or device in (OPERATOR, PUBLISHER, ROGUE):
             raise ValueError(f"device id {device!r} is not usable as a certificate CN and topic level: "
                              f"use 1-63 of a-z, 0-9 and '-', and not {OPERATOR!r} or {ROGUE!r}")
     out = Path(out)
@@ -141,7 +143,7 @@ def make_pki(out: Path, devices: list[str] | tuple[str, ...] = ("cam-a", "cam-b"
     now = dt.datetime.now(dt.timezone.utc)
     ca = _issue(out / "ca", "edge-watchlist test CA", None, "ca", days, now)
     _issue(out / "server", "localhost", ca, "server", days, now)
-    for name in (*devices, OPERATOR):
+    for name in (*devices, OPERATOR, PUBLISHER):
         _issue(out / name, name, ca, "client", days, now)
     rogue_ca = _issue(out / "rogue-ca", "unrelated CA", None, "ca", days, now)
     _issue(out / ROGUE, devices[0], rogue_ca, "client", days, now)

@@ -20,7 +20,9 @@ def broker_parent() -> argparse.ArgumentParser:
     g.add_argument("--ca", type=Path, help="CA certificate (PEM) the broker's certificate must chain to")
     g.add_argument("--cert", type=Path, help="this client's certificate (PEM; its CN is the MQTT user)")
     g.add_argument("--key", type=Path, help="this client's private key (PEM)")
-    g.add_argument("--client-id", default="operator", help="MQTT client id (default 'operator', the certificate CN)")
+    g.add_argument("--client-id", help="MQTT client id (default: 'operator' for events tail, 'operator-publish' for "
+                                       "watchlist publish — each tool its own certificate CN, since the broker makes "
+                                       "the CN the client id and a second connection under one id drops the first)")
     g.add_argument("--prefix", default="edge", help="topic prefix (default 'edge')")
     g.add_argument("--connect-timeout", type=float, default=10.0, help="seconds to wait for the broker (default 10)")
     return p
@@ -29,7 +31,8 @@ def broker_parent() -> argparse.ArgumentParser:
 def _client(args: argparse.Namespace, subscriptions: list[tuple[str, int]]):
     from edge.messaging.mqtt import MqttClient, MqttSettings
 
-    settings = MqttSettings(host=args.host, port=args.port, client_id=args.client_id, ca_file=args.ca,
+    settings = MqttSettings(host=args.host, port=args.port, client_id=args.client_id or args.default_client_id,
+                            ca_file=args.ca,
                             cert_file=args.cert, key_file=args.key, clean_session=False)
     client = MqttClient(settings, subscriptions)
     client.start()
@@ -145,7 +148,7 @@ def add_parsers(sub: argparse._SubParsersAction, watchlist_sub: argparse._SubPar
     p.add_argument("--watchlist", type=Path, metavar="BUILD_DIR", help="the operator's watchlist build directory:"
                    " names for the subject ids (devices never send names)")
     p.add_argument("--json", action="store_true", help="print events as JSON lines")
-    p.set_defaults(func=cmd_events_tail)
+    p.set_defaults(func=cmd_events_tail, default_client_id="operator")
 
     p = watchlist_sub.add_parser("publish", parents=[broker], help="send a sealed bundle to one device over MQTT",
                                  description="Publish the bundle as retained chunks and a retained offer on "
@@ -157,4 +160,4 @@ def add_parsers(sub: argparse._SubParsersAction, watchlist_sub: argparse._SubPar
                         " sha256 before anything is sent")
     p.add_argument("--chunk-bytes", type=int, default=1 << 20, help="chunk size in bytes (default 1 MiB)")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_watchlist_publish)
+    p.set_defaults(func=cmd_watchlist_publish, default_client_id="operator-publish")

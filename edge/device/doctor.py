@@ -198,19 +198,16 @@ def check_keys(config: Any) -> str:
 
 
 def check_broker(config: Any, timeout: float = BROKER_TIMEOUT_S) -> str:
-    from edge.messaging.mqtt import MqttClient
+    """The broker is reachable and accepts the device's TLS client certificate. A TLS handshake only, no MQTT
+    session: the broker makes the certificate's CN the client id, so a CONNECT would knock the running service off."""
+    from edge.messaging.mqtt import probe
 
     m = config.mqtt
     if not m.enabled:
         return "mqtt disabled: not checked (events stay in the outbox)"
-    client = MqttClient(wiring.mqtt_settings(config, reconnect_min=0.2, reconnect_max=1.0))
-    client.start()
-    try:
-        client.wait_connected(timeout)
-    finally:
-        client.stop()
-    tls = f"TLS, client certificate {m.cert_file}" if m.cert_file else ("TLS" if m.ca_file else "no TLS")
-    return f"connected to {m.host}:{m.port} as {config.device.id} ({tls})"
+    proven = probe(wiring.mqtt_settings(config), timeout)
+    tls = f", client certificate {m.cert_file}" if m.cert_file else ""
+    return f"{proven} as {config.device.id}{tls} (no MQTT session opened, so the running service stays connected)"
 
 
 def check_watchlist(config: Any) -> str:

@@ -227,3 +227,36 @@ class MqttClient:
         self._client.disconnect()
         self._client.loop_stop()
         self._connected.clear()
+
+
+def probe(settings: MqttSettings, timeout: float = 5.0) -> str:
+    """Reach the broker and, with TLS, complete a handshake with the client certificate — without an MQTT session,
+    so a running device under the same client id is not displaced (`edge doctor` beside the service). Returns what
+    was proven; MqttError naming the cause (unreachable, certificate refused)."""
+    import socket
+    import ssl
+
+    where = f"{settings.host}:{settings.port}"
+    try:
+        raw = socket.create_connection((settings.host, settings.port), timeout)
+    except OSError as err:
+        raise MqttError(f"no connection to {where}: {err.strerror or err}") from None
+    with raw:
+        if settings.ca_file is None:
+            return f"{where} reachable (no TLS)"
+        try:
+            context = ssl.create_default_context(cafile=str(settings.ca_file))
+            if settings.cert_file:
+                context.load_cert_chain(str(settings.cert_file), str(settings.key_file) if settings.key_file else None)
+            with context.wrap_socket(raw, server_hostname=settings.host) as tls:
+                tls.settimeout(0.5)  # a refused client certificate may only show as an alert after the handshake
+                try:
+                    if tls.recv(1) == b"":
+                        raise MqttError(f"{where} refused the client certificate (it closed the connection)")
+                except (socket.timeout, TimeoutError):
+                    pass  # still open, waiting for our CONNECT: the certificate was accepted
+                return f"TLS handshake with {where} accepted ({tls.version()})"
+        except ssl.SSLError as err:
+            raise MqttError(f"{where} refused the TLS connection: {err.reason or err}") from None
+        except OSError as err:
+            raise MqttError(f"{where} closed the connection during the TLS handshake: {err.strerror or err}") from None
