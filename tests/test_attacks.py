@@ -607,3 +607,16 @@ def test_row13_publish_refuses_a_truncated_or_flipped_bundle_before_connecting(t
                            "--host", "127.0.0.1", "--port", "1", "--operator-key", tmp_path / "operator.pub")
     no_traceback(code, err)
     assert "was not published" in err
+
+
+def test_csv_fields_rows_and_directories_are_bounded(tmp_path):
+    from edge.tables import MAX_CSV_FIELD, read_csv
+
+    (tmp_path / "long.csv").write_text("path,identity\n" + "x" * (MAX_CSV_FIELD + 1) + ",a\n")
+    with pytest.raises(DataError, match="line 2: a field is longer than"):
+        read_csv(tmp_path / "long.csv", ("path", "identity"))
+    with pytest.raises(DataError, match="is a directory"):
+        read_csv(tmp_path, ("path",))
+    (tmp_path / "huge-field.csv").write_text('path,identity\n"' + "y" * 200_000 + '",a\n')  # past csv's own limit
+    with pytest.raises(DataError):
+        read_csv(tmp_path / "huge-field.csv", ("path", "identity"))

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from edge.durable import private_file
 from edge.messaging.topics import TopicError, Topics, parse_topic
 from edge.messaging.payloads import PayloadError, decode_ack, decode_event, decode_status, encode_ack, stamp_published
 
@@ -81,7 +82,7 @@ class EventConsumer:
         self.client = client
         self.store = store
         self.prefix = prefix
-        self.jsonl = open(jsonl, "a", encoding="utf-8") if jsonl else None
+        self.jsonl = open(private_file(jsonl), "a", encoding="utf-8") if jsonl else None  # events: 0600
         self.on_event = on_event
         self.stats = ConsumerStats()
 
