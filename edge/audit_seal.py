@@ -120,8 +120,11 @@ class Sealer:
 
     def seal(self, audit: Any) -> dict:
         """Append a seal of the log's current head, evolve the key and erase the old one; returns the head to
-        publish: {seq, hash} of the seal record, its epoch and mac, and the (seq, hash) it seals."""
+        publish: {seq, hash} of the seal record, its epoch and mac, and the (seq, hash) it seals. Nothing new since
+        the last seal: that seal is returned again (an idle device does not grow its log every heartbeat)."""
         head = audit.head()
+        if self.last is not None and head["seq"] == self.last["seq"]:
+            return self.last
         mac = seal_mac(self._key, self.epoch, head["seq"], head["hash"])
         record = audit.append(SEAL_KIND, {"epoch": self.epoch, "head_seq": head["seq"], "head_hash": head["hash"],
                                           "mac": mac})
@@ -151,6 +154,15 @@ def check_seals(records: list[dict], initial: bytes, heads: list[dict] | None = 
     by_seq = {r["seq"]: r for r in records}
     expected_epoch = 0
     last_sealed = 0
+    cached = [0, initial]  # epochs come in order: evolve forward from the last one, not from K(0) each time
+
+    def key_for(epoch: int) -> bytes:
+        if epoch < cached[0]:
+            cached[:] = [0, initial]
+        while cached[0] < epoch:
+            cached[:] = [cached[0] + 1, evolve(cached[1])]
+        return cached[1]
+
     for r in records:
         if r.get("kind") != SEAL_KIND:
             continue
@@ -162,7 +174,7 @@ def check_seals(records: list[dict], initial: bytes, heads: list[dict] | None = 
         if type(epoch) is not int or type(seq) is not int or not isinstance(head, str) or not 0 <= epoch < 10**7:
             report.problems.append(f"seq {r['seq']}: malformed seal")
             continue
-        if not hmac.compare_digest(str(d.get("mac", "")), seal_mac(key_at(initial, epoch), epoch, seq, head)):
+        if not hmac.compare_digest(str(d.get("mac", "")), seal_mac(key_for(epoch), epoch, seq, head)):
             report.problems.append(f"seq {r['seq']}: seal of epoch {epoch} does not verify (forged, or the log was"
                                    " rewritten after the key that sealed it was erased)")
         elif seq != r["seq"] - 1 or (seq and by_seq.get(seq, {}).get("hash") != head):

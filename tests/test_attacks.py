@@ -336,6 +336,21 @@ def test_row3_the_sealing_key_evolves_and_the_old_one_is_gone(tmp_path):
     assert stat.S_IMODE(os.stat(tmp_path / "audit.seal").st_mode) == 0o600
 
 
+def test_row3_an_idle_device_does_not_grow_its_log_and_many_seals_verify(tmp_path, capsys):
+    new_keys(tmp_path, DEVICE)
+    audit, sealer = AuditLog(tmp_path / "audit.log"), Sealer(tmp_path / "audit.seal")
+    audit.append("start", {"device_id": DEVICE})
+    first = sealer.seal(audit)
+    assert sealer.seal(audit) == first and audit.head()["seq"] == first["seq"]  # nothing new: no new record
+    for i in range(300):
+        audit.append("match", {"subject_id": f"s{i}"})
+        sealer.seal(audit)
+    audit.close()
+    code, out, _ = run_cli(capsys, "audit", "verify", tmp_path / "audit.log", "--verify-key",
+                           tmp_path / "audit-verify.key")
+    assert code == 0 and "301 seal(s) verified" in out
+
+
 # --------------------------------------------------------------------------------- rows 4, 5: memory bombs
 
 RSS_CHILD = ("import resource, sys\nfrom edge.cli import main\nrc = main(sys.argv[1:])\n"
