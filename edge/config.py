@@ -258,6 +258,25 @@ class HealthConfig(_Section):
                                   "seconds")
 
 
+class ThermalConfig(_Section):
+    enabled: bool = Field(True, description="Watch the CPU temperature and detect on fewer frames when it runs hot")
+    zones: str = Field("/sys/class/thermal/thermal_zone*/temp", min_length=1, max_length=512,
+                       description="Glob of the kernel's thermal zone files (millidegrees Celsius); the hottest counts")
+    hot_c: float = Field(80.0, gt=0, le=150, description="Throttle at or above this CPU temperature, degrees Celsius "
+                         "(a Raspberry Pi 4/5 itself slows its clock from 80–85 °C)")
+    cool_c: float = Field(70.0, gt=0, le=150, description="Stop throttling at or below this temperature, degrees "
+                          "Celsius (below thermal.hot_c: the gap keeps it from flapping)")
+    throttled_detect_every: int = Field(3, ge=2, le=30, description="While throttled, run detection on one frame in "
+                                        "this many, count (tracks bridge the gaps)")
+    poll_interval_s: float = Field(2.0, gt=0, le=600, description="How often the temperature is read, seconds")
+
+    @model_validator(mode="after")
+    def _hysteresis(self) -> "ThermalConfig":
+        if self.cool_c >= self.hot_c:
+            raise _field_error("cool_c", f"must be below thermal.hot_c ({self.hot_c:g})")
+        return self
+
+
 class Config(_Section):
     """The whole configuration; every section may be left out."""
 
@@ -271,6 +290,7 @@ class Config(_Section):
     mqtt: MqttConfig = Field(default_factory=MqttConfig, description="Broker connection")
     events: EventsConfig = Field(default_factory=EventsConfig, description="Match events and the durable outbox")
     health: HealthConfig = Field(default_factory=HealthConfig, description="Health reporting")
+    thermal: ThermalConfig = Field(default_factory=ThermalConfig, description="CPU temperature and throttling")
 
     @model_validator(mode="before")
     @classmethod

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from edge.device.health import Heartbeat
 from edge.device.sdnotify import sd_notify
+from edge.device.thermal import read_temperature_c
 from edge.messaging.payloads import PayloadError, encode_status
 from edge.messaging.topics import TopicError
 
@@ -48,7 +49,7 @@ class Control:
         self._was_up = False
         self._heartbeat: Heartbeat | None = None
         now = clock()
-        self._next_ping, self._next_log = now, now + config.health.log_interval_s
+        self._next_ping, self._next_log, self._next_thermal = now, now + config.health.log_interval_s, now
 
     # --- what the device reports ----------------------------------------------------------------------------------
     def status(self) -> dict:
@@ -98,6 +99,19 @@ class Control:
         elif parsed.kind in ("watchlist_manifest", "watchlist_chunk"):
             self.sync.handle(topic, payload)
 
+    def thermal_step(self, governor: Any, temperature_c: float | None) -> None:
+        """Report the CPU temperature (°C) and let the governor throttle or restore detection; log each change."""
+        if temperature_c is not None:
+            self.health.set("cpu_temp_c", round(temperature_c, 1))
+        if governor.update(temperature_c):
+            self.health.inc("thermal_throttle_on" if governor.throttled else "thermal_throttle_off")
+            if governor.throttled:
+                log.warning("CPU at %.1f °C ≥ %.1f °C: detecting on 1 frame in %d until it cools to %.1f °C",
+                            temperature_c, governor.hot_c, governor.throttled_every, governor.cool_c)
+            else:
+                log.info("CPU at %.1f °C ≤ %.1f °C: detecting on every frame again", temperature_c, governor.cool_c)
+        self.health.set("thermal_throttled", int(governor.throttled))
+
     def step(self, now: float) -> None:
         """One pass at monotonic time `now` (seconds): drain the inbox, sync, pump, status, log, watchdog."""
         if self.client is not None:
@@ -117,6 +131,10 @@ class Control:
             if up and (not self._was_up or self._heartbeat.due(now)):
                 self.publish_status()
             self._was_up = up
+        governor = getattr(self.pipeline, "governor", None)
+        if governor is not None and now >= self._next_thermal:
+            self.thermal_step(governor, read_temperature_c(self.config.thermal.zones))
+            self._next_thermal = now + self.config.thermal.poll_interval_s
         if now >= self._next_log:
             log.info("%s", self.summary())
             self._next_log = now + self.config.health.log_interval_s

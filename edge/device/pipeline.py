@@ -82,8 +82,10 @@ class Pipeline:
                  matches: MatchContext, sink: Callable[[Decision, Frame, Any, Any], None], health: Health | None = None,
                  quality: QualityThresholds = QualityThresholds(), event_queue_size: int = 256,
                  lossless: bool = False, track_templates: bool = True,
-                 embed_face: Callable[[np.ndarray, Any], Face] | None = None) -> None:
+                 embed_face: Callable[[np.ndarray, Any], Face] | None = None, governor: Any = None) -> None:
         self.source = source
+        #: edge.device.thermal.ThermalGovernor, or None: every frame is processed
+        self.governor = governor
         #: (rgb, detection) → Face, called only for chips that will be embedded (FaceAnalyzer.embed: dlib landmarks,
         #: dlib's chip, the embedding and the fused second one); None = embed the keypoint chip the gate measured
         self.embed_face = embed_face
@@ -126,6 +128,9 @@ class Pipeline:
             if frame is None:
                 if self.finished.is_set() and self.slot.get(0) is None:
                     break
+                continue
+            if self.governor is not None and not self.governor.should_detect():
+                self.health.inc("frames_skipped_thermal")
                 continue
             try:
                 self.process(frame)

@@ -118,12 +118,21 @@ def watchlist_store(c: Config, embedder_id: str, embedder_sha256: str,
 
 def build_pipeline(source: Any, analyzer: Any, watchlist: Callable[[], Any], sink: Callable[..., Any],
                    health: Health, tracker: Tracker | None = None, policy: DecisionPolicy | None = None,
-                   quality: QualityThresholds = QualityThresholds(), lossless: bool = False) -> Pipeline:
+                   quality: QualityThresholds = QualityThresholds(), lossless: bool = False,
+                   governor: Any = None) -> Pipeline:
     """The capture → vision → match → decision loop over `source` with `analyzer`'s models; `watchlist()` gives
     the live watchlist (or None), `sink(decision, frame, watchlist, chip)` takes each decision."""
     return Pipeline(source, analyzer.detector, analyzer.embedder, tracker or Tracker(),
                     policy or DecisionPolicy(PolicyConfig(k=2, n=3)), MatchContext(watchlist), sink, health, quality,
-                    lossless=lossless, embed_face=analyzer.embed)
+                    lossless=lossless, embed_face=analyzer.embed, governor=governor)
+
+
+def thermal_governor(c: Config) -> Any:
+    """config.thermal → a `ThermalGovernor`, or None when disabled."""
+    from edge.device.thermal import ThermalGovernor
+
+    t = c.thermal
+    return ThermalGovernor(t.hot_c, t.cool_c, t.throttled_detect_every) if t.enabled else None
 
 
 def event_writer(c: Config, outbox: Any, audit: Any, embedder_id: str) -> Any:
@@ -213,8 +222,9 @@ def build(c: Config, audit_factory: Callable[[Path], Any], start_record: Callabl
                 return None
             return live
 
+        governor = thermal_governor(c)
         pipeline = build_pipeline(source, analyzer, live_watchlist, writer, health, tracker, policy,
-                                  quality_thresholds(c))
+                                  quality_thresholds(c), governor=governor)
         health.watch("outbox_depth", outbox.depth)
         health.watch("event_queue", pipeline.events.qsize)
         health.watch("watchlist_version", lambda: store.state()["version"])
