@@ -130,6 +130,13 @@ def test_row6_path_characters_in_bundle_sha256_create_nothing_outside_incoming(t
     assert last_state(sync).reason == "malformed_offer"
 
 
+def test_a_refusal_quoting_image_like_or_control_text_is_still_reported(tmp_path):
+    sync = fake_sync(tmp_path)
+    sync.handle(Topics(DEVICE).watchlist_manifest, offer_with(device_id="/9j/4AAQ\u001b[2J"))
+    state = last_state(sync)
+    assert (state.state, state.reason) == ("rejected", "malformed_offer") and sync.stats.malformed == 1
+
+
 def test_row7_an_offer_nested_200000_deep_is_refused_without_a_traceback(tmp_path, caplog):
     sync = fake_sync(tmp_path)
     sync.handle(Topics(DEVICE).watchlist_manifest, b"[" * 200_000 + b"]" * 200_000)

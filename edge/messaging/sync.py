@@ -221,5 +221,8 @@ class WatchlistSync:
         """Publish the installed version (and the last rejection) on the retained state topic."""
         state = self.store.state()
         kind = "rejected" if reason else {"ok": "installed"}.get(state.get("state"), state.get("state") or "none")
-        body = encode_watchlist_state(state.get("version"), kind, reason, message)
+        try:
+            body = encode_watchlist_state(state.get("version"), kind, reason, message)
+        except PayloadError:  # a message quoting hostile input the state schema refuses: report without it
+            body = encode_watchlist_state(state.get("version"), kind, reason, None)
         self.transport.publish(self.topics.watchlist_state, body, 1, True)
