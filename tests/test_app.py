@@ -383,3 +383,25 @@ def test_config_describe_and_defaults(capsys, tmp_path):
     assert "camera.fps: number = 30" in capsys.readouterr().out
     assert main(["config", "--defaults"]) == 0
     parse_config(capsys.readouterr().out)
+
+
+@pytest.mark.slow
+def test_a_provisioned_device_seals_its_audit_log_at_stop(tmp_path, device, clip, capsys):
+    """With audit.seal in the state directory the app seals the log (here: at stop, MQTT being off), the key file
+    evolves, and `edge audit verify --verify-key` accepts the log — the verification key stays with the operator."""
+    from edge.audit_seal import new_keys
+    from edge.device.app import App
+
+    operator_dir = tmp_path / "operator"
+    operator_dir.mkdir()
+    seal_path, verify_path = new_keys(operator_dir, DEVICE)
+    (device / "audit.seal").write_bytes(seal_path.read_bytes())
+    app = App(load_config(write_config(tmp_path / "edge.yaml", device, clip)), tmp_path / "edge.yaml")
+    thread, result = run_in_thread(app)
+    thread.join(30)
+    assert result["code"] == 0
+    kinds = [rec["kind"] for _, rec, _ in tail(device / "audit.log")]
+    assert kinds[-2:] == ["stop", "seal"]
+    assert json.loads((device / "audit.seal").read_text())["epoch"] == 1
+    assert main(["audit", "verify", str(device / "audit.log"), "--verify-key", str(verify_path)]) == 0
+    assert "1 seal(s) verified" in capsys.readouterr().out

@@ -77,7 +77,11 @@ class Control:
         """Seal the audit log, then publish the retained status (online with health and the seal's head, or
         offline)."""
         if state == "online":
-            self.seal()
+            try:
+                self.seal()
+            except Exception as err:  # noqa: BLE001 - a full disk must not silence the heartbeat
+                log.warning("audit log not sealed: %s", err)
+                self.health.inc("audit_seal_errors")
         try:
             self.client.publish(self.topics.status, encode_status(state, self.status() if state == "online" else {}),
                                 1, True)
