@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,11 +23,11 @@ from hypothesis import strategies as st
 
 from conftest import DATA, FACES
 from edge import keys
-from edge.audit import AuditLog, _make, line_bytes
+from edge.audit import AuditLog, _make
 from edge.audit_seal import Sealer, new_keys
 from edge.cli import main
 from edge.errors import DataError
-from edge.messaging.payloads import PayloadError, decode_watchlist_state, make_event, parse_offer
+from edge.messaging.payloads import PayloadError, decode_watchlist_state, make_event
 from edge.messaging.sync import WatchlistSync, offer_messages
 from edge.messaging.topics import Topics
 from edge.watchlist.bundle import seal
@@ -191,7 +190,6 @@ def test_hostile_event_strings_are_refused_when_they_carry_controls(subject, lab
 def test_sync_survives_1000_hostile_offers_on_a_real_broker_then_installs(broker, tmp_path):
     """Done-when: 1,000 hypothesis-generated hostile offers on the device's manifest topic over a real mosquitto,
     then a valid bundle installs and the device reports it."""
-    from hypothesis import find  # noqa: F401 - the generator below is hypothesis's; drawn once, deterministically
     from test_sync import Device, make_bundle, publish
 
     crypto = (keys.generate_operator_key(), keys.generate_device_key())

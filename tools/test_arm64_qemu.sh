@@ -8,10 +8,10 @@
 # 2. The project (git archive HEAD) installed into a venv inside the root; `edge --version`, `edge doctor`.
 # 3. tools/parity_dump.py on tests/data/faces inside the root and on the host, then the comparison (box IoU, detector
 #    scores, embedding cosines).
-# Neither /proc nor /sys of the host is mounted into the root: with them, XNNPACK's cpuinfo reads the x86 host's CPU
-# description and the interpreter dies under qemu; without them it prints three cpuinfo warnings and works. debootstrap
-# itself leaves the root's /proc mounted: it is unmounted here (a mounted /proc under /tmp hangs anything that walks
-# /tmp). Each step prints its time. --keep keeps the root for another run.
+# The root gets its own /proc (update-ca-certificates and pip need it) but not /sys: with the host's /proc and /sys
+# mounted, XNNPACK's cpuinfo reads the x86 host's CPU description and the interpreter dies under qemu; with /proc only
+# it prints three cpuinfo warnings about /sys and works. /proc is unmounted on exit (a mounted /proc left under /tmp
+# hangs anything that walks /tmp). Each step prints its time. --keep keeps the root for another run.
 set -u
 ROOT=/tmp/edge-arm64-root
 SUITE=bookworm
@@ -49,7 +49,7 @@ if [ ! -x "$ROOT/usr/bin/python3" ]; then
     debootstrap --arch=arm64 --variant=minbase --include=python3,python3-venv,python3-dev,g++,ca-certificates \
         "$SUITE" "$ROOT" "$MIRROR" >/tmp/edge-arm64-debootstrap.log 2>&1 || { tail -20 /tmp/edge-arm64-debootstrap.log; exit 1; }
 fi
-mountpoint -q "$ROOT/proc" && umount -l "$ROOT/proc"
+mountpoint -q "$ROOT/proc" || mount -t proc proc "$ROOT/proc"  # debootstrap may have left it mounted
 step "root: $(in_root uname -m), $(in_root python3 --version)"
 cp -L /etc/resolv.conf "$ROOT/etc/resolv.conf"
 if ls /usr/local/share/ca-certificates/*.crt >/dev/null 2>&1; then  # a TLS-intercepting egress proxy's CA
