@@ -31,7 +31,7 @@ done
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 T0=$(date +%s)
 step() { echo "== $(( $(date +%s) - T0 )) s: $*"; }
-in_root() { chroot "$ROOT" /usr/bin/env -i PATH=/usr/bin:/bin HOME=/root LANG=C.UTF-8 "$@"; }
+in_root() { chroot "$ROOT" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 "$@"; }
 cleanup() {
     mountpoint -q "$ROOT/proc" 2>/dev/null && umount -l "$ROOT/proc"
     [ "$KEEP" = 1 ] || rm -rf "$ROOT"
@@ -54,7 +54,7 @@ step "root: $(in_root uname -m), $(in_root python3 --version)"
 cp -L /etc/resolv.conf "$ROOT/etc/resolv.conf"
 if ls /usr/local/share/ca-certificates/*.crt >/dev/null 2>&1; then  # a TLS-intercepting egress proxy's CA
     cp /usr/local/share/ca-certificates/*.crt "$ROOT/usr/local/share/ca-certificates/"
-    in_root update-ca-certificates >/dev/null 2>&1
+    in_root update-ca-certificates >/dev/null 2>&1 || { echo "update-ca-certificates failed in the root" >&2; exit 1; }
 fi
 rm -rf "$ROOT/src" && mkdir -p "$ROOT/src" && git -C "$REPO" archive HEAD | tar -x -C "$ROOT/src"
 step "venv + pip install (annoy compiles under emulation)"
