@@ -233,7 +233,7 @@ def cmd_watchlist_verify(args: argparse.Namespace) -> int:
 
 def _against_install_record(args: argparse.Namespace, opened: Any, device: Any, result: dict) -> None:
     """--state-dir: the bundle against that device's authenticated install record (no rollback, no swap)."""
-    from edge.watchlist.store import RecordError, WatchlistStore
+    from edge.watchlist.store import RecordError, WatchlistStore, record_conflict
 
     store = WatchlistStore(args.state_dir, opened.manifest["device_id"], device, {}, "", "", lambda b: b)
     try:
@@ -244,14 +244,10 @@ def _against_install_record(args: argparse.Namespace, opened: Any, device: Any, 
     if record is None:
         result["install_record"] = None
         return
-    version, sha = record
-    result["install_record"] = {"version": version, "bundle_sha256": sha}
-    if opened.version < version:
-        result.update(ok=False, reason="rollback", message=f"v{opened.version} is older than v{version}, the highest"
-                                                           f" version the device in {args.state_dir} accepted")
-    elif opened.version == version and opened.bundle_sha256 != sha:
-        result.update(ok=False, reason="same_version_different_content",
-                      message=f"v{version} differs from the bundle the device accepted as v{version}")
+    result["install_record"] = {"version": record[0], "bundle_sha256": record[1]}
+    conflict = record_conflict(record, opened.version, opened.bundle_sha256)
+    if conflict is not None:
+        result.update(ok=False, reason=conflict[0], message=f"{args.state_dir}: {conflict[1]}")
 
 
 def cmd_watchlist_bench(args: argparse.Namespace) -> int:

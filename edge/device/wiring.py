@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -20,6 +19,7 @@ from edge.device.health import Health
 from edge.device.pipeline import MatchContext, Pipeline
 from edge.device.policy import DecisionPolicy, PolicyConfig
 from edge.device.track import Tracker
+from edge.durable import private_dir
 from edge.errors import EdgeError
 from edge.vision.analyzer import VisionOptions
 from edge.vision.quality import QualityThresholds
@@ -151,12 +151,10 @@ def event_writer(c: Config, outbox: Any, audit: Any, embedder_id: str) -> Any:
 
 def private_state_dir(c: Config) -> Path:
     """config.device.state_dir and its `incoming/`, created mode 0700 (keys and subject ids are the device's)."""
-    state = c.device.state_dir
+    state = d = c.device.state_dir
     try:
         for d in (state, state / "incoming"):
-            d.mkdir(mode=0o700, parents=True, exist_ok=True)
-            if d.stat().st_mode & 0o077:
-                os.chmod(d, 0o700)
+            private_dir(d)
     except OSError as err:
         raise EdgeError(f"state directory {d} cannot be created or made private (0700): {err.strerror or err}"
                         " (device.state_dir)") from None

@@ -42,6 +42,19 @@ RECORD_FORMAT = "edge-wl-install-record/1"
 _RECORD_PURPOSE = b"edge-watchlist-install-record/1"
 
 
+def record_conflict(record: tuple[int, str], version: int, bundle_sha256: str) -> tuple[str, str] | None:
+    """(reason, message) when a bundle of `version` with `bundle_sha256` may not be installed over the install
+    record (version, sha256): older ("rollback"), or the same version with other bytes; None when it may."""
+    floor, sha = record
+    if version < floor:
+        return "rollback", (f"installed watchlist v{version} is older than v{floor}, the highest this device accepted"
+                            " (rolled back while stopped?)")
+    if version == floor and bundle_sha256 != sha:
+        return "same_version_different_content", (f"installed watchlist v{floor} is not the bundle this device"
+                                                  " accepted as that version")
+    return None
+
+
 class RecordError(Exception):
     """The install record exists but does not verify."""
 
@@ -163,16 +176,11 @@ class WatchlistStore(Generic[T]):
                                                    f" ({self.record_path}): it may have been swapped for an older"
                                                    " one; re-send the current watchlist", now)
             return False
-        version, sha = record
-        if opened.version < version:
+        version, _ = record
+        conflict = record_conflict(record, opened.version, opened.bundle_sha256)
+        if conflict is not None:
             self._floor = version
-            self._reject("rollback", f"installed watchlist v{opened.version} is older than v{version}, the highest"
-                                     " this device accepted (rolled back while stopped?)", now)
-            return False
-        if opened.version == version and opened.bundle_sha256 != sha:
-            self._floor = version
-            self._reject("same_version_different_content", f"installed watchlist v{version} is not the bundle this"
-                                                           " device accepted as that version", now)
+            self._reject(*conflict, now)
             return False
         if opened.version > version:  # a power cut between persisting the bundle and its record
             self._write_record(opened.version, opened.bundle_sha256)
