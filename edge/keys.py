@@ -79,9 +79,18 @@ def _raw_public(key: PublicKey) -> bytes:
     return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
-def key_id(public_key: PublicKey) -> str:
-    """First 16 hex digits of sha256 of the raw 32-byte public key."""
-    return hashlib.sha256(_raw_public(public_key)).hexdigest()[:16]
+def key_id(public_key: PublicKey | bytes) -> str:
+    """First 16 hex digits of sha256 of the raw 32-byte public key (given as a key object or its raw bytes)."""
+    raw = bytes(public_key) if isinstance(public_key, (bytes, bytearray)) else _raw_public(public_key)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def x25519_public(raw: bytes) -> X25519PublicKey:
+    """An X25519 public key from its 32 raw bytes (KeyFileError when they are not one)."""
+    try:
+        return X25519PublicKey.from_public_bytes(bytes(raw))
+    except ValueError:
+        raise KeyFileError(f"not an X25519 public key ({len(raw)} bytes)") from None
 
 
 def _kind(kind: str) -> tuple[str, type, type]:

@@ -101,8 +101,9 @@ def last_state(sync):
 
 
 def offer_with(**fields):
-    body = {"schema": "edge-wl-offer/1", "device_id": DEVICE, "version": 7, "bundle_sha256": "a" * 64,
-            "bundle_bytes": 100, "chunk_bytes": 100, "chunks": ["b" * 64]}
+    body = {"schema": "edge-wl-offer/2", "audience": f"device:{DEVICE}", "version": 7, "base": None,
+            "bundle_sha256": "a" * 64, "bundle_bytes": 100, "chunk_bytes": 100, "chunks": ["b" * 64],
+            "recipients": [DEVICE]}
     body.update(fields)
     return json.dumps(body).encode()
 
@@ -131,7 +132,7 @@ def test_row6_path_characters_in_bundle_sha256_create_nothing_outside_incoming(t
 
 def test_a_refusal_quoting_image_like_or_control_text_is_still_reported(tmp_path):
     sync = fake_sync(tmp_path)
-    sync.handle(Topics(DEVICE).watchlist_manifest, offer_with(device_id="/9j/4AAQ\u001b[2J"))
+    sync.handle(Topics(DEVICE).watchlist_manifest, offer_with(audience="/9j/4AAQ\u001b[2J"))
     state = last_state(sync)
     assert (state.state, state.reason) == ("rejected", "malformed_offer") and sync.stats.malformed == 1
 
@@ -154,9 +155,12 @@ def _hostile_json(max_leaves=20):
 
 def _hostile_offer():
     fields = st.fixed_dictionaries({}, optional={
-        "schema": st.sampled_from(["edge-wl-offer/1", "edge-wl-offer/2", ""]), "device_id": st.sampled_from([DEVICE, "x"]),
-        "version": _hostile_json(3), "bundle_sha256": _hostile_json(3), "bundle_bytes": _hostile_json(3),
-        "chunk_bytes": _hostile_json(3), "chunks": _hostile_json(5), "extra": _hostile_json(3)})
+        "schema": st.sampled_from(["edge-wl-offer/2", "edge-wl-offer/1", ""]),
+        "audience": st.sampled_from([f"device:{DEVICE}", "device:x", "group:patrol", DEVICE]),
+        "device_id": st.sampled_from([DEVICE, "x"]),  # the format-1 field
+        "version": _hostile_json(3), "base": _hostile_json(3), "bundle_sha256": _hostile_json(3),
+        "bundle_bytes": _hostile_json(3), "chunk_bytes": _hostile_json(3), "chunks": _hostile_json(5),
+        "recipients": _hostile_json(4), "extra": _hostile_json(3)})
     return st.one_of(fields.map(lambda d: json.dumps(d).encode()), st.binary(max_size=200),
                      st.integers(1, 3000).map(lambda n: b"[" * n + b"]" * n))
 
@@ -217,8 +221,17 @@ def test_sync_survives_1000_hostile_offers_on_a_real_broker_then_installs(broker
 
 # ------------------------------------------------------------------------------ row 2: rollback while stopped
 
+def _watchlist_payload(version):
+    """A real (one-subject) watchlist payload, so that `watchlist verify` loads it."""
+    from edge.watchlist.build import make_payload
+    from edge.watchlist.payload import pack
+
+    subject = {"id": f"v{version}-s0", "label": None, "category": None, "expires": None}
+    return pack(make_payload(np.eye(8, dtype=np.float32)[:1], [0], [subject], n_trees=2))
+
+
 def _bundle(operator, device, version):
-    return seal(f"payload v{version}".encode(), watchlist_id="wl", version=version, device_id=DEVICE,
+    return seal(_watchlist_payload(version), watchlist_id="wl", version=version, device_id=DEVICE,
                 device_public=device.public_key(), signing_key=operator, embedder_id="e", embedder_sha256="0" * 64,
                 dim=8, n_items=1, n_subjects=1, thresholds={"match": 0.9}, expires=NOW + timedelta(days=1))
 
@@ -271,9 +284,11 @@ def test_row2_watchlist_verify_with_the_state_dir_refuses_an_older_version(insta
     base = ["watchlist", "verify", tmp_path / "v2.bundle", "--device-key", tmp_path / "device.key", "--operator-key",
             tmp_path / "operator.pub", "--json"]
     code, out, _ = run_cli(capsys, *base)
-    assert code == 1  # the payload is not a watchlist here, so it is refused anyway; with the state dir: why
+    assert code == 0 and json.loads(out)["ok"] is True, out  # on its own, v2 is a good bundle
     code, out, _ = run_cli(capsys, *base, "--state-dir", state)
-    assert code == 1
+    result = json.loads(out)
+    assert code == 1 and result["ok"] is False and result["reason"] == "rollback", out
+    assert "older than v3" in result["message"]
 
 
 # ------------------------------------------------------------------------------- row 3: rewriting the audit log

@@ -87,11 +87,11 @@ ATTACKS = {
     "expired": (lambda k: make(k, 3, expires=NOW - timedelta(seconds=1)), "expired",
                 "bundle wl-main v3 expired at 2025-06-01T11:59:59Z: the watchlist is stale; ask the operator for a"
                 " fresh bundle"),
-    "wrong_device": (lambda k: make(k, 3, device="cam2"), "wrong_device",
-                     "bundle wl-main v3 is for device 'cam2'; this device is 'cam1'"),
+    "wrong_device": (lambda k: make(k, 3, device="cam2"), "not_recipient",
+                     "bundle wl-main v3 is for device:cam2 and does not list this device ('cam1') as a recipient"),
     "wrong_device_key": (lambda k: make(k, 3, device_public=k["cam2"].public_key()), "unwrap_failed",
-                         "cannot unwrap the content key: bundle wl-main v3 for device cam1 was not sealed for this"
-                         " device's key (or its key wrap was altered)"),
+                         "cannot unwrap the content key: bundle wl-main v3's wrap for device cam1 was not made for"
+                         " this device's key (or was altered)"),
     "wrong_embedder": (
         lambda k: make(k, 3, embedder_id="facenet", embedder_sha256="ab" * 32), "wrong_embedder",
         f"watchlist wl-main v3 refused: it was built for embedder facenet (sha256 abababababab…), this device runs"

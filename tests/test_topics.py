@@ -57,9 +57,9 @@ def test_parse_round_trips_every_kind():
     cases = {t.events: "events", t.events_ack: "events_ack", t.status: "status",
              t.watchlist_manifest: "watchlist_manifest", t.watchlist_state: "watchlist_state"}
     for topic, kind in cases.items():
-        assert t.parse(topic) == ("cam-01", kind, ())
-    assert parse_topic(t.watchlist_chunk(12, 345), "fleet/edge") == ("cam-01", "watchlist_chunk", (12, 345))
-    assert parse_topic("edge/other-device/status") == ("other-device", "status", ())
+        assert t.parse(topic) == ("cam-01", kind, (), None)
+    assert parse_topic(t.watchlist_chunk(12, 345), "fleet/edge") == ("cam-01", "watchlist_chunk", (12, 345), None)
+    assert parse_topic("edge/other-device/status") == ("other-device", "status", (), None)
 
 
 @pytest.mark.parametrize("device", ["", "+", "#", "a/b", "cam+1", "x" * 65, "café", None])
@@ -345,7 +345,7 @@ def test_watchlist_state_round_trip(args):
 
 
 @pytest.mark.parametrize("args, message", [
-    ((1, "done", None, None), "watchlist state field 'state' must be one of installed, rejected, stale, none,"
+    ((1, "done", None, None), "watchlist state field 'state' must be one of installed, rejected, stale, none, wiped,"
                               " got 'done'"),
     ((None, "installed", None, None), "watchlist state 'installed' needs an installed_version"),
     ((3, "none", None, None), "watchlist state 'none' cannot have an installed_version"),

@@ -77,7 +77,7 @@ def test_verify_with_the_wrong_keys_is_rejected_with_a_reason(operator_flow, cap
     capsys.readouterr()
     code, out, _ = run(capsys, "watchlist", "verify", tmp / "v3.bundle", "--device-key", tmp_path / "other.key",
                        "--operator-key", tmp / "op" / "operator.pub")
-    assert code == 1 and out.startswith("REJECTED (unwrap_failed)")
+    assert code == 1 and out.startswith("REJECTED (not_recipient)")
     assert main(["keys", "generate", "operator", "--out", str(tmp_path), "--name", "rogue"]) == 0
     capsys.readouterr()
     code, out, _ = run(capsys, "watchlist", "verify", tmp / "v3.bundle", "--device-key", tmp / "dev" / "device.key",

@@ -198,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compare)
 
     ev = sub.add_parser("eval", help="accuracy measurements").add_subparsers(dest="eval_command", metavar="KIND", required=True)
-    from edge.cli import audit as cli_audit, bench as cli_bench, device as cli_device
+    from edge.cli import audit as cli_audit, bench as cli_bench, device as cli_device, fleet as cli_fleet
     from edge.cli import keys as cli_keys, mqtt as cli_mqtt, run as cli_run, watchlist as cli_watchlist
 
     cli_keys.add_parsers(sub)
@@ -209,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_run.add_parsers(sub)
     cli_bench.add_parsers(sub, vision)
     cli_device.add_parsers(sub)
+    cli_fleet.add_parsers(sub)
     p = ev.add_parser("pairs", parents=[vision], help="verification accuracy on labelled pairs",
                       description="Embed every photo of a pairs CSV (path_a,path_b,same[,fold]; paths relative to "
                                   "--root) and report accuracy, 10-fold accuracy and TAR at FAR=1e-3.")

@@ -97,37 +97,93 @@ def cmd_events_tail(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_watchlist_publish(args: argparse.Namespace) -> int:
-    from edge import keys
-    from edge.messaging.sync import offer_messages
+def _read_bundle(path: Path, trust, kind: str) -> tuple[bytes, dict]:
     from edge.watchlist.bundle import MAX_BUNDLE_BYTES, BundleError, verify_bundle
 
     try:
-        if args.bundle.stat().st_size > MAX_BUNDLE_BYTES:
-            raise DataError(f"{args.bundle} is larger than a bundle can be ({MAX_BUNDLE_BYTES} bytes)")
-        data = args.bundle.read_bytes()
+        if path.stat().st_size > MAX_BUNDLE_BYTES:
+            raise DataError(f"{path} is larger than a bundle can be ({MAX_BUNDLE_BYTES} bytes)")
+        data = path.read_bytes()
     except OSError as err:
-        raise DataError(f"cannot read bundle {args.bundle}: {err.strerror or err}") from None
-    trust = keys.TrustStore([keys.load_public_key(p, "operator") for p in args.operator_key])
+        raise DataError(f"cannot read bundle {path}: {err.strerror or err}") from None
     try:  # a truncated, bit-flipped or foreign bundle never replaces the good retained offer
-        manifest, _ = verify_bundle(data, trust, expected_device_id=args.device)
+        manifest, _ = verify_bundle(data, trust)
     except BundleError as err:
-        raise DataError(f"{args.bundle} was not published: {err}") from None
-    messages = offer_messages(data, args.device, int(manifest["version"]), args.prefix, args.chunk_bytes)
+        raise DataError(f"{path} was not published: {err}") from None
+    if manifest["kind"] != kind:
+        raise DataError(f"{path} is a {manifest['kind']} bundle; {'--delta' if kind == 'delta' else '--bundle'} takes"
+                        f" a {kind} one")
+    return data, manifest
+
+
+def _current_offers(args: argparse.Namespace, source) -> list:
+    """The offers retained on `source` now (to clear the chunks the new ones replace)."""
+    from edge.cli.fleet import _collect
+    from edge.messaging.payloads import PayloadError, parse_offer
+
+    offers = []
+    wait = argparse.Namespace(**{**vars(args), "wait": 1.5})
+    for topic, payload in _collect(wait, [source.offer(), source.offer(True)]):
+        try:
+            offers.append(parse_offer(payload, source.audience))
+        except PayloadError:
+            continue  # empty (cleared) or not ours: nothing to clear
+    return offers
+
+
+def cmd_watchlist_publish(args: argparse.Namespace) -> int:
+    from edge import keys
+    from edge.messaging.sync import clear_messages, offer_messages
+    from edge.messaging.topics import TopicError, WatchlistTopics
+
+    trust = keys.TrustStore([keys.load_public_key(p, "operator") for p in args.operator_key])
+    bundles = [_read_bundle(args.bundle, trust, "full")] if args.bundle else []
+    if args.delta:
+        bundles.append(_read_bundle(args.delta, trust, "delta"))
+    if not bundles:
+        raise DataError("nothing to publish: give --bundle FILE (the full version) and/or --delta FILE")
+    audiences = {m["audience"] for _, m in bundles}
+    if len(audiences) != 1:
+        raise DataError(f"the bundles are for different audiences ({', '.join(sorted(audiences))})")
+    audience = audiences.pop()
+    want = f"device:{args.device}" if args.device else f"group:{args.group}" if args.group else audience
+    if want != audience:
+        raise DataError(f"the bundle is sealed for {audience}, not {want}")
+    kind, _, name = audience.partition(":")
+    try:
+        source = (WatchlistTopics.for_device(name, args.prefix) if kind == "device"
+                  else WatchlistTopics.for_group(name, args.prefix))
+    except TopicError as err:
+        raise DataError(str(err)) from None
+    old = _current_offers(args, source)
+    messages: list[tuple[str, bytes]] = []
+    for data, m in bundles:
+        messages += offer_messages(data, source, int(m["version"]), args.prefix, args.chunk_bytes,
+                                   base=(m["base"] or {}).get("version"), recipients=sorted(m["recipients"]))
+    if not args.delta:
+        messages.append((source.offer(True), b""))  # a delta on an older version would only confuse
+    new_chunks = {t for t, _ in messages}
+    stale = [(t, b) for o in old for t, b in clear_messages(source, o) if t not in new_chunks]
     client = _client(args, [])
     t0 = time.perf_counter()
     try:
         client.publish_confirmed(messages, retain=True, connect_timeout=args.connect_timeout)
+        if stale:  # only once the new offers are in place: a device never sees an offer without its chunks
+            client.publish_confirmed(stale, retain=True, connect_timeout=args.connect_timeout)
     finally:
         client.stop()
     seconds = time.perf_counter() - t0
-    result = {"device": args.device, "version": manifest["version"], "bytes": len(data), "chunks": len(messages) - 1,
-              "seconds": round(seconds, 2)}
+    result = {"audience": audience, "device": name if kind == "device" else None,
+              "version": max(int(m["version"]) for _, m in bundles),
+              "bundles": [{"kind": m["kind"], "version": m["version"], "bytes": len(d)} for d, m in bundles],
+              "bytes": sum(len(d) for d, _ in bundles), "chunks": sum(1 for t, _ in messages if "/chunk/" in t),
+              "cleared_chunks": len(stale), "recipients": len(bundles[0][1]["recipients"]), "seconds": round(seconds, 2)}
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"published watchlist v{result['version']} for {args.device}: {len(data)} bytes in {result['chunks']} "
-              f"retained chunks, {result['seconds']} s")
+        what = " + ".join(f"{b['kind']} v{b['version']} ({b['bytes']} bytes)" for b in result["bundles"])
+        print(f"published watchlist {what} for {audience} ({result['recipients']} recipients) in {result['chunks']}"
+              f" retained chunks, {result['seconds']} s" + (f"; cleared {len(stale)} old chunks" if stale else ""))
     return 0
 
 
@@ -150,11 +206,15 @@ def add_parsers(sub: argparse._SubParsersAction, watchlist_sub: argparse._SubPar
     p.add_argument("--json", action="store_true", help="print events as JSON lines")
     p.set_defaults(func=cmd_events_tail, default_client_id="operator")
 
-    p = watchlist_sub.add_parser("publish", parents=[broker], help="send a sealed bundle to one device over MQTT",
-                                 description="Publish the bundle as retained chunks and a retained offer on "
-                                             "<prefix>/<device>/watchlist/…; the device fetches what it lacks.")
-    p.add_argument("--bundle", type=Path, required=True, help="bundle from `edge watchlist seal`")
-    p.add_argument("--device", required=True, help="target device id (must match the bundle)")
+    p = watchlist_sub.add_parser("publish", parents=[broker], help="send a sealed version to a device or group over MQTT",
+                                 description="Publish the full bundle (and a delta) as retained chunks and retained "
+                                             "offers on <prefix>/<device>/watchlist/… or <prefix>/groups/<G>/watchlist/…"
+                                             "; each device fetches what it lacks, the delta when it holds its base.")
+    p.add_argument("--bundle", type=Path, help="full bundle from `edge watchlist seal` (OUT, or OUT.full with --base)")
+    p.add_argument("--delta", type=Path, help="delta bundle from `edge watchlist seal --base N`")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--device", help="target device id (must match the bundle; default: the bundle's audience)")
+    g.add_argument("--group", help="target group (must match the bundle; default: the bundle's audience)")
     p.add_argument("--operator-key", type=Path, action="append", required=True, metavar="PUB",
                    help="operator public key the bundle must be signed by (repeatable); checked with the payload's"
                         " sha256 before anything is sent")

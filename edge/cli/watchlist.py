@@ -1,14 +1,12 @@
-"""`edge keys …`, `edge watchlist …` and `edge eval openset`: argument handling and output only (over ~400 lines until
-issue 10 moves the watchlist-bench and open-set loops into their own modules)."""
+"""`edge watchlist build|verify|bench` and `edge eval openset`: argument handling and output only (`seal` is in
+`edge.cli.seal`)."""
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +14,7 @@ from typing import Any
 from edge.cli.common import analyzer_from_args as _analyzer
 from edge.cli.common import print_json as _print_json
 from edge.cli.common import progress as _progress
-from edge.durable import atomic_write
+from edge.cli.seal import cmd_watchlist_seal
 from edge.errors import DataError, EdgeError
 
 
@@ -93,113 +91,10 @@ def cmd_watchlist_build(args: argparse.Namespace) -> int:
     return 0
 
 
-#: An impostor tail file is a few kilobytes (curve, bootstrap replicates); anything far larger is refused unread.
-MAX_IMPOSTOR_FILE = 4 * 2**20
-
-
-def _impostor_tail(args: argparse.Namespace, embedder: dict):
-    """The impostor tail for threshold selection: --impostors FILE, else the embedder's manifest entry."""
-    from edge.evaluation.calibration import TailModel, embedder_tail
-    from edge.vision.manifest import load_manifest
-
-    if args.impostors:
-        try:
-            if Path(args.impostors).stat().st_size > MAX_IMPOSTOR_FILE:
-                raise DataError(f"{args.impostors} is larger than {MAX_IMPOSTOR_FILE // 2**20} MiB: not an impostor file "
-                                "from `edge eval openset --save-impostors`")
-            stats = json.loads(Path(args.impostors).read_text())["impostor_tail"]
-        except (OSError, KeyError, TypeError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
-            raise DataError(f"{args.impostors} is not an impostor file from `edge eval openset --save-impostors` "
-                            f"({type(err).__name__}: {err})") from None
-        return TailModel.from_json(stats)
-    manifest = load_manifest(args.models_dir)
-    if embedder.get("fusion"):
-        from edge.evaluation.calibration import scoring_tail
-        from edge.vision.fusion import load_fusion
-        from edge.vision.runtime import sha256_file
-
-        if not manifest.fusion:
-            raise DataError("this build fuses a second embedder, but the model manifest has no fusion section")
-        return scoring_tail({}, load_fusion(manifest.fusion, manifest.directory, sha256_file))
-    return embedder_tail(manifest.get(embedder.get("name", ""), "embedder").info)
-
-
-#: Longest validity a sealed watchlist may have, days (a device treats it as stale after it).
-MAX_EXPIRES_DAYS = 3650
-
-
-def _check_seal_args(args: argparse.Namespace) -> None:
-    """Every value `seal` writes into a bundle, checked before anything is read or written (one line each)."""
-    from edge.messaging.topics import DEVICE_ID, MAX_SEQ
-
-    for name, value in (("--device-id", args.device_id), ("--watchlist-id", args.watchlist_id)):
-        if not DEVICE_ID.match(value):
-            raise DataError(f"{name} {value!r} is invalid: use 1-64 characters from A-Z a-z 0-9 . _ - (it becomes"
-                            " part of MQTT topics and file names)")
-    if not 1 <= args.version <= MAX_SEQ:
-        raise DataError(f"--version must be an integer in [1, 2^63-1], got {args.version}")
-    if args.threshold is not None and not 0 < args.threshold <= 1:
-        raise DataError(f"--threshold must be a cosine similarity in (0, 1], got {args.threshold}")
-    if not 0 <= args.margin < 1:
-        raise DataError(f"--margin must be a cosine margin in [0, 1), got {args.margin}")
-    if not 0 < args.fpir < 1:
-        raise DataError(f"--fpir must be a rate in (0, 1), got {args.fpir}")
-    if not 0 < args.expires_days <= MAX_EXPIRES_DAYS:
-        raise DataError(f"--expires-days must be in (0, {MAX_EXPIRES_DAYS}], got {args.expires_days:g}")
-    if args.out.exists() and not args.force:
-        raise DataError(f"{args.out} exists; pass --force to replace it")
-
-
-def cmd_watchlist_seal(args: argparse.Namespace) -> int:
-    from edge import keys
-    from edge.watchlist.build import load_build
-    from edge.watchlist.bundle import seal
-    from edge.watchlist.index import Watchlist
-    from edge.watchlist.payload import pack
-
-    _check_seal_args(args)
-    payload, embedder = load_build(args.input)
-    signing = keys.load_private_key(args.signing_key, "operator")
-    device_pub = keys.load_public_key(args.device_key, "device")
-    n_templates = len(payload.meta["items"])
-    if args.threshold is not None:
-        thresholds = {"match": args.threshold, "source": "given on the command line"}
-    else:
-        thresholds = _impostor_tail(args, embedder).threshold_for(n_templates, args.fpir)
-    thresholds["margin"] = args.margin
-    try:  # what the device will load must load here first (a corrupt index.ann or templates.bin is caught now)
-        Watchlist.from_payload(pack(payload), _numbers_only(thresholds), {"embedder": embedder})
-    except (EdgeError, ValueError, KeyError, TypeError) as err:
-        raise DataError(f"{args.input} does not load as a watchlist ({err}); rebuild it with `edge watchlist build`")\
-            from None
-    plaintext = pack(payload)
-    expires = datetime.now(timezone.utc) + timedelta(days=args.expires_days)
-    data = seal(plaintext, watchlist_id=args.watchlist_id, version=args.version, device_id=args.device_id,
-                device_public=device_pub, signing_key=signing, embedder_id=embedder.get("id", ""),
-                embedder_sha256=embedder.get("sha256", ""), dim=int(payload.meta["dim"]), n_items=n_templates,
-                n_subjects=len(payload.meta["subjects"]["id"]), thresholds=_numbers_only(thresholds), expires=expires)
-    args.out.parent.mkdir(parents=True, exist_ok=True)  # a sealed bundle is not personal data in clear
-    atomic_write(args.out, data, mode=0o644)  # sealed: only its device can open it
-    result = {"version": args.version, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
-              "device_id": args.device_id, "n_items": n_templates, "thresholds": _numbers_only(thresholds),
-              "expires": expires.strftime("%Y-%m-%dT%H:%M:%SZ")}
-    if args.json:
-        _print_json(result)
-    else:
-        print(f"sealed watchlist {args.watchlist_id} v{args.version} for device {args.device_id}: {args.out} "
-              f"({len(data)} bytes, sha256 {result['sha256'][:16]}…); match threshold {thresholds['match']:.4f} "
-              f"for {n_templates} templates, margin {args.margin}")
-    return 0
-
-
-def _numbers_only(thresholds: dict) -> dict:
-    """The manifest's thresholds hold numbers only (the impostor model's provenance stays in the report)."""
-    return {k: v for k, v in thresholds.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-
-
 def cmd_watchlist_verify(args: argparse.Namespace) -> int:
     from edge import keys
-    from edge.watchlist.bundle import BundleError, open_bundle
+    from edge.watchlist.bundle import BundleError, find_recipient, open_bundle, verify_bundle
+    from edge.watchlist.delta import DeltaError, unpack_delta
     from edge.watchlist.index import Watchlist
 
     try:
@@ -210,22 +105,38 @@ def cmd_watchlist_verify(args: argparse.Namespace) -> int:
     operator = keys.load_public_key(args.operator_key, "operator")
     result: dict[str, Any] = {"ok": False, "version": None, "n_items": None, "reason": None}
     try:
-        opened = open_bundle(data, device, {keys.key_id(operator): operator}, expected_device_id=args.device_id)
-        watchlist = Watchlist.from_payload(opened.payload, opened.manifest.get("thresholds"), opened.manifest)
-        result.update(ok=True, version=opened.manifest["version"], n_items=len(watchlist),
-                      n_subjects=watchlist.n_subjects, watchlist_id=opened.manifest["watchlist_id"],
-                      expires=opened.manifest["expires"], thresholds=opened.manifest["thresholds"])
+        trust = {keys.key_id(operator): operator}
+        device_id = args.device_id
+        if device_id is None:  # the recipient whose wrap this key opens
+            manifest, _ = verify_bundle(data, trust)
+            device_id = find_recipient(manifest, device)
+            if device_id is None:
+                raise BundleError("not_recipient", f"bundle v{manifest['version']} for {manifest['audience']} has no"
+                                                   " key wrap this device key opens (not a recipient)")
+        opened = open_bundle(data, device, trust, expected_device_id=device_id)
+        m = opened.manifest
+        if opened.kind == "delta":  # applied only on top of its base: here its structure is checked
+            unpack_delta(opened.payload)
+            n_items, n_subjects = m["n_items"], m["n_subjects"]
+        else:
+            watchlist = Watchlist.from_payload(opened.payload, m.get("thresholds"), m)
+            n_items, n_subjects = len(watchlist), watchlist.n_subjects
+        result.update(ok=True, version=m["version"], n_items=n_items, n_subjects=n_subjects,
+                      watchlist_id=m["watchlist_id"], expires=m["expires"], thresholds=m["thresholds"],
+                      kind=m["kind"], base=(m["base"] or {}).get("version"), audience=m["audience"],
+                      device_id=device_id)
         if args.state_dir is not None:
             _against_install_record(args, opened, device, result)
     except BundleError as err:
         result.update(reason=err.reason, message=str(err))
-    except EdgeError as err:
+    except (DeltaError, EdgeError) as err:
         result.update(reason="load_failed", message=str(err))
     if args.json:
         _print_json(result)
     elif result["ok"]:
-        print(f"OK: watchlist {result['watchlist_id']} v{result['version']}, {result['n_subjects']} subjects, "
-              f"{result['n_items']} templates, expires {result['expires']}")
+        what = f" (delta on v{result['base']})" if result["kind"] == "delta" else ""
+        print(f"OK: watchlist {result['watchlist_id']} v{result['version']}{what} for {result['audience']}, "
+              f"{result['n_subjects']} subjects, {result['n_items']} templates, expires {result['expires']}")
     else:
         print(f"REJECTED ({result['reason']}): {result['message']}")
     return 0 if result["ok"] else 1
@@ -235,7 +146,7 @@ def _against_install_record(args: argparse.Namespace, opened: Any, device: Any, 
     """--state-dir: the bundle against that device's authenticated install record (no rollback, no swap)."""
     from edge.watchlist.store import RecordError, WatchlistStore, record_conflict
 
-    store = WatchlistStore(args.state_dir, opened.manifest["device_id"], device, {}, "", "", lambda b: b)
+    store = WatchlistStore(args.state_dir, result["device_id"], device, {}, "", "", lambda b: b)
     try:
         record = store.read_record()
     except RecordError as err:
@@ -244,8 +155,8 @@ def _against_install_record(args: argparse.Namespace, opened: Any, device: Any, 
     if record is None:
         result["install_record"] = None
         return
-    result["install_record"] = {"version": record[0], "bundle_sha256": record[1]}
-    conflict = record_conflict(record, opened.version, opened.bundle_sha256)
+    result["install_record"] = {"version": record[0], "content_sha256": record[1]}
+    conflict = record_conflict(record, opened.version, opened.content_sha256)
     if conflict is not None:
         result.update(ok=False, reason=conflict[0], message=f"{args.state_dir}: {conflict[1]}")
 
@@ -327,15 +238,23 @@ def add_parsers(sub: argparse._SubParsersAction, vision: argparse.ArgumentParser
     p.add_argument("--force", action="store_true", help="replace an existing build in --out")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_watchlist_build)
-    p = wl.add_parser("seal", help="sign and encrypt a build for one device",
+    p = wl.add_parser("seal", help="sign and encrypt a build for one device or a group",
                       description="Pack a build directory, pick the match threshold for its size and a target FPIR, "
-                                  "encrypt it for one device and sign it with the operator key.")
+                                  "encrypt it once, wrap its key to each recipient device (one device, or a group of "
+                                  "the fleet file) and sign it with the operator key; --base N makes a delta.")
     p.add_argument("--in", dest="input", type=Path, required=True, help="build directory from `watchlist build`")
     p.add_argument("--signing-key", type=Path, required=True, help="operator private key (Ed25519)")
-    p.add_argument("--device-key", type=Path, required=True, help="the device's public key (X25519)")
-    p.add_argument("--device-id", required=True, help="the target device's id")
+    p.add_argument("--device-key", type=Path, help="the device's public key (X25519), for one device not in a fleet file")
+    p.add_argument("--device-id", help="seal for this one device (its key from --device-key or --fleet)")
+    p.add_argument("--group", help="seal for every member of this group of the --fleet file (one payload for all)")
+    p.add_argument("--fleet", type=Path, help="fleet file from `edge fleet add` (device keys and groups)")
     p.add_argument("--version", type=int, required=True, help="watchlist version (must increase on every release)")
     p.add_argument("--out", type=Path, required=True, help="bundle file to write")
+    p.add_argument("--base", type=int, metavar="N", help="seal a delta on version N (from the release archive); the "
+                   "full bundle of this version is written to --full-out as well")
+    p.add_argument("--full-out", type=Path, help="with --base: where the full bundle goes (default OUT.full.bundle)")
+    p.add_argument("--releases", type=Path, help="release archive: every version's full content, for --base "
+                   "(plaintext, 0700; default: 'releases' beside --out)")
     p.add_argument("--watchlist-id", default="default", help="watchlist name (default 'default')")
     p.add_argument("--expires-days", type=float, default=30.0, help="days until the device treats it as stale (default 30)")
     p.add_argument("--fpir", type=float, default=0.003, help="target false-positive identification rate (default 0.003)")
@@ -346,7 +265,7 @@ def add_parsers(sub: argparse._SubParsersAction, vision: argparse.ArgumentParser
     p.add_argument("--models-dir", type=Path, help="directory with manifest.json (for the default impostor model)")
     p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_watchlist_seal)
+    p.set_defaults(func=cmd_watchlist_seal)  # edge.cli.seal
     p = wl.add_parser("verify", help="verify and decrypt a bundle in memory")
     p.add_argument("file", type=Path, metavar="FILE")
     p.add_argument("--device-key", type=Path, required=True, help="the device's private key (X25519)")

@@ -53,8 +53,10 @@ class Control:
 
     # --- what the device reports ----------------------------------------------------------------------------------
     def status(self) -> dict:
-        """The retained status's health figures: counters, stages, watchlist state, outbox depth, audit head."""
-        return {**self.health.snapshot(), "watchlist": self.store.state(), "outbox_depth": self.outbox.depth(),
+        """The retained status's health figures: counters, stages, watchlist state, outbox depth, audit head, and
+        the wall-clock time of the report (UTC, for the operator's "last seen")."""
+        return {**self.health.snapshot(), "reported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "watchlist": self.store.state(), "outbox_depth": self.outbox.depth(),
                 "audit_head": self.audit.head(), "audit_seal": self.sealer.last if self.sealer else None}
 
     def summary(self) -> str:
@@ -96,11 +98,13 @@ class Control:
         except TopicError:
             self.health.inc("control_foreign_topic")
             return
-        if parsed.device_id != self.topics.device_id:
+        if parsed.group is not None:
+            self.sync.handle(topic, payload)  # a group subtree the broker lets this device read
+        elif parsed.device_id != self.topics.device_id:
             self.health.inc("control_foreign_topic")
         elif parsed.kind == "events_ack":
             self.publisher.on_ack(payload)
-        elif parsed.kind in ("watchlist_manifest", "watchlist_chunk"):
+        elif parsed.kind.startswith("watchlist_") and parsed.kind != "watchlist_state":
             self.sync.handle(topic, payload)
 
     def thermal_step(self, governor: Any, temperature_c: float | None) -> None:

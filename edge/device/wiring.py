@@ -261,14 +261,16 @@ def _messaging(c: Config, topics: Any, outbox: Any, store: Any, audit: Any, stat
     from edge.messaging.delivery import EventPublisher
     from edge.messaging.mqtt import MqttClient
     from edge.messaging.payloads import encode_status
-    from edge.messaging.sync import WatchlistSync
+    from edge.messaging.sync import WatchlistSync, watchlist_filters
 
     settings = mqtt_settings(c, will_topic=topics.status, will_payload=encode_status("offline", {}))
-    client = MqttClient(settings, [(topics.events_ack, 1), (topics.watchlist_manifest, 1)])
+    client = MqttClient(settings, [(topics.events_ack, 1)]
+                        + [(t, 1) for t in watchlist_filters(c.device.id, c.device.topic_prefix)])
 
     def audit_install(result: Any, data: bytes) -> None:
         if result.reason != "already_installed":
-            audit.append("watchlist_install" if result.ok else "watchlist_reject",
+            kind = "watchlist_wipe" if result.reason == "wiped" else "watchlist_install"
+            audit.append(kind if result.ok else "watchlist_reject",
                          {"version": result.version, "reason": result.reason, "message": result.message,
                           "sha256": hashlib.sha256(data).hexdigest()})
 

@@ -1,7 +1,7 @@
 """The payload schemas of every MQTT message, and their one validator: pure functions on bytes and dicts.
 
 Schemas: match event (`edge-event/1`), ack (`edge-ack/1`), status (`edge-status/1`), watchlist state
-(`edge-watchlist-state/1`) and watchlist offer (`edge-wl-offer/1`). Every payload is compact UTF-8 JSON with a
+(`edge-watchlist-state/1`) and watchlist offer (`edge-wl-offer/2`). Every payload is compact UTF-8 JSON with a
 `schema` tag and is validated strictly on both ends: size limit, no duplicate keys, no NaN, required fields with
 types and ranges, unknown fields refused. Every refusal is a `PayloadError` whose message names the cause.
 
@@ -33,7 +33,7 @@ EVENT_SCHEMA = "edge-event/1"
 ACK_SCHEMA = "edge-ack/1"
 STATUS_SCHEMA = "edge-status/1"
 WATCHLIST_STATE_SCHEMA = "edge-watchlist-state/1"
-OFFER_SCHEMA = "edge-wl-offer/1"
+OFFER_SCHEMA = "edge-wl-offer/2"
 #: Payload size limits in bytes. An event with an encrypted thumbnail of MAX_THUMBNAIL_BYTES still fits.
 MAX_EVENT_BYTES = 16 * 1024
 MAX_ACK_BYTES = 256 * 1024
@@ -46,7 +46,7 @@ MAX_THUMBNAIL_BYTES = 9 * 1024
 MAX_CHUNKS = 4096
 THUMBNAIL_ALG = "X25519-HKDF-SHA256/AES-256-GCM"
 #: States a device reports on <device>/watchlist/state.
-WATCHLIST_STATES = ("installed", "rejected", "stale", "none")
+WATCHLIST_STATES = ("installed", "rejected", "stale", "none", "wiped")
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}\Z")
 _TOKEN = re.compile(r"[a-z][a-z0-9_]{0,63}\Z")
@@ -355,7 +355,7 @@ class WatchlistState:
     """What a device reports after a sync: its installed version (None if none) and the outcome.
 
     state: "installed" (version now live), "rejected" (reason = a BundleError code), "stale" (the installed
-    watchlist expired), "none" (nothing installed). message: one human-readable line, or None.
+    watchlist expired), "none" (nothing installed), "wiped" (dropped by a signed wipe statement). message: one human-readable line, or None.
     """
 
     installed_version: int | None
@@ -388,8 +388,8 @@ def _check_watchlist_state(obj: dict) -> dict:
         _need_int(obj, "installed_version", what, 1)
     if state in ("installed", "stale") and version is None:
         raise PayloadError(f"watchlist state {state!r} needs an installed_version")
-    if state == "none" and version is not None:
-        raise PayloadError("watchlist state 'none' cannot have an installed_version")
+    if state in ("none", "wiped") and version is not None:
+        raise PayloadError(f"watchlist state {state!r} cannot have an installed_version")
     if reason is not None and (not isinstance(reason, str) or not _TOKEN.match(reason)):
         raise PayloadError(f"watchlist state field 'reason' must be a short code like 'bad_signature',"
                            f" got {_show(reason)}")
@@ -404,42 +404,57 @@ def _check_watchlist_state(obj: dict) -> dict:
 
 @dataclass(frozen=True)
 class Offer:
-    """A parsed (untrusted) watchlist offer: the bundle's version, sha256 (hex) and size in bytes, the chunk size
-    in bytes and the sha256 (hex) of every chunk."""
+    """A parsed (untrusted) watchlist offer: its audience ("device:<id>" / "group:<name>"), version, base version
+    (a delta's; None for a full bundle), the bundle's sha256 (hex) and size in bytes, the chunk size in bytes, the
+    sha256 (hex) of every chunk, and the device ids it is sealed for (a hint: the signed manifest decides)."""
 
+    audience: str
     version: int
+    base: int | None
     bundle_sha256: str
     bundle_bytes: int
     chunk_bytes: int
     chunks: list[str]
+    recipients: list[str]
 
 
-def encode_offer(device_id: str, version: int, bundle_sha256: str, bundle_bytes: int, chunk_bytes: int,
-                 chunks: list[str]) -> bytes:
-    """{"schema": "edge-wl-offer/1", ...}: the retained announcement of a bundle's chunks for one device."""
-    obj = {"schema": OFFER_SCHEMA, "device_id": device_id, "version": version, "bundle_sha256": bundle_sha256,
-           "bundle_bytes": bundle_bytes, "chunk_bytes": chunk_bytes, "chunks": list(chunks)}
-    _check_offer(obj, device_id)
+_AUDIENCE = re.compile(r"(device|group):[A-Za-z0-9._-]{1,64}\Z")
+#: Most recipients an offer may list (as many as a bundle manifest may hold).
+MAX_OFFER_RECIPIENTS = 4096
+
+
+def encode_offer(audience: str, version: int, bundle_sha256: str, bundle_bytes: int, chunk_bytes: int,
+                 chunks: list[str], base: int | None = None, recipients: list[str] | None = None) -> bytes:
+    """{"schema": "edge-wl-offer/2", ...}: the retained announcement of a bundle's chunks for a device or group."""
+    obj = {"schema": OFFER_SCHEMA, "audience": audience, "version": version, "base": base,
+           "bundle_sha256": bundle_sha256, "bundle_bytes": bundle_bytes, "chunk_bytes": chunk_bytes,
+           "chunks": list(chunks), "recipients": sorted(recipients or [])}
+    _check_offer(obj, audience)
     return _dumps(obj, "watchlist offer", MAX_OFFER_BYTES)
 
 
-def parse_offer(data: bytes, device_id: str) -> Offer:
-    """Parse and validate an offer for `device_id`; PayloadError naming the problem."""
+def parse_offer(data: bytes, audience: str) -> Offer:
+    """Parse and validate an offer that arrived on `audience`'s topics; PayloadError naming the problem."""
     if isinstance(data, (bytes, bytearray)) and len(data) > MAX_OFFER_BYTES:
         raise PayloadError(f"watchlist offer of {len(data)} bytes exceeds the limit of {MAX_OFFER_BYTES} bytes")
-    obj = _check_offer(_loads(data, "watchlist offer", MAX_OFFER_BYTES), device_id)
-    return Offer(obj["version"], obj["bundle_sha256"], obj["bundle_bytes"], obj["chunk_bytes"], list(obj["chunks"]))
+    obj = _check_offer(_loads(data, "watchlist offer", MAX_OFFER_BYTES), audience)
+    return Offer(obj["audience"], obj["version"], obj["base"], obj["bundle_sha256"], obj["bundle_bytes"],
+                 obj["chunk_bytes"], list(obj["chunks"]), list(obj["recipients"]))
 
 
-def _check_offer(obj: dict, device_id: str) -> dict:
+def _check_offer(obj: dict, audience: str) -> dict:
     what = "watchlist offer"
     _check_schema(obj, what, OFFER_SCHEMA)
-    _check_fields(obj, what, {"schema", "device_id", "version", "bundle_sha256", "bundle_bytes", "chunk_bytes",
-                              "chunks"})
-    if obj["device_id"] != device_id:
-        raise PayloadError(f"watchlist offer is for device {_show(obj['device_id'])}, not {device_id!r}")
+    _check_fields(obj, what, {"schema", "audience", "version", "base", "bundle_sha256", "bundle_bytes",
+                              "chunk_bytes", "chunks", "recipients"})
+    if obj["audience"] != audience:
+        raise PayloadError(f"watchlist offer is for {_show(obj['audience'])}, not {audience!r}")
     for key in ("version", "bundle_bytes", "chunk_bytes"):
         _need_int(obj, key, what, 1)
+    if obj["base"] is not None:
+        _need_int(obj, "base", what, 1)
+        if obj["base"] >= obj["version"]:
+            raise PayloadError(f"watchlist offer of a delta v{obj['version']} names a base that is not older")
     if not isinstance(obj["bundle_sha256"], str) or not _SHA256.match(obj["bundle_sha256"]):
         raise PayloadError(f"watchlist offer field 'bundle_sha256' must be 64 lowercase hex digits,"
                            f" got {_show(obj['bundle_sha256'])}")
@@ -451,4 +466,8 @@ def _check_offer(obj: dict, device_id: str) -> dict:
         raise PayloadError(f"watchlist offer is inconsistent: {obj['bundle_bytes']} bytes in chunks of"
                            f" {obj['chunk_bytes']} need {-(-obj['bundle_bytes'] // obj['chunk_bytes'])} chunks, not"
                            f" {len(chunks)}")
+    recipients = obj["recipients"]
+    if not isinstance(recipients, list) or len(recipients) > MAX_OFFER_RECIPIENTS \
+            or not all(isinstance(r, str) and _DEVICE_ID.match(r) for r in recipients):
+        raise PayloadError(f"watchlist offer field 'recipients' must list at most {MAX_OFFER_RECIPIENTS} device ids")
     return obj

@@ -1,15 +1,18 @@
 """Watchlist sync over MQTT, both ends of the chunk protocol (no paho here: a transport is injected).
 
-Operator: `offer_messages(bundle)` → one retained *offer* on `edge/<device>/watchlist/manifest` (version, bundle
-sha256 and size, chunk size, the sha256 of every chunk) and retained chunks on `.../watchlist/chunk/<version>/<n>`.
+Operator: `offer_messages(bundle, source, …)` → retained chunks on `<source>/chunk/<version>/<n>` (a delta's on
+`<source>/delta/chunk/…`) and the retained *offer* that announces them on `<source>/manifest` (`delta/manifest`):
+version, base, bundle sha256 and size, chunk size, every chunk's sha256, the recipients. A source is a device's own
+watchlist subtree or a group's (`WatchlistTopics`); a group's bundle is published once for all its members.
 Retained messages let a device that was offline catch up on reconnect without the broker's bounded offline queue.
 
-Device (`WatchlistSync`): on an offer newer than the installed version it subscribes to each chunk it does not
-hold yet (a window at a time), stores every chunk whose sha256 matches the offer (ciphertext only) in `incoming/`, and unsubscribes
-it, so a sync interrupted half-way resumes without fetching the chunks it already has. With all chunks it
-assembles the bundle and hands it to the `WatchlistStore`, which verifies everything (the offer itself is
-untrusted; a forged one can only waste bandwidth), and reports the installed version or the rejection on
-`.../watchlist/state`.
+Device (`WatchlistSync`): listens to its own subtree and to every group subtree the broker lets it read. Of the
+offers that list it and are newer than the installed version, it takes the newest version, as a delta when that
+delta builds on exactly the installed version (and has not failed), else as the full bundle. It subscribes to each
+chunk it does not hold yet (a window at a time), stores every chunk whose sha256 matches the offer (ciphertext
+only) in `incoming/`, so an interrupted sync resumes, assembles the bundle and hands it to the `WatchlistStore`,
+which verifies everything (an offer is untrusted; a forged one can only waste bandwidth). A delta refused for a
+missing base makes it fetch the full version. Results, wipes included, go to `<device>/watchlist/state`.
 """
 
 from __future__ import annotations
@@ -17,14 +20,14 @@ from __future__ import annotations
 import hashlib
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from edge.durable import atomic_write, private_dir
 from edge.errors import EdgeError
 from edge.messaging.payloads import MAX_CHUNKS, Offer, PayloadError, encode_offer, encode_watchlist_state, parse_offer
-from edge.messaging.topics import TopicError, Topics
+from edge.messaging.topics import TopicError, Topics, WatchlistTopics, group_filter
 
 DEFAULT_CHUNK_BYTES = 1 << 20
 #: Chunks requested at a time: the broker queues retained copies for a new subscription, and mosquitto drops
@@ -46,21 +49,39 @@ class Transport(Protocol):
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> Any: ...
 
 
-def offer_messages(bundle: bytes, device_id: str, version: int, prefix: str = "edge",
-                   chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> list[tuple[str, bytes]]:
-    """(topic, payload) pairs to publish retained: the chunks first, then the offer that announces them."""
-    topics = Topics(device_id, prefix)
+def offer_messages(bundle: bytes, source: WatchlistTopics | str, version: int, prefix: str = "edge",
+                   chunk_bytes: int = DEFAULT_CHUNK_BYTES, base: int | None = None,
+                   recipients: list[str] | None = None) -> list[tuple[str, bytes]]:
+    """(topic, payload) pairs to publish retained: the chunks first, then the offer that announces them.
+    source: the subtree (a device id is taken as that device's own). base: a delta's base version."""
+    if isinstance(source, str):
+        source = WatchlistTopics.for_device(source, prefix)
+    delta = base is not None
     chunks = [bundle[i:i + chunk_bytes] for i in range(0, len(bundle), chunk_bytes)]
     if len(chunks) > MAX_CHUNKS:
         raise SyncError(f"bundle of {len(bundle)} bytes needs {len(chunks)} chunks; raise the chunk size")
     try:
-        offer = encode_offer(device_id, version, hashlib.sha256(bundle).hexdigest(), len(bundle), chunk_bytes,
-                             [hashlib.sha256(c).hexdigest() for c in chunks])
+        offer = encode_offer(source.audience, version, hashlib.sha256(bundle).hexdigest(), len(bundle), chunk_bytes,
+                             [hashlib.sha256(c).hexdigest() for c in chunks], base, recipients)
     except PayloadError as err:
         raise SyncError(str(err)) from None
-    messages = [(topics.watchlist_chunk(version, n), c) for n, c in enumerate(chunks)]
-    messages.append((topics.watchlist_manifest, offer))
+    messages = [(source.chunk(version, n, delta), c) for n, c in enumerate(chunks)]
+    messages.append((source.offer(delta), offer))
     return messages
+
+
+def clear_messages(source: WatchlistTopics, offer: Offer) -> list[tuple[str, bytes]]:
+    """Empty retained messages that delete an old offer's chunks from the broker (publish after the new offer)."""
+    delta = offer.base is not None
+    return [(source.chunk(offer.version, n, delta), b"") for n in range(len(offer.chunks))]
+
+
+def watchlist_filters(device_id: str, prefix: str = "edge") -> list[str]:
+    """Every filter a device listens to for watchlists: its own offers and wipe, and every group's (the broker's
+    ACL delivers only its groups'). Deltas first, so a retained delta is known before the full offer."""
+    own = WatchlistTopics.for_device(device_id, prefix)
+    groups = [group_filter(k, prefix) for k in ("watchlist_delta", "watchlist_manifest", "watchlist_wipe")]
+    return [own.offer(True), own.offer(), own.wipe] + groups
 
 
 @dataclass
@@ -74,14 +95,30 @@ class SyncStats:
     malformed: int = 0
     installs: int = 0
     rejections: int = 0
+    wipes: int = 0
     last_reason: str | None = None
 
 
-class WatchlistSync:
-    """Device side. `handle(topic, payload)` is called from the control thread for every message under
-    `<prefix>/<device>/watchlist/`. `store` is a started `WatchlistStore` (anything with install/current/state).
+@dataclass
+class _Download:
+    source: WatchlistTopics
+    offer: Offer
+    missing: set[int] = field(default_factory=set)
+    requested: set[int] = field(default_factory=set)
 
-    on_result: called with (InstallResult, bundle bytes) after every install attempt (the device's audit trail).
+    @property
+    def delta(self) -> bool:
+        return self.offer.base is not None
+
+    def topic(self, n: int) -> str:
+        return self.source.chunk(self.offer.version, n, self.delta)
+
+
+class WatchlistSync:
+    """Device side. `handle(topic, payload)` is called from the control thread for every message under the
+    device's watchlist subtree and the group subtrees. `store` is a started `WatchlistStore`.
+
+    on_result: called with (InstallResult, bundle bytes) after every install or wipe attempt (the audit trail).
     clock: monotonic seconds (injected by tests).
     """
 
@@ -91,122 +128,162 @@ class WatchlistSync:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.store, self.transport, self.on_result, self.clock = store, transport, on_result, clock
         self.device_id, self.prefix, self.topics = device_id, prefix, Topics(device_id, prefix)
+        self.own = WatchlistTopics.for_device(device_id, prefix)
         self.incoming_dir = Path(incoming_dir)
         self.window, self.stall_after = window, stall_after
         self.stats = SyncStats()
-        self.offer: Offer | None = None
-        self._missing: set[int] = set()
-        self._requested: set[int] = set()
+        self.offers: dict[tuple[str, bool], tuple[WatchlistTopics, Offer]] = {}
+        self.failed: set[tuple[str, int, str]] = set()  # (audience, version, bundle sha256) refused by the store
+        self.download: _Download | None = None
         self._progress = self.clock()
 
+    @property
+    def offer(self) -> Offer | None:
+        """The offer being downloaded, if any."""
+        return self.download.offer if self.download else None
+
     def start(self) -> None:
-        """Subscribe to offers (the broker re-sends the retained one) and report the installed state."""
-        self.transport.subscribe(self.topics.watchlist_manifest, 1)
+        """Subscribe to offers and wipes (the broker re-sends the retained ones) and report the installed state."""
+        for topic in watchlist_filters(self.device_id, self.prefix):
+            self.transport.subscribe(topic, 1)
         self.report()
 
     def _installed_version(self) -> int:
         _, manifest = self.store.current()
-        return int(manifest["version"]) if manifest else 0
-
-    def _dir(self, offer: Offer) -> Path:
-        return self.incoming_dir / f"v{offer.version}-{offer.bundle_sha256[:16]}"
+        if manifest:
+            return int(manifest["version"])
+        return int(getattr(self.store, "floor", None) or 0)
 
     def handle(self, topic: str, payload: bytes) -> None:
         """Process one message; malformed input is counted and reported, never raised."""
         try:
             parsed = self.topics.parse(topic)
-            if parsed.device_id != self.device_id:
+            if parsed.group is None and parsed.device_id != self.device_id:
                 raise SyncError(f"topic {topic!r} belongs to device {parsed.device_id!r}")
-            if parsed.kind == "watchlist_manifest":
+            source = (WatchlistTopics.for_group(parsed.group, self.prefix) if parsed.group is not None
+                      else self.own)
+            if parsed.kind in ("watchlist_manifest", "watchlist_delta"):
+                if not payload:  # a retained offer was cleared
+                    self.offers.pop((source.audience, parsed.kind == "watchlist_delta"), None)
+                    self.stats.chunks_ignored += 1
+                    return
                 try:
-                    offer = parse_offer(payload, self.device_id)
+                    offer = parse_offer(payload, source.audience)
+                    if (offer.base is not None) != (parsed.kind == "watchlist_delta"):
+                        raise PayloadError("watchlist offer on the wrong topic (delta vs full)")
                 except PayloadError as err:  # told on watchlist/state; the installed list keeps serving
                     self.stats.malformed += 1
                     self.stats.last_reason = str(err)
                     self.report(reason="malformed_offer", message=str(err)[:1000])
                     return
-                self._on_offer(offer)
-            elif parsed.kind == "watchlist_chunk":
-                self._on_chunk(*parsed.extra, payload)
+                self.stats.offers += 1
+                if offer.recipients and self.device_id not in offer.recipients:
+                    return  # sealed for others: not worth downloading
+                self.offers[(source.audience, offer.base is not None)] = (source, offer)
+                self._choose()
+            elif parsed.kind in ("watchlist_chunk", "watchlist_delta_chunk"):
+                self._on_chunk(source, parsed.kind == "watchlist_delta_chunk", *parsed.extra, payload)
+            elif parsed.kind == "watchlist_wipe":
+                if payload:
+                    self._on_wipe(payload)
+                else:
+                    self.stats.chunks_ignored += 1
             else:
                 self.stats.chunks_ignored += 1
         except (SyncError, PayloadError, TopicError) as err:
             self.stats.malformed += 1
             self.stats.last_reason = str(err)
 
-    def _on_offer(self, offer: Offer) -> None:
-        self.stats.offers += 1
-        if offer.version <= self._installed_version():
-            return  # already installed, or a replayed older offer: the store would refuse it anyway
-        if self.offer == offer:
-            return  # the same offer again (e.g. re-sent on reconnect): keep going
-        if self.offer:
-            for n in self._requested:
-                self.transport.unsubscribe(self.topics.watchlist_chunk(self.offer.version, n))
-        self._requested = set()
-        self.offer = offer
+    # ------------------------------------------------------------ choosing what to fetch
+
+    def _choose(self) -> None:
+        """Start (or switch to) the best download: the newest version; its delta if it builds on what is installed."""
+        installed = self._installed_version()
+        candidates = [(s, o) for s, o in self.offers.values() if o.version > installed
+                      and (s.audience, o.version, o.bundle_sha256) not in self.failed
+                      and (o.base is None or o.base == installed)]
+        if not candidates:
+            return
+        best = max(candidates, key=lambda so: (so[1].version, so[1].base is not None))
+        if self.download and (self.download.source, self.download.offer) == best:
+            return
+        self._begin(*best)
+
+    def _dir(self, offer: Offer) -> Path:
+        return self.incoming_dir / f"v{offer.version}-{offer.bundle_sha256[:16]}"
+
+    def _begin(self, source: WatchlistTopics, offer: Offer) -> None:
+        self._cancel()
         folder = self._dir(offer)
         private_dir(folder)
         for stale in self.incoming_dir.iterdir():
             if stale != folder:
                 shutil.rmtree(stale, ignore_errors=True)
         held = {int(p.name) for p in folder.iterdir() if p.name.isdigit()}
-        self._missing = set(range(len(offer.chunks))) - held
+        self.download = _Download(source, offer, set(range(len(offer.chunks))) - held)
         self._progress = self.clock()
         self._request_more()
         self._maybe_install()
 
+    def _cancel(self) -> None:
+        if self.download:
+            for n in self.download.requested:
+                self.transport.unsubscribe(self.download.topic(n))
+        self.download = None
+
     def _request_more(self) -> None:
         """Subscribe to the next missing chunks, keeping at most `window` outstanding."""
-        for n in sorted(self._missing - self._requested):
-            if len(self._requested) >= self.window:
+        d = self.download
+        for n in sorted(d.missing - d.requested):
+            if len(d.requested) >= self.window:
                 break
-            self._requested.add(n)
-            self.transport.subscribe(self.topics.watchlist_chunk(self.offer.version, n), 1)
+            d.requested.add(n)
+            self.transport.subscribe(d.topic(n), 1)
 
     def tick(self, now: float | None = None) -> None:
         """Call periodically: re-requests the outstanding chunks when nothing arrived for `stall_after` s."""
         now = self.clock() if now is None else now
-        if self.offer and self._requested and now - self._progress > self.stall_after:
-            for n in self._requested:
-                t = self.topics.watchlist_chunk(self.offer.version, n)
-                self.transport.unsubscribe(t)
-                self.transport.subscribe(t, 1)
+        d = self.download
+        if d and d.requested and now - self._progress > self.stall_after:
+            for n in d.requested:
+                self.transport.unsubscribe(d.topic(n))
+                self.transport.subscribe(d.topic(n), 1)
             self._progress = now
 
-    def _on_chunk(self, version: int, n: int, payload: bytes) -> None:
-        offer = self.offer
-        if offer is None or version != offer.version or n not in self._missing:
-            self.stats.chunks_ignored += 1  # replayed, stale or already held
+    def _on_chunk(self, source: WatchlistTopics, delta: bool, version: int, n: int, payload: bytes) -> None:
+        d = self.download
+        if d is None or d.source != source or d.delta != delta or version != d.offer.version or n not in d.missing:
+            self.stats.chunks_ignored += 1  # replayed, stale, cleared or already held
             return
-        if hashlib.sha256(payload).hexdigest() != offer.chunks[n]:
+        if hashlib.sha256(payload).hexdigest() != d.offer.chunks[n]:
             self.stats.chunks_rejected += 1
             self.stats.last_reason = f"chunk {n} of version {version} does not match the offer's sha256"
             # Ask again: re-subscribing makes the broker re-send its retained copy.
-            t = self.topics.watchlist_chunk(version, n)
-            self.transport.unsubscribe(t)
-            self.transport.subscribe(t, 1)
+            self.transport.unsubscribe(d.topic(n))
+            self.transport.subscribe(d.topic(n), 1)
             return
-        atomic_write(self._dir(offer) / str(n), payload)
-        self._missing.discard(n)
-        self._requested.discard(n)
+        atomic_write(self._dir(d.offer) / str(n), payload)
+        d.missing.discard(n)
+        d.requested.discard(n)
         self._progress = self.clock()
         self.stats.chunks_received += 1
-        self.transport.unsubscribe(self.topics.watchlist_chunk(version, n))
+        self.transport.unsubscribe(d.topic(n))
         self._request_more()
         self._maybe_install()
 
     def _maybe_install(self) -> None:
-        offer = self.offer
-        if offer is None or self._missing:
+        d = self.download
+        if d is None or d.missing:
             return
-        folder = self._dir(offer)
-        data = b"".join((folder / str(n)).read_bytes() for n in range(len(offer.chunks)))
-        self.offer = None
+        folder = self._dir(d.offer)
+        data = b"".join((folder / str(n)).read_bytes() for n in range(len(d.offer.chunks)))
+        self.download = None
         shutil.rmtree(folder, ignore_errors=True)
-        if hashlib.sha256(data).hexdigest() != offer.bundle_sha256:
+        if hashlib.sha256(data).hexdigest() != d.offer.bundle_sha256:
             self.stats.rejections += 1
+            self.failed.add((d.source.audience, d.offer.version, d.offer.bundle_sha256))
             self.report(reason="sync_mismatch", message="the assembled bundle does not match the offer")
+            self._choose()
             return
         result = self.store.install(data)
         if self.on_result is not None:
@@ -215,7 +292,22 @@ class WatchlistSync:
             self.stats.installs += 1
         else:
             self.stats.rejections += 1
+            self.failed.add((d.source.audience, d.offer.version, d.offer.bundle_sha256))
         self.report(reason=None if result.ok else result.reason, message=result.message)
+        self._choose()  # newer offers may be waiting; a refused delta falls back to the full version
+
+    def _on_wipe(self, payload: bytes) -> None:
+        result = self.store.wipe(payload)
+        if self.on_result is not None:
+            self.on_result(result, payload)
+        if result.ok:
+            self.stats.wipes += 1
+            self._cancel()
+            self.report()
+        elif result.reason == "replayed_wipe":  # a retained old statement, re-sent on every reconnect
+            self.stats.last_reason = result.message
+        else:
+            self.report(reason=result.reason, message=result.message)
 
     def report(self, reason: str | None = None, message: str | None = None) -> None:
         """Publish the installed version (and the last rejection) on the retained state topic."""

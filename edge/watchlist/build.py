@@ -25,7 +25,7 @@ from edge.imageio import read_image
 from edge.vision.quality import ENROLLMENT_LIMITS, QualityThresholds, SubjectRule, assess, subject_face
 from edge.watchlist.index import build_index
 from edge.canonical import canonical_json
-from edge.watchlist.payload import Payload, quantize_templates, subject_columns
+from edge.watchlist.payload import Payload, quantize_templates, split_templates, subject_columns, template_dim
 
 #: Annoy trees: chosen from `edge watchlist bench` at 300,000 fused templates (8 trees: recall@1 vs exact 99.97 %, query
 #: p99 1.16 ms, device RSS 293 MiB; 16 trees: 99.96 %, 1.20 ms, 300 MiB — README).
@@ -168,18 +168,29 @@ def make_payload(vectors: np.ndarray, item_subject: list[int], subjects: list[di
         raise DataError("fused templates need both the second embeddings and the fusion settings")
     meta = {"dim": int(vectors.shape[1]), "metric": "angular", "n_trees": n_trees, "items": list(map(int, item_subject)),
             "subjects": subject_columns(subjects), "thresholds": thresholds or {}}
-    shortlist = vectors
     if len(vectors) >= PCA_MIN_ITEMS and vectors.shape[1] > stage1_dim:
         mean, comp = fit_pca(vectors, stage1_dim)
         meta["stage1"] = {"kind": "pca", "dim": stage1_dim, "mean": [float(f"{x:.7g}") for x in mean],
                           "components": [[float(f"{x:.7g}") for x in row] for row in comp]}
-        shortlist = project(vectors, np.array(meta["stage1"]["mean"], np.float32),
-                            np.array(meta["stage1"]["components"], np.float32))
     rows = vectors
     if fusion is not None:
         meta["fusion"] = dict(fusion)
         rows = np.concatenate([vectors, np.asarray(vectors2, np.float32)], axis=1)
-    return Payload(build_index(shortlist, n_trees), meta, quantize_templates(rows))
+    templates = quantize_templates(rows)
+    return Payload(index_for(meta, templates), meta, templates)
+
+
+def index_for(meta: dict, templates: bytes) -> bytes:
+    """The Annoy shortlist index of a payload's content, built from its int8 templates (the primary embedding's
+    columns, projected by `meta["stage1"]` when present) with one thread and a fixed seed, so that the operator's
+    full build and a device applying a delta build the same index from the same content."""
+    n, dim = len(meta["items"]), int(meta["dim"])
+    q, scale = split_templates(templates, n, template_dim(meta))
+    vectors = q[:, :dim].astype(np.float32) * scale[:, None]
+    stage1 = meta.get("stage1")
+    if stage1:
+        vectors = project(vectors, np.array(stage1["mean"], np.float32), np.array(stage1["components"], np.float32))
+    return build_index(vectors, int(meta["n_trees"]))
 
 
 def payload_of(enrollment: "Enrollment", fusion: dict | None, n_trees: int = DEFAULT_TREES) -> Payload:

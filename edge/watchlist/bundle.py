@@ -1,37 +1,42 @@
-"""The watchlist bundle: one signed manifest and one encrypted payload, for one device (bytes in, bytes out).
+"""The watchlist bundle, format 2: one signed manifest and one encrypted payload per version (bytes in, bytes out).
 
 Layout (all integers big-endian):
 
-    b"EDGEWL1\\n"            8 bytes   magic
-    manifest length          u32       ≤ MAX_MANIFEST_BYTES (64 KiB)
-    manifest                 canonical JSON (`edge.keys.canonical_json`)
+    b"EDGEWL2\\n"            8 bytes   magic (format 1, b"EDGEWL1\\n", is refused with "unsupported_format")
+    manifest length          u32       ≤ MAX_MANIFEST_BYTES (1 MiB)
+    manifest                 canonical JSON (`edge.watchlist.manifest`)
     signature length         u16       always 64
-    signature                Ed25519 over b"edge-watchlist-manifest/1\\x00" + manifest bytes
+    signature                Ed25519 over b"edge-watchlist-manifest/2\\x00" + manifest bytes
     payload ciphertext       the rest of the file (AES-256-GCM, tag appended); whole file ≤ MAX_BUNDLE_BYTES (2 GiB)
 
-Crypto. Each `seal` draws a fresh 32-byte content key. The payload is AES-256-GCM under it with AAD = the *binding
-hash*: sha256 of the canonical JSON of the manifest's binding fields (`BINDING_FIELDS`: everything except `payload`,
-`key_wrap` and `signing`, i.e. format, ids, version, device, embedder, dim, metric, counts, times, thresholds). A
-ciphertext moved under a manifest for another device, version or model therefore fails to decrypt even if that
-manifest were validly signed. The content key is wrapped to the device's X25519 key: an ephemeral X25519 key pair,
-KEK = HKDF-SHA256(shared secret, 32 bytes, salt=None, info=b"edge-watchlist-keywrap/1" + device_id UTF-8 + version
-as 8 bytes), wrapped = AES-256-GCM(KEK).encrypt(nonce, content key, AAD = binding hash).
+Crypto. Each `seal` draws a fresh 32-byte content key K_v and encrypts the payload (a full payload or a delta)
+once under it, AAD = the *binding hash* (sha256 of the canonical JSON of the manifest's binding fields: format,
+ids, version, audience, kind, base, content hash, embedder, dim, counts, times, thresholds). For each recipient
+device, K_v is wrapped to its X25519 key: an ephemeral key pair, KEK = HKDF-SHA256(shared secret, info =
+b"edge-watchlist-keywrap/2" + device id UTF-8 + version as 8 bytes), wrap = AES-256-GCM(KEK)(K_v, AAD = binding
+hash). A wrap moved to another device id, a wrap of another version, or a recipients list edited after signing all
+fail (the last one at the signature). A device that is not listed cannot open the version.
 
-Verification (`open_bundle`) never parses what it has not yet authenticated: magic, length fields and limits,
-signature against the pinned operator keys, and only then the manifest JSON and its schema, device, expiry, payload
-length and hash, key unwrap and decryption. Every failure is a `BundleError` with a stable `reason` code.
+Verification (`verify_bundle`, `open_bundle`) never parses what it has not yet authenticated: magic, length fields
+and limits, signature against the pinned operator keys, and only then the manifest JSON and its schema, recipient,
+expiry, payload length and hash, key unwrap and decryption. Every failure is a `BundleError` with a stable `reason`.
 
-Lines: the bundle format, its manifest schema, sealing and verification are one security boundary, read as one.
+A device that applied a delta keeps the result as a *local bundle* (`seal_local`/`open_local`): the operator's
+signed header of that version followed by the rebuilt full payload, encrypted under a key derived from the device
+key; at start the signature, the recipient and the content hash in the signed manifest are checked again.
+
+Wipe statements (`sign_wipe`/`verify_wipe`) are small signed JSON documents telling one device, or the members of
+a group, to drop the watchlist they hold up to a version.
+
+Lines: the bundle format, sealing, verification, local bundles and wipe statements are one security boundary.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import json
 import os
-import re
 import struct
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -42,33 +47,30 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from edge.errors import EdgeError
 from edge.canonical import canonical_json
-from edge.keys import SealError, TrustStore, key_id, open_sealed, seal_to
+from edge.errors import EdgeError
+from edge.keys import SealError, TrustStore, derive_key, key_id, open_sealed, seal_to
+from edge.watchlist import manifest as M
+from edge.watchlist.manifest import FORMAT, format_time, parse_time  # noqa: F401 - re-exported
+from edge.watchlist.payload import PayloadError, content_sha256
 
-MAGIC = b"EDGEWL1\n"
-FORMAT = "edge-watchlist/1"
-SIGNATURE_DOMAIN = b"edge-watchlist-manifest/1\x00"
-KEYWRAP_INFO = b"edge-watchlist-keywrap/1"
-#: Largest manifest accepted, bytes.
-MAX_MANIFEST_BYTES = 64 * 1024
+MAGIC = b"EDGEWL2\n"
+OLD_MAGIC = b"EDGEWL1\n"
+LOCAL_MAGIC = b"EDGEWLL\n"
+SIGNATURE_DOMAIN = b"edge-watchlist-manifest/2\x00"
+KEYWRAP_INFO = b"edge-watchlist-keywrap/2"
+WIPE_FORMAT = "edge-wl-wipe/1"
+WIPE_DOMAIN = b"edge-watchlist-wipe/1\x00"
+_LOCAL_PURPOSE = b"edge-watchlist-local-bundle/1"
+#: Largest manifest accepted, bytes (room for ~5,000 recipients).
+MAX_MANIFEST_BYTES = 1024 * 1024
 #: Largest bundle accepted (whole file), bytes.
 MAX_BUNDLE_BYTES = 2 * 1024**3
+#: Largest wipe statement accepted, bytes.
+MAX_WIPE_BYTES = 4096
 SIGNATURE_BYTES = 64
-CIPHER = "AES-256-GCM"
-KEYWRAP_ALG = "X25519-HKDF-SHA256/AES-256-GCM"
-SIGNING_ALG = "Ed25519"
-METRIC = "angular"
-#: Manifest fields covered by the binding hash (AAD of both the payload and the wrapped key).
-BINDING_FIELDS = ("format", "watchlist_id", "version", "device_id", "embedder", "dim", "metric", "n_items",
-                  "n_subjects", "created", "expires", "thresholds")
-MANIFEST_FIELDS = frozenset(BINDING_FIELDS) | {"payload", "key_wrap", "signing"}
 
 _PREFIX = len(MAGIC) + 4  # magic + u32 manifest length
-_TIME_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z\Z")
-_HEX_RE = re.compile(r"[0-9a-f]+\Z")
-_MAX_VERSION = 2**63 - 1
-_TAG_BYTES = 16
 
 OperatorKeys = Union[Mapping[str, Ed25519PublicKey], TrustStore]
 
@@ -77,7 +79,7 @@ class BundleError(EdgeError):
     """A bundle was refused. `reason` is a stable short code; `str(err)` names the cause for a person.
 
     Codes: bad_magic, truncated, oversized, bad_signature, unknown_key, malformed_manifest, unsupported_format,
-    wrong_device, expired, payload_mismatch, unwrap_failed, decrypt_failed.
+    not_recipient, expired, payload_mismatch, unwrap_failed, decrypt_failed, content_mismatch, bad_wipe.
     """
 
     def __init__(self, reason: str, message: str) -> None:
@@ -90,7 +92,8 @@ class OpenedBundle:
     """A verified, decrypted bundle.
 
     manifest: the parsed manifest. manifest_sha256 / bundle_sha256: hex sha256 of the manifest bytes / whole file.
-    payload: the decrypted plaintext (keep it in memory). signed_by: id of the pinned key that verified it.
+    payload: the decrypted plaintext (keep it in memory): a full payload, or a delta when manifest kind is "delta".
+    signed_by: id of the pinned key that verified it. header: the file up to the payload (magic … signature).
     """
 
     manifest: dict[str, Any]
@@ -98,6 +101,7 @@ class OpenedBundle:
     bundle_sha256: str
     payload: bytes = field(repr=False)
     signed_by: str = ""
+    header: bytes = field(default=b"", repr=False)
 
     @property
     def version(self) -> int:
@@ -106,6 +110,14 @@ class OpenedBundle:
     @property
     def watchlist_id(self) -> str:
         return str(self.manifest["watchlist_id"])
+
+    @property
+    def kind(self) -> str:
+        return str(self.manifest["kind"])
+
+    @property
+    def content_sha256(self) -> str:
+        return str(self.manifest["content_sha256"])
 
 
 # ---------------------------------------------------------------- framing
@@ -125,6 +137,10 @@ def _split(data: bytes | memoryview) -> _Frame:
         raise BundleError("oversized", f"bundle is {n} bytes; the limit is {MAX_BUNDLE_BYTES} bytes")
     head = bytes(data[: len(MAGIC)])
     if head != MAGIC:
+        if head == OLD_MAGIC:
+            raise BundleError("unsupported_format", "bundle format 1 (sealed for one device) is no longer accepted:"
+                                                    " re-seal the watchlist with this version's `edge watchlist"
+                                                    " seal` (format 2)")
         if n == 0:
             raise BundleError("truncated", "bundle is truncated: the file is empty")
         if n < len(MAGIC) and MAGIC.startswith(head):
@@ -186,160 +202,12 @@ def _verify(frame: _Frame, keys: dict[str, Ed25519PublicKey]) -> str:
                                        " the manifest was altered after signing or the signature is forged")
 
 
-# ---------------------------------------------------------------- manifest schema
-
-
-class _SchemaError(Exception):
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-
-
-def _bad(detail: str) -> _SchemaError:
-    return _SchemaError("malformed_manifest", detail)
-
-
-def _need_str(obj: dict, key: str, where: str = "") -> str:
-    value = obj.get(key)
-    if not isinstance(value, str) or not value or len(value) > 256:
-        raise _bad(f"{where}{key} must be a non-empty string of at most 256 characters")
-    return value
-
-
-def _need_int(obj: dict, key: str, low: int, where: str = "") -> int:
-    value = obj.get(key)
-    if type(value) is not int or not low <= value <= _MAX_VERSION:
-        raise _bad(f"{where}{key} must be an integer ≥ {low}, got {value!r}")
-    return value
-
-
-def _need_hex(obj: dict, key: str, digits: int, where: str = "") -> str:
-    value = obj.get(key)
-    if not isinstance(value, str) or len(value) != digits or not _HEX_RE.match(value):
-        raise _bad(f"{where}{key} must be {digits} lowercase hex digits")
-    return value
-
-
-def _need_b64(obj: dict, key: str, length: int, where: str = "") -> bytes:
-    value = obj.get(key)
-    try:
-        raw = base64.b64decode(value, validate=True) if isinstance(value, str) else None
-    except (binascii.Error, ValueError):
-        raw = None
-    if raw is None or len(raw) != length:
-        raise _bad(f"{where}{key} must be base64 of {length} bytes")
-    return raw
-
-
-def _need_obj(obj: dict, key: str, fields: set[str]) -> dict:
-    value = obj.get(key)
-    if not isinstance(value, dict) or set(value) != fields:
-        raise _bad(f"{key} must be an object with exactly the fields {', '.join(sorted(fields))}")
-    return value
-
-
-def _need_const(obj: dict, key: str, expected: str, where: str = "") -> None:
-    if obj.get(key) != expected:
-        raise _SchemaError("unsupported_format", f"{where}{key} {obj.get(key)!r} is not supported"
-                                                 f" (this device supports {expected!r})")
-
-
-def parse_time(text: object, what: str = "time") -> datetime:
-    """Parse an ISO-8601 UTC timestamp of the form 2025-01-31T12:00:00Z (fractional seconds allowed)."""
-    if not isinstance(text, str) or not _TIME_RE.match(text):
-        raise _bad(f"{what} must be an ISO-8601 UTC time like 2025-01-31T12:00:00Z, got {text!r}")
-    try:
-        return datetime.fromisoformat(text[:-1]).replace(tzinfo=timezone.utc)
-    except ValueError:
-        raise _bad(f"{what} {text!r} is not a valid date and time") from None
-
-
-def format_time(value: datetime | str) -> str:
-    """Manifest form of a time: an aware datetime (converted to UTC, whole seconds) or an already valid string."""
-    if isinstance(value, str):
-        parse_time(value)
-        return value
-    if value.tzinfo is None:
-        raise _bad("times must be timezone-aware datetimes (e.g. datetime.now(timezone.utc))")
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _validate_binding(m: dict) -> None:
-    _need_const(m, "format", FORMAT, "bundle ")
-    _need_str(m, "watchlist_id")
-    _need_int(m, "version", 1)
-    _need_str(m, "device_id")
-    embedder = _need_obj(m, "embedder", {"id", "sha256"})
-    _need_str(embedder, "id", "embedder.")
-    _need_hex(embedder, "sha256", 64, "embedder.")
-    _need_int(m, "dim", 1)
-    _need_const(m, "metric", METRIC, "embedding ")
-    _need_int(m, "n_items", 0)
-    _need_int(m, "n_subjects", 0)
-    if parse_time(m.get("created"), "created") > parse_time(m.get("expires"), "expires"):
-        raise _bad(f"created {m['created']} is after expires {m['expires']}")
-    thresholds = m.get("thresholds")
-    if not isinstance(thresholds, dict) or not thresholds:
-        raise _bad("thresholds must be a non-empty object of numbers")
-    for name, value in thresholds.items():
-        if not isinstance(name, str):
-            raise _bad(f"threshold names must be strings, got {name!r}")
-        if type(value) not in (int, float) or value != value or value in (float("inf"), float("-inf")):
-            raise _bad(f"thresholds.{name} must be a finite number, got {value!r}")
-
-
-def _validate(m: object) -> dict:
-    """The manifest as a dict, or _SchemaError naming the first problem."""
-    if not isinstance(m, dict):
-        raise _bad("the manifest is not a JSON object")
-    _need_const(m, "format", FORMAT, "bundle ")
-    missing, unknown = MANIFEST_FIELDS - set(m), set(m) - MANIFEST_FIELDS
-    if missing:
-        raise _bad(f"missing field(s) {', '.join(sorted(missing))}")
-    if unknown:
-        raise _bad(f"unknown field(s) {', '.join(sorted(unknown))}")
-    _validate_binding(m)
-    payload = _need_obj(m, "payload", {"length", "sha256", "cipher", "nonce"})
-    _need_int(payload, "length", _TAG_BYTES, "payload.")
-    _need_hex(payload, "sha256", 64, "payload.")
-    _need_const(payload, "cipher", CIPHER, "payload ")
-    _need_b64(payload, "nonce", 12, "payload.")
-    wrap = _need_obj(m, "key_wrap", {"alg", "ephemeral_public", "nonce", "wrapped_key"})
-    _need_const(wrap, "alg", KEYWRAP_ALG, "key_wrap ")
-    _need_b64(wrap, "ephemeral_public", 32, "key_wrap.")
-    _need_b64(wrap, "nonce", 12, "key_wrap.")
-    _need_b64(wrap, "wrapped_key", 32 + _TAG_BYTES, "key_wrap.")
-    signing = _need_obj(m, "signing", {"alg", "key_id"})
-    _need_const(signing, "alg", SIGNING_ALG, "signing ")
-    _need_hex(signing, "key_id", 16, "signing.")
-    return m
-
-
-def _parse_manifest(raw: bytes) -> dict:
-    """Parse and validate *verified* manifest bytes; they must be exactly their canonical encoding."""
-    def no_constants(name: str) -> None:
-        raise ValueError(f"{name} is not allowed")
-
-    try:
-        manifest = json.loads(raw.decode("ascii"), parse_constant=no_constants)
-        canonical = canonical_json(manifest) == raw
-    except (UnicodeDecodeError, ValueError, RecursionError) as err:
-        raise BundleError("malformed_manifest", f"bundle manifest is malformed: not JSON ({err})") from None
-    if not canonical:
-        raise BundleError("malformed_manifest", "bundle manifest is malformed: not canonical JSON")
-    try:
-        return _validate(manifest)
-    except _SchemaError as err:
-        raise BundleError(err.reason, f"bundle manifest is malformed: {err}" if err.reason == "malformed_manifest"
-                          else f"unsupported bundle: {err}; update the device software") from None
-
-
 # ---------------------------------------------------------------- crypto
 
 
 def binding_hash(manifest: Mapping[str, Any]) -> bytes:
     """sha256 (32 raw bytes) of the canonical JSON of the manifest's binding fields; the AEAD AAD."""
-    return hashlib.sha256(canonical_json({k: manifest[k] for k in BINDING_FIELDS})).digest()
+    return hashlib.sha256(canonical_json({k: manifest[k] for k in M.BINDING_FIELDS})).digest()
 
 
 def _keywrap_info(device_id: str, version: int) -> bytes:
@@ -352,22 +220,36 @@ def _b64(raw: bytes) -> str:
 
 def wrap_content_key(content_key: bytes, device_public: X25519PublicKey, device_id: str, version: int,
                      binding: bytes) -> dict[str, str]:
-    """The manifest's `key_wrap` object: `content_key` sealed to `device_public` (`edge.keys.seal_to`)."""
+    """One `recipients` entry: `content_key` sealed to `device_public` (`edge.keys.seal_to`)."""
     eph_raw, nonce, wrapped = seal_to(device_public, content_key, _keywrap_info(device_id, version), binding)
-    return {"alg": KEYWRAP_ALG, "ephemeral_public": _b64(eph_raw), "nonce": _b64(nonce), "wrapped_key": _b64(wrapped)}
+    return {"ephemeral_public": _b64(eph_raw), "nonce": _b64(nonce), "wrapped_key": _b64(wrapped)}
 
 
-def unwrap_content_key(manifest: Mapping[str, Any], device_private: X25519PrivateKey) -> bytes:
-    """The content key of a validated manifest, or BundleError unwrap_failed."""
-    wrap = manifest["key_wrap"]
+def unwrap_content_key(manifest: Mapping[str, Any], device_id: str, device_private: X25519PrivateKey) -> bytes:
+    """The content key from `device_id`'s wrap in a validated manifest, or BundleError not_recipient/unwrap_failed."""
+    wrap = manifest["recipients"].get(device_id)
+    if wrap is None:
+        raise BundleError("not_recipient", f"{M.label(manifest)} for {manifest['audience']} does not list device"
+                                           f" {device_id!r} as a recipient (removed from the fleet or group?)")
     try:
         return open_sealed(device_private, base64.b64decode(wrap["ephemeral_public"]), base64.b64decode(wrap["nonce"]),
-                           base64.b64decode(wrap["wrapped_key"]),
-                           _keywrap_info(manifest["device_id"], manifest["version"]), binding_hash(manifest))
+                           base64.b64decode(wrap["wrapped_key"]), _keywrap_info(device_id, manifest["version"]),
+                           binding_hash(manifest))
     except SealError:
-        raise BundleError("unwrap_failed", f"cannot unwrap the content key: bundle {manifest['watchlist_id']}"
-                                           f" v{manifest['version']} for device {manifest['device_id']} was not"
-                                           " sealed for this device's key (or its key wrap was altered)") from None
+        raise BundleError("unwrap_failed", f"cannot unwrap the content key: {M.label(manifest)}'s wrap for device"
+                                           f" {device_id} was not made for this device's key (or was altered)"
+                          ) from None
+
+
+def find_recipient(manifest: Mapping[str, Any], device_private: X25519PrivateKey) -> str | None:
+    """The recipient id whose wrap `device_private` opens in a verified manifest (None if none does)."""
+    for device_id in manifest["recipients"]:
+        try:
+            unwrap_content_key(manifest, device_id, device_private)
+            return device_id
+        except BundleError:
+            continue
+    return None
 
 
 def assemble(manifest: Mapping[str, Any], signing_key: Ed25519PrivateKey, ciphertext: bytes) -> bytes:
@@ -383,8 +265,6 @@ def seal(
     *,
     watchlist_id: str,
     version: int,
-    device_id: str,
-    device_public: X25519PublicKey,
     signing_key: Ed25519PrivateKey,
     embedder_id: str,
     embedder_sha256: str,
@@ -393,33 +273,54 @@ def seal(
     n_subjects: int,
     thresholds: Mapping[str, float],
     expires: datetime | str,
+    recipients: Mapping[str, X25519PublicKey] | None = None,
+    device_id: str | None = None,
+    device_public: X25519PublicKey | None = None,
+    group: str | None = None,
+    base: Mapping[str, Any] | None = None,
+    content: str | None = None,
     created: datetime | str | None = None,
 ) -> bytes:
-    """Encrypt `payload` for one device and sign the manifest; returns the bundle bytes.
+    """Encrypt `payload` once and wrap its key to every recipient; sign the manifest; returns the bundle bytes.
 
-    expires / created: aware datetimes or "YYYY-MM-DDTHH:MM:SSZ" strings (created defaults to now, UTC).
-    Bad arguments raise BundleError("malformed_manifest", "cannot seal watchlist bundle: …").
+    Audience: `device_id` (+ `device_public`, the one recipient) or `group` with `recipients` (device id → X25519
+    public key). A delta passes `base` ({"version", "content_sha256"} of the version it builds on) and `content`,
+    the content hash of the full result; a full payload's content hash is computed here. expires / created: aware
+    datetimes or "YYYY-MM-DDTHH:MM:SSZ" strings (created defaults to now, UTC). Bad arguments raise
+    BundleError("malformed_manifest", "cannot seal watchlist bundle: …").
     """
     try:
+        if recipients is None:
+            recipients = {device_id: device_public} if device_id is not None and device_public is not None else {}
+        if not recipients:
+            raise M.SchemaError("malformed_manifest", "a bundle needs at least one recipient device key")
+        if base is None:
+            if content is not None and content != content_of(payload):
+                raise M.SchemaError("malformed_manifest", "the content hash given does not match the full payload")
+            content = content_of(payload)
         manifest: dict[str, Any] = {
-            "format": FORMAT, "watchlist_id": watchlist_id, "version": version, "device_id": device_id,
-            "embedder": {"id": embedder_id, "sha256": embedder_sha256}, "dim": dim, "metric": METRIC,
+            "format": FORMAT, "watchlist_id": watchlist_id, "version": version,
+            "audience": M.audience_of(device_id, group), "kind": "delta" if base is not None else "full",
+            "base": dict(base) if base is not None else None, "content_sha256": content,
+            "embedder": {"id": embedder_id, "sha256": embedder_sha256}, "dim": dim, "metric": M.METRIC,
             "n_items": n_items, "n_subjects": n_subjects, "thresholds": dict(thresholds),
             "created": format_time(created if created is not None else datetime.now(timezone.utc)),
             "expires": format_time(expires),
         }
-        _validate_binding(manifest)
-    except _SchemaError as err:
+        M.validate_binding(manifest)
+        binding = binding_hash(manifest)
+        content_key = AESGCM.generate_key(bit_length=256)
+        nonce = os.urandom(12)
+        ciphertext = AESGCM(content_key).encrypt(nonce, bytes(payload), binding)
+        manifest["payload"] = {"length": len(ciphertext), "sha256": hashlib.sha256(ciphertext).hexdigest(),
+                               "cipher": M.CIPHER, "nonce": _b64(nonce)}
+        manifest["key_wrap_alg"] = M.KEYWRAP_ALG
+        manifest["recipients"] = {d: wrap_content_key(content_key, pub, d, version, binding)
+                                  for d, pub in sorted(recipients.items())}
+        manifest["signing"] = {"alg": M.SIGNING_ALG, "key_id": key_id(signing_key.public_key())}
+        M.validate(manifest)
+    except M.SchemaError as err:
         raise BundleError(err.reason, f"cannot seal watchlist bundle: {err}") from None
-    binding = binding_hash(manifest)
-    content_key = AESGCM.generate_key(bit_length=256)
-    nonce = os.urandom(12)
-    ciphertext = AESGCM(content_key).encrypt(nonce, bytes(payload), binding)
-    manifest["payload"] = {"length": len(ciphertext), "sha256": hashlib.sha256(ciphertext).hexdigest(),
-                           "cipher": CIPHER, "nonce": _b64(nonce)}
-    manifest["key_wrap"] = wrap_content_key(content_key, device_public, device_id, version, binding)
-    manifest["signing"] = {"alg": SIGNING_ALG, "key_id": key_id(signing_key.public_key())}
-    _validate(manifest)
     data = assemble(manifest, signing_key, ciphertext)
     if len(canonical_json(manifest)) > MAX_MANIFEST_BYTES or len(data) > MAX_BUNDLE_BYTES:
         raise BundleError("oversized", f"cannot seal watchlist bundle: {len(data)} bytes exceeds the limits"
@@ -427,28 +328,42 @@ def seal(
     return data
 
 
-def verify_bundle(data: bytes, operator_keys: OperatorKeys, *, expected_device_id: str | None = None,
-                  now: datetime | None = None, allow_expired: bool = False) -> tuple[dict[str, Any], str]:
-    """Everything about a bundle that needs no device key: framing, the pinned operator's signature, the manifest's
-    schema, the device it is for, expiry, and the payload's length and sha256. Returns (the validated manifest,
-    the id of the pinned key that signed it), or raises BundleError. `open_bundle` runs this first; `edge watchlist publish` runs it before sending."""
-    view = memoryview(data)
-    frame = _split(view)
+def _parse_verified(frame: _Frame, operator_keys: OperatorKeys) -> tuple[dict[str, Any], str]:
     signed_by = _verify(frame, _pinned(operator_keys))
-    manifest = _parse_manifest(frame.manifest)
-    label = f"bundle {manifest['watchlist_id']} v{manifest['version']}"
+    try:
+        manifest = M.parse(frame.manifest)
+    except M.SchemaError as err:
+        raise BundleError(err.reason, f"bundle manifest is malformed: {err}" if err.reason == "malformed_manifest"
+                          else f"unsupported bundle: {err}; update the device software") from None
     if manifest["signing"]["key_id"] != signed_by:
-        raise BundleError("bad_signature", f"{label} names signing key {manifest['signing']['key_id']} but was"
-                                           f" signed by pinned key {signed_by}")
-    if expected_device_id is not None and manifest["device_id"] != expected_device_id:
-        raise BundleError("wrong_device", f"{label} is for device {manifest['device_id']!r}; this device is"
-                                          f" {expected_device_id!r}")
+        raise BundleError("bad_signature", f"{M.label(manifest)} names signing key {manifest['signing']['key_id']}"
+                                           f" but was signed by pinned key {signed_by}")
+    return manifest, signed_by
+
+
+def _check_audience(manifest: dict[str, Any], expected_device_id: str | None, now: datetime | None,
+                    allow_expired: bool) -> None:
+    if expected_device_id is not None and expected_device_id not in manifest["recipients"]:
+        raise BundleError("not_recipient", f"{M.label(manifest)} is for {manifest['audience']} and does not list"
+                                           f" this device ({expected_device_id!r}) as a recipient")
     now = now or datetime.now(timezone.utc)
     if now.tzinfo is None:
         raise ValueError("verify_bundle: `now` must be a timezone-aware datetime")
     if not allow_expired and parse_time(manifest["expires"]) <= now:
-        raise BundleError("expired", f"{label} expired at {manifest['expires']}: the watchlist is stale; ask the"
-                                     " operator for a fresh bundle")
+        raise BundleError("expired", f"{M.label(manifest)} expired at {manifest['expires']}: the watchlist is stale;"
+                                     " ask the operator for a fresh bundle")
+
+
+def verify_bundle(data: bytes, operator_keys: OperatorKeys, *, expected_device_id: str | None = None,
+                  now: datetime | None = None, allow_expired: bool = False) -> tuple[dict[str, Any], str]:
+    """Everything about a bundle that needs no device key: framing, the pinned operator's signature, the manifest's
+    schema, that it lists `expected_device_id` as a recipient, expiry, and the payload's length and sha256.
+    Returns (the validated manifest, the id of the pinned key that signed it), or raises BundleError."""
+    view = memoryview(data)
+    frame = _split(view)
+    manifest, signed_by = _parse_verified(frame, operator_keys)
+    _check_audience(manifest, expected_device_id, now, allow_expired)
+    label = M.label(manifest)
     ciphertext = view[frame.payload_offset:]
     declared = manifest["payload"]["length"]
     if len(ciphertext) < declared:
@@ -474,31 +389,109 @@ def open_bundle(
 ) -> OpenedBundle:
     """Verify and decrypt a bundle for this device, or raise BundleError (see the module docstring for the order).
 
-    operator_keys: the pinned operator keys (a TrustStore or key id → Ed25519PublicKey). expected_device_id: refuse
-    bundles for any other device. now: the current time (aware; default: the clock). allow_expired: accept a bundle
-    whose `expires` has passed (used only to keep serving an already-installed watchlist, marked stale).
+    operator_keys: the pinned operator keys (a TrustStore or key id → Ed25519PublicKey). expected_device_id: this
+    device's id; its wrap is the one opened (a device always passes it; None, for operator tools and benches,
+    means the recipient whose wrap `device_private` opens). now: the current time (aware; default: the clock). allow_expired:
+    accept a bundle whose `expires` has passed (only to keep serving an installed watchlist, marked stale).
+    A full payload is also checked against the manifest's content hash.
     """
+    if bytes(data[:len(LOCAL_MAGIC)]) == LOCAL_MAGIC:
+        return open_local(data, device_private, operator_keys, expected_device_id=expected_device_id, now=now,
+                          allow_expired=allow_expired)
     manifest, signed_by = verify_bundle(data, operator_keys, expected_device_id=expected_device_id, now=now,
                                         allow_expired=allow_expired)
     view = memoryview(data)
     frame = _split(view)
-    ciphertext = view[frame.payload_offset:]
-    label = f"bundle {manifest['watchlist_id']} v{manifest['version']}"
-    content_key = unwrap_content_key(manifest, device_private)
+    if expected_device_id is None:
+        expected_device_id = find_recipient(manifest, device_private)
+        if expected_device_id is None:
+            raise BundleError("not_recipient", f"{M.label(manifest)} for {manifest['audience']} has no key wrap"
+                                               " this device key opens (not a recipient)")
+    content_key = unwrap_content_key(manifest, expected_device_id, device_private)
     try:
-        plaintext = AESGCM(content_key).decrypt(base64.b64decode(manifest["payload"]["nonce"]), ciphertext,
-                                                binding_hash(manifest))
+        plaintext = AESGCM(content_key).decrypt(base64.b64decode(manifest["payload"]["nonce"]),
+                                                view[frame.payload_offset:], binding_hash(manifest))
     except InvalidTag:
-        raise BundleError("decrypt_failed", f"{label}: payload authentication failed: the encrypted payload does"
-                                            " not belong to this manifest (device, version or model differ)"
-                          ) from None
+        raise BundleError("decrypt_failed", f"{M.label(manifest)}: payload authentication failed: the encrypted"
+                                            " payload does not belong to this manifest (version, audience or"
+                                            " model differ)") from None
+    if manifest["kind"] == "full":
+        _check_content(manifest, plaintext)
     return OpenedBundle(manifest=manifest, manifest_sha256=hashlib.sha256(frame.manifest).hexdigest(),
-                        bundle_sha256=hashlib.sha256(view).hexdigest(), payload=plaintext, signed_by=signed_by)
+                        bundle_sha256=hashlib.sha256(view).hexdigest(), payload=plaintext, signed_by=signed_by,
+                        header=bytes(view[:frame.payload_offset]))
+
+
+def content_of(plaintext: bytes) -> str:
+    """The content hash of a full payload: `payload.content_sha256` for a watchlist payload; for any other bytes
+    (this layer does not judge the plaintext; the loader refuses what is no watchlist) sha256 of them, domain
+    separated so it never equals a payload's."""
+    try:
+        return content_sha256(plaintext)
+    except PayloadError:
+        return hashlib.sha256(b"edge-wl-opaque/1\x00" + bytes(plaintext)).hexdigest()
+
+
+def _check_content(manifest: dict[str, Any], plaintext: bytes) -> None:
+    if content_of(plaintext) != manifest["content_sha256"]:
+        raise BundleError("content_mismatch", f"{M.label(manifest)}: the decrypted watchlist does not match the"
+                                              " content hash in its signed manifest")
+
+
+# ---------------------------------------------------------------- local bundles (the result of a delta)
+
+
+def seal_local(header: bytes, full_payload: bytes, device_private: X25519PrivateKey) -> bytes:
+    """A device's own record of a version it built from a delta: LOCAL_MAGIC | u32 header length | the signed
+    header of that version | nonce | AES-256-GCM(key derived from the device key, AAD = header) of the full payload."""
+    key = derive_key(device_private, _LOCAL_PURPOSE)
+    nonce = os.urandom(12)
+    return b"".join([LOCAL_MAGIC, struct.pack(">I", len(header)), header, nonce,
+                     AESGCM(key).encrypt(nonce, full_payload, header)])
+
+
+def open_local(data: bytes, device_private: X25519PrivateKey, operator_keys: OperatorKeys, *,
+               expected_device_id: str, now: datetime | None = None, allow_expired: bool = False) -> OpenedBundle:
+    """Open a `seal_local` file: the header's signature and recipient, the payload's decryption and its content
+    hash against the signed manifest. The OpenedBundle holds the full payload."""
+    view = memoryview(data)
+    head = bytes(view[:len(LOCAL_MAGIC)])
+    if head != LOCAL_MAGIC and not (len(head) < len(LOCAL_MAGIC) and LOCAL_MAGIC.startswith(head)):
+        raise BundleError("bad_magic", f"not a local watchlist bundle (expected {LOCAL_MAGIC!r})")
+    if len(view) > MAX_BUNDLE_BYTES + 16:
+        raise BundleError("oversized", f"local bundle is {len(view)} bytes; the limit is {MAX_BUNDLE_BYTES}")
+    if len(view) < len(LOCAL_MAGIC) + 4:
+        raise BundleError("truncated", "local bundle is truncated")
+    (n_header,) = struct.unpack(">I", view[len(LOCAL_MAGIC):len(LOCAL_MAGIC) + 4])
+    start = len(LOCAL_MAGIC) + 4
+    if n_header > MAX_MANIFEST_BYTES + 1024 or len(view) < start + n_header + 12 + 16:
+        raise BundleError("truncated", "local bundle is truncated or its header length is invalid")
+    header = bytes(view[start:start + n_header])
+    frame = _split(header)
+    if frame.payload_offset != len(header):
+        raise BundleError("malformed_manifest", "local bundle header has trailing bytes")
+    manifest, signed_by = _parse_verified(frame, operator_keys)
+    _check_audience(manifest, expected_device_id, now, allow_expired)
+    nonce = bytes(view[start + n_header:start + n_header + 12])
+    try:
+        plaintext = AESGCM(derive_key(device_private, _LOCAL_PURPOSE)).decrypt(
+            nonce, view[start + n_header + 12:], header)
+    except InvalidTag:
+        raise BundleError("decrypt_failed", f"local {M.label(manifest)} does not decrypt with this device's key"
+                                            " (altered, or another device's)") from None
+    _check_content(manifest, plaintext)
+    return OpenedBundle(manifest=manifest, manifest_sha256=hashlib.sha256(frame.manifest).hexdigest(),
+                        bundle_sha256=hashlib.sha256(view).hexdigest(), payload=plaintext, signed_by=signed_by,
+                        header=header)
 
 
 def peek_manifest(data: bytes) -> dict[str, Any]:
-    """The manifest as written in the file, WITHOUT verifying anything: untrusted, for display only."""
-    frame = _split(memoryview(data))
+    """The manifest as written in the file (or local bundle), WITHOUT verifying anything: for display only."""
+    view = memoryview(data)
+    if bytes(view[:len(LOCAL_MAGIC)]) == LOCAL_MAGIC and len(view) >= len(LOCAL_MAGIC) + 4:
+        (n_header,) = struct.unpack(">I", view[len(LOCAL_MAGIC):len(LOCAL_MAGIC) + 4])
+        view = view[len(LOCAL_MAGIC) + 4:len(LOCAL_MAGIC) + 4 + n_header]
+    frame = _split(view)
     try:
         manifest = json.loads(frame.manifest)
     except (UnicodeDecodeError, ValueError, RecursionError) as err:
@@ -506,3 +499,76 @@ def peek_manifest(data: bytes) -> dict[str, Any]:
     if not isinstance(manifest, dict):
         raise BundleError("malformed_manifest", "bundle manifest is malformed: not a JSON object")
     return manifest
+
+
+# ---------------------------------------------------------------- wipe statements
+
+
+def sign_wipe(signing_key: Ed25519PrivateKey, audience: str, upto_version: int,
+              issued: datetime | str | None = None) -> bytes:
+    """A signed wipe statement: the devices of `audience` ("device:<id>" or "group:<name>") drop the watchlist
+    they got from it if its version is ≤ `upto_version`, and accept only newer versions afterwards."""
+    statement = {"format": WIPE_FORMAT, "audience": audience, "upto_version": upto_version,
+                 "issued": format_time(issued if issued is not None else datetime.now(timezone.utc)),
+                 "key_id": key_id(signing_key.public_key())}
+    _check_wipe(statement)
+    raw = canonical_json(statement)
+    return canonical_json({"statement": raw.decode("ascii"),
+                           "signature": _b64(signing_key.sign(WIPE_DOMAIN + raw))})
+
+
+def _check_wipe(st: object) -> dict:
+    if not isinstance(st, dict) or set(st) != {"format", "audience", "upto_version", "issued", "key_id"} \
+            or st["format"] != WIPE_FORMAT:
+        raise BundleError("bad_wipe", f"wipe statement is not a {WIPE_FORMAT} statement")
+    try:
+        if not isinstance(st["audience"], str) or not M.AUDIENCE_RE.match(st["audience"]):
+            raise M.SchemaError("malformed_manifest", "audience must be 'device:<id>' or 'group:<name>'")
+        M.need_int(st, "upto_version", 1)
+        parse_time(st["issued"], "issued")
+        M.need_hex(st, "key_id", 16)
+    except M.SchemaError as err:
+        raise BundleError("bad_wipe", f"wipe statement is malformed: {err}") from None
+    return st
+
+
+def verify_wipe(data: bytes, operator_keys: OperatorKeys) -> dict[str, Any]:
+    """The statement of a signed wipe (audience, upto_version, issued), or BundleError bad_wipe / unknown_key /
+    bad_signature. Whether it applies to this device is the store's decision."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise BundleError("bad_wipe", "wipe statement must be bytes")
+    if len(data) > MAX_WIPE_BYTES:
+        raise BundleError("bad_wipe", f"wipe statement exceeds {MAX_WIPE_BYTES} bytes")
+    try:
+        doc = json.loads(bytes(data))
+        raw = doc["statement"].encode("ascii")
+        signature = base64.b64decode(doc["signature"], validate=True)
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError, UnicodeError):
+        raise BundleError("bad_wipe", "wipe statement is not signed JSON {statement, signature}") from None
+    keys = _pinned(operator_keys)
+    if not keys:
+        raise BundleError("unknown_key", "no operator keys are pinned on this device, so no wipe can be trusted")
+    for kid, key in keys.items():
+        try:
+            key.verify(signature, WIPE_DOMAIN + raw)
+            signed_by = kid
+            break
+        except InvalidSignature:
+            continue
+    else:
+        try:
+            claimed = json.loads(raw).get("key_id")
+        except (ValueError, RecursionError, AttributeError):
+            claimed = None
+        if isinstance(claimed, str) and len(claimed) <= 64 and claimed not in keys:
+            raise BundleError("unknown_key", f"wipe statement is signed by operator key {claimed}, which this"
+                                             f" device does not trust (pinned: {', '.join(sorted(keys))})")
+        raise BundleError("bad_signature", "wipe statement is not signed by a pinned operator key")
+    try:
+        statement = _check_wipe(json.loads(raw))
+    except (ValueError, RecursionError):
+        raise BundleError("bad_wipe", "wipe statement is not JSON") from None
+    if statement["key_id"] != signed_by:
+        raise BundleError("bad_signature", f"wipe statement names signing key {statement['key_id']} but was signed"
+                                           f" by pinned key {signed_by}")
+    return statement

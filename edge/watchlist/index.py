@@ -56,7 +56,8 @@ def load_annoy_from_memory(index: bytes, dim: int) -> Any:
 
 
 def build_index(vectors: np.ndarray, n_trees: int = 8, seed: int = 1) -> bytes:
-    """Annoy (angular) index bytes for (N, D) unit vectors, item i = row i."""
+    """Annoy (angular) index bytes for (N, D) vectors, item i = row i; one build thread, so the bytes depend only on
+    the vectors, `n_trees` and `seed` (Annoy's parallel build is not deterministic)."""
     import tempfile
     from pathlib import Path
 
@@ -67,7 +68,7 @@ def build_index(vectors: np.ndarray, n_trees: int = 8, seed: int = 1) -> bytes:
     ann.set_seed(seed)
     for i, v in enumerate(vectors):
         ann.add_item(i, v)
-    ann.build(n_trees, n_jobs=-1)
+    ann.build(n_trees, n_jobs=1)
     # Annoy saves only to a path; this runs on the operator's machine, where the build dir holds plaintext anyway.
     with tempfile.NamedTemporaryFile(suffix=".ann") as tmp:
         ann.save(tmp.name)

@@ -10,6 +10,7 @@ It exists only in memory on the device; the operator keeps it in the build direc
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 from dataclasses import dataclass
@@ -111,3 +112,31 @@ def split_templates(templates: bytes, n: int, dim: int) -> tuple[np.ndarray, np.
     q = np.frombuffer(templates, np.int8, n * dim).reshape(n, dim).copy()
     scale = np.frombuffer(templates, "<f4", n, offset=n * dim).astype(np.float32)
     return q, scale
+
+
+_CONTENT_DOMAIN = b"edge-wl-content/1\x00"
+
+
+def content_sha256(packed: bytes) -> str:
+    """Hex sha256 of a packed v2 payload's *content*: its templates section and metadata, not the Annoy index
+    (which is derived from them and rebuilt by a device applying a delta). A full bundle and a delta of the same
+    version carry the same one in their signed manifests. PayloadError if `packed` is not a v2 payload."""
+    view = memoryview(packed)
+    if bytes(view[:8]) != MAGIC:
+        raise PayloadError("watchlist payload has an unknown format (bad magic; format 2 expected)")
+    try:
+        (n_index,) = struct.unpack_from(">Q", view, 8)
+        pos = 16 + n_index
+        (n_templates,) = struct.unpack_from(">Q", view, pos)
+        templates = view[pos + 8:pos + 8 + n_templates]
+        pos += 8 + n_templates
+        (n_meta,) = struct.unpack_from(">Q", view, pos)
+    except struct.error:
+        raise PayloadError("watchlist payload is truncated") from None
+    if len(templates) != n_templates or pos + 8 + n_meta != len(view):
+        raise PayloadError("watchlist payload is truncated or has trailing bytes")
+    h = hashlib.sha256(_CONTENT_DOMAIN)
+    h.update(struct.pack(">Q", n_templates))
+    h.update(templates)
+    h.update(view[pos + 8:])
+    return h.hexdigest()

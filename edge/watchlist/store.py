@@ -7,18 +7,21 @@ the new file, never a mix) and then swaps the live object under a lock. After an
 byte-identical and the previous live object is still served. Plaintext never touches disk: the only file the store
 writes is the encrypted bundle; the loader receives the decrypted payload in memory.
 
+A delta bundle (kind "delta") is applied only on top of exactly its base version and content: the store re-opens
+the installed bundle, rebuilds the full payload (`edge.watchlist.delta`), checks its content hash against the
+signed manifest, loads it while the old list keeps serving, and persists it as a *local bundle* (the signed header
++ the rebuilt payload under a device-derived key); a missing or different base is refused with "base_missing", and
+the sync then fetches the full version. A signed wipe statement (`wipe`) drops the list from memory and disk.
+
 Versions are monotonic per device, across watchlist ids: one device holds one watchlist. The highest version
-accepted survives restarts in `installed.version` (version + bundle sha256, HMAC-SHA256 with a key derived from the
-device key): at start, an installed bundle older than it, different from it at the same version, or without a valid
+accepted survives restarts in `installed.version` (version + content sha256 from the signed manifest, HMAC-SHA256
+with a key derived from the device key; "wiped" after a wipe): at start, an installed bundle older than it, different from it at the same version, or without a valid
 record at all is refused (reason "rollback", "same_version_different_content", "install_record_invalid" or
 "install_record_missing") and nothing is served until the operator sends a current bundle.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import json
 import logging
 import threading
 from dataclasses import dataclass
@@ -26,37 +29,22 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Generic, Mapping, TypeVar, Union
 
-from edge.canonical import canonical_json
 from edge.durable import atomic_write, private_dir
-from edge.keys import PrivateKey, PublicKey, TrustStore, derive_key
-from edge.watchlist.bundle import BundleError, OpenedBundle, open_bundle, parse_time, peek_manifest
+from edge.keys import PrivateKey, PublicKey, TrustStore
+from edge.watchlist.bundle import (BundleError, OpenedBundle, open_bundle, parse_time, peek_manifest, seal_local,
+                                   verify_wipe)
+from edge.watchlist.delta import DeltaError, apply_bytes
+from edge.watchlist.payload import PayloadError, content_sha256
+from edge.watchlist.record import RECORD, WIPED, InstallRecord, RecordError, record_conflict  # noqa: F401
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 INSTALLED = "installed.bundle"
-#: The install record: the highest version accepted and its bundle's sha256, MAC'd with a key derived from the
-#: device key, so a rollback of installed.bundle while the service is stopped is caught at start.
-RECORD = "installed.version"
-RECORD_FORMAT = "edge-wl-install-record/1"
-_RECORD_PURPOSE = b"edge-watchlist-install-record/1"
-
-
-def record_conflict(record: tuple[int, str], version: int, bundle_sha256: str) -> tuple[str, str] | None:
-    """(reason, message) when a bundle of `version` with `bundle_sha256` may not be installed over the install
-    record (version, sha256): older ("rollback"), or the same version with other bytes; None when it may."""
-    floor, sha = record
-    if version < floor:
-        return "rollback", (f"installed watchlist v{version} is older than v{floor}, the highest this device accepted"
-                            " (rolled back while stopped?)")
-    if version == floor and bundle_sha256 != sha:
-        return "same_version_different_content", (f"installed watchlist v{floor} is not the bundle this device"
-                                                  " accepted as that version")
-    return None
-
-
-class RecordError(Exception):
-    """The install record exists but does not verify."""
+class _Refused(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -64,8 +52,8 @@ class InstallResult:
     """Outcome of `WatchlistStore.install`.
 
     ok: the bundle is (now or already) the installed one. reason: "installed", "already_installed" or a rejection
-    code (a `BundleError.reason`, "wrong_embedder", "rollback", "same_version_different_content", "load_failed",
-    "persist_failed"; `start` may also record "unreadable"). version: the offered bundle's version when known.
+    code (a `BundleError.reason`, "wrong_embedder", "rollback", "same_version_different_content", "base_missing",
+    "load_failed", "persist_failed"; `start` may also record "unreadable"); `wipe` gives "wiped" or a refusal. version: the offered bundle's version when known.
     message: one line for a person.
     """
 
@@ -103,11 +91,13 @@ class WatchlistStore(Generic[T]):
         self.embedder_id = embedder_id
         self.embedder_sha256 = embedder_sha256
         self._loader = loader
+        self._record = InstallRecord(self.state_dir / RECORD, device_id, device_private)
         self._lock = threading.Lock()  # guards the live state below
         self._install_lock = threading.Lock()  # serializes install/start
         self._live: T | None = None
         self._manifest: dict[str, Any] | None = None
-        self._bundle_sha256: str | None = None
+        self._content: str | None = None
+        self._wiped = False
         # Rollback floor: the installed version, or (if the installed file no longer verifies) the version it claims.
         self._floor: int | None = None
         self._last_rejection: dict[str, str] | None = None
@@ -130,6 +120,7 @@ class WatchlistStore(Generic[T]):
             try:
                 data = self.path.read_bytes()
             except FileNotFoundError:
+                self._floor_from_record(now)
                 return
             except OSError as err:
                 self._reject("unreadable", f"cannot read installed watchlist {self.path}: {err.strerror or err}",
@@ -177,17 +168,17 @@ class WatchlistStore(Generic[T]):
                                                    " one; re-send the current watchlist", now)
             return False
         version, _ = record
-        conflict = record_conflict(record, opened.version, opened.bundle_sha256)
+        conflict = record_conflict(record, opened.version, opened.content_sha256)
         if conflict is not None:
             self._floor = version
             self._reject(*conflict, now)
             return False
         if opened.version > version:  # a power cut between persisting the bundle and its record
-            self._write_record(opened.version, opened.bundle_sha256)
+            self._write_record(opened.version, opened.content_sha256)
         return True
 
     def install(self, data: bytes, now: datetime | None = None) -> InstallResult:
-        """Verify `data`, apply the install policy, load, persist and swap; returns what happened."""
+        """Verify `data` (a full or delta bundle), apply the install policy, load, persist and swap."""
         with self._install_lock:
             try:
                 opened = open_bundle(data, self._device_private, self._trust, expected_device_id=self.device_id,
@@ -203,27 +194,107 @@ class WatchlistStore(Generic[T]):
                 return self._reject("rollback", f"{label} refused: version {version} is older than the installed"
                                                 f" version {floor} (rollback)", now, version)
             # With nothing verified installed (the floor came from an unverifiable file), the same version may
-            # be re-sent to repair the device.
-            if floor is not None and version == floor and self._bundle_sha256 is not None:
-                if opened.bundle_sha256 != self._bundle_sha256:
+            # be re-sent to repair the device; after a wipe it may not.
+            if floor is not None and version == floor and (self._content is not None or self._wiped):
+                if opened.content_sha256 != self._content:
                     return self._reject("same_version_different_content",
-                                        f"{label} refused: version {version} is already installed with different"
-                                        " content; a changed watchlist needs a new version", now, version)
+                                        f"{label} refused: version {version} "
+                                        + ("was wiped" if self._wiped else "is already installed with different"
+                                           " content") + "; a changed watchlist needs a new version", now, version)
                 return InstallResult(True, "already_installed", version, f"{label} is already installed")
+            if opened.kind == "delta":
+                try:
+                    opened = self._apply_delta(opened, now)
+                except _Refused as refused:
+                    return self._reject(refused.reason, f"{label} refused: {refused}", now, version)
             try:
                 live = self._loader(opened)
             except Exception as err:  # noqa: BLE001 - any loader failure is a rejection, the old list stays
                 return self._reject("load_failed", f"{label} could not be loaded: {err}", now, version)
             try:
-                self._persist(data)
+                self._persist(data if opened.kind == "full" else seal_local(opened.header, opened.payload,
+                                                                            self._device_private), opened)
             except OSError as err:
                 return self._reject("persist_failed", f"{label} could not be saved to {self.path}:"
                                                       f" {err.strerror or err}", now, version)
             self._swap(live, opened)
             log.info("installed %s (%d items)", label, opened.manifest["n_items"])
+            how = f" from a delta on v{opened.manifest['base']['version']}" if opened.kind == "delta" else ""
             return InstallResult(True, "installed", version,
-                                 f"installed {label} ({opened.manifest['n_items']} items,"
+                                 f"installed {label}{how} ({opened.manifest['n_items']} items,"
                                  f" expires {opened.manifest['expires']})")
+
+    def _apply_delta(self, opened: OpenedBundle, now: datetime | None) -> OpenedBundle:
+        """The full version a verified delta makes of the installed one (its content hash checked), or _Refused."""
+        base = opened.manifest["base"]
+        with self._lock:
+            installed, content = (self._manifest or {}).get("version"), self._content
+        if installed != base["version"] or content != base["content_sha256"]:
+            have = f"v{installed}" if installed is not None else "nothing"
+            raise _Refused("base_missing", f"it is a delta on v{base['version']} and this device holds {have}"
+                                           " (or other content): the full version is needed")
+        try:
+            base_opened = open_bundle(self.path.read_bytes(), self._device_private, self._trust,
+                                      expected_device_id=self.device_id, now=now, allow_expired=True)
+            full = apply_bytes(base_opened.payload, opened.payload)
+        except (OSError, BundleError, DeltaError, PayloadError) as err:
+            raise _Refused("base_missing", f"the installed base cannot be used ({err})") from None
+        del base_opened
+        try:
+            ok = content_sha256(full) == opened.content_sha256
+        except PayloadError:
+            ok = False
+        if not ok:
+            raise _Refused("content_mismatch", "the delta applied to the installed version does not give the content"
+                                               " its signed manifest names")
+        return OpenedBundle(manifest=opened.manifest, manifest_sha256=opened.manifest_sha256,
+                            bundle_sha256=opened.bundle_sha256, payload=full, signed_by=opened.signed_by,
+                            header=opened.header)
+
+    def wipe(self, data: bytes, now: datetime | None = None) -> InstallResult:
+        """Apply a signed wipe statement: drop the installed watchlist from memory and disk when the statement is
+        for this device (or for the group it got its list from) and covers the installed version; refuse unsigned,
+        foreign or replayed statements ("bad_signature", "not_for_this_device", "replayed_wipe", …)."""
+        with self._install_lock:
+            try:
+                st = verify_wipe(data, self._trust)
+            except BundleError as err:
+                return self._reject(err.reason, f"wipe refused: {err}", now)
+            upto = st["upto_version"]
+            with self._lock:
+                manifest = self._manifest
+            mine = st["audience"] == f"device:{self.device_id}"
+            if manifest is None:
+                if self._floor is not None and upto <= self._floor and (self._wiped or not mine):
+                    return self._reject("replayed_wipe", f"wipe up to v{upto} refused: nothing is installed and"
+                                                         f" versions up to v{self._floor} are already refused", now)
+                if not mine:
+                    return self._reject("not_for_this_device", f"wipe for {st['audience']} refused: nothing is"
+                                                               " installed from it", now)
+            elif not mine and st["audience"] != manifest["audience"]:
+                return self._reject("not_for_this_device", f"wipe for {st['audience']} refused: this device holds"
+                                                           f" a watchlist for {manifest['audience']}", now)
+            elif manifest["version"] > upto:
+                return self._reject("replayed_wipe", f"wipe up to v{upto} refused: v{manifest['version']} is newer"
+                                                     " (an old or replayed statement)", now)
+            floor = max(upto, self._floor or 0)
+            try:
+                private_dir(self.state_dir)
+                self._write_record(floor, WIPED)
+                self.path.unlink(missing_ok=True)
+            except OSError as err:
+                return self._reject("persist_failed", f"wipe could not be written: {err.strerror or err}", now)
+            with self._lock:
+                self._live, self._manifest, self._content = None, None, WIPED
+                self._floor, self._wiped = floor, True
+            log.warning("watchlist wiped (statement for %s up to v%d)", st["audience"], upto)
+            return InstallResult(True, "wiped", upto, f"watchlist wiped: versions up to v{floor} are refused from"
+                                                      " now on")
+
+    @property
+    def floor(self) -> int | None:
+        """The highest version accepted (or wiped): nothing at or below it is installed again."""
+        return self._floor
 
     def current(self) -> tuple[T | None, dict[str, Any] | None]:
         """The live object and its manifest, or (None, None) when nothing is installed."""
@@ -231,11 +302,11 @@ class WatchlistStore(Generic[T]):
             return self._live, self._manifest
 
     def state(self, now: datetime | None = None) -> dict[str, Any]:
-        """{"version", "watchlist_id", "state": "ok" | "stale" | "none", "expires", "last_rejection"}."""
+        """{"version", "watchlist_id", "state": "ok" | "stale" | "none" | "wiped", "expires", "last_rejection"}."""
         with self._lock:
-            manifest, rejection = self._manifest, self._last_rejection
+            manifest, rejection, wiped = self._manifest, self._last_rejection, self._wiped
         if manifest is None:
-            return {"version": None, "watchlist_id": None, "state": "none", "expires": None,
+            return {"version": None, "watchlist_id": None, "state": "wiped" if wiped else "none", "expires": None,
                     "last_rejection": dict(rejection) if rejection else None}
         return {"version": manifest["version"], "watchlist_id": manifest["watchlist_id"],
                 "state": "stale" if self._expired(manifest, now) else "ok", "expires": manifest["expires"],
@@ -246,37 +317,14 @@ class WatchlistStore(Generic[T]):
     @property
     def record_path(self) -> Path:
         """The authenticated install record (highest accepted version)."""
-        return self.state_dir / RECORD
+        return self._record.path
 
-    def _record_mac(self, version: int, bundle_sha256: str) -> str:
-        body = canonical_json({"device_id": self.device_id, "version": version, "bundle_sha256": bundle_sha256})
-        return hmac.new(derive_key(self._device_private, _RECORD_PURPOSE), body, hashlib.sha256).hexdigest()
-
-    def _write_record(self, version: int, bundle_sha256: str) -> None:
-        doc = {"format": RECORD_FORMAT, "device_id": self.device_id, "version": version,
-               "bundle_sha256": bundle_sha256, "mac": self._record_mac(version, bundle_sha256)}
-        atomic_write(self.record_path, canonical_json(doc), 0o600)
+    def _write_record(self, version: int, content: str) -> None:
+        self._record.write(version, content)
 
     def read_record(self) -> tuple[int, str] | None:
-        """(version, bundle sha256) of a valid install record; None when there is none; RecordError when it
-        exists but does not verify (edited, another device's, or not a record)."""
-        try:
-            raw = self.record_path.read_bytes()
-        except FileNotFoundError:
-            return None
-        try:
-            if len(raw) > 4096:
-                raise ValueError("too large")
-            doc = json.loads(raw)
-            version, sha = doc["version"], doc["bundle_sha256"]
-            ok = (doc.get("format") == RECORD_FORMAT and doc.get("device_id") == self.device_id
-                  and type(version) is int and isinstance(sha, str)
-                  and hmac.compare_digest(str(doc.get("mac", "")), self._record_mac(version, sha)))
-        except (ValueError, KeyError, TypeError, RecursionError):
-            ok = False
-        if not ok:
-            raise RecordError(f"{self.record_path} does not verify with this device's key (edited or not ours)")
-        return version, sha
+        """`InstallRecord.read`: (version, content sha256 or "wiped"), None, or RecordError."""
+        return self._record.read()
 
     # ------------------------------------------------------------ internals
 
@@ -311,15 +359,26 @@ class WatchlistStore(Generic[T]):
     def _swap(self, live: T, opened: OpenedBundle) -> None:
         with self._lock:
             self._live, self._manifest = live, opened.manifest
-            self._bundle_sha256, self._floor = opened.bundle_sha256, opened.version
+            self._content, self._floor, self._wiped = opened.content_sha256, opened.version, False
 
-    def _persist(self, data: bytes) -> None:
+    def _floor_from_record(self, now: datetime | None) -> None:
+        """No installed file: the install record alone still sets the rollback floor (and says if it was wiped)."""
+        try:
+            record = self.read_record()
+        except RecordError as err:
+            self._reject("install_record_invalid", f"{err}; re-send the current watchlist", now)
+            return
+        if record is not None:
+            self._floor, self._wiped = record[0], record[1] == WIPED
+            self._content = WIPED if self._wiped else None
+
+    def _persist(self, data: bytes, opened: OpenedBundle) -> None:
         """Replace `installed.bundle` atomically and durably, then its install record; on failure the old file is
         untouched. Bundle first: a power cut between the two leaves a newer bundle than the record, which start
         accepts (never an older one)."""
         private_dir(self.state_dir)
         atomic_write(self.path, data, 0o600)
-        self._write_record(int(peek_manifest(data)["version"]), hashlib.sha256(data).hexdigest())
+        self._write_record(opened.version, opened.content_sha256)
 
     def _remove_leftover_temps(self) -> None:
         """Delete temp files a power cut left behind mid-persist (they are never the installed bundle)."""

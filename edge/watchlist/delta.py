@@ -1,0 +1,186 @@
+"""Delta watchlist versions: the difference between two payloads, and its application (pure: bytes and numpy).
+
+A delta from base content B to new content N lists the subject ids removed, the subjects added (with their
+templates), the subjects whose metadata changed (label, category, expiry), and the new payload thresholds. Applying
+it to B gives, deterministically: B's subjects minus the removed ones, in B's order, with the updates applied, then
+the added ones in N's order; the items (templates) follow their subjects in the same order; B's stage-1 projection
+and Annoy settings are kept and the index is rebuilt from the templates (`build.index_for`). A subject whose
+templates changed is removed and added again. The operator seals the result's content hash in the signed
+manifest, so a device proves it rebuilt exactly the content a full bundle of that version carries.
+
+Layout: b"EWLDLT1\\n" | u64 BE header length | canonical JSON header | u64 BE added-templates length | templates
+(int8 rows then float32 scales, as in the payload).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edge.canonical import canonical_json
+from edge.watchlist.build import index_for
+from edge.watchlist.payload import (SUBJECT_FIELDS, Payload, PayloadError, content_sha256, pack, split_templates,
+                                    template_dim, unpack)
+
+MAGIC = b"EWLDLT1\n"
+#: Payload metadata a delta cannot change (a different embedding layout needs a full version).
+FIXED_META = ("dim", "metric", "fusion")
+_HEADER_FIELDS = {"base_content_sha256", "removed", "updated", "added", "added_items", "thresholds"}
+
+
+class DeltaError(PayloadError):
+    """A delta cannot be made (the layouts differ) or does not apply (wrong base, malformed)."""
+
+
+@dataclass(frozen=True)
+class Delta:
+    """base_content_sha256: the content the delta applies to. removed: subject ids. updated: id → {field: value}.
+    added: subject columns (as in the payload). added_items: for each added template row, its index into added.
+    templates: the added rows (payload template layout). thresholds: the payload's thresholds after the change."""
+
+    base_content_sha256: str
+    removed: list[str]
+    updated: dict[str, dict[str, Any]]
+    added: dict[str, list]
+    added_items: list[int]
+    templates: bytes
+    thresholds: dict[str, Any]
+
+    @property
+    def n_added(self) -> int:
+        return len(self.added["id"])
+
+
+def _rows(p: Payload) -> tuple[np.ndarray, np.ndarray]:
+    return split_templates(p.templates, len(p.meta["items"]), template_dim(p.meta))
+
+
+def _by_subject(p: Payload) -> dict[str, list[int]]:
+    """subject id → its item (row) numbers, in order."""
+    ids = p.meta["subjects"]["id"]
+    out: dict[str, list[int]] = {s: [] for s in ids}
+    for row, subject in enumerate(p.meta["items"]):
+        out[ids[subject]].append(row)
+    return out
+
+
+def _templates(q: np.ndarray, scale: np.ndarray) -> bytes:
+    return np.ascontiguousarray(q, np.int8).tobytes() + scale.astype("<f4").tobytes()
+
+
+def diff(base: Payload, new: Payload) -> Delta:
+    """The delta turning `base` into (the content of) `new`; DeltaError if the embedding layouts differ."""
+    for key in FIXED_META:
+        if base.meta.get(key) != new.meta.get(key):
+            raise DeltaError(f"the watchlists differ in {key!r} ({base.meta.get(key)!r} → {new.meta.get(key)!r}):"
+                             " a delta cannot change the embedding layout; seal a full version")
+    b_rows, n_rows = _by_subject(base), _by_subject(new)
+    bq, bs = _rows(base)
+    nq, ns = _rows(new)
+    b_col, n_col = base.meta["subjects"], new.meta["subjects"]
+    b_at = {s: i for i, s in enumerate(b_col["id"])}
+    removed, updated, added_idx = [], {}, []
+    for i, sid in enumerate(n_col["id"]):
+        if sid not in b_at:
+            added_idx.append(i)
+            continue
+        j, br, nr = b_at[sid], b_rows[sid], n_rows[sid]
+        same_templates = len(br) == len(nr) and np.array_equal(bq[br], nq[nr]) and np.array_equal(bs[br], ns[nr])
+        if not same_templates:
+            removed.append(sid)
+            added_idx.append(i)
+            continue
+        change = {f: n_col[f][i] for f in SUBJECT_FIELDS if f != "id" and n_col[f][i] != b_col[f][j]}
+        if change:
+            updated[sid] = change
+    new_ids = set(n_col["id"])
+    removed = [s for s in b_col["id"] if s not in new_ids] + removed
+    added = {f: [n_col[f][i] for i in added_idx] for f in SUBJECT_FIELDS}
+    rows, items = [], []
+    for k, i in enumerate(added_idx):
+        for r in n_rows[n_col["id"][i]]:
+            rows.append(r)
+            items.append(k)
+    return Delta(content_sha256(pack(base)), removed, updated, added, items, _templates(nq[rows], ns[rows]),
+                 dict(new.meta.get("thresholds") or {}))
+
+
+def apply(base: Payload, delta: Delta) -> Payload:
+    """The full payload `delta` makes of `base` (index rebuilt); DeltaError if `base` is not its base."""
+    if content_sha256(pack(base)) != delta.base_content_sha256:
+        raise DeltaError("the delta does not apply: the installed watchlist is not the version it was made from")
+    col = base.meta["subjects"]
+    gone = set(delta.removed)
+    unknown = (gone | set(delta.updated)) - set(col["id"])
+    if unknown:
+        raise DeltaError(f"the delta names {len(unknown)} subject(s) the base does not hold")
+    keep = [j for j, sid in enumerate(col["id"]) if sid not in gone]
+    remap = {j: k for k, j in enumerate(keep)}
+    subjects = {f: [col[f][j] for j in keep] + list(delta.added[f]) for f in SUBJECT_FIELDS}
+    position = {sid: k for k, sid in enumerate(subjects["id"][:len(keep)])}
+    for sid, change in delta.updated.items():
+        if sid in gone:
+            raise DeltaError(f"the delta both removes and updates subject {sid!r}")
+        for f, value in change.items():
+            subjects[f][position[sid]] = value
+    if len(set(subjects["id"])) != len(subjects["id"]):
+        raise DeltaError("the delta adds a subject id the base already holds")
+    bq, bs = _rows(base)
+    kept_rows = [r for r, s in enumerate(base.meta["items"]) if s in remap]
+    items = [remap[base.meta["items"][r]] for r in kept_rows] + [len(keep) + k for k in delta.added_items]
+    aq, as_ = split_templates(delta.templates, len(delta.added_items), template_dim(base.meta))
+    templates = _templates(np.concatenate([bq[kept_rows], aq]), np.concatenate([bs[kept_rows], as_]))
+    meta = dict(base.meta, items=items, subjects=subjects, thresholds=dict(delta.thresholds))
+    return Payload(index_for(meta, templates), meta, templates)
+
+
+def pack_delta(delta: Delta) -> bytes:
+    """Serialise a delta to bytes."""
+    header = canonical_json({"base_content_sha256": delta.base_content_sha256, "removed": delta.removed,
+                             "updated": delta.updated, "added": delta.added, "added_items": delta.added_items,
+                             "thresholds": delta.thresholds})
+    return b"".join([MAGIC, struct.pack(">Q", len(header)), header, struct.pack(">Q", len(delta.templates)),
+                     delta.templates])
+
+
+def unpack_delta(data: bytes) -> Delta:
+    """Parse delta bytes; DeltaError on anything malformed."""
+    if bytes(data[:8]) != MAGIC:
+        raise DeltaError("watchlist delta has an unknown format (bad magic)")
+    try:
+        (n_header,) = struct.unpack_from(">Q", data, 8)
+        header = json.loads(bytes(data[16:16 + n_header]))
+        (n_templates,) = struct.unpack_from(">Q", data, 16 + n_header)
+        templates = bytes(data[24 + n_header:])
+    except (struct.error, ValueError, RecursionError) as err:
+        raise DeltaError(f"watchlist delta is malformed: {err}") from None
+    if len(templates) != n_templates:
+        raise DeltaError("watchlist delta is truncated or has trailing bytes")
+    if not isinstance(header, dict) or set(header) != _HEADER_FIELDS:
+        raise DeltaError("watchlist delta header has the wrong fields")
+    added, items = header["added"], header["added_items"]
+    ok = (isinstance(header["removed"], list) and all(isinstance(s, str) for s in header["removed"])
+          and isinstance(header["updated"], dict)
+          and all(isinstance(c, dict) and set(c) <= set(SUBJECT_FIELDS) - {"id"} for c in header["updated"].values())
+          and isinstance(added, dict) and set(added) == set(SUBJECT_FIELDS)
+          and len({len(v) if isinstance(v, list) else -1 for v in added.values()}) == 1
+          and isinstance(items, list) and all(type(i) is int and 0 <= i < len(added["id"]) for i in items)
+          and isinstance(header["thresholds"], dict) and isinstance(header["base_content_sha256"], str))
+    if not ok:
+        raise DeltaError("watchlist delta header is malformed")
+    return Delta(header["base_content_sha256"], header["removed"], header["updated"], added, items, templates,
+                 header["thresholds"])
+
+
+def apply_bytes(base_packed: bytes, delta_packed: bytes) -> bytes:
+    """`pack(apply(unpack(base), unpack_delta(delta)))`: the device's one call."""
+    delta = unpack_delta(delta_packed)
+    base = unpack(base_packed)
+    n_rows = len(delta.added_items) * (template_dim(base.meta) + 4)
+    if len(delta.templates) != n_rows:
+        raise DeltaError(f"watchlist delta templates hold {len(delta.templates)} bytes, not {n_rows}")
+    return pack(apply(base, delta))
