@@ -1,6 +1,6 @@
 """Fixtures for tests against a real mosquitto running the committed firmware-config/mosquitto/edge.conf.
 
-`tls_certs` (session): a fresh test PKI (tools/make_test_certs.py) in a temporary directory; devices cam-a, cam-b.
+`tls_certs` (session): a fresh test PKI (tools/make_test_certs.py) in a temporary directory; devices cam-a … cam-d.
 `broker` (function): a started `Broker` on a free loopback port, with its own persistence and log; stopped after
 the test. Its config is edge.conf with only /etc/mosquitto/edge/, the port (bound to 127.0.0.1), the persistence
 and log locations and the user substituted, so the tests exercise the production TLS and ACL settings.
@@ -15,7 +15,6 @@ If mosquitto is not installed the fixtures fail (CI installs it with apt); they 
 from __future__ import annotations
 
 import dataclasses
-import getpass
 import importlib.util
 import shutil
 import signal
@@ -27,9 +26,13 @@ from pathlib import Path
 
 import pytest
 
+from edge.evaluation.loopback_broker import find_mosquitto as _find_mosquitto
+from edge.evaluation.loopback_broker import free_port  # noqa: F401 - used by tests
+from edge.evaluation.loopback_broker import render_config as _render_config
+
 ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = ROOT / "firmware-config" / "mosquitto"
-DEVICES = ("cam-a", "cam-b")
+DEVICES = ("cam-a", "cam-b", "cam-c", "cam-d")
 START_TIMEOUT = 5.0  # seconds for mosquitto to accept connections
 
 
@@ -46,35 +49,20 @@ def _load_cert_tool():
 
 def find_mosquitto() -> str:
     """Path of the mosquitto binary (Debian puts it in /usr/sbin, often not on a user's PATH), or fail the test."""
-    found = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
+    found = _find_mosquitto()
     if not found:
         pytest.fail("mosquitto is not installed (or not on PATH, /usr/sbin, /usr/local/sbin): the broker tests need "
                     "the real broker; install it with `sudo apt-get install mosquitto`", pytrace=False)
     return found
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def render_config(text: str, etc_dir: Path, port: int, data_dir: Path, log_file: Path) -> str:
-    """edge.conf with its deployment paths, port and user replaced; fails if one of them is no longer there."""
-    replacements = [
-        ("/etc/mosquitto/edge/", f"{etc_dir}/"),
-        ("listener 8883\n", f"listener {port} 127.0.0.1\n"),
-        ("persistence_location /var/lib/mosquitto/\n", f"persistence_location {data_dir}/\n"),
-        ("log_dest file /var/log/mosquitto/mosquitto.log\n", f"log_dest file {log_file}\n"),
-        # As root, mosquitto drops to this user, who could not read the pytest temp dir.
-        ("user mosquitto\n", f"user {getpass.getuser()}\n"),
-    ]
-    for old, new in replacements:
-        if old not in text:
-            raise AssertionError(f"firmware-config/mosquitto/edge.conf no longer contains {old.strip()!r}; "
-                                 "update tests/broker.py to match")
-        text = text.replace(old, new)
-    return text
+    """edge.conf with its deployment paths, port and user replaced (`edge.evaluation.loopback_broker`); fails the
+    test if one of them is no longer there."""
+    try:
+        return _render_config(text, etc_dir, port, data_dir, log_file)
+    except ValueError as err:
+        raise AssertionError(f"{err}; update edge/evaluation/loopback_broker.py to match") from None
 
 
 class Broker:
@@ -147,6 +135,18 @@ class Broker:
     def log(self) -> str:
         """mosquitto's log so far (connections, refusals, TLS errors)."""
         return self.log_file.read_text(errors="replace") if self.log_file.exists() else "(no log written)"
+
+    def load_acl(self, text: str, timeout: float = 5.0) -> None:
+        """Replace the broker's ACL file (e.g. `edge fleet acl` output) and reload it with SIGHUP, as an operator
+        does; returns once mosquitto logged the reload."""
+        (self.etc_dir / "acl").write_text(text)
+        before = self.log().count("Reloading config")
+        self.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while self.log().count("Reloading config") <= before:
+            if time.monotonic() > deadline:
+                pytest.fail(f"mosquitto did not reload its ACL within {timeout:g} s; log:\n{self.log()}", pytrace=False)
+            time.sleep(0.02)
 
     def client_settings(self, name: str | None, **kw):
         """MqttSettings for this broker with `name`'s client certificate (a device id, "operator" or "rogue";

@@ -17,7 +17,9 @@ ALLOWED = {
     "messaging": {GROUND},
     "device": {GROUND, "vision", "watchlist", "messaging"},
     "operator": {GROUND, "vision", "watchlist", "messaging"},
-    "evaluation": {GROUND, "vision", "watchlist", "messaging", "device"},
+    # evaluation measures both ends (bench-sync runs devices against the operator's fleet ACL); nothing imports it
+    # but the cli
+    "evaluation": {GROUND, "vision", "watchlist", "messaging", "device", "operator"},
     "cli": {GROUND, "vision", "watchlist", "messaging", "device", "operator", "evaluation"},
 }
 #: third-party library → the only modules that may import it

@@ -123,16 +123,21 @@ def cmd_fleet_wipe(args: argparse.Namespace) -> int:
     if not 1 <= args.upto <= 2**63 - 1:
         raise DataError(f"--upto must be a watchlist version ≥ 1, got {args.upto}")
     statement = sign_wipe(keys.load_private_key(args.signing_key, "operator"), audience, args.upto)
+    result = {"audience": audience, "upto_version": args.upto, "topic": None, "file": None}
     if args.out:
         atomic_write(args.out, statement, 0o644)
-        print(f"wrote the signed wipe for {audience} (versions ≤ {args.upto}) to {args.out}")
-        return 0
-    client = _client(args, [])
-    try:
-        client.publish_confirmed([(source.wipe, statement)], retain=True, connect_timeout=args.connect_timeout)
-    finally:
-        client.stop()
-    print(f"published a signed wipe for {audience} (versions ≤ {args.upto}) on {source.wipe}; see `edge fleet status`")
+        result["file"] = str(args.out)
+        message = f"wrote the signed wipe for {audience} (versions ≤ {args.upto}) to {args.out}"
+    else:
+        client = _client(args, [])
+        try:
+            client.publish_confirmed([(source.wipe, statement)], retain=True, connect_timeout=args.connect_timeout)
+        finally:
+            client.stop()
+        result["topic"] = source.wipe
+        message = (f"published a signed wipe for {audience} (versions ≤ {args.upto}) on {source.wipe}; see"
+                   " `edge fleet status`")
+    print(json.dumps(result, indent=2) if args.json else message)
     return 0
 
 
@@ -174,4 +179,5 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--upto", type=int, required=True, help="wipe versions up to this one (later ones install again)")
     p.add_argument("--signing-key", type=Path, required=True, help="operator private key (Ed25519)")
     p.add_argument("--out", type=Path, help="write the signed statement here instead of publishing it")
+    p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_fleet_wipe, default_client_id="operator-publish")

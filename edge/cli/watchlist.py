@@ -176,6 +176,23 @@ def cmd_watchlist_bench(args: argparse.Namespace) -> int:
 
 # --- eval openset ---------------------------------------------------------------------------------------------
 
+def cmd_watchlist_bench_sync(args: argparse.Namespace) -> int:
+    from edge.evaluation.sync_bench import run_sync_bench
+
+    report = run_sync_bench(args.devices, args.size, args.change, args.parallel_installs, args.chunk_bytes,
+                            progress=lambda s: print(f"bench-sync: {s}", file=sys.stderr, flush=True))
+    if args.json:
+        _print_json(report)
+    else:
+        print(f"{report['devices']} devices, {report['size']} subjects: full v1 {report['full_bundle_bytes']} bytes,"
+              f" {report['full_bytes_retained']} bytes retained on the broker, all installed in"
+              f" {report['full_seconds_all_installed']} s; delta +{args.change}/-{args.change}:"
+              f" {report['delta_bytes']} bytes ({100 * report['delta_fraction_of_full']:.2f} % of the full bundle),"
+              f" all on v2 in {report['delta_seconds_all_installed']} s ({report['devices_via_delta']} via the delta)")
+        print(f"note: {report['note']}")
+    return 0
+
+
 def cmd_eval_openset(args: argparse.Namespace) -> int:
     from edge.evaluation.calibration import fit_tail
     from edge.evaluation.openset import calibration_check, det_points, openset_report, plot_det, read_probes, search_probes
@@ -295,6 +312,19 @@ def add_parsers(sub: argparse._SubParsersAction, vision: argparse.ArgumentParser
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_watchlist_bench)
+
+    p = wl.add_parser("bench-sync", help="a group watchlist and a delta to N device processes over a loopback broker",
+                      description="Seal a SIZE-subject group watchlist for N device processes, publish it over a "
+                                  "loopback mosquitto running the shipped TLS/ACL config, then a +CHANGE/-CHANGE delta; "
+                                  "report bytes retained, delta bytes and seconds until every device runs each.")
+    p.add_argument("--devices", type=int, default=20, help="device processes (default 20)")
+    p.add_argument("--size", type=int, default=300_000, help="subjects in the watchlist (default 300000)")
+    p.add_argument("--change", type=int, default=500, help="subjects removed and added by the delta (default 500)")
+    p.add_argument("--parallel-installs", type=int, default=2, help="devices installing at once on this machine "
+                   "(default 2, its cores; real devices each have their own)")
+    p.add_argument("--chunk-bytes", type=int, default=1 << 20, help="chunk size in bytes (default 1 MiB)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_watchlist_bench_sync)
 
     p = eval_sub.add_parser("openset", parents=[vision, _gate_parent()], help="1:N identification: FNIR at a target FPIR",
                             description="Enroll the gallery, search every probe (path,identity,in_watchlist) and report "

@@ -30,6 +30,8 @@ FORMAT = "edge-fleet/1"
 MAX_FLEET_BYTES = 8 * 1024 * 1024
 MAX_DEVICES = 20_000
 MAX_GROUPS_PER_DEVICE = 32
+#: Certificate CNs of the operator's tools (their own ACL roles): never device ids.
+BROKER_ROLES = ("operator", "operator-publish")
 
 
 @dataclass
@@ -46,6 +48,8 @@ class Fleet:
                 check_group(g)
         except TopicError as err:
             raise DataError(str(err)) from None
+        if device_id in BROKER_ROLES:
+            raise DataError(f"device id {device_id!r} is the broker role of an operator tool; choose another id")
         if device_id in self.devices and not replace:
             raise DataError(f"device {device_id!r} is already in the fleet; pass --replace to change it")
         if len(public_key) != 32:

@@ -135,6 +135,8 @@ def apply(base: Payload, delta: Delta) -> Payload:
     aq, as_ = split_templates(delta.templates, len(delta.added_items), template_dim(base.meta))
     templates = _templates(np.concatenate([bq[kept_rows], aq]), np.concatenate([bs[kept_rows], as_]))
     meta = dict(base.meta, items=items, subjects=subjects, thresholds=dict(delta.thresholds))
+    if not items:  # nobody left: no shortlist projection to re-score with (an empty list loads without one)
+        meta.pop("stage1", None)
     return Payload(index_for(meta, templates), meta, templates)
 
 
@@ -167,7 +169,8 @@ def unpack_delta(data: bytes) -> Delta:
           and isinstance(header["updated"], dict)
           and all(isinstance(c, dict) and set(c) <= set(SUBJECT_FIELDS) - {"id"} for c in header["updated"].values())
           and isinstance(added, dict) and set(added) == set(SUBJECT_FIELDS)
-          and len({len(v) if isinstance(v, list) else -1 for v in added.values()}) == 1
+          and all(isinstance(v, list) for v in added.values()) and len({len(v) for v in added.values()}) == 1
+          and all(isinstance(x, str) for x in added["id"])
           and isinstance(items, list) and all(type(i) is int and 0 <= i < len(added["id"]) for i in items)
           and isinstance(header["thresholds"], dict) and isinstance(header["base_content_sha256"], str))
     if not ok:

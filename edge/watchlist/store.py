@@ -237,8 +237,13 @@ class WatchlistStore(Generic[T]):
             base_opened = open_bundle(self.path.read_bytes(), self._device_private, self._trust,
                                       expected_device_id=self.device_id, now=now, allow_expired=True)
             full = apply_bytes(base_opened.payload, opened.payload)
-        except (OSError, BundleError, DeltaError, PayloadError) as err:
+        except (OSError, BundleError) as err:
             raise _Refused("base_missing", f"the installed base cannot be used ({err})") from None
+        except (DeltaError, PayloadError) as err:
+            raise _Refused("base_missing" if "does not apply" in str(err) else "load_failed",
+                           f"the delta does not apply ({err})") from None
+        except Exception as err:  # noqa: BLE001 - a malformed (even if signed) delta is a refusal, never a crash
+            raise _Refused("load_failed", f"the delta is malformed ({type(err).__name__}: {err})") from None
         del base_opened
         try:
             ok = content_sha256(full) == opened.content_sha256
