@@ -233,6 +233,9 @@ def test_one_group_payload_deltas_catch_up_and_wipe(broker, crypto, tmp_path, ca
         run_until(members, lambda: all(d.store.state()["state"] == "wiped" for d in members))
         for d in members:
             assert not (tmp_path / d.id / "installed.bundle").exists() and d.store.current() == (None, None)
+        status = cli(broker, capsys, "fleet", "status", "--fleet", str(tmp_path / "fleet.json"), "--wait", "2")
+        assert {d["device_id"]: (d["state"], d["installed_version"]) for d in status["devices"]
+                if d["device_id"] != "cam-d"} == {m.id: ("wiped", None) for m in members}  # reported, retained
         # v4 (full) is published: members install it despite the retained wipe, which no longer applies.
         cli(broker, capsys, "watchlist", "publish", "--bundle", str(files[4]), "--group", GROUP, "--operator-key",
             str(op_pub), "--chunk-bytes", "65536")

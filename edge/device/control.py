@@ -175,6 +175,7 @@ class Control:
             self._thread.join(max(0.0, timeout))
         if self.client is not None:
             try:
+                self.sync.close(wait=True)  # a delta being applied finishes (or the kill leaves the old version)
                 self.publisher.pump()
                 self.publish_status("offline")
                 self.client.stop()

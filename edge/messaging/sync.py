@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -119,13 +120,15 @@ class WatchlistSync:
     device's watchlist subtree and the group subtrees. `store` is a started `WatchlistStore`.
 
     on_result: called with (InstallResult, bundle bytes) after every install or wipe attempt (the audit trail).
-    clock: monotonic seconds (injected by tests).
+    clock: monotonic seconds (injected by tests). background: run installs and wipes on a worker thread (the
+    device: rebuilding a 300,000-subject index takes seconds, and the control thread must keep acknowledging events
+    and feeding the watchdog meanwhile); `tick()` then collects the outcome. Off, they run inside `handle`.
     """
 
     def __init__(self, store: Any, transport: Transport, device_id: str, incoming_dir: Path, prefix: str = "edge",
                  window: int = WINDOW, stall_after: float = STALL_AFTER,
                  on_result: Callable[[Any, bytes], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, background: bool = False) -> None:
         self.store, self.transport, self.on_result, self.clock = store, transport, on_result, clock
         self.device_id, self.prefix, self.topics = device_id, prefix, Topics(device_id, prefix)
         self.own = WatchlistTopics.for_device(device_id, prefix)
@@ -136,6 +139,31 @@ class WatchlistSync:
         self.failed: set[tuple[str, int, str]] = set()  # (audience, version, bundle sha256) refused by the store
         self.download: _Download | None = None
         self._progress = self.clock()
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="edge-install") if background else None
+        self._pending: tuple[Future, Callable[[Any], None]] | None = None
+
+    @property
+    def busy(self) -> bool:
+        """An install or wipe is running on the worker thread."""
+        return self._pending is not None
+
+    def _run(self, work: Callable[[], Any], then: Callable[[Any], None]) -> None:
+        """`then(work())` now, or on the worker with `then` called from a later `tick()`."""
+        if self._worker is None:
+            then(work())
+        else:
+            self._pending = (self._worker.submit(work), then)
+
+    def _collect(self) -> None:
+        if self._pending is not None and self._pending[0].done():
+            future, then = self._pending
+            self._pending = None
+            then(future.result())
+
+    def close(self, wait: bool = True) -> None:
+        """Stop the worker thread (after a running install: its persist is atomic, so a stop never leaves a mix)."""
+        if self._worker is not None:
+            self._worker.shutdown(wait=wait)
 
     @property
     def offer(self) -> Offer | None:
@@ -198,6 +226,8 @@ class WatchlistSync:
 
     def _choose(self) -> None:
         """Start (or switch to) the best download: the newest version; its delta if it builds on what is installed."""
+        if self._pending is not None:
+            return  # chosen again when the running install ends
         installed = self._installed_version()
         candidates = [(s, o) for s, o in self.offers.values() if o.version > installed
                       and (s.audience, o.version, o.bundle_sha256) not in self.failed
@@ -241,7 +271,9 @@ class WatchlistSync:
             self.transport.subscribe(d.topic(n), 1)
 
     def tick(self, now: float | None = None) -> None:
-        """Call periodically: re-requests the outstanding chunks when nothing arrived for `stall_after` s."""
+        """Call periodically: collects a finished background install; re-requests the outstanding chunks when
+        nothing arrived for `stall_after` s."""
+        self._collect()
         now = self.clock() if now is None else now
         d = self.download
         if d and d.requested and now - self._progress > self.stall_after:
@@ -285,7 +317,9 @@ class WatchlistSync:
             self.report(reason="sync_mismatch", message="the assembled bundle does not match the offer")
             self._choose()
             return
-        result = self.store.install(data)
+        self._run(lambda: self.store.install(data), lambda result: self._installed(result, d, data))
+
+    def _installed(self, result: Any, d: _Download, data: bytes) -> None:
         if self.on_result is not None:
             self.on_result(result, data)
         if result.ok:
@@ -297,7 +331,12 @@ class WatchlistSync:
         self._choose()  # newer offers may be waiting; a refused delta falls back to the full version
 
     def _on_wipe(self, payload: bytes) -> None:
-        result = self.store.wipe(payload)
+        if self._pending is not None:  # one at a time: wait for the install, then wipe
+            self._pending[0].result()
+            self._collect()
+        self._run(lambda: self.store.wipe(payload), lambda result: self._wiped(result, payload))
+
+    def _wiped(self, result: Any, payload: bytes) -> None:
         if self.on_result is not None:
             self.on_result(result, payload)
         if result.ok:
