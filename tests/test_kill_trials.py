@@ -36,6 +36,16 @@ MAX_DELAY_S = 0.050
 SEED = int(os.environ.get("KILL_TRIALS_SEED", "20250601"))
 
 
+def trial_keys(tmp_path: Path):
+    """(operator key, device key, keys dir holding device.key and operators.json, trust store) for a child."""
+    operator, device = keys.generate_operator_key(), keys.generate_device_key()
+    keys_dir = tmp_path / "keys"
+    keys.save_private_key(keys_dir / "device.key", device)
+    trust = keys.TrustStore([operator.public_key()])
+    trust.save(keys_dir / "operators.json")
+    return operator, device, keys_dir, trust
+
+
 def spawn(*args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, str(CHILD), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             stdin=subprocess.DEVNULL)
@@ -63,11 +73,7 @@ def kill_after_ready(proc: subprocess.Popen, delay: float) -> tuple[list[str], b
 @pytest.mark.slow
 def test_sigkill_during_watchlist_install_leaves_old_or_new(tmp_path):
     rng = random.Random(SEED)
-    operator, device = keys.generate_operator_key(), keys.generate_device_key()
-    keys_dir = tmp_path / "keys"
-    keys.save_private_key(keys_dir / "device.key", device)
-    trust = keys.TrustStore([operator.public_key()])
-    trust.save(keys_dir / "operators.json")
+    operator, device, keys_dir, trust = trial_keys(tmp_path)
     now = datetime.now(timezone.utc)
     bundles, files = {}, {}
     for version in range(1, INSTALL_TRIALS + 2):  # precomputed: v1 installed first, then at most one per trial
@@ -204,11 +210,7 @@ def test_sigkill_during_delta_install_leaves_old_or_new(tmp_path):
     from edge.watchlist.payload import content_sha256
 
     rng = random.Random(SEED + 2)
-    operator, device = keys.generate_operator_key(), keys.generate_device_key()
-    keys_dir = tmp_path / "keys"
-    keys.save_private_key(keys_dir / "device.key", device)
-    trust = keys.TrustStore([operator.public_key()])
-    trust.save(keys_dir / "operators.json")
+    operator, device, keys_dir, trust = trial_keys(tmp_path)
     now = datetime.now(timezone.utc)
     fulls, deltas = _chain(DELTA_TRIALS + 1, SEED)
     common = dict(watchlist_id="wl-kill", device_id="cam-k", device_public=device.public_key(), signing_key=operator,
