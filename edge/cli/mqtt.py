@@ -137,11 +137,12 @@ def cmd_watchlist_publish(args: argparse.Namespace) -> int:
     from edge.messaging.topics import TopicError, WatchlistTopics
 
     trust = keys.TrustStore([keys.load_public_key(p, "operator") for p in args.operator_key])
-    bundles = [_read_bundle(args.bundle, trust, "full")] if args.bundle else []
+    bundles = [_read_bundle(args.bundle, trust, "full")]  # with --delta: devices without its base take this one
     if args.delta:
         bundles.append(_read_bundle(args.delta, trust, "delta"))
-    if not bundles:
-        raise DataError("nothing to publish: give --bundle FILE (the full version) and/or --delta FILE")
+    if args.delta and bundles[0][1]["version"] != bundles[1][1]["version"]:
+        raise DataError(f"--bundle is v{bundles[0][1]['version']} and --delta v{bundles[1][1]['version']}: publish a"
+                        " delta with the full bundle of the same version")
     audiences = {m["audience"] for _, m in bundles}
     if len(audiences) != 1:
         raise DataError(f"the bundles are for different audiences ({', '.join(sorted(audiences))})")
@@ -210,7 +211,7 @@ def add_parsers(sub: argparse._SubParsersAction, watchlist_sub: argparse._SubPar
                                  description="Publish the full bundle (and a delta) as retained chunks and retained "
                                              "offers on <prefix>/<device>/watchlist/… or <prefix>/groups/<G>/watchlist/…"
                                              "; each device fetches what it lacks, the delta when it holds its base.")
-    p.add_argument("--bundle", type=Path, help="full bundle from `edge watchlist seal` (OUT, or OUT.full with --base)")
+    p.add_argument("--bundle", type=Path, required=True, help="full bundle from `edge watchlist seal` (OUT, or OUT.full with --base)")
     p.add_argument("--delta", type=Path, help="delta bundle from `edge watchlist seal --base N`")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--device", help="target device id (must match the bundle; default: the bundle's audience)")
