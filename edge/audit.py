@@ -53,7 +53,7 @@ from edge.errors import EdgeError
 log = logging.getLogger(__name__)
 
 #: Record kinds callers may append.
-KINDS = ("match", "watchlist_install", "watchlist_reject", "watchlist_wipe", "config", "start", "stop", "seal")  # seal: edge.audit_seal
+KINDS = ("match", "watchlist_install", "watchlist_reject", "watchlist_wipe", "review_decision", "retention_purge", "user_add", "config", "start", "stop", "seal")  # seal: edge.audit_seal
 #: Written by the log itself after a cut-off write; never by callers.
 RECOVERED = "recovered"
 ZERO_HASH = "0" * 64

@@ -32,7 +32,7 @@ from edge.evaluation.loopback_broker import render_config as _render_config
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = ROOT / "firmware-config" / "mosquitto"
-DEVICES = ("cam-a", "cam-b", "cam-c", "cam-d")
+DEVICES = ("cam-a", "cam-b", "cam-c", "cam-d", "cam-e", "operator-2")  # operator-2: a second consumer
 START_TIMEOUT = 5.0  # seconds for mosquitto to accept connections
 
 

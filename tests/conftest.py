@@ -23,6 +23,7 @@ def float_analyzer():
                                              embedder="dlib_resnet_v1_float32", threads=2))
 
 from broker import broker, tls_certs  # noqa: F401
+from postgres import postgres_server, postgres_url  # noqa: F401
 
 
 #: Test modules whose tests load the models through the CLI or the app rather than through a fixture.

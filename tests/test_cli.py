@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -86,12 +87,21 @@ def test_eval_pairs_bad_csv(capsys, tmp_path):
 
 @pytest.mark.slow
 def test_demo_runs_the_whole_loop_and_prints_only_the_listed_person(capsys, tmp_path):
-    code, out, _ = run(capsys, "demo", "--workdir", tmp_path)
+    code, out, _ = run(capsys, "demo", "--workdir", tmp_path, "--listen", "127.0.0.1:0", "--console-seconds", "1")
     assert code == 0
     events = [line for line in out.splitlines() if line.startswith("EVENT ")]
     assert events and all("Barack Obama" in e and "candidate for human review" in e for e in events)
     assert "outbox depth 0" in out
     assert (tmp_path / "audit.log").exists() and (tmp_path / "demo.mp4").stat().st_size > 100_000
+    # Every appearance is accounted for: an event, or why not.
+    lines = out.split("what happened to each appearance:\n", 1)[1].splitlines()[:4]
+    assert [ln.strip().split(" ")[0] for ln in lines] == ["obama2.jpg", "astronaut.jpg", "obama_partial_face.jpg",
+                                                          "obama3.jpg"]
+    assert all(": event #" in ln or ": no event" in ln for ln in lines), lines
+    assert "no event, as it should be" in lines[1] and sum(": event #" in ln for ln in lines) == len(events)
+    # The console came up on the stored events with two demo reviewers.
+    assert re.search(r"review console: http://127\.0\.0\.1:\d+/ — \d+ event\(s\) waiting for review", out)
+    assert len(re.findall(r"sign in as reviewer-[12] / \S+", out)) == 2
 
 
 def test_console_script_exit_code_and_no_traceback(tmp_path):
@@ -106,7 +116,7 @@ def test_console_script_exit_code_and_no_traceback(tmp_path):
 def test_demo_over_the_embedded_amqtt_broker_when_mosquitto_is_not_used(capsys, tmp_path):
     """Without mosquitto the demo's events still travel over MQTT: the amqtt broker of the `demo` extra, the real
     device publisher and the real consumer; the outbox drains only when the consumer acknowledged over MQTT."""
-    code, out, _ = run(capsys, "demo", "--workdir", tmp_path, "--broker", "amqtt")
+    code, out, _ = run(capsys, "demo", "--workdir", tmp_path, "--broker", "amqtt", "--no-console")
     assert code == 0
     assert "broker: amqtt on 127.0.0.1:" in out
     events = [line for line in out.splitlines() if line.startswith("EVENT ")]

@@ -31,6 +31,12 @@ OWNERS = {
     "libcamera": {"device/capture/picamera.py"},
     "ai_edge_litert": {"vision/runtime.py"},
     "tflite_runtime": {"vision/runtime.py"},
+    "psycopg": {"operator/db.py"},
+    "argon2": {"operator/accounts.py"},
+    "fastapi": {"operator/console.py"},
+    "starlette": {"operator/console.py"},
+    "jinja2": {"operator/console.py"},
+    "uvicorn": {"operator/console.py"},
 }
 
 

@@ -28,10 +28,10 @@ from edge.messaging.local_broker import LocalBroker
 
 def run_demo(analyzer: Any, photos: Path, workdir: Path | None = None, video: Path | None = None,
              gallery: dict[Path, str] | None = None, print_fn: Callable[[str], None] = print,
-             broker_kind: str = "auto") -> dict:
-    """Run the demo; returns a summary (events received, frames, fps, broker used).
+             broker_kind: str = "auto", console: Callable[[Path, dict, Callable], None] | None = None) -> dict:
+    """Run the demo; returns a summary (events received, frames, fps, broker used, per-appearance explanations).
     broker_kind: "auto" (mosquitto if installed, else amqtt) or "amqtt" (the embedded broker even if mosquitto is
-    there)."""
+    there). console: called with (work dir, subject names, print) once the events are stored (`serve_console`)."""
     from edge import keys
     from edge.audit import AuditLog
     from edge.device.capture.opencv import OpenCVSource
@@ -81,6 +81,7 @@ def run_demo(analyzer: Any, photos: Path, workdir: Path | None = None, video: Pa
                  f"({', '.join(s['label'] for s in enrollment.subjects)}), match threshold {thresholds['match']:.3f} "
                  f"(FPIR 0.003 at {len(enrollment.vectors)} templates), sealed and installed")
         # 2. The clip.
+        schedule = None
         if video is None:
             video = work / "demo.mp4"
             schedule = make_clip(video, photos, analyzer)
@@ -113,6 +114,8 @@ def run_demo(analyzer: Any, photos: Path, workdir: Path | None = None, video: Pa
         health = Health()
         pipeline = build_pipeline(OpenCVSource(video, pace="realtime"), analyzer, lambda: store.current()[0], writer,
                                   health)
+        trace: list[dict] = []
+        pipeline.trace = trace.append  # what happened to each chip: the per-appearance explanation below
         stop = threading.Event()
         threads = []
         if have_broker:
@@ -135,9 +138,8 @@ def run_demo(analyzer: Any, photos: Path, workdir: Path | None = None, video: Pa
 
             threads.append(threading.Thread(target=pump, daemon=True))
         else:
-            print_fn("broker: neither mosquitto nor amqtt (pip install 'edge-watchlist[demo]') is installed — events are "
-                     "printed from the device outbox directly "
-                     "(install mosquitto to see them travel over MQTT)")
+            raise EdgeError("the demo runs over MQTT and found no broker: install mosquitto (sudo apt-get install"
+                            " mosquitto) or the embedded one (pip install -e '.[demo]')")
         for t in threads:
             t.start()
         t0 = time.monotonic()
@@ -168,7 +170,71 @@ def run_demo(analyzer: Any, photos: Path, workdir: Path | None = None, video: Pa
                  f"received: {', '.join(summary['labels']) or 'none'}; outbox depth {summary['outbox_depth']}")
         print_fn(f"quality gate: {summary['gate']['embedded']} chips embedded; refused: "
                  + (", ".join(f"{k} {v}" for k, v in sorted(refused.items(), key=lambda kv: -kv[1])) or "none"))
+        if schedule is not None:
+            from edge.evaluation.appearances import explain
+
+            summary["appearances"] = explain(schedule, list(trace), received, 30.0, names)
+            print_fn("what happened to each appearance:")
+            for line in summary["appearances"]:
+                print_fn(f"  {line}")
+        summary["events_db"] = str(work / "events.db")
+        if console is not None:
+            console(work, names, print_fn)
         return summary
     finally:
         if tmp:
             tmp.cleanup()
+
+
+def serve_console(work: Path, names: dict, print_fn: Callable[[str], None], listen: str = "127.0.0.1:8080",
+                  seconds: float | None = None) -> dict:
+    """Start the review console on the demo's SQLite event store with two demo reviewers (fresh random passwords),
+    print its URL and the sign-ins, and serve until Ctrl-C (or `seconds`). Returns {url, users}."""
+    import secrets
+    import socket
+
+    from edge.audit import AuditLog
+    from edge.operator.accounts import Accounts
+    from edge.operator.console import create_app, server
+    from edge.operator.event_store import EventStore
+
+    host, _, port_text = listen.rpartition(":")
+    port = int(port_text)
+    with socket.socket() as probe:  # the default port taken (another demo?), or 0: any free one
+        try:
+            probe.bind((host, port))
+        except OSError:
+            probe.bind((host, 0))
+        port = probe.getsockname()[1]
+    store = EventStore(work / "events.db")
+    accounts = Accounts(store.db)
+    users = {}
+    for name in ("reviewer-1", "reviewer-2"):
+        users[name] = secrets.token_urlsafe(9)
+        accounts.add_user(name, users[name], "reviewer")
+    audit = AuditLog(work / "console-audit.log")
+    app = create_app(store, accounts, audit, names, 2, None)
+    srv = server(app, host, port)
+    thread = threading.Thread(target=srv.run, name="edge-console", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not srv.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    url = f"http://{host}:{port}/"
+    print_fn(f"review console: {url} — {store.count('pending')} event(s) waiting for review; an event is confirmed"
+             " only when two different reviewers confirm it")
+    for name, password in users.items():
+        print_fn(f"  sign in as {name} / {password}")
+    print_fn("  (Ctrl-C stops the console; the demo's files are deleted unless --workdir keeps them)")
+    try:
+        end = None if seconds is None else time.monotonic() + seconds
+        while thread.is_alive() and (end is None or time.monotonic() < end):
+            thread.join(0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        srv.should_exit = True
+        thread.join(5)
+        audit.close()
+        store.close()
+    return {"url": url, "users": users}

@@ -65,7 +65,7 @@ def cmd_fleet_acl(args: argparse.Namespace) -> int:
     from edge.durable import atomic_write
     from edge.operator.fleet import acl_text, load_fleet
 
-    text = acl_text(load_fleet(args.fleet, missing_ok=False), args.prefix)
+    text = acl_text(load_fleet(args.fleet, missing_ok=False), args.prefix, tuple(args.consumer or ()))
     if args.out is None:
         print(text, end="")
     else:
@@ -163,6 +163,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = fl.add_parser("acl", parents=[fleet], help="write the broker ACL for this fleet (groups → read grants)")
     p.add_argument("--out", type=Path, help="ACL file to write (default: print it)")
     p.add_argument("--prefix", default="edge", help="topic prefix (default 'edge')")
+    p.add_argument("--consumer", action="append", metavar="CN", help="another event-consumer certificate CN besides "
+                   "'operator' (repeatable): one per `edge events consume` process")
     p.set_defaults(func=cmd_fleet_acl)
     p = fl.add_parser("status", parents=[fleet, broker], help="rollout: installed version per device, devices per version",
                       description="Read the devices' retained watchlist/state and status topics and report, per device,"

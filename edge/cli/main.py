@@ -136,8 +136,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
             gallery[Path(path)] = label or Path(path).stem
     analyzer = _analyzer(args)
     print(f"edge demo: detector {analyzer.detector_info.name}, embedder {analyzer.embedder_info.name}", flush=True)
+    console = None
+    if not args.no_console:
+        from edge.cli.demo import serve_console
+
+        def console(work, names, print_fn):
+            serve_console(work, names, print_fn, args.listen, args.console_seconds)
     summary = run_demo(analyzer, photos, args.workdir, args.video, gallery, print_fn=lambda m: print(m, flush=True),
-                       broker_kind=args.broker)
+                       broker_kind=args.broker, console=console)
     return 0 if summary["frames"] else 1
 
 
@@ -179,6 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", type=Path, help="keep the demo's files (clip, outbox, audit log) here")
     p.add_argument("--broker", choices=("auto", "amqtt"), default="auto",
                    help="auto: mosquitto if installed, else the embedded amqtt broker; amqtt: the embedded one")
+    p.add_argument("--no-console", action="store_true", help="do not start the review console after the clip")
+    p.add_argument("--listen", default="127.0.0.1:8080", help="the console's address (default 127.0.0.1:8080; a free"
+                                                               " port if that one is taken)")
+    p.add_argument("--console-seconds", type=float, metavar="S", help="stop the console after S seconds"
+                                                                      " (default: at Ctrl-C)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("detect", parents=[vision], help="faces per image",
@@ -198,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compare)
 
     ev = sub.add_parser("eval", help="accuracy measurements").add_subparsers(dest="eval_command", metavar="KIND", required=True)
-    from edge.cli import audit as cli_audit, bench as cli_bench, device as cli_device, fleet as cli_fleet
+    from edge.cli import audit as cli_audit, bench as cli_bench, console as cli_console, device as cli_device, fleet as cli_fleet
     from edge.cli import keys as cli_keys, mqtt as cli_mqtt, run as cli_run, watchlist as cli_watchlist
 
     cli_keys.add_parsers(sub)
@@ -210,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_bench.add_parsers(sub, vision)
     cli_device.add_parsers(sub)
     cli_fleet.add_parsers(sub)
+    cli_console.add_parsers(sub)
     p = ev.add_parser("pairs", parents=[vision], help="verification accuracy on labelled pairs",
                       description="Embed every photo of a pairs CSV (path_a,path_b,same[,fold]; paths relative to "
                                   "--root) and report accuracy, 10-fold accuracy and TAR at FAR=1e-3.")

@@ -97,6 +97,50 @@ def cmd_events_tail(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_events_consume(args: argparse.Namespace) -> int:
+    """A scale-out consumer: a shared subscription, so N processes split the fleet's events; the database's key on
+    event_id makes "stored once" hold across them; acks follow the commit."""
+    import signal
+
+    from edge.messaging.delivery import EventConsumer
+    from edge.messaging.topics import DEVICE_ID, operator_filter
+    from edge.operator.event_store import EventStore
+
+    if not DEVICE_ID.match(args.group):
+        raise DataError(f"--group {args.group!r}: 1-64 of A-Z a-z 0-9 . _ -")
+    store = EventStore(args.store)
+    subscriptions = [(f"$share/{args.group}/{operator_filter('events', args.prefix)}", 1),
+                     (operator_filter("status", args.prefix), 1), (operator_filter("watchlist_state", args.prefix), 1)]
+    client = _client(args, subscriptions)
+    consumer = EventConsumer(client, store, args.prefix,
+                             on_status=lambda d, st: store.device_status(d, st.state == "online", st.health),
+                             on_watchlist=lambda d, w: store.device_watchlist(d, w.installed_version, w.state,
+                                                                              w.reason))
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    print(f"consuming {args.prefix}/+/events as shared group {args.group!r} into {store.db.dialect}", file=sys.stderr,
+          flush=True)
+    last, t0 = time.monotonic(), time.monotonic()
+    try:
+        while not stop:
+            if consumer.poll(0.2):
+                last = time.monotonic()
+            if args.idle_exit and time.monotonic() - last > args.idle_exit:
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        client.stop()
+        store.close()
+    s = consumer.stats
+    seconds = time.monotonic() - t0
+    summary = {"stored": s.stored, "duplicates": s.duplicates, "rejected": s.rejected, "seconds": round(seconds, 2)}
+    print(json.dumps(summary) if args.json else
+          f"stored {s.stored} events, {s.duplicates} duplicates dropped, {s.rejected} rejected in {seconds:.1f} s",
+          file=sys.stderr)
+    return 0
+
+
 def _read_bundle(path: Path, trust, kind: str) -> tuple[bytes, dict]:
     from edge.watchlist.bundle import MAX_BUNDLE_BYTES, BundleError, verify_bundle
 
@@ -206,6 +250,17 @@ def add_parsers(sub: argparse._SubParsersAction, watchlist_sub: argparse._SubPar
                    " names for the subject ids (devices never send names)")
     p.add_argument("--json", action="store_true", help="print events as JSON lines")
     p.set_defaults(func=cmd_events_tail, default_client_id="operator")
+
+    p = ev.add_parser("consume", parents=[broker], help="scale-out consumer: a shared subscription into SQLite or PostgreSQL",
+                      description="Subscribe with an MQTT shared subscription ($share/GROUP/<prefix>/+/events), so "
+                                  "several processes split the fleet's events; store each once (the database dedups by "
+                                  "event_id), acknowledge after the commit; also keep each device's last status and "
+                                  "watchlist state for the console.")
+    p.add_argument("--store", required=True, help="sqlite:///PATH, a file path, or postgresql://user@host:port/db")
+    p.add_argument("--group", default="edge-consumers", help="shared-subscription group (default edge-consumers)")
+    p.add_argument("--idle-exit", type=float, help="exit after this many seconds without an event")
+    p.add_argument("--json", action="store_true", help="print the closing summary as JSON")
+    p.set_defaults(func=cmd_events_consume, default_client_id="operator")
 
     p = watchlist_sub.add_parser("publish", parents=[broker], help="send a sealed version to a device or group over MQTT",
                                  description="Publish the full bundle (and a delta) as retained chunks and retained "

@@ -84,6 +84,9 @@ class Pipeline:
                  lossless: bool = False, track_templates: bool = True,
                  embed_face: Callable[[np.ndarray, Any], Face] | None = None, governor: Any = None) -> None:
         self.source = source
+        #: called with {"frame", "track", "outcome", …} for every gated or matched chip (the demo's explanations),
+        #: or None; outcome: "quality" (+ reason) or the policy's (`DecisionPolicy.last_outcome`)
+        self.trace: Callable[[dict], None] | None = None
         #: edge.device.thermal.ThermalGovernor, or None: every frame is processed
         self.governor = governor
         #: (rgb, detection) → Face, called only for chips that will be embedded (FaceAnalyzer.embed: dlib landmarks,
@@ -183,6 +186,9 @@ class Pipeline:
             q = assess(det, chip, self.quality)
             if not q.ok:
                 h.inc(f"quality_reject.{q.reason}")
+                if self.trace is not None:
+                    self.trace({"frame": frame.index, "track": track.track_id, "x": _center_x(det, frame),
+                                "outcome": "quality", "reason": q.reason})
                 continue
             score = quality_score(q)
             if not track.should_embed(score, now):
@@ -207,6 +213,9 @@ class Pipeline:
                 result = watchlist.match(template, embedding2=track.template(second=True))
                 decision = self.policy.observe_template(track.track_id, result, track.embeds, now, q.to_json(),
                                                         first_seen=track.first_seen)
+            if self.trace is not None and self.policy.last_outcome is not None:
+                self.trace({"frame": frame.index, "track": track.track_id, "x": _center_x(det, frame),
+                            **self.policy.last_outcome})
             if decision is not None:
                 decisions.append(decision)
                 try:
@@ -243,3 +252,9 @@ class Pipeline:
             t.join(max(0.0, deadline - time.monotonic()))
         self.events.put(None)
         self._threads[2].join(max(0.0, deadline - time.monotonic()))
+
+
+def _center_x(det: Any, frame: Frame) -> float:
+    """The detection's horizontal centre as a fraction of the frame width (0 left … 1 right)."""
+    x0, _, x1, _ = det.box
+    return round(float(x0 + x1) / 2 / max(1, frame.rgb.shape[1]), 3)

@@ -67,6 +67,8 @@ class DecisionPolicy:
     once, threshold checked first), decisions, suppressed_by_cooldown.
     """
 
+    last_outcome: dict | None = None
+
     def __init__(self, config: PolicyConfig = PolicyConfig()) -> None:
         self.config = config
         self._tracks: dict[int, _TrackState] = {}
@@ -90,23 +92,34 @@ class DecisionPolicy:
         cfg = self.config
         self.observed += 1
         state, threshold, margin_required, top = self._prepare(track_id, result, now, first_seen)
-        vote = None
+        vote, outcome = None, "vote"
         if top is None:
             self.no_candidates += 1
+            outcome = "no_candidate"
         elif top.similarity < threshold:
             self.below_threshold += 1
+            outcome = "below_threshold"
         elif result.margin < margin_required:
             self.below_margin += 1
+            outcome = "below_margin"
         else:
             vote = top.subject_id
+        self._outcome(outcome, top, threshold)
         state.window.append(_Vote(vote, top, float(result.margin)))
         # Only this result's subject gained a vote, so only it can newly reach k.
         if vote is None or vote in state.settled:
+            if vote is not None:
+                self._outcome("already_decided", top, threshold)
             return None
         agreeing = [v for v in state.window if v.subject_id == vote]
         if len(agreeing) < cfg.k:
             return None
         return self._fire(track_id, state, vote, top, agreeing, threshold, margin_required, now, quality)
+
+    def _outcome(self, outcome: str, top: Candidate | None, threshold: float) -> None:
+        """What the last observation led to (for tracing: the demo explains each appearance with it)."""
+        self.last_outcome = {"outcome": outcome, "subject_id": top.subject_id if top else None,
+                             "similarity": float(top.similarity) if top else None, "threshold": float(threshold)}
 
     def observe_template(self, track_id: int, result: Match, chips: int, now: float,
                          quality: dict | None = None, first_seen: float | None = None) -> Decision | None:
@@ -115,7 +128,7 @@ class DecisionPolicy:
         self.template_observed += 1
         state, threshold, margin_required, top = self._prepare(track_id, result, now, first_seen)
         if top is None or top.similarity < threshold or result.margin < margin_required or top.subject_id in state.settled:
-            return None
+            return None  # the per-chip outcome already traced stands
         vote = _Vote(top.subject_id, top, float(result.margin))
         decision = self._fire(track_id, state, top.subject_id, top, [vote], threshold, margin_required, now, quality,
                               chips_used=chips)
@@ -144,7 +157,9 @@ class DecisionPolicy:
         last = self._last_decided.get(vote)
         if last is not None and now - last < cfg.cooldown_s:
             self.suppressed_by_cooldown += 1
+            self._outcome("cooldown", top, threshold)
             return None
+        self._outcome("event", top, threshold)
         self._last_decided[vote] = now
         self._prune(now)
         self.decisions += 1

@@ -48,7 +48,9 @@ def make_clip(path: Path, photos: Path, analyzer: Any, seconds: float = 8.5, fps
         # Scale so the face is ~170 px wide at scale 1.0 (faces at 2–3 m for a 720p body camera).
         base = 170.0 / max(dets, key=lambda d: d.width).width
         sprites.append((crop, base, t0, t1, xa, xb, sa, sb))
-        schedule.append({"photo": name, "listed_as": listed, "visible_s": [t0, t1]})
+        half = crop.shape[1] * base / 2 / width  # the sprite's half width at scale 1, as a fraction of the frame
+        schedule.append({"photo": name, "listed_as": listed, "visible_s": [t0, t1],
+                         "center_x": [round(xa + half * sa, 3), round(xb + half * sb, 3)]})
     rng = np.random.default_rng(0)
     background = np.full((height, width, 3), 96, np.uint8)
     background += rng.integers(0, 24, (height, width, 1), dtype=np.uint8)

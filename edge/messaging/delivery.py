@@ -21,7 +21,8 @@ from typing import Any, Callable
 
 from edge.durable import private_file
 from edge.messaging.topics import TopicError, Topics, parse_topic
-from edge.messaging.payloads import PayloadError, decode_ack, decode_event, decode_status, encode_ack, stamp_published
+from edge.messaging.payloads import (PayloadError, decode_ack, decode_event, decode_status, decode_watchlist_state,
+                                     encode_ack, stamp_published)
 
 
 class EventPublisher:
@@ -77,8 +78,10 @@ class EventConsumer:
 
     def __init__(self, client: Any, store: Any, prefix: str = "edge", jsonl: Path | None = None,
                  on_event: Callable[[dict], None] | None = None,
-                 on_status: Callable[[str, Any], None] | None = None) -> None:
+                 on_status: Callable[[str, Any], None] | None = None,
+                 on_watchlist: Callable[[str, Any], None] | None = None) -> None:
         self.on_status = on_status  # (device id, Status) for each status message (subscribe to them as well)
+        self.on_watchlist = on_watchlist  # (device id, WatchlistState) for each watchlist/state message
         self.client = client
         self.store = store
         self.prefix = prefix
@@ -102,6 +105,11 @@ class EventConsumer:
                     self.stats.received -= 1  # not an event
                     if self.on_status is not None:
                         self.on_status(parsed.device_id, decode_status(msg.payload))
+                    continue
+                if parsed.kind == "watchlist_state":
+                    self.stats.received -= 1
+                    if self.on_watchlist is not None:
+                        self.on_watchlist(parsed.device_id, decode_watchlist_state(msg.payload))
                     continue
                 event = decode_event(msg.payload)
                 device = parsed.device_id

@@ -1,48 +1,169 @@
-"""The operator's event store: every match event received, once (keyed by `event_id`), durable before the device is
-told it may forget it. SQLite today; issue 13 adds PostgreSQL and the review console on top."""
+"""The operator's event store: every match event received, once (the database's primary key on `event_id` dedups,
+whichever consumer process stored it first), durable before the device is told it may forget it; the reviewers'
+decisions; the devices' last status and watchlist state. SQLite or PostgreSQL (`edge.operator.db`).
+
+Review rule: an event is `confirmed` once `required` different reviewers confirmed it (default 2), `rejected` as
+soon as one reviewer rejects it, and stays `pending` (in the queue) otherwise — `unsure` adds a note and keeps it
+there. A reviewer decides an event once.
+"""
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from pathlib import Path
+from typing import Any, Callable
 
-from edge.durable import private_dir, private_file
-from edge.errors import EdgeError
+from edge.errors import DataError
+from edge.operator.db import Database
+
+DECISIONS = ("confirm", "reject", "unsure")
+STATUSES = ("pending", "confirmed", "rejected")
+_EVENT_COLUMNS = ("event_id", "device_id", "seq", "captured_at", "received_at", "subject_id", "watchlist_id",
+                  "watchlist_version", "similarity", "threshold", "status", "body")
+
+
+def _row(row: tuple) -> dict[str, Any]:
+    out = dict(zip(_EVENT_COLUMNS, row))
+    out["event"] = json.loads(out.pop("body"))
+    return out
 
 
 class EventStore:
-    """The operator's event store: SQLite (WAL, synchronous=FULL), one row per `event_id`."""
+    """Events, decisions and device reports in one database. `url`: see `edge.operator.db.parse_url`."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        private_dir(self.path.parent, chmod_existing=False)
-        try:
-            private_file(self.path)  # names and evidence: 0600 before SQLite creates it (its -wal/-shm copy the mode)
-            self.db = sqlite3.connect(self.path, check_same_thread=False)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
-            self.db.execute("CREATE TABLE IF NOT EXISTS events (event_id TEXT PRIMARY KEY, device_id TEXT NOT NULL, "
-                            "seq INTEGER NOT NULL, received_at REAL NOT NULL, body TEXT NOT NULL)")
-            self.db.execute("CREATE INDEX IF NOT EXISTS by_device_seq ON events(device_id, seq)")
-        except sqlite3.DatabaseError as err:
-            raise EdgeError(f"event store {self.path} cannot be opened: {err}") from None
+    def __init__(self, url: str | Path, required_confirmations: int = 2) -> None:
+        if not 1 <= required_confirmations <= 10:
+            raise DataError(f"required confirmations must be in [1, 10], got {required_confirmations}")
+        self.db = Database(url)
+        self.required = required_confirmations
+
+    # ------------------------------------------------------------ events
 
     def add(self, events: list[dict]) -> list[dict]:
-        """Store a batch in one transaction; returns the ones that were new."""
-        new = []
-        with self.db:
+        """Store a batch in one transaction; returns the ones that were new (the others were stored before, maybe
+        by another consumer)."""
+        new, now = [], time.time()
+        with self.db.transaction() as cur:
             for ev in events:
-                cur = self.db.execute("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?)",
-                                      (ev["event_id"], ev["device_id"], ev["seq"], time.time(), json.dumps(ev)))
+                cur.execute("INSERT INTO events (event_id, device_id, seq, captured_at, received_at, subject_id,"
+                            " watchlist_id, watchlist_version, similarity, threshold, body)"
+                            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
+                            (ev["event_id"], ev["device_id"], ev["seq"], float(ev["captured_at"]), now,
+                             ev["subject_id"], ev["watchlist_id"], ev["watchlist_version"], float(ev["similarity"]),
+                             float(ev["threshold"]), json.dumps(ev)))
                 if cur.rowcount:
                     new.append(ev)
         return new
 
     def seqs(self, device_id: str) -> list[int]:
         """All stored seqs of a device, ascending."""
-        return [r[0] for r in self.db.execute("SELECT seq FROM events WHERE device_id=? ORDER BY seq", (device_id,))]
+        return [r[0] for r in self.db.query("SELECT seq FROM events WHERE device_id = ? ORDER BY seq", (device_id,))]
+
+    def count(self, status: str | None = None) -> int:
+        """Events stored (with `status`, only those)."""
+        if status is None:
+            return self.db.query("SELECT COUNT(*) FROM events")[0][0]
+        return self.db.query("SELECT COUNT(*) FROM events WHERE status = ?", (status,))[0][0]
+
+    def queue(self, limit: int = 50, before: float | None = None, status: str = "pending") -> list[dict]:
+        """Events with `status`, newest first (received before `before`, for paging)."""
+        limit = max(1, min(int(limit), 500))
+        cols = ", ".join(_EVENT_COLUMNS)
+        if before is None:
+            rows = self.db.query(f"SELECT {cols} FROM events WHERE status = ? ORDER BY received_at DESC, event_id DESC"
+                                 " LIMIT ?", (status, limit))
+        else:
+            rows = self.db.query(f"SELECT {cols} FROM events WHERE status = ? AND received_at < ? ORDER BY"
+                                 " received_at DESC, event_id DESC LIMIT ?", (status, float(before), limit))
+        return [_row(r) for r in rows]
+
+    def event(self, event_id: str) -> dict | None:
+        """One event with its decisions (oldest first), or None."""
+        rows = self.db.query(f"SELECT {', '.join(_EVENT_COLUMNS)} FROM events WHERE event_id = ?", (event_id,))
+        if not rows:
+            return None
+        out = _row(rows[0])
+        out["decisions"] = self.decisions(event_id)
+        return out
+
+    # ------------------------------------------------------------ decisions
+
+    def decisions(self, event_id: str) -> list[dict]:
+        rows = self.db.query("SELECT reviewer, decision, note, decided_at FROM decisions WHERE event_id = ?"
+                             " ORDER BY decided_at, id", (event_id,))
+        return [{"reviewer": r[0], "decision": r[1], "note": r[2], "decided_at": r[3]} for r in rows]
+
+    def decide(self, event_id: str, reviewer: str, decision: str, note: str = "",
+               before_commit: Callable[[dict], None] | None = None) -> dict:
+        """Record `reviewer`'s decision and return {"status", "confirmations", "required"}; DataError if the event
+        is unknown, already decided (confirmed or rejected), or this reviewer already decided it. before_commit:
+        called with the result inside the transaction (the audit record); if it raises, nothing is stored."""
+        if decision not in DECISIONS:
+            raise DataError(f"decision must be one of {', '.join(DECISIONS)}, got {decision!r}")
+        if len(note) > 2000:
+            raise DataError("a note is at most 2000 characters")
+        with self.db.transaction() as cur:
+            rows = cur.execute("SELECT status FROM events WHERE event_id = ?", (event_id,)).fetchall()
+            if not rows:
+                raise DataError(f"event {event_id} does not exist")
+            if rows[0][0] != "pending":
+                raise DataError(f"event {event_id} is already {rows[0][0]}")
+            done = cur.execute("SELECT decision FROM decisions WHERE event_id = ? AND reviewer = ?",
+                               (event_id, reviewer)).fetchall()
+            if done:
+                raise DataError(f"{reviewer} already decided this event ({done[0][0]}); a second reviewer must")
+            cur.execute("INSERT INTO decisions (event_id, reviewer, decision, note, decided_at) VALUES (?, ?, ?, ?, ?)",
+                        (event_id, reviewer, decision, note, time.time()))
+            confirmations = cur.execute("SELECT COUNT(DISTINCT reviewer) FROM decisions WHERE event_id = ? AND"
+                                        " decision = 'confirm'", (event_id,)).fetchall()[0][0]
+            status = ("rejected" if decision == "reject" else
+                      "confirmed" if confirmations >= self.required else "pending")
+            if status != "pending":
+                cur.execute("UPDATE events SET status = ? WHERE event_id = ?", (status, event_id))
+            result = {"status": status, "confirmations": confirmations, "required": self.required}
+            if before_commit is not None:
+                before_commit(result)
+        return result
+
+    # ------------------------------------------------------------ devices (from the retained topics)
+
+    def device_status(self, device_id: str, online: bool, health: dict) -> None:
+        """Upsert a device's last status heartbeat (online/offline, health figures)."""
+        seen = health.get("reported_at") if isinstance(health.get("reported_at"), str) else None
+        with self.db.transaction() as cur:
+            cur.execute("INSERT INTO devices (device_id, online, last_seen, health, updated_at) VALUES (?, ?, ?, ?, ?)"
+                        " ON CONFLICT (device_id) DO UPDATE SET online = excluded.online, last_seen ="
+                        " COALESCE(excluded.last_seen, devices.last_seen), health = CASE WHEN excluded.online = 1"
+                        " THEN excluded.health ELSE devices.health END, updated_at = excluded.updated_at",
+                        (device_id, int(online), seen, json.dumps(health), time.time()))
+
+    def device_watchlist(self, device_id: str, version: int | None, state: str, reason: str | None) -> None:
+        """Upsert what a device reports of its watchlist."""
+        with self.db.transaction() as cur:
+            cur.execute("INSERT INTO devices (device_id, watchlist_version, watchlist_state, watchlist_reason,"
+                        " updated_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET watchlist_version ="
+                        " excluded.watchlist_version, watchlist_state = excluded.watchlist_state, watchlist_reason ="
+                        " excluded.watchlist_reason, updated_at = excluded.updated_at",
+                        (device_id, version, state, reason, time.time()))
+
+    def devices(self) -> list[dict]:
+        rows = self.db.query("SELECT device_id, online, last_seen, health, watchlist_version, watchlist_state,"
+                             " watchlist_reason FROM devices ORDER BY device_id")
+        return [{"device_id": r[0], "online": None if r[1] is None else bool(r[1]), "last_seen": r[2],
+                 "health": json.loads(r[3]) if r[3] else {}, "watchlist_version": r[4], "watchlist_state": r[5],
+                 "watchlist_reason": r[6]} for r in rows]
+
+    # ------------------------------------------------------------ retention
+
+    def purge(self, older_than_s: float) -> dict:
+        """Delete events (and their decisions) received more than `older_than_s` seconds ago."""
+        cutoff = time.time() - older_than_s
+        with self.db.transaction() as cur:
+            n_dec = cur.execute("DELETE FROM decisions WHERE event_id IN (SELECT event_id FROM events WHERE"
+                                " received_at < ?)", (cutoff,)).rowcount
+            n_ev = cur.execute("DELETE FROM events WHERE received_at < ?", (cutoff,)).rowcount
+        return {"events": n_ev, "decisions": n_dec, "cutoff": cutoff}
 
     def close(self) -> None:
         self.db.close()

@@ -175,10 +175,25 @@ topic read {p}/+/status
 """
 
 
-def acl_text(fleet: Fleet, prefix: str = "edge") -> str:
-    """The whole mosquitto ACL file: the fixed roles above, then one block per device that is in a group, granting
-    read access to its groups' watchlist subtrees (and nothing else: members never write there)."""
+def acl_text(fleet: Fleet, prefix: str = "edge", consumers: tuple[str, ...] = ()) -> str:
+    """The whole mosquitto ACL file: the fixed roles above, a consumer block for each extra event-consumer CN in
+    `consumers` (each `edge events consume` process has its own certificate: the broker makes the CN the client
+    id), then one block per device that is in a group, granting read access to its groups' watchlist subtrees (and
+    nothing else: members never write there)."""
     lines = [_BASE_ACL.format(p=prefix, g=GROUPS)]
+    extra = [c for c in consumers if c not in BROKER_ROLES]
+    for name in extra:
+        try:
+            check_device_id(name)
+        except TopicError as err:
+            raise DataError(f"consumer name: {err}") from None
+        if name in fleet.devices:
+            raise DataError(f"consumer name {name!r} is a device of the fleet")
+    if extra:
+        lines.append("\n# More event consumers (`edge events consume`, one certificate each): the consumer's rights.")
+    for name in extra:
+        lines += [f"user {name}", f"topic read {prefix}/+/events", f"topic read {prefix}/+/status",
+                  f"topic read {prefix}/+/watchlist/state", f"topic write {prefix}/+/events/ack"]
     members = [(d, v["groups"]) for d, v in sorted(fleet.devices.items()) if v["groups"]]
     if members:
         lines.append("\n# Group members (from the fleet file): each reads its groups' watchlists.")

@@ -1,0 +1,194 @@
+"""`edge console …`: serve the review console (edge/operator/console.py) and manage its users."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import sys
+from pathlib import Path
+
+from edge.errors import DataError
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """HOST:PORT (IPv6 in brackets: [::1]:8080) → (host, port)."""
+    host, sep, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise DataError(f"--listen {text!r}: expected HOST:PORT, e.g. 127.0.0.1:8080")
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def default_audit(store_url: str) -> Path:
+    """console-audit.log beside a SQLite store; ./console-audit.log for PostgreSQL."""
+    from edge.operator.db import parse_url
+
+    dialect, target = parse_url(store_url)
+    return (Path(target).parent if dialect == "sqlite" else Path(".")) / "console-audit.log"
+
+
+def _need_store(args: argparse.Namespace) -> str:
+    if not getattr(args, "store", None):
+        raise DataError("--store is required: the operator's event store (sqlite:///PATH, a file path, or"
+                        " postgresql://user@host:port/db)")
+    return args.store
+
+
+def _audit(args: argparse.Namespace, store_url: str):
+    from edge.audit import AuditLog
+
+    return AuditLog(getattr(args, "audit", None) or default_audit(store_url))
+
+
+def cmd_console(args: argparse.Namespace) -> int:
+    host, port = parse_listen(args.listen)
+    if not is_loopback(host) and not args.allow_remote:
+        raise DataError(f"--listen {args.listen} is not a loopback address and the console speaks plain HTTP: put it"
+                        " behind a TLS reverse proxy on this host, or pass --allow-remote if you did")
+    if args.retention_days is not None and not args.retention_days > 0:
+        raise DataError(f"--retention-days must be a positive number of days, got {args.retention_days}")
+    from edge import keys
+    from edge.operator.accounts import Accounts
+    from edge.operator.console import create_app, server
+    from edge.operator.event_store import EventStore
+    from edge.operator.labels import labels_from_build
+
+    url = _need_store(args)
+    labels = labels_from_build(args.watchlist) if args.watchlist else {}
+    thumbnail_key = keys.load_private_key(args.thumbnail_key, "device") if args.thumbnail_key else None
+    store = EventStore(url, required_confirmations=args.confirmations)
+    audit = _audit(args, url)
+    try:
+        accounts = Accounts(store.db)
+        app = create_app(store, accounts, audit, labels, args.confirmations, args.retention_days,
+                         thumbnail_key=thumbnail_key)
+        shown = f"[{host}]" if ":" in host else host
+        print(f"edge console on http://{shown}:{port}/ (store {url}, audit log {audit.path}, {args.confirmations}"
+              f" confirmation(s) confirm an event, {len(labels)} subject name(s))", flush=True)
+        if not accounts.users():
+            print("no users yet: add one with `edge console user add NAME --role admin --store …`", flush=True)
+        server(app, host, port).run()
+    finally:
+        audit.close()
+        store.close()
+    return 0
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            raise DataError("--password-stdin: no password on standard input")
+        return password
+    if not sys.stdin.isatty():
+        raise DataError("no terminal to ask for the password on: pipe it in with --password-stdin")
+    import getpass
+
+    password = getpass.getpass(f"password for {args.name}: ")
+    if getpass.getpass("again: ") != password:
+        raise DataError("the two passwords differ")
+    return password
+
+
+def cmd_user_add(args: argparse.Namespace) -> int:
+    from edge.operator.accounts import Accounts
+    from edge.operator.event_store import EventStore
+
+    url = _need_store(args)
+    password = _read_password(args)
+    store = EventStore(url)
+    try:
+        audit = _audit(args, url)  # opened first: a console holding the log refuses here, before the user exists
+        try:
+            Accounts(store.db).add_user(args.name, password, args.role)
+            audit.append("user_add", {"username": args.name, "role": args.role})
+        finally:
+            audit.close()
+    finally:
+        store.close()
+    print(f"added {args.role} {args.name}; the audit log {audit.path} records it")
+    return 0
+
+
+def cmd_user_list(args: argparse.Namespace) -> int:
+    from edge.operator.accounts import Accounts
+    from edge.operator.event_store import EventStore
+
+    store = EventStore(_need_store(args))
+    try:
+        users = Accounts(store.db).users()
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps({"users": users}, indent=2))
+        return 0
+    width = max([len("USER")] + [len(u["username"]) for u in users])
+    print(f"{'USER'.ljust(width)}  ROLE        DISABLED")
+    for u in users:
+        print(f"{u['username'].ljust(width)}  {u['role'].ljust(10)}  {'yes' if u['disabled'] else 'no'}")
+    print(f"{len(users)} user(s)")
+    return 0
+
+
+def _store_options(p: argparse.ArgumentParser, sub: bool) -> None:
+    # On the actions the options default to SUPPRESS, so `edge console --store X user list` keeps X.
+    default = argparse.SUPPRESS if sub else None
+    p.add_argument("--store", default=default, metavar="URL",
+                   help="the operator's event store: sqlite:///PATH, a file path, or postgresql://user@host:port/db"
+                        " (required)")
+    p.add_argument("--audit", type=Path, default=default, metavar="FILE",
+                   help="the console's audit log (default: console-audit.log beside a SQLite store, else"
+                        " ./console-audit.log)")
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Register `edge console …`."""
+    from edge.operator.accounts import ROLES
+
+    p = sub.add_parser("console", help="the review console (web) over the event store, and its users",
+                       description="Serve the operator's review console: the queue of match events, each event with"
+                                   " its decisions, the fleet and the watchlist versions. An event is confirmed only"
+                                   " after --confirmations different reviewers confirm it. Listens on loopback;"
+                                   " serve it to others through a TLS reverse proxy.")
+    _store_options(p, sub=False)
+    p.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT",
+                   help="address to serve on (default 127.0.0.1:8080; a non-loopback one needs --allow-remote)")
+    p.add_argument("--allow-remote", action="store_true",
+                   help="allow a non-loopback --listen address (only behind a TLS reverse proxy: the console itself"
+                        " speaks plain HTTP)")
+    p.add_argument("--watchlist", type=Path, metavar="BUILD_DIR",
+                   help="the operator's watchlist build (`edge watchlist build --out`): shows names for subject ids")
+    p.add_argument("--confirmations", type=int, default=2, metavar="N",
+                   help="different reviewers who must confirm an event before it is confirmed (default 2)")
+    p.add_argument("--retention-days", type=float, metavar="D",
+                   help="events older than D days may be purged by an admin (default: no purge)")
+    p.add_argument("--thumbnail-key", type=Path, metavar="PRIV",
+                   help="the operator's X25519 private key: show the encrypted face thumbnails events carry")
+    p.set_defaults(func=cmd_console)
+    actions = p.add_subparsers(dest="console_command", metavar="ACTION")
+    users = actions.add_parser("user", help="console accounts").add_subparsers(dest="user_command", metavar="ACTION",
+                                                                             required=True)
+    u = users.add_parser("add", help="add a console user (password from --password-stdin or a prompt)",
+                         description="Add a console user. The password is read from standard input with"
+                                     " --password-stdin, else asked for twice on the terminal; never from the"
+                                     " command line. Refused while a console holds the audit log open.")
+    u.add_argument("name", metavar="NAME", help="user name: 2-32 of a-z 0-9 . _ -, starting with a letter")
+    u.add_argument("--role", choices=ROLES, required=True,
+                   help="reviewer: review events; supervisor: also export cases; admin: also purge old events")
+    u.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
+    _store_options(u, sub=True)
+    u.set_defaults(func=cmd_user_add)
+    u = users.add_parser("list", help="console users and their roles")
+    u.add_argument("--json", action="store_true", help="machine-readable output")
+    _store_options(u, sub=True)
+    u.set_defaults(func=cmd_user_list)

@@ -1,0 +1,122 @@
+"""Console accounts: local users with argon2id password hashes (argon2-cffi; its only importer), roles, and
+server-side sessions (a random token in an HttpOnly cookie; the database keeps only its sha256, a per-session
+CSRF token and an expiry), plus a per-user and per-address login rate limit."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import threading
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from edge.errors import DataError
+from edge.operator.db import Database
+
+ROLES = ("reviewer", "supervisor", "admin")
+USERNAME = re.compile(r"[a-z][a-z0-9._-]{1,31}\Z")
+MIN_PASSWORD = 10
+SESSION_S = 8 * 3600.0
+#: Failed sign-ins allowed per user name and per client address within LOCKOUT_S seconds.
+MAX_FAILURES = 5
+LOCKOUT_S = 300.0
+
+_hasher = PasswordHasher()
+_DUMMY = _hasher.hash("not a real password, for timing")
+
+
+@dataclass(frozen=True)
+class Session:
+    username: str
+    role: str
+    csrf: str
+    expires_at: float
+
+
+class Accounts:
+    """Users and sessions in the operator database."""
+
+    def __init__(self, db: Database, clock=time.time) -> None:
+        self.db, self.clock = db, clock
+        self._failures: dict[str, deque] = defaultdict(deque)
+        self._lock = threading.Lock()
+
+    def add_user(self, username: str, password: str, role: str = "reviewer") -> None:
+        """Create an account; DataError for a bad name, a short password, an unknown role or an existing user."""
+        if not USERNAME.match(username):
+            raise DataError(f"user name {username!r}: 2-32 of a-z 0-9 . _ -, starting with a letter")
+        if len(password) < MIN_PASSWORD:
+            raise DataError(f"a password needs at least {MIN_PASSWORD} characters")
+        if role not in ROLES:
+            raise DataError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+        with self.db.transaction() as cur:
+            if cur.execute("SELECT 1 FROM users WHERE username = ?", (username,)).fetchall():
+                raise DataError(f"user {username!r} exists")
+            cur.execute("INSERT INTO users (username, password_hash, role, created_at) VALUES (?, ?, ?, ?)",
+                        (username, _hasher.hash(password), role, self.clock()))
+
+    def users(self) -> list[dict]:
+        return [{"username": r[0], "role": r[1], "disabled": bool(r[2])}
+                for r in self.db.query("SELECT username, role, disabled FROM users ORDER BY username")]
+
+    def _limited(self, key: str) -> bool:
+        now = self.clock()
+        with self._lock:
+            q = self._failures[key]
+            while q and now - q[0] > LOCKOUT_S:
+                q.popleft()
+            return len(q) >= MAX_FAILURES
+
+    def _fail(self, *keys: str) -> None:
+        with self._lock:
+            for key in keys:
+                self._failures[key].append(self.clock())
+
+    def login(self, username: str, password: str, address: str = "") -> tuple[str, Session]:
+        """(session token for the cookie, Session); DataError("…") for bad credentials or too many attempts."""
+        if self._limited(f"u:{username}") or self._limited(f"a:{address}"):
+            raise DataError("too many failed sign-ins: wait a few minutes")
+        rows = self.db.query("SELECT password_hash, role, disabled FROM users WHERE username = ?", (username,))
+        stored = rows[0][0] if rows else _DUMMY
+        try:
+            ok = _hasher.verify(stored, password) and bool(rows) and not rows[0][2]
+        except (VerificationError, InvalidHashError):
+            ok = False
+        if not ok:
+            self._fail(f"u:{username}", f"a:{address}")
+            raise DataError("wrong user name or password")
+        token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+        expires = self.clock() + SESSION_S
+        with self.db.transaction() as cur:
+            cur.execute("INSERT INTO sessions (token_sha256, username, csrf, created_at, expires_at) VALUES"
+                        " (?, ?, ?, ?, ?)", (_sha(token), username, csrf, self.clock(), expires))
+        return token, Session(username, rows[0][1], csrf, expires)
+
+    def session(self, token: str | None) -> Session | None:
+        """The live session of a cookie token, or None."""
+        if not token or len(token) > 128:
+            return None
+        rows = self.db.query("SELECT s.username, u.role, s.csrf, s.expires_at, u.disabled FROM sessions s JOIN users u"
+                             " ON u.username = s.username WHERE s.token_sha256 = ?", (_sha(token),))
+        if not rows or rows[0][3] < self.clock() or rows[0][4]:
+            return None
+        return Session(rows[0][0], rows[0][1], rows[0][2], rows[0][3])
+
+    def logout(self, token: str | None) -> None:
+        if token:
+            with self.db.transaction() as cur:
+                cur.execute("DELETE FROM sessions WHERE token_sha256 = ?", (_sha(token),))
+
+    @staticmethod
+    def csrf_ok(session: Session, submitted: str | None) -> bool:
+        return bool(submitted) and hmac.compare_digest(session.csrf, str(submitted))
+
+
+def _sha(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()

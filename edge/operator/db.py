@@ -1,0 +1,141 @@
+"""The operator's database connection: SQLite (embedded default) or PostgreSQL (scale), one schema kept as plain SQL
+migration files (`edge/operator/migrations/NNN_*.sql`) applied in order and recorded in `schema_version`.
+
+Why plain SQL and not an ORM/Alembic: the schema is four tables with portable types; one file per change, read by a
+person, applied the same way to both engines, keeps the dependency list to the two drivers (the stdlib's sqlite3,
+psycopg 3 — the only importer of it is this module).
+
+URLs: `sqlite:///ABS/PATH.db`, `sqlite:relative.db`, a bare path (SQLite), or `postgresql://user@host:port/db`.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from edge.durable import private_dir, private_file
+from edge.errors import DataError, EdgeError
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+_AUTO_ID = {"sqlite": "INTEGER PRIMARY KEY AUTOINCREMENT", "postgresql": "BIGSERIAL PRIMARY KEY"}
+
+
+class StoreError(EdgeError):
+    """The database cannot be opened or migrated."""
+
+
+def parse_url(url: str | Path) -> tuple[str, str]:
+    """(dialect, target): ("sqlite", path) or ("postgresql", conninfo URL)."""
+    text = str(url)
+    if text.startswith(("postgresql://", "postgres://")):
+        return "postgresql", text
+    if text.startswith("sqlite:///"):
+        return "sqlite", text[len("sqlite://"):]
+    if text.startswith("sqlite:"):
+        return "sqlite", text[len("sqlite:"):]
+    if re.match(r"[a-z][a-z0-9+]*://", text):
+        raise DataError(f"store URL {text!r}: use sqlite:///PATH, a file path, or postgresql://user@host:port/db")
+    return "sqlite", text
+
+
+class Database:
+    """One connection, serialized by a lock (the console's threads and the consumer share it), with `?` placeholders
+    on both engines."""
+
+    def __init__(self, url: str | Path) -> None:
+        self.dialect, target = parse_url(url)
+        self.url = str(url)
+        self._lock = threading.RLock()
+        if self.dialect == "sqlite":
+            path = Path(target)
+            private_dir(path.parent, chmod_existing=False)
+            try:
+                private_file(path)  # names and evidence: 0600 before SQLite creates it (-wal/-shm copy the mode)
+                self.conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                self.conn.execute("PRAGMA synchronous=FULL")
+                self.conn.execute("PRAGMA foreign_keys=ON")
+                self.conn.execute("PRAGMA busy_timeout=10000")
+            except sqlite3.DatabaseError as err:
+                raise StoreError(f"event store {path} cannot be opened: {err}") from None
+        else:
+            try:
+                import psycopg
+            except ImportError:
+                raise StoreError("PostgreSQL needs the psycopg driver: pip install 'psycopg[binary]'") from None
+            try:
+                self.conn = psycopg.connect(target, autocommit=True, connect_timeout=10)
+            except psycopg.Error as err:
+                raise StoreError(f"cannot connect to {target.split('@')[-1]}: {str(err).strip().splitlines()[0]}") \
+                    from None
+        self.migrate()
+
+    def _sql(self, sql: str) -> str:
+        return sql.replace("?", "%s") if self.dialect == "postgresql" else sql
+
+    @contextmanager
+    def transaction(self) -> Iterator[Any]:
+        """A cursor inside BEGIN … COMMIT (ROLLBACK on error); statements take `?` placeholders."""
+        with self._lock:
+            cur = self.conn.cursor()
+            cur.execute("BEGIN")
+            try:
+                yield _Cursor(cur, self._sql)
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            finally:
+                cur.close()
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        """All rows of one read statement."""
+        with self._lock:
+            cur = self.conn.cursor()
+            try:
+                cur.execute(self._sql(sql), tuple(params))
+                return list(cur.fetchall())
+            finally:
+                cur.close()
+
+    def migrate(self) -> int:
+        """Apply the migration files newer than `schema_version`; returns the version now."""
+        with self.transaction() as cur:
+            cur.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            rows = cur.execute("SELECT MAX(version) FROM schema_version").fetchall()
+            current = rows[0][0] or 0
+            for path in sorted(MIGRATIONS.glob("[0-9][0-9][0-9]_*.sql")):
+                version = int(path.name[:3])
+                if version <= current:
+                    continue
+                for statement in path.read_text().replace("{id}", _AUTO_ID[self.dialect]).split(";"):
+                    body = "\n".join(ln for ln in statement.splitlines() if not ln.strip().startswith("--")).strip()
+                    if body:
+                        cur.execute(body)
+                cur.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+                current = version
+        return current
+
+    def close(self) -> None:
+        with self._lock:
+            self.conn.close()
+
+
+class _Cursor:
+    def __init__(self, cur: Any, convert) -> None:
+        self._cur, self._convert = cur, convert
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> "_Cursor":
+        self._cur.execute(self._convert(sql), tuple(params))
+        return self
+
+    def fetchall(self) -> list[tuple]:
+        return list(self._cur.fetchall())
+
+    @property
+    def rowcount(self) -> int:
+        return self._cur.rowcount

@@ -1,0 +1,85 @@
+"""The event store on both engines, real SQLite and a real PostgreSQL (tests/postgres.py): one schema from the
+migration files, dedup by event_id in the database, the two-reviewer rule, device reports, retention."""
+
+import time
+
+import pytest
+
+from edge.errors import DataError
+from edge.messaging.payloads import make_event
+from edge.operator.db import Database, parse_url
+from edge.operator.event_store import EventStore
+
+
+def event(seq: int, device: str = "cam-a", subject: str = "S-1") -> dict:
+    ev = make_event(device_id=device, captured_at=1_764_000_000.0 + seq, subject_id=subject, watchlist_id="wl",
+                    watchlist_version=3, embedder_id="dlib", similarity=0.71, threshold=0.62, margin=0.05,
+                    track_id=seq, chips_used=3, quality={"sharpness": 80.0})
+    ev = dict(ev if isinstance(ev, dict) else ev.to_dict())
+    ev["seq"] = seq  # the device's outbox numbers events
+    return ev
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    url = str(tmp_path / "events.db") if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    s = EventStore(url)
+    yield s
+    s.close()
+
+
+def test_urls():
+    assert parse_url("events.db") == ("sqlite", "events.db")
+    assert parse_url("sqlite:///var/lib/edge/ev.db") == ("sqlite", "/var/lib/edge/ev.db")
+    assert parse_url("postgresql://edge@db:5432/edge")[0] == "postgresql"
+    with pytest.raises(DataError, match="use sqlite:///PATH"):
+        parse_url("mysql://x")
+
+
+def test_duplicates_are_dropped_by_the_database(store):
+    evs = [event(i) for i in range(1, 6)]
+    assert len(store.add(evs)) == 5
+    sixth = event(6)
+    assert store.add(evs[:3] + [sixth]) == [sixth]  # re-sent ones are not new
+    assert store.count() == 6 and store.seqs("cam-a") == [1, 2, 3, 4, 5, 6]
+
+
+def test_two_reviewers_confirm_one_reject_removes(store):
+    a, b, c = event(1), event(2), event(3)
+    store.add([a, b, c])
+    assert {e["event_id"] for e in store.queue()} == {a["event_id"], b["event_id"], c["event_id"]}
+    assert store.decide(a["event_id"], "alice", "confirm") == {"status": "pending", "confirmations": 1, "required": 2}
+    with pytest.raises(DataError, match="alice already decided this event"):
+        store.decide(a["event_id"], "alice", "confirm")
+    assert store.decide(a["event_id"], "bob", "confirm")["status"] == "confirmed"
+    with pytest.raises(DataError, match="already confirmed"):
+        store.decide(a["event_id"], "carol", "reject")
+    assert store.decide(b["event_id"], "alice", "unsure", "too dark")["status"] == "pending"
+    assert store.decide(c["event_id"], "bob", "reject", "different person")["status"] == "rejected"
+    assert {e["event_id"] for e in store.queue()} == {b["event_id"]}
+    assert [d["reviewer"] for d in store.event(a["event_id"])["decisions"]] == ["alice", "bob"]
+    assert store.count("confirmed") == 1 and store.count("rejected") == 1
+    with pytest.raises(DataError, match="must be one of"):
+        store.decide(b["event_id"], "bob", "maybe")
+
+
+def test_device_reports_and_retention(store):
+    store.device_status("cam-a", True, {"fps": 29.5, "reported_at": "2026-12-01T10:00:00Z"})
+    store.device_watchlist("cam-a", 7, "installed", None)
+    store.device_status("cam-a", False, {})  # the broker's last will: health kept, last seen kept
+    (dev,) = store.devices()
+    assert (dev["online"], dev["last_seen"], dev["health"]["fps"], dev["watchlist_version"]) == (
+        False, "2026-12-01T10:00:00Z", 29.5, 7)
+    ev = event(1)
+    store.add([ev])
+    store.decide(ev["event_id"], "alice", "unsure")
+    time.sleep(0.05)
+    assert store.purge(older_than_s=3600)["events"] == 0 and store.count() == 1
+    purged = store.purge(older_than_s=0.01)
+    assert (purged["events"], purged["decisions"]) == (1, 1) and store.count() == 0
+
+
+def test_migrations_are_recorded_once(tmp_path):
+    db = Database(tmp_path / "m.db")
+    assert db.migrate() == 2 and db.query("SELECT COUNT(*) FROM schema_version")[0][0] == 2
+    db.close()
