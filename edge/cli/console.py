@@ -6,6 +6,7 @@ import argparse
 import ipaddress
 import json
 import sys
+import threading
 from pathlib import Path
 
 from edge.errors import DataError
@@ -77,11 +78,38 @@ def cmd_console(args: argparse.Namespace) -> int:
               f" confirmation(s) confirm an event, {len(labels)} subject name(s))", flush=True)
         if not accounts.users():
             print("no users yet: add one with `edge console user add NAME --role admin --store …`", flush=True)
-        server(app, host, port).run()
+        stop = threading.Event()
+        if args.retention_days is not None:
+            threading.Thread(target=_retention, args=(store, audit, args.retention_days, stop), daemon=True,
+                             name="edge-retention").start()
+        try:
+            server(app, host, port).run()
+        finally:
+            stop.set()
     finally:
         audit.close()
         store.close()
     return 0
+
+
+#: Seconds between automatic retention purges.
+RETENTION_EVERY_S = 3600.0
+
+
+def _retention(store, audit, days: float, stop: threading.Event) -> None:
+    """Purge events and decisions older than `days` at start and every hour; each purge that removed something
+    is audited."""
+    while True:
+        try:
+            result = store.purge(days * 86400.0)
+            if result["events"] or result["decisions"]:
+                audit.append("retention_purge", {"by": "retention schedule", "retention_days": days, **result})
+                print(f"retention: purged {result['events']} events and {result['decisions']} decisions older than"
+                      f" {days:g} days", flush=True)
+        except Exception as err:  # noqa: BLE001 - a failed purge is retried at the next period, never fatal
+            print(f"retention purge failed: {err}", file=sys.stderr, flush=True)
+        if stop.wait(RETENTION_EVERY_S):
+            return
 
 
 def _read_password(args: argparse.Namespace) -> str:
@@ -171,7 +199,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--confirmations", type=int, default=2, metavar="N",
                    help="different reviewers who must confirm an event before it is confirmed (default 2)")
     p.add_argument("--retention-days", type=float, metavar="D",
-                   help="events older than D days may be purged by an admin (default: no purge)")
+                   help="purge events and decisions older than D days at start and every hour, audited; an admin"
+                        " may also purge from /admin (default: keep everything)")
     p.add_argument("--thumbnail-key", type=Path, metavar="PRIV",
                    help="the operator's X25519 private key: show the encrypted face thumbnails events carry")
     p.set_defaults(func=cmd_console)

@@ -75,17 +75,8 @@ def cmd_events_tail(args: argparse.Namespace) -> int:
             heads.flush()
 
     consumer = EventConsumer(client, store, args.prefix, args.jsonl, show, on_status=keep_head)
-    last = time.monotonic()
     try:
-        while True:
-            if consumer.poll(0.2):
-                last = time.monotonic()
-            if args.count and consumer.stats.stored >= args.count:
-                break
-            if args.idle_exit and time.monotonic() - last > args.idle_exit:
-                break
-    except KeyboardInterrupt:
-        pass
+        _drain(consumer, args.idle_exit, lambda: bool(args.count) and consumer.stats.stored >= args.count)
     finally:
         client.stop()
         store.close()
@@ -95,6 +86,19 @@ def cmd_events_tail(args: argparse.Namespace) -> int:
     print(f"stored {s.stored} events, {s.duplicates} duplicates dropped, {s.rejected} rejected"
           + (f" (last: {s.last_rejection})" if s.last_rejection else ""), file=sys.stderr)
     return 0
+
+
+def _drain(consumer, idle_exit: float | None, done) -> None:
+    """Poll until `done()`, `idle_exit` seconds without an event, or Ctrl-C."""
+    last = time.monotonic()
+    try:
+        while not done():
+            if consumer.poll(0.2):
+                last = time.monotonic()
+            if idle_exit and time.monotonic() - last > idle_exit:
+                return
+    except KeyboardInterrupt:
+        pass
 
 
 def cmd_events_consume(args: argparse.Namespace) -> int:
@@ -120,15 +124,9 @@ def cmd_events_consume(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     print(f"consuming {args.prefix}/+/events as shared group {args.group!r} into {store.db.dialect}", file=sys.stderr,
           flush=True)
-    last, t0 = time.monotonic(), time.monotonic()
+    t0 = time.monotonic()
     try:
-        while not stop:
-            if consumer.poll(0.2):
-                last = time.monotonic()
-            if args.idle_exit and time.monotonic() - last > args.idle_exit:
-                break
-    except KeyboardInterrupt:
-        pass
+        _drain(consumer, args.idle_exit, lambda: bool(stop))
     finally:
         client.stop()
         store.close()
