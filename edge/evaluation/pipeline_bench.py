@@ -19,31 +19,67 @@ from typing import Any
 import numpy as np
 
 
-def _watchlist(analyzer: Any, photos: Path, size: int):
+def _seal_synthetic(analyzer: Any, photos: Path, size: int, tmp: Path) -> tuple[Path, Path, Path]:
+    """A sealed bundle of `size` subjects (the demo's real enrollments padded with random unit vectors) and its
+    throwaway keys, built and sealed in a child process so that this one's peak RSS is the device-way load's."""
+    import json
+    import subprocess
+    import sys
+
     from edge.evaluation.clip import DEMO_GALLERY
-    from edge.watchlist.build import GalleryEntry, enroll, make_payload
-    from edge.watchlist.index import Watchlist
-    from edge.watchlist.payload import pack
+    from edge.watchlist.build import GalleryEntry, enroll
 
     enrollment = enroll([GalleryEntry(photos / n, n, label, "demo", None) for n, label in DEMO_GALLERY.items()], analyzer)
-    vectors = np.stack(enrollment.vectors)
-    vectors2 = np.stack(enrollment.vectors2) if analyzer.fusion is not None else None
-    subjects, items = list(enrollment.subjects), list(enrollment.item_subject)
+    arrays = {"vectors": np.stack(enrollment.vectors), "items": np.array(enrollment.item_subject)}
+    if analyzer.fusion is not None:
+        arrays["vectors2"] = np.stack(enrollment.vectors2)
+    np.savez(tmp / "enrolled.npz", **arrays)
+    (tmp / "enrolled.json").write_text(json.dumps({"subjects": enrollment.subjects, "size": size,
+                                                   "fusion": analyzer.fusion_meta}))
+    proc = subprocess.run([sys.executable, "-m", "edge.evaluation.pipeline_bench", str(tmp)], capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"sealing the synthetic watchlist failed: {proc.stderr[-2000:]}")
+    return tmp / "bench.bundle", tmp / "device.key", tmp / "operator.pub"
+
+
+def _seal_child(tmp: Path) -> None:
+    """The child of `_seal_synthetic`: pad, build, seal, write the bundle and its keys into `tmp`."""
+    import json
+    from datetime import datetime, timedelta, timezone
+
+    from edge import keys
+    from edge.watchlist.build import make_payload
+    from edge.watchlist.bundle import seal
+    from edge.watchlist.payload import pack
+
+    spec = json.loads((tmp / "enrolled.json").read_text())
+    with np.load(tmp / "enrolled.npz") as z:
+        vectors, items = z["vectors"], list(map(int, z["items"]))
+        vectors2 = z["vectors2"] if "vectors2" in z else None
+    subjects, size = list(spec["subjects"]), int(spec["size"])
     extra = max(0, size - len(subjects))
+    rng = np.random.default_rng(0)
+
+    def pad(dim: int) -> np.ndarray:
+        v = rng.normal(size=(extra, dim)).astype(np.float32)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
     if extra:
-        rng = np.random.default_rng(0)
-
-        def pad(dim: int) -> np.ndarray:
-            v = rng.normal(size=(extra, dim)).astype(np.float32)
-            return v / np.linalg.norm(v, axis=1, keepdims=True)
-
         vectors = np.concatenate([vectors, pad(vectors.shape[1])])
         if vectors2 is not None:
             vectors2 = np.concatenate([vectors2, pad(vectors2.shape[1])])
+        items += list(range(len(subjects), len(subjects) + extra))
         subjects += [{"id": f"synthetic-{i}", "label": "", "category": "", "expires": None} for i in range(extra)]
-        items += list(range(len(enrollment.subjects), len(enrollment.subjects) + extra))
-    payload = make_payload(vectors, items, subjects, vectors2=vectors2, fusion=analyzer.fusion_meta)
-    return Watchlist.from_payload(pack(payload), {"match": 0.95, "margin": 0.02})
+    payload = pack(make_payload(vectors, items, subjects, vectors2=vectors2, fusion=spec["fusion"]))
+    operator, device = keys.generate_operator_key(), keys.generate_device_key()
+    data = seal(payload, watchlist_id="bench", version=1, device_id="bench-device", device_public=device.public_key(),
+                signing_key=operator, embedder_id="bench", embedder_sha256="0" * 64, dim=int(vectors.shape[1]),
+                n_items=len(items), n_subjects=len(subjects), thresholds={"match": 0.95, "margin": 0.02},
+                expires=datetime.now(timezone.utc) + timedelta(days=1))
+    (tmp / "bench.bundle").write_bytes(data)
+    keys.save_private_key(tmp / "device.key", device)
+    keys.save_public_key(tmp / "operator.pub", operator.public_key())
 
 
 def _watchlist_from_bundle(bundle: Path, device_key: Path, operator_key: Path):
@@ -52,11 +88,11 @@ def _watchlist_from_bundle(bundle: Path, device_key: Path, operator_key: Path):
 
     from edge import keys
     from edge.device.wiring import watchlist_loader
-    from edge.watchlist.bundle import open_bundle
+    from edge.watchlist.bundle import open_bundle_file
 
     operator = keys.load_public_key(operator_key, "operator")
-    opened = open_bundle(Path(bundle).read_bytes(), keys.load_private_key(device_key, "device"),
-                         {keys.key_id(operator): operator}, allow_expired=True)
+    opened = open_bundle_file(bundle, keys.load_private_key(device_key, "device"), {keys.key_id(operator): operator},
+                              allow_expired=True)
     watchlist = watchlist_loader(opened)
     del opened
     gc.collect()
@@ -80,7 +116,9 @@ def run_bench(analyzer: Any, video: Path | None, photos: Path, pace: str = "fast
             video = Path(tmp) / "demo.mp4"
             make_clip(video, photos, analyzer)
         t_wl = time.perf_counter()
-        watchlist = _watchlist_from_bundle(*bundle) if bundle else _watchlist(analyzer, photos, watchlist_size)
+        if bundle is None:  # the list is loaded the device way too: sealed (in a child process), verified, memfd
+            bundle = _seal_synthetic(analyzer, photos, watchlist_size, Path(tmp))
+        watchlist = _watchlist_from_bundle(*bundle)
         wl_seconds = time.perf_counter() - t_wl
         events: list[float] = []
         health = Health()
@@ -109,6 +147,27 @@ def run_bench(analyzer: Any, video: Path | None, photos: Path, pace: str = "fast
             "cpu_percent": round(100 * ((cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)) / wall, 1),
             "rss_mb": round(rss_mb() or 0.0, 1),
             "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "rss_breakdown_mb": _rss_breakdown(),
             "watchlist_size": len(watchlist), "watchlist_load_seconds": round(wl_seconds, 2),
             "backend": analyzer.detector.model.backend,
         }
+
+
+def _rss_breakdown() -> dict:
+    """VmRSS split as the kernel reports it: anonymous (heap, numpy), file (models, libraries), shmem (memfds)."""
+    out = {}
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                key = line.split(":")[0]
+                if key in ("RssAnon", "RssFile", "RssShmem"):
+                    out[key[3:].lower()] = round(int(line.split()[1]) / 1024, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return out
+
+
+if __name__ == "__main__":
+    import sys
+
+    _seal_child(Path(sys.argv[1]))

@@ -39,12 +39,14 @@ import json
 import os
 import struct
 from dataclasses import dataclass, field
+from pathlib import Path
 from datetime import datetime, timezone
 from typing import Any, Mapping, Union
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from edge.canonical import canonical_json
@@ -52,7 +54,7 @@ from edge.errors import EdgeError
 from edge.keys import SealError, TrustStore, derive_key, key_id, open_sealed, seal_to
 from edge.watchlist import manifest as M
 from edge.watchlist.manifest import FORMAT, format_time, parse_time  # noqa: F401 - re-exported
-from edge.watchlist.payload import PayloadError, content_sha256
+from edge.watchlist.payload import OPAQUE_DOMAIN, PayloadError, PayloadSink, content_sha256
 
 MAGIC = b"EDGEWL2\n"
 OLD_MAGIC = b"EDGEWL1\n"
@@ -429,7 +431,92 @@ def content_of(plaintext: bytes) -> str:
     try:
         return content_sha256(plaintext)
     except PayloadError:
-        return hashlib.sha256(b"edge-wl-opaque/1\x00" + bytes(plaintext)).hexdigest()
+        return hashlib.sha256(OPAQUE_DOMAIN + bytes(plaintext)).hexdigest()
+
+
+def open_bundle_file(path: str | os.PathLike, device_private: X25519PrivateKey, operator_keys: OperatorKeys, *,
+                     expected_device_id: str | None = None, now: datetime | None = None, allow_expired: bool = False,
+                     chunk_bytes: int = 1 << 20) -> OpenedBundle:
+    """`open_bundle` for a full bundle on disk without ever holding it, or its plaintext, in Python memory: the
+    file is read in chunks twice (its sha256, then AES-GCM decryption into `PayloadSink`, which writes the index and
+    templates into memfds and hashes the content); nothing is parsed before the tag verified. The OpenedBundle's
+    `payload` is a `MappedPayload`. Deltas and local bundles fall back to `open_bundle` (they are small, or
+    already the device's own)."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > MAX_BUNDLE_BYTES:
+            raise BundleError("oversized", f"bundle is {size} bytes; the limit is {MAX_BUNDLE_BYTES} bytes")
+        head = f.read(min(size, _PREFIX + MAX_MANIFEST_BYTES + 2 + SIGNATURE_BYTES))
+        if head[:len(LOCAL_MAGIC)] == LOCAL_MAGIC:
+            return open_bundle(head + f.read(), device_private, operator_keys, expected_device_id=expected_device_id,
+                               now=now, allow_expired=allow_expired)
+        frame = _split(head)
+        manifest, signed_by = _parse_verified(frame, operator_keys)
+        if manifest["kind"] != "full":
+            f.seek(0)
+            return open_bundle(f.read(), device_private, operator_keys, expected_device_id=expected_device_id,
+                               now=now, allow_expired=allow_expired)
+        _check_audience(manifest, expected_device_id, now, allow_expired)
+        label, declared = M.label(manifest), manifest["payload"]["length"]
+        n = size - frame.payload_offset
+        if n < declared:
+            raise BundleError("truncated", f"{label} is truncated: the payload has {n} of {declared} bytes")
+        if n > declared:
+            raise BundleError("payload_mismatch", f"{label} has {n - declared} unexpected bytes after its"
+                                                  f" {declared}-byte payload")
+
+        def chunks(limit: int):
+            f.seek(frame.payload_offset)
+            left = limit
+            while left:
+                block = f.read(min(chunk_bytes, left))
+                if not block:
+                    raise BundleError("truncated", f"{label} shrank while it was read")
+                left -= len(block)
+                yield block
+
+        digest, whole = hashlib.sha256(), hashlib.sha256()
+        whole.update(head[:frame.payload_offset])
+        for block in chunks(n):
+            digest.update(block)
+            whole.update(block)
+        if digest.hexdigest() != manifest["payload"]["sha256"]:
+            raise BundleError("payload_mismatch", f"{label}: the payload does not match the manifest's sha256"
+                                                  " (corrupted or replaced)")
+        if expected_device_id is None:
+            expected_device_id = find_recipient(manifest, device_private)
+            if expected_device_id is None:
+                raise BundleError("not_recipient", f"{label} for {manifest['audience']} has no key wrap this device"
+                                                   " key opens (not a recipient)")
+        key = unwrap_content_key(manifest, expected_device_id, device_private)
+        f.seek(size - 16)
+        tag = f.read(16)
+        decryptor = Cipher(algorithms.AES(key), modes.GCM(base64.b64decode(manifest["payload"]["nonce"]),
+                                                          tag)).decryptor()
+        decryptor.authenticate_additional_data(binding_hash(manifest))
+        sink = PayloadSink(n - 16)
+        try:
+            for block in chunks(n - 16):
+                sink.write(decryptor.update(block))
+            try:
+                decryptor.finalize()
+            except InvalidTag:
+                raise BundleError("decrypt_failed", f"{label}: payload authentication failed: the encrypted payload"
+                                                    " does not belong to this manifest") from None
+            if sink.content_sha256() != manifest["content_sha256"]:
+                raise BundleError("content_mismatch", f"{label}: the decrypted watchlist does not match the content"
+                                                      " hash in its signed manifest")
+            payload = sink.result()
+        except PayloadError as err:
+            sink.close()
+            raise BundleError("content_mismatch", f"{label}: {err}") from None
+        except BaseException:
+            sink.close()
+            raise
+    return OpenedBundle(manifest=manifest, manifest_sha256=hashlib.sha256(frame.manifest).hexdigest(),
+                        bundle_sha256=whole.hexdigest(), payload=payload, signed_by=signed_by,
+                        header=head[:frame.payload_offset])
 
 
 def _check_content(manifest: dict[str, Any], plaintext: bytes) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 from edge.errors import EdgeError
 from edge.types import Candidate, MatchResult  # the vocabulary of a search (edge.types)
 from edge.vision.fusion import fused_query
-from edge.watchlist.payload import Payload, split_templates, template_dim, unpack
+from edge.watchlist.payload import MappedPayload, Payload, split_templates, template_dim, unpack
 
 
 #: Annoy search effort: with 16 trees over the 32-D projection of 300,000 templates and a 128-template shortlist,
@@ -130,8 +130,10 @@ class Watchlist:
         self.shortlist = SHORTLIST
         self._tq = self._ts = self._mean = self._comp = None
         self.fusion: dict | None = meta.get("fusion") or None
-        if templates:
-            self._tq, self._ts = split_templates(templates, len(self.item_subject), template_dim(meta))
+        if len(templates):
+            # views into a mapped payload's templates (no copy), or copies out of bytes
+            self._tq, self._ts = split_templates(templates, len(self.item_subject), template_dim(meta),
+                                                 copy=not isinstance(templates, memoryview))
         elif self.fusion:
             raise IndexLoadError("watchlist payload names a fused second embedder but has no templates")
         stage1 = meta.get("stage1")
@@ -145,9 +147,22 @@ class Watchlist:
                 raise IndexLoadError("watchlist payload has a shortlist projection but no templates to re-score with")
 
     @classmethod
-    def from_payload(cls, data: bytes | Payload, thresholds: dict | None = None, manifest: dict | None = None,
-                     search_k: int = DEFAULT_SEARCH_K) -> "Watchlist":
-        """Build from decrypted payload bytes (or a parsed Payload), loading the index through a memfd."""
+    def from_payload(cls, data: "bytes | Payload | MappedPayload", thresholds: dict | None = None,
+                     manifest: dict | None = None, search_k: int = DEFAULT_SEARCH_K) -> "Watchlist":
+        """Build from decrypted payload bytes (or a parsed Payload), loading the index through a memfd; or from a
+        `MappedPayload` (decrypted straight into memfds): Annoy maps its index memfd, the templates stay mapped."""
+        if isinstance(data, MappedPayload):
+            from annoy import AnnoyIndex
+
+            stage1 = data.meta.get("stage1") or {}
+            ann = AnnoyIndex(int(stage1.get("dim", data.meta["dim"])), "angular")
+            try:
+                ann.load(f"/proc/self/fd/{data.index_fd}", prefault=False)
+            except OSError as err:
+                raise IndexLoadError(f"watchlist index cannot be loaded: {err}") from None
+            finally:
+                data.close()  # Annoy keeps its own mapping
+            return cls(ann, data.meta, thresholds, search_k, manifest, data.templates)
         payload = unpack(data) if isinstance(data, (bytes, bytearray)) else data
         stage1 = payload.meta.get("stage1") or {}
         ann = load_annoy_from_memory(payload.index, int(stage1.get("dim", payload.meta["dim"])))

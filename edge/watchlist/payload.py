@@ -11,6 +11,7 @@ It exists only in memory on the device; the operator keeps it in the build direc
 from __future__ import annotations
 
 import hashlib
+import os
 import json
 import struct
 from dataclasses import dataclass
@@ -107,14 +108,19 @@ def quantize_templates(vectors: np.ndarray) -> bytes:
     return q.tobytes() + scale.astype("<f4").tobytes()
 
 
-def split_templates(templates: bytes, n: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """The templates section → ((N, D) int8, (N,) float32 scales), copies independent of `templates`."""
-    q = np.frombuffer(templates, np.int8, n * dim).reshape(n, dim).copy()
-    scale = np.frombuffer(templates, "<f4", n, offset=n * dim).astype(np.float32)
+def split_templates(templates: Any, n: int, dim: int, copy: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """The templates section → ((N, D) int8, (N,) float32 scales): copies independent of `templates`, or with
+    `copy=False` read-only views into it (a mapped payload)."""
+    q = np.frombuffer(templates, np.int8, n * dim).reshape(n, dim)
+    scale = np.frombuffer(templates, "<f4", n, offset=n * dim)
+    if copy:
+        return q.copy(), scale.astype(np.float32)
     return q, scale
 
 
 _CONTENT_DOMAIN = b"edge-wl-content/1\x00"
+#: Domain of the content hash of a plaintext that is not a watchlist payload (`edge.watchlist.bundle.content_of`).
+OPAQUE_DOMAIN = b"edge-wl-opaque/1\x00"
 
 
 def content_sha256(packed: bytes) -> str:
@@ -140,3 +146,175 @@ def content_sha256(packed: bytes) -> str:
     h.update(templates)
     h.update(view[pos + 8:])
     return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------ streamed payloads
+
+
+@dataclass
+class MappedPayload:
+    """A payload decrypted straight into anonymous memory files (never a Python bytes copy of the whole): the
+    Annoy index in its own memfd (`index_fd`, for Annoy to map), the templates in a read-only map of another
+    (`templates`, a memoryview), and the parsed metadata."""
+
+    index_fd: int
+    index_bytes: int
+    templates: Any
+    meta: dict[str, Any]
+
+    def close(self) -> None:
+        if self.index_fd >= 0:
+            os.close(self.index_fd)
+            self.index_fd = -1
+
+
+class PayloadSink:
+    """Receives a v2 payload's plaintext in chunks (`write`) and routes it: the index section into one memfd, the
+    templates into another, the metadata into a buffer, hashing the content (`content_sha256`) on the way. Only
+    the section lengths are read before the ciphertext is authenticated; `result()` (called after authentication)
+    parses the metadata. `total`: the plaintext length, which the sections must add up to exactly."""
+
+    def __init__(self, total: int) -> None:
+        if not hasattr(os, "memfd_create"):
+            raise PayloadError("this platform has no memfd_create: Linux ≥ 3.17 is required")
+        self.total, self.seen = total, 0
+        self._fds = [os.memfd_create("edge-wl-index", os.MFD_CLOEXEC), os.memfd_create("edge-wl-templates",
+                                                                                        os.MFD_CLOEXEC)]
+        self._meta = bytearray()
+        self._hash = hashlib.sha256(_CONTENT_DOMAIN)
+        self._pending = bytearray()  # the bytes of a length field split across chunks
+        self._plan: list[tuple[str, int]] = [("head", 16)]
+        self.lengths: dict[str, int] = {}
+        self._undecided: bytearray | None = bytearray()
+        self._opaque: bytearray | None = None
+
+    def write(self, chunk: bytes | memoryview) -> None:
+        view = memoryview(chunk)
+        self.seen += len(view)
+        if self.seen > self.total:
+            raise PayloadError("watchlist payload is longer than declared")
+        if self._opaque is not None:
+            self._opaque += view
+            return
+        if self._undecided is not None:  # the first 8 bytes say whether this is a watchlist payload at all
+            self._undecided += view
+            if len(self._undecided) < len(MAGIC) and self.seen < self.total:
+                return
+            view, self._undecided = memoryview(bytes(self._undecided)), None
+            if bytes(view[:len(MAGIC)]) != MAGIC:  # not ours: kept whole, judged by its loader (as `content_of`)
+                self._opaque = bytearray(view)
+                return
+        while view:
+            if not self._plan:
+                raise PayloadError("watchlist payload has trailing bytes")
+            what, need = self._plan[0]
+            take = view[:need]
+            view = view[need:]
+            self._plan[0] = (what, need - len(take))
+            self._consume(what, take)
+            if self._plan[0][1] == 0:
+                self._plan.pop(0)
+                self._next(what)
+
+    def _consume(self, what: str, data: memoryview) -> None:
+        if what in ("head", "tlen", "mlen"):
+            self._pending += data
+        elif what == "index":
+            _write_all(self._fds[0], data)
+        elif what == "templates":
+            _write_all(self._fds[1], data)
+            self._hash.update(data)
+        else:
+            self._meta += data
+            self._hash.update(data)
+
+    def _next(self, what: str) -> None:
+        if what == "head":
+            if bytes(self._pending[:8]) != MAGIC:
+                raise PayloadError("watchlist payload has an unknown format (bad magic; format 2 expected)")
+            (n,) = struct.unpack(">Q", bytes(self._pending[8:16]))
+            self._section("index", n, 16)
+        elif what == "index":
+            self._plan.insert(0, ("tlen", 8))
+        elif what == "tlen":
+            (n,) = struct.unpack(">Q", bytes(self._pending))
+            self._hash.update(struct.pack(">Q", n))
+            self._section("templates", n, 8)
+        elif what == "templates":
+            self._plan.insert(0, ("mlen", 8))
+        elif what == "mlen":
+            (n,) = struct.unpack(">Q", bytes(self._pending))
+            self._section("meta", n, 8)
+        self._pending = bytearray()
+
+    def _section(self, what: str, n: int, header: int) -> None:
+        used = sum(self.lengths.values()) + 16 + 8 * (len(self.lengths))
+        if n > self.total - used:
+            raise PayloadError(f"watchlist payload's {what} section ({n} bytes) exceeds the payload")
+        self.lengths[what] = n
+        self._plan.insert(0, (what, n))
+        if n == 0:
+            self._plan.pop(0)
+            self._next(what)
+
+    def content_sha256(self) -> str:
+        if self.seen != self.total:
+            raise PayloadError("watchlist payload is truncated")
+        if self._undecided is not None:  # shorter than a magic: opaque
+            self._opaque, self._undecided = self._undecided, None
+        if self._opaque is not None:
+            return hashlib.sha256(OPAQUE_DOMAIN + bytes(self._opaque)).hexdigest()
+        if self._plan:
+            raise PayloadError("watchlist payload is truncated")
+        return self._hash.hexdigest()
+
+    def result(self) -> "MappedPayload | bytes":
+        """The authenticated payload: metadata parsed and checked, the templates mapped read-only (bytes, when the
+        plaintext is not a watchlist payload: its loader refuses it)."""
+        import mmap
+
+        if self._opaque is not None:
+            self.close()
+            return bytes(self._opaque)
+
+        try:
+            meta = json.loads(bytes(self._meta))
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+            raise PayloadError(f"watchlist payload is malformed: {err}") from None
+        self._meta = bytearray()
+        _check_meta(meta, self.lengths.get("templates", 0))
+        n_t = self.lengths.get("templates", 0)
+        templates: Any = memoryview(mmap.mmap(self._fds[1], n_t, prot=mmap.PROT_READ)) if n_t else b""
+        os.close(self._fds[1])
+        self._fds[1] = -1
+        mapped = MappedPayload(self._fds[0], self.lengths.get("index", 0), templates, meta)
+        self._fds[0] = -1
+        return mapped
+
+    def close(self) -> None:
+        """Release the memory files (after a failure; `result()` hands the index one over)."""
+        for i, fd in enumerate(self._fds):
+            if fd >= 0:
+                os.close(fd)
+                self._fds[i] = -1
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    while data:
+        data = data[os.write(fd, data):]
+
+
+def _check_meta(meta: Any, n_templates: int) -> None:
+    """The checks `unpack` makes of the metadata and the templates section's size."""
+    if not isinstance(meta, dict):
+        raise PayloadError("watchlist payload metadata is not an object")
+    for key in ("dim", "metric", "items", "subjects"):
+        if key not in meta:
+            raise PayloadError(f"watchlist payload metadata lacks {key!r}")
+    subjects = meta["subjects"]
+    if not isinstance(subjects, dict) or set(subjects) != set(SUBJECT_FIELDS) or len({len(v) for v in subjects.values()}) != 1:
+        raise PayloadError("watchlist payload subjects must be equal-length columns " + ", ".join(SUBJECT_FIELDS))
+    if n_templates:
+        n, dim = len(meta["items"]) if isinstance(meta["items"], list) else -1, template_dim(meta)
+        if dim < 1 or n_templates != n * (dim + 4):
+            raise PayloadError(f"watchlist payload templates hold {n_templates} bytes, not {n} × ({dim} + 4)")

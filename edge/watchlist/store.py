@@ -31,8 +31,8 @@ from typing import Any, Callable, Generic, Mapping, TypeVar, Union
 
 from edge.durable import atomic_write, private_dir
 from edge.keys import PrivateKey, PublicKey, TrustStore
-from edge.watchlist.bundle import (BundleError, OpenedBundle, open_bundle, parse_time, peek_manifest, seal_local,
-                                   verify_wipe)
+from edge.watchlist.bundle import (BundleError, OpenedBundle, open_bundle, open_bundle_file, parse_time,
+                                   peek_manifest, seal_local, verify_wipe)
 from edge.watchlist.delta import DeltaError, apply_bytes
 from edge.watchlist.payload import PayloadError, content_sha256
 from edge.watchlist.record import RECORD, WIPED, InstallRecord, RecordError, record_conflict  # noqa: F401
@@ -117,8 +117,9 @@ class WatchlistStore(Generic[T]):
         """
         with self._install_lock:
             self._remove_leftover_temps()
-            try:
-                data = self.path.read_bytes()
+            try:  # streamed from the file straight into memfds: never the whole bundle or plaintext in memory
+                opened = open_bundle_file(self.path, self._device_private, self._trust,
+                                          expected_device_id=self.device_id, now=now, allow_expired=True)
             except FileNotFoundError:
                 self._floor_from_record(now)
                 return
@@ -126,11 +127,8 @@ class WatchlistStore(Generic[T]):
                 self._reject("unreadable", f"cannot read installed watchlist {self.path}: {err.strerror or err}",
                              now)
                 return
-            try:
-                opened = open_bundle(data, self._device_private, self._trust, expected_device_id=self.device_id,
-                                     now=now, allow_expired=True)
             except BundleError as err:
-                self._floor = self._claimed_version(data)
+                self._floor = self._claimed_version(self._head())
                 self._reject(err.reason, f"installed watchlist {self.path} no longer verifies: {err}", now)
                 return
             problem = self._embedder_problem(opened)
@@ -343,6 +341,14 @@ class WatchlistStore(Generic[T]):
     @staticmethod
     def _expired(manifest: Mapping[str, Any], now: datetime | None) -> bool:
         return parse_time(manifest["expires"]) <= _now(now)
+
+    def _head(self) -> bytes:
+        """The first bytes of the installed file (enough for its manifest), b"" if unreadable."""
+        try:
+            with open(self.path, "rb") as f:
+                return f.read(2 * 1024 * 1024)
+        except OSError:
+            return b""
 
     @staticmethod
     def _claimed_version(data: bytes) -> int | None:
