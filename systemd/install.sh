@@ -1,7 +1,7 @@
 #!/bin/sh
 # Install the edge appliance as a systemd service (DESIGN.md §7). Idempotent: safe to run again to upgrade.
 #
-#   sudo systemd/install.sh [--profile pi4|pi5|jetson|x86|FILE] [--wheel FILE.whl] [--start]
+#   sudo systemd/install.sh [--profile pi4|pi5|jetson|x86|FILE] [--wheel FILE.whl] [--wheelhouse DIR] [--start]
 #                           [--root DIR] [--no-systemctl] [--force-config]
 #
 # --root DIR       install under DIR (DESTDIR-like, for packaging and tests): no useradd/chown/systemctl, they are
@@ -10,6 +10,7 @@
 # --profile        firmware-config/profiles/NAME.yaml (or a path) copied to /etc/edge/edge.yaml unless it exists
 #                  (--force-config overwrites; the old file is kept as edge.yaml.bak).
 # --wheel          pip install this wheel instead of the source tree this script lives in.
+# --wheelhouse     install offline (pip --no-index) from the wheels in DIR (the first-boot recipe's card).
 # --start          start (or restart) the service after enabling it.
 set -eu
 
@@ -17,6 +18,7 @@ SRC=$(cd "$(dirname "$0")/.." && pwd)
 ROOT=""
 PROFILE=""
 WHEEL=""
+WHEELHOUSE=""
 START=0
 SYSTEMCTL=1
 FORCE_CONFIG=0
@@ -31,6 +33,8 @@ while [ $# -gt 0 ]; do
         --profile=*) PROFILE=${1#*=} ;;
         --wheel) WHEEL=${2:?--wheel needs a file}; shift ;;
         --wheel=*) WHEEL=${1#*=} ;;
+        --wheelhouse) WHEELHOUSE=${2:?--wheelhouse needs a directory}; shift ;;
+        --wheelhouse=*) WHEELHOUSE=${1#*=} ;;
         --start) START=1 ;;
         --no-systemctl) SYSTEMCTL=0 ;;
         --force-config) FORCE_CONFIG=1 ;;
@@ -83,6 +87,8 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 if [ "${EDGE_INSTALL_SKIP_PIP:-0}" = 1 ]; then
     say "EDGE_INSTALL_SKIP_PIP=1: not installing the package"
+elif [ -n "$WHEELHOUSE" ]; then
+    "$VENV/bin/pip" install --quiet --upgrade --no-index --find-links "$WHEELHOUSE" "${WHEEL:-edge-watchlist}"
 elif [ -n "$WHEEL" ]; then
     "$VENV/bin/pip" install --quiet --upgrade "$WHEEL"
 else

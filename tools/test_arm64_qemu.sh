@@ -12,6 +12,8 @@
 # mounted, XNNPACK's cpuinfo reads the x86 host's CPU description and the interpreter dies under qemu; with /proc only
 # it prints three cpuinfo warnings about /sys and works. /proc is unmounted on exit (a mounted /proc left under /tmp
 # hangs anything that walks /tmp). Each step prints its time. --keep keeps the root for another run.
+# 4. The first-boot recipe (firmware-config/first-boot/): an aarch64 wheelhouse on a fake card, the offline install
+#    and provisioning, a certificate signed by a throwaway CA, `edge run --check`, then `edge bench` on the demo clip.
 set -u
 ROOT=/tmp/edge-arm64-root
 SUITE=bookworm
@@ -68,4 +70,30 @@ in_root sh -c 'cd /src && EDGE_MODELS_DIR=/src/models /opt/venv/bin/python tools
 cp "$ROOT/tmp/arm64.npz" /tmp/edge-parity-arm64.npz
 "$REPO/.venv/bin/python" "$REPO/tools/parity_dump.py" "$REPO/tests/data/faces" /tmp/edge-parity-x86.npz | tail -1
 "$REPO/.venv/bin/python" "$REPO/tools/parity_dump.py" --compare /tmp/edge-parity-x86.npz /tmp/edge-parity-arm64.npz
+step "wheelhouse for the card (aarch64 wheels; annoy built under emulation)"
+CARD=$ROOT/boot/firmware/edge
+rm -rf "$CARD" && mkdir -p "$CARD"
+in_root sh -c '/opt/venv/bin/pip wheel -q /src -w /boot/firmware/edge/wheelhouse' >/tmp/edge-arm64-wheel.log 2>&1 \
+    || { tail -30 /tmp/edge-arm64-wheel.log; exit 1; }
+echo "   $(ls "$CARD/wheelhouse" | wc -l) wheels, $(du -sh "$CARD/wheelhouse" | cut -f1)"
+git -C "$REPO" archive HEAD > "$CARD/src.tar"
+echo arm64-01 > "$CARD/device-id"
+echo pi4 > "$CARD/profile"
+step "first boot (firmware-config/first-boot/edge-firstboot.sh): offline install, provisioning"
+in_root env EDGE_FIRSTBOOT_NO_SYSTEMCTL=1 sh -c 'mkdir -p /run/edge-firstboot && tar -x -f /boot/firmware/edge/src.tar -C /run/edge-firstboot firmware-config/first-boot && sh /run/edge-firstboot/firmware-config/first-boot/edge-firstboot.sh' \
+    >/tmp/edge-arm64-firstboot.log 2>&1 || { tail -40 /tmp/edge-arm64-firstboot.log; exit 1; }
+grep -E "^edge-firstboot|^install.sh|would:" /tmp/edge-arm64-firstboot.log | head -20
+[ -s "$CARD/out/arm64-01.pub" ] && [ -s "$CARD/out/arm64-01.csr" ] || { echo "first boot left no key/CSR" >&2; exit 1; }
+stat -c '   %a %n' "$ROOT"/etc/edge/credentials/device.key "$ROOT"/etc/edge/credentials/tls.key "$ROOT"/etc/edge/credentials
+step "the operator signs the CSR (a throwaway CA here); the certificate arrives: edge-cert.sh"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout /tmp/edge-arm64-ca.key \
+    -out "$CARD/ca.crt" -subj /CN=edge-arm64-test-ca -days 2 >/dev/null 2>&1
+openssl x509 -req -in "$CARD/out/arm64-01.csr" -CA "$CARD/ca.crt" -CAkey /tmp/edge-arm64-ca.key -CAcreateserial \
+    -out "$CARD/tls.crt" -days 2 >/dev/null 2>&1
+cp "$CARD/ca.crt" "$ROOT/etc/edge/tls/ca.crt"
+in_root env EDGE_FIRSTBOOT_NO_SYSTEMCTL=1 /usr/local/sbin/edge-cert 2>&1 | grep -v "Error in cpuinfo" | tail -12
+step "edge bench on the demo clip under emulation (correctness, not speed)"
+in_root sh -c 'cd /tmp && EDGE_SAMPLES_DIR=/opt/edge/src/tests/data/faces /opt/edge/venv/bin/edge bench --max-seconds 30 --json' 2>/dev/null \
+    | "$REPO/.venv/bin/python" -c "import json,sys; r=json.load(sys.stdin); print('   ', {k: r[k] for k in ('frames', 'fps', 'faces', 'embeddings', 'events', 'stage_ms', 'rss_mb', 'backend')})" 2>/dev/null \
+    || in_root sh -c 'cd /tmp && EDGE_SAMPLES_DIR=/opt/edge/src/tests/data/faces /opt/edge/venv/bin/edge bench --max-seconds 30 --json' 2>&1 | tail -5
 step "done"
