@@ -103,3 +103,19 @@ def test_no_module_is_long_without_saying_why():
         if text.count("\n") > 420 and "lines:" not in doc.lower():
             long.append(f"{rel} ({text.count(chr(10))} lines)")
     assert not long, f"modules over ~400 lines need a 'Lines: <reason>' sentence in their docstring: {long}"
+
+
+def test_the_cli_runs_on_a_device_without_the_operator_extras():
+    """A unit installs only the core dependencies: `edge --version`, `--help` of every command and `edge doctor`'s
+    parser must not import the console's or the PostgreSQL driver's libraries."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "for m in ('argon2', 'fastapi', 'starlette', 'jinja2', 'uvicorn', 'psycopg', 'amqtt', 'playwright'):\n"
+            "    sys.modules[m] = None  # any import of them now fails\n"
+            "from edge.cli.main import build_parser, main\n"
+            "assert main(['--version']) == 0\n"
+            "build_parser().parse_args(['doctor'])\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -73,7 +73,7 @@ cp "$ROOT/tmp/arm64.npz" /tmp/edge-parity-arm64.npz
 step "wheelhouse for the card (aarch64 wheels; annoy built under emulation)"
 CARD=$ROOT/boot/firmware/edge
 rm -rf "$CARD" && mkdir -p "$CARD"
-in_root sh -c '/opt/venv/bin/pip wheel -q /src -w /boot/firmware/edge/wheelhouse' >/tmp/edge-arm64-wheel.log 2>&1 \
+in_root sh -c '/opt/venv/bin/pip install -q wheel && /opt/venv/bin/pip wheel -q /src -w /boot/firmware/edge/wheelhouse' >/tmp/edge-arm64-wheel.log 2>&1 \
     || { tail -30 /tmp/edge-arm64-wheel.log; exit 1; }
 echo "   $(ls "$CARD/wheelhouse" | wc -l) wheels, $(du -sh "$CARD/wheelhouse" | cut -f1)"
 git -C "$REPO" archive HEAD > "$CARD/src.tar"

@@ -13,9 +13,6 @@ import time
 from collections import defaultdict, deque
 from dataclasses import dataclass
 
-from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError
-
 from edge.errors import DataError
 from edge.operator.db import Database
 
@@ -27,8 +24,20 @@ SESSION_S = 8 * 3600.0
 MAX_FAILURES = 5
 LOCKOUT_S = 300.0
 
-_hasher = PasswordHasher()
-_DUMMY = _hasher.hash("not a real password, for timing")
+_HASHER: list = []  # [PasswordHasher, dummy hash], made on first use: argon2 is the operator extra's, not a device's
+
+
+def _argon2():
+    """(hasher, a dummy hash for timing, the exceptions verify raises); DataError naming the extra if missing."""
+    try:
+        from argon2 import PasswordHasher
+        from argon2.exceptions import InvalidHashError, VerificationError
+    except ImportError:
+        raise DataError("the console needs the operator extra: pip install 'edge-watchlist[operator]'") from None
+    if not _HASHER:
+        hasher = PasswordHasher()
+        _HASHER.extend([hasher, hasher.hash("not a real password, for timing")])
+    return _HASHER[0], _HASHER[1], (VerificationError, InvalidHashError)
 
 
 @dataclass(frozen=True)
@@ -59,7 +68,7 @@ class Accounts:
             if cur.execute("SELECT 1 FROM users WHERE username = ?", (username,)).fetchall():
                 raise DataError(f"user {username!r} exists")
             cur.execute("INSERT INTO users (username, password_hash, role, created_at) VALUES (?, ?, ?, ?)",
-                        (username, _hasher.hash(password), role, self.clock()))
+                        (username, _argon2()[0].hash(password), role, self.clock()))
 
     def users(self) -> list[dict]:
         return [{"username": r[0], "role": r[1], "disabled": bool(r[2])}
@@ -82,11 +91,12 @@ class Accounts:
         """(session token for the cookie, Session); DataError("…") for bad credentials or too many attempts."""
         if self._limited(f"u:{username}") or self._limited(f"a:{address}"):
             raise DataError("too many failed sign-ins: wait a few minutes")
+        hasher, dummy, errors = _argon2()
         rows = self.db.query("SELECT password_hash, role, disabled FROM users WHERE username = ?", (username,))
-        stored = rows[0][0] if rows else _DUMMY
+        stored = rows[0][0] if rows else dummy
         try:
-            ok = _hasher.verify(stored, password) and bool(rows) and not rows[0][2]
-        except (VerificationError, InvalidHashError):
+            ok = hasher.verify(stored, password) and bool(rows) and not rows[0][2]
+        except errors:
             ok = False
         if not ok:
             self._fail(f"u:{username}", f"a:{address}")
