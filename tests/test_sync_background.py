@@ -83,3 +83,24 @@ def test_without_background_the_install_runs_inside_handle(tmp_path):
     for topic, payload in [messages[-1], *messages[:-1]]:
         sync.handle(topic, payload)
     assert store.version == 1 and store.threads == [threading.current_thread().name] and not sync.busy
+
+
+class FlooredStore(SlowStore):
+    """Nothing live, a rollback floor of 5: refused at start (repairable), or wiped (not)."""
+
+    def __init__(self, state):
+        super().__init__()
+        self.release.set()
+        self.floor, self._state = 5, state
+
+    def state(self):
+        return {"version": None, "state": self._state}
+
+
+def test_a_refused_install_can_be_repaired_with_the_same_version_but_a_wiped_one_cannot(tmp_path):
+    for state, fetched in (("none", True), ("wiped", False)):
+        store, transport = FlooredStore(state), Recorder()
+        sync = WatchlistSync(store, transport, "cam-a", tmp_path / state)
+        offer = offer_messages(b"z" * 2000, "cam-a", 5, chunk_bytes=1024, recipients=["cam-a"])[-1]
+        sync.handle(*offer)
+        assert (sync.download is not None) == fetched, state

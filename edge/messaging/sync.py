@@ -180,7 +180,11 @@ class WatchlistSync:
         _, manifest = self.store.current()
         if manifest:
             return int(manifest["version"])
-        return int(getattr(self.store, "floor", None) or 0)
+        # Nothing live: after a wipe nothing at or below the wiped version may come back; otherwise (a refused or
+        # missing file) the same version may be sent again to repair the device, so everything is wanted.
+        if self.store.state().get("state") == "wiped":
+            return int(getattr(self.store, "floor", None) or 0)
+        return 0
 
     def handle(self, topic: str, payload: bytes) -> None:
         """Process one message; malformed input is counted and reported, never raised."""
