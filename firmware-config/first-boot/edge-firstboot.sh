@@ -49,6 +49,14 @@ sed -i -e "s/^\(  id: *\)[^ #]*/\1$ID/" -e 's|^\(  key_file: *\)[^ #]*|\1${CREDE
     /etc/edge/edge.yaml
 install -d -m 0755 /etc/edge/tls
 [ -f "$BOOT/operator.pub" ] && install -m 0644 "$BOOT/operator.pub" /etc/edge/operator.pub
+if ! grep -q '^watchlist:' /etc/edge/edge.yaml; then  # the keys the service gets from systemd, the operator's key
+    {
+        echo ""
+        echo "watchlist:"
+        echo '  device_key: ${CREDENTIALS_DIRECTORY}/device.key'
+        echo "  trusted_keys: [/etc/edge/operator.pub]"
+    } >> /etc/edge/edge.yaml
+fi
 [ -f "$BOOT/ca.crt" ] && install -m 0644 "$BOOT/ca.crt" /etc/edge/tls/ca.crt
 
 mkdir -p "$BOOT/out"
