@@ -82,6 +82,7 @@ echo pi4 > "$CARD/profile"
 "$REPO/.venv/bin/edge" keys generate operator --out /tmp/edge-arm64-operator --force >/dev/null
 cp /tmp/edge-arm64-operator/operator.pub "$CARD/operator.pub"
 step "first boot (firmware-config/first-boot/edge-firstboot.sh): offline install, provisioning"
+rm -rf "$ROOT/var/lib/edge-firstboot.done" "$ROOT/etc/edge" "$ROOT/opt/edge"  # a kept root: first boot again
 in_root env EDGE_FIRSTBOOT_NO_SYSTEMCTL=1 sh -c 'mkdir -p /run/edge-firstboot && tar -x -f /boot/firmware/edge/src.tar -C /run/edge-firstboot firmware-config/first-boot && sh /run/edge-firstboot/firmware-config/first-boot/edge-firstboot.sh' \
     >/tmp/edge-arm64-firstboot.log 2>&1 || { tail -40 /tmp/edge-arm64-firstboot.log; exit 1; }
 grep -E "^edge-firstboot|^install.sh|would:" /tmp/edge-arm64-firstboot.log | head -20
