@@ -8,6 +8,9 @@ with 303, the API answers 401); every POST needs the session's CSRF token (form 
 double-submit token (a pre-session cookie echoed in the form) and rate-limited by `Accounts.login`. Every decision
 and purge is appended to the audit log. Every response carries a CSP with a per-response nonce (only the templates'
 own script and style run), no framing, no caching, no referrer.
+
+
+Lines: the routes share one set of guards (session, CSRF, role) and views, read together as one boundary.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from urllib.parse import quote
 import jinja2
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from edge.audit import AuditLog, tail, verify
@@ -145,6 +148,35 @@ def _cookie(resp: Response, request: Request, name: str, value: str, max_age: in
 
 # -------------------------------------------------------------------------------------------------- the app
 
+#: Largest request body accepted, bytes (a decision's note is ≤ 2,000 characters; a sign-in far less).
+MAX_BODY = 64 * 1024
+
+
+class _BodyLimit:
+    """ASGI middleware: 413 for a body over MAX_BODY, by its Content-Length or as it streams in."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length", b"0")
+        if not length.isdigit() or int(length) > MAX_BODY:
+            return await PlainTextResponse(f"request body over {MAX_BODY} bytes", 413)(scope, receive, send)
+        seen = 0
+
+        async def limited() -> dict:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > MAX_BODY:
+                raise Refused(413, f"request body over {MAX_BODY} bytes")
+            return message
+
+        await self.app(scope, limited, send)
+
+
 def create_app(store: EventStore, accounts: Accounts, audit: AuditLog, labels: dict[str, str], required: int,
                retention_days: float | None, *, thumbnail_key: Any = None) -> FastAPI:
     """The console over `store`. labels: subject id → name (`labels_from_build`); required: confirmations that
@@ -160,6 +192,7 @@ def create_app(store: EventStore, accounts: Accounts, audit: AuditLog, labels: d
     env.globals.update(required=required, columns=COLUMNS, statuses=STATUSES, poll_ms=int(POLL_S * 1000),
                        thumbnails=thumbnail_key is not None)
     app = FastAPI(title="edge console", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(_BodyLimit)
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next):

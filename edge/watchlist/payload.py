@@ -78,16 +78,7 @@ def unpack(data: bytes) -> Payload:
         meta = json.loads(data[meta_start:])
     except (struct.error, json.JSONDecodeError, UnicodeDecodeError) as err:
         raise PayloadError(f"watchlist payload is malformed: {err}") from None
-    for key in ("dim", "metric", "items", "subjects"):
-        if key not in meta:
-            raise PayloadError(f"watchlist payload metadata lacks {key!r}")
-    subjects = meta["subjects"]
-    if not isinstance(subjects, dict) or set(subjects) != set(SUBJECT_FIELDS) or len({len(v) for v in subjects.values()}) != 1:
-        raise PayloadError("watchlist payload subjects must be equal-length columns " + ", ".join(SUBJECT_FIELDS))
-    if templates:
-        n, dim = len(meta["items"]) if isinstance(meta["items"], list) else -1, template_dim(meta)
-        if dim < 1 or len(templates) != n * (dim + 4):
-            raise PayloadError(f"watchlist payload templates hold {len(templates)} bytes, not {n} × ({dim} + 4)")
+    _check_meta(meta, len(templates))
     return Payload(bytes(index), meta, bytes(templates))
 
 
