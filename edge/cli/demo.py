@@ -214,7 +214,7 @@ def serve_console(work: Path, names: dict, print_fn: Callable[[str], None], list
         accounts.add_user(name, users[name], "reviewer")
     audit = AuditLog(work / "console-audit.log")
     app = create_app(store, accounts, audit, names, 2, None)
-    srv = server(app, host, port)
+    srv = server(app, host, port, log_level="warning")  # the demo prints its own lines
     thread = threading.Thread(target=srv.run, name="edge-console", daemon=True)
     thread.start()
     deadline = time.monotonic() + 10

@@ -432,9 +432,9 @@ def create_app(store: EventStore, accounts: Accounts, audit: AuditLog, labels: d
     return app
 
 
-def server(app: FastAPI, host: str, port: int) -> uvicorn.Server:
+def server(app: FastAPI, host: str, port: int, log_level: str = "info") -> uvicorn.Server:
     """A uvicorn server for `app` (run it with `.run()`; stop it with `.should_exit = True`). Behind a reverse
     proxy on this host, X-Forwarded-Proto: https makes the cookies Secure."""
     return uvicorn.Server(uvicorn.Config(app, host=host, port=port, proxy_headers=True,
-                                         forwarded_allow_ips="127.0.0.1", server_header=False, log_level="info",
+                                         forwarded_allow_ips="127.0.0.1", server_header=False, log_level=log_level,
                                          access_log=False))
