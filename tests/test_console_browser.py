@@ -4,7 +4,6 @@ cookies and forms working together, the CSP letting the queue's own script poll 
 the CSRF header refused, two reviewers in separate browser contexts."""
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from edge.evaluation.loopback_broker import free_port
+
 from edge.messaging.payloads import make_event
 from edge.operator.accounts import Accounts
 from edge.operator.event_store import EventStore
@@ -22,12 +23,6 @@ CHROMIUM = Path("/usr/bin/chromium")
 PASSWORDS = {"alice": "alice-correct-horse", "bob": "bob-correct-horse"}
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def event(seq: int, subject: str, similarity: float) -> dict:

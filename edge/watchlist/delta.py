@@ -36,6 +36,10 @@ class DeltaError(PayloadError):
     """A delta cannot be made (the layouts differ) or does not apply (wrong base, malformed)."""
 
 
+class WrongBase(DeltaError):
+    """The delta was made from other content than the one it is applied to."""
+
+
 @dataclass(frozen=True)
 class Delta:
     """base_content_sha256: the content the delta applies to. removed: subject ids. updated: id → {field: value}.
@@ -112,7 +116,7 @@ def diff(base: Payload, new: Payload) -> Delta:
 def apply(base: Payload, delta: Delta) -> Payload:
     """The full payload `delta` makes of `base` (index rebuilt); DeltaError if `base` is not its base."""
     if content_sha256(pack(base)) != delta.base_content_sha256:
-        raise DeltaError("the delta does not apply: the installed watchlist is not the version it was made from")
+        raise WrongBase("the delta does not apply: the installed watchlist is not the version it was made from")
     col = base.meta["subjects"]
     gone = set(delta.removed)
     unknown = (gone | set(delta.updated)) - set(col["id"])

@@ -33,7 +33,7 @@ from edge.durable import atomic_write, private_dir
 from edge.keys import PrivateKey, PublicKey, TrustStore
 from edge.watchlist.bundle import (BundleError, OpenedBundle, open_bundle, open_bundle_file, parse_time,
                                    peek_manifest, seal_local, verify_wipe)
-from edge.watchlist.delta import DeltaError, apply_bytes
+from edge.watchlist.delta import DeltaError, WrongBase, apply_bytes
 from edge.watchlist.payload import PayloadError, content_sha256
 from edge.watchlist.record import RECORD, WIPED, InstallRecord, RecordError, record_conflict  # noqa: F401
 
@@ -238,7 +238,7 @@ class WatchlistStore(Generic[T]):
         except (OSError, BundleError) as err:
             raise _Refused("base_missing", f"the installed base cannot be used ({err})") from None
         except (DeltaError, PayloadError) as err:
-            raise _Refused("base_missing" if "does not apply" in str(err) else "load_failed",
+            raise _Refused("base_missing" if isinstance(err, WrongBase) else "load_failed",
                            f"the delta does not apply ({err})") from None
         except Exception as err:  # noqa: BLE001 - a malformed (even if signed) delta is a refusal, never a crash
             raise _Refused("load_failed", f"the delta is malformed ({type(err).__name__}: {err})") from None
