@@ -125,7 +125,7 @@ class VisionConfig(_Section):
     detector: str | None = Field(None, description="Detector model name in models/manifest.json; null = the "
                                  "manifest's default (BlazeFace full-range int8)")
     embedder: str | None = Field(None, description="Embedder model name in models/manifest.json; null = the "
-                                 "manifest's default (dlib ResNet int8). Must match the watchlist's embedder")
+                                 "manifest's default (MobileFaceNet). Must match the watchlist's embedder")
     threads: int = Field(2, ge=1, le=64, description="CPU threads per TFLite interpreter (detector and embedder "
                          "run one after the other, so this is the inference thread's share of the cores)")
     backend: Literal["auto", "litert", "tflite-runtime"] = Field(
@@ -136,9 +136,10 @@ class VisionConfig(_Section):
                              "are not tracked")
     flip: bool = Field(True, description="Average each chip's embedding with its mirror image's: more accurate "
                        "(dev open set: FNIR at FPIR 0.003 0.53 → 0.47), twice the embedding time")
-    alignment: Literal["dlib5", "keypoints"] = Field("dlib5", description="How chips are cut: dlib5 = dlib's "
-                                                     "5-point landmarks (numpy, ~1 ms) then dlib's own chip; "
-                                                     "keypoints = a fit to BlazeFace's keypoints (less accurate)")
+    alignment: Literal["auto", "onet", "dlib5", "keypoints"] = Field(
+        "auto", description="How chips are cut: auto = the embedder's own (onet for MobileFaceNet, dlib5 for dlib's "
+        "ResNet); onet = MTCNN ONet's five points (~0.8 ms) to the 112-px ArcFace template; dlib5 = dlib's 5-point "
+        "landmarks (numpy, ~1 ms) then dlib's own chip; keypoints = a fit to BlazeFace's keypoints (less accurate)")
     fusion: bool = Field(True, description="Also run the manifest's second embedder (HSE faceres) and fuse its score "
                          "with dlib's (dev open set: FNIR at FPIR 0.003 0.460 → 0.405 on portraits); needs alignment "
                          "dlib5 and a watchlist built with fusion")

@@ -16,6 +16,14 @@ def analyzer():
 
 
 @pytest.fixture(scope="session")
+def dlib_analyzer():
+    """The former default: dlib's int8 ResNet on dlib's own chips, score-fused with HSE faceres."""
+    from edge.vision.analyzer import FaceAnalyzer, VisionOptions
+
+    return FaceAnalyzer.create(VisionOptions(embedder="dlib_resnet_v1_int8", threads=2))
+
+
+@pytest.fixture(scope="session")
 def float_analyzer():
     from edge.vision.analyzer import FaceAnalyzer, VisionOptions
 
@@ -37,5 +45,5 @@ def pytest_collection_modifyitems(config, items):
         names = set(getattr(item, "fixturenames", ()))
         if names & {"broker", "tls_certs", "pki"}:
             item.add_marker(pytest.mark.broker)
-        if names & {"analyzer", "float_analyzer"} or item.module.__name__ in MODEL_MODULES:
+        if names & {"analyzer", "dlib_analyzer", "float_analyzer"} or item.module.__name__ in MODEL_MODULES:
             item.add_marker(pytest.mark.models)

@@ -76,3 +76,28 @@ def test_json_round_trip_gives_the_same_answers():
 def test_too_few_comparisons_are_refused():
     with pytest.raises(DataError, match="too few"):
         fit_tail([np.linspace(0.5, 0.9, 100)], min_exceedances=2000)
+
+
+def test_projection_reports_the_threshold_for_a_large_list_and_the_fnir_at_it():
+    """`edge eval openset --project-size N`: the shipped tail's threshold for N templates and this run's misses."""
+    from types import SimpleNamespace
+
+    from edge.evaluation.openset import projection
+
+    rng = np.random.default_rng(3)
+    model = fit_tail([_beta_cosines(rng, 20_000) for _ in range(30)], n_boot=50)
+    analyzer = SimpleNamespace(embedder_info=SimpleNamespace(info={"impostor_tail": model.to_json()}), fusion=None)
+    th = model.threshold_for(300_000, 0.003)
+    mated_top = np.array([th["match"] + 0.01, th["match"] - 1e-6, th["point"] + 1e-6, 0.99, -np.inf])
+    mated_ok = np.array([True, True, True, False, False])
+    p = projection(analyzer, 300_000, 0.003, mated_top, mated_ok)
+    assert p["size"] == 300_000 and p["threshold"] == th["point"] and p["threshold_bound"] == th["match"]
+    assert p["threshold_bound"] >= p["threshold"] and p["reachable"]
+    # found = right mate on top AND at or above the threshold; a wrong top candidate is a miss however high
+    assert p["fnir"] == pytest.approx(1 - 1 / 5) and p["fnir_at_point"] == pytest.approx(1 - 3 / 5)
+    assert p["n_mated"] == 5 and p["fmr_per_comparison"] == pytest.approx(0.003 / 300_000, rel=0.01)
+    # a larger list needs a higher threshold
+    assert projection(analyzer, 3_000_000, 0.003, mated_top, mated_ok)["threshold_bound"] > p["threshold_bound"]
+    # no tail shipped: said, not raised
+    bare = SimpleNamespace(embedder_info=SimpleNamespace(info={"family": "x"}), fusion=None)
+    assert "no impostor tail" in projection(bare, 1000, 0.003, mated_top, mated_ok)["error"]

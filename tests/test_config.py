@@ -219,10 +219,10 @@ def test_every_field_has_a_description_and_a_default():
 
 def test_new_recognition_settings_are_checked(tmp_path):
     """The fields recognition added: sharpness is a 0–1 figure now, re-embedding needs a positive interval, and the
-    alignment is one of two names."""
+    alignment is one of four names."""
     text = "quality:\n  min_sharpness: 40\ntracking:\n  reembed_after_s: 0\nvision:\n  alignment: dlib68\n"
     assert _error(tmp_path, text).splitlines() == [
         "edge.yaml, line 2: quality.min_sharpness: Input should be less than or equal to 1",
         "edge.yaml, line 4: tracking.reembed_after_s: Input should be greater than 0",
-        "edge.yaml, line 6: vision.alignment: Input should be 'dlib5' or 'keypoints'",
+        "edge.yaml, line 6: vision.alignment: Input should be 'auto', 'onet', 'dlib5' or 'keypoints'",
     ]

@@ -76,14 +76,14 @@ def test_chip_is_pixel_identical_to_dlibs(face):
 
 
 @pytest.mark.parametrize("face", REFERENCE, ids=lambda f: f["image"])
-def test_fast_chip_samples_the_same_points_as_dlibs(analyzer, face):
+def test_fast_chip_samples_the_same_points_as_dlibs(dlib_analyzer, face):
     """The default (OpenCV) sampler differs from dlib's arithmetic by rounding only: pixels within a few grey
     levels, the descriptor practically unchanged."""
     rgb, points = _image(face), np.array(face["points"], np.float64)
     exact, fast = dlib_chip(rgb, points, exact=True), dlib_chip(rgb, points)
     diff = np.abs(exact.astype(int) - fast)
     assert diff.mean() < 1.0 and np.percentile(diff, 99) <= 3
-    assert float(_embed(analyzer, exact) @ _embed(analyzer, fast)) > 0.999  # measured ≥ 0.9992 (border-cut face)
+    assert float(_embed(dlib_analyzer, exact) @ _embed(dlib_analyzer, fast)) > 0.999  # measured ≥ 0.9992 (border-cut face)
 
 
 @pytest.mark.parametrize("face", SEEDED, ids=lambda f: f["image"])
@@ -102,20 +102,20 @@ def test_landmarks_seeded_from_blazeface_are_near_dlibs(predictor, face):
 
 
 @pytest.mark.parametrize("face", SEEDED, ids=lambda f: f["image"])
-def test_seeded_chip_embeds_like_dlibs_chip(analyzer, predictor, face):
+def test_seeded_chip_embeds_like_dlibs_chip(dlib_analyzer, predictor, face):
     rgb = _image(face)
     ours = dlib_chip(rgb, detection_landmarks(predictor, rgb, _detection(face)))
     theirs = dlib_chip(rgb, np.array(face["points"], np.float64))
-    e_ours, e_theirs = _embed(analyzer, ours), _embed(analyzer, theirs)
+    e_ours, e_theirs = _embed(dlib_analyzer, ours), _embed(dlib_analyzer, theirs)
     assert float(e_ours @ e_theirs) > 0.997  # measured 0.9990 .. 0.9994 on these photos
     ref = np.array(face["dlib_descriptor"])
     assert float(e_theirs @ ref / np.linalg.norm(ref)) > 0.99  # the int8 embedder agrees with dlib on dlib's chip
 
 
-def test_live_detector_seed_on_a_photo(analyzer, predictor):
+def test_live_detector_seed_on_a_photo(dlib_analyzer, predictor):
     face = next(f for f in SEEDED if f["image"] == "faces/obama.jpg")
     rgb = _image(face)
-    det = max(analyzer.detect(rgb), key=lambda d: d.width * d.height)
+    det = max(dlib_analyzer.detect(rgb), key=lambda d: d.width * d.height)
     err = np.linalg.norm(detection_landmarks(predictor, rgb, det) - np.array(face["points"]), axis=1)
     assert err.max() < 4.0
 

@@ -63,16 +63,16 @@ def test_enrollment_takes_the_dominant_face_with_a_warning(analyzer, tmp_path):
     write_image(tmp_path / "bystander.png", canvas)
     result = enroll([GalleryEntry(tmp_path / "bystander.png", "obama", "obama", "", None)], analyzer)
     assert not result.rejected and len(result.vectors) == 1
-    assert result.warnings[0]["warning"].startswith("2 faces; enrolled the dominant one")
+    assert result.warnings[0]["warning"].startswith("2 faces; enrolled the one nearest the centre")
     alone = _face(analyzer)
     assert float(result.vectors[0] @ alone.embedding) > 0.95
-    # The same photo with a stricter rule is ambiguous.
+    # The same photo with a rule that wants the subject dead centre is ambiguous.
     strict = enroll([GalleryEntry(tmp_path / "bystander.png", "obama", "obama", "", None)], analyzer,
-                    subject=SubjectRule(dominance=10.0))
+                    subject=SubjectRule(max_offset=0.02))
     assert strict.rejected[0]["reason"] == "several faces"
 
 
-def test_subject_face_needs_a_central_dominant_face():
+def test_subject_face_is_the_sizeable_face_nearest_the_centre():
     def det(cx, cy, eye):
         kps = np.array([[cx - eye / 2, cy], [cx + eye / 2, cy], [cx, cy + eye / 3], [cx, cy + eye / 1.5],
                         [cx - eye, cy], [cx + eye, cy]], np.float32)
@@ -83,7 +83,12 @@ def test_subject_face_needs_a_central_dominant_face():
     assert subject_face([det(10, 10, 4), det(50, 50, 20)], (100, 100)).index == 1
     assert subject_face([det(45, 50, 20), det(60, 50, 16)], (100, 100)).reason == "several faces"
     off = subject_face([det(95, 95, 20), det(5, 5, 5)], (100, 100))
-    assert off.index is None and "off centre" in off.detail
+    assert off.index is None and "none near the centre" in off.detail
+    # A booking-photo bystander: as large as the subject but cut by the edge -> the central face, with a warning.
+    pick = subject_face([det(92, 50, 19), det(50, 48, 20)], (100, 100))
+    assert pick.index == 1 and pick.warning.startswith("2 faces; enrolled the one nearest the centre")
+    # Two about as central and one clearly larger: the larger one.
+    assert subject_face([det(45, 50, 30), det(55, 50, 15)], (100, 100)).index == 0
 
 
 def test_sharpness_does_not_depend_on_the_face_resolution(analyzer):

@@ -25,18 +25,24 @@ def test_every_manifest_model_matches_its_checksum_and_loads(manifest):
     assert {m.kind for m in manifest.models.values()} == {"detector", "embedder", "landmarks"}
     for info in manifest.models.values():
         assert hashlib.sha256(info.path.read_bytes()).hexdigest() == info.sha256
-        if info.kind == "landmarks":  # numpy arrays, not a TFLite graph
+        if info.kind == "landmarks" and info.path.suffix == ".npz":  # numpy arrays, not a TFLite graph
             assert load_shape_predictor(info.path).initial_shape.shape == (5, 2)
             continue
         model = info.load(RuntimeOptions(num_threads=1))
         assert model.input_shape[0] == 1
 
 
-def test_defaults_are_the_int8_models(manifest):
-    for kind in ("detector", "embedder"):
-        info = manifest.default(kind)
-        assert info.info["quantization"].startswith("full int8")
-        assert info.load().input_dtype == np.uint8
+def test_defaults_are_int8_where_int8_holds_parity(manifest):
+    """The detector is full int8. The default embedder (MobileFaceNet) is float32 by a measured decision its
+    manifest entry states: int8 missed the parity bar and ran slower (no int8 PRELU in XNNPACK)."""
+    info = manifest.default("detector")
+    assert info.info["quantization"].startswith("full int8") and info.load().input_dtype == np.uint8
+    emb = manifest.default("embedder")
+    assert emb.name == "mobilefacenet_float32" and emb.load().input_dtype == np.float32
+    attempt = emb.info["parity"]["int8_attempt"]
+    assert attempt["cosine_median"] < 0.995 and attempt["latency_ms_1_thread"] > attempt["float32_latency_ms_1_thread"]
+    for name in ("dlib_resnet_v1_int8", "hse_faceres_int8"):  # the former default stays selectable, int8
+        assert manifest.get(name, "embedder").info["quantization"].startswith("full int8")
 
 
 def test_missing_model_file(tmp_path):
@@ -108,5 +114,5 @@ def test_absent_delegate_gives_an_actionable_error(manifest):
 
 def test_model_rejects_wrong_input_shape(manifest):
     model = manifest.default("embedder").load()
-    with pytest.raises(ModelError, match=r"expects input \(1, 150, 150, 3\), got \(1, 10, 10, 3\)"):
+    with pytest.raises(ModelError, match=r"expects input \(1, 112, 112, 3\), got \(1, 10, 10, 3\)"):
         model.run(np.zeros((10, 10, 3), np.uint8))

@@ -61,7 +61,12 @@ def test_build_seal_verify(operator_flow, capsys):
     assert code == 0
     sealed = json.loads(out)
     assert sealed["version"] == 3 and sealed["bytes"] == (tmp / "v3.bundle").stat().st_size
-    assert 0.9 < sealed["thresholds"]["match"] < 1.0 and sealed["thresholds"]["calibrated_for_n"] == 2
+    from edge.evaluation.calibration import scoring_tail
+    from edge.vision.analyzer import FaceAnalyzer
+
+    shipped = FaceAnalyzer.create()  # the default embedder's shipped tail, for a list of 2
+    want = scoring_tail(shipped.embedder_info.info, shipped.fusion).threshold_for(2, 0.003)
+    assert sealed["thresholds"]["match"] == want["match"] and sealed["thresholds"]["calibrated_for_n"] == 2
     assert CANARY.encode() not in (tmp / "v3.bundle").read_bytes()
 
     code, out, _ = run(capsys, "watchlist", "verify", tmp / "v3.bundle", "--device-key", tmp / "dev" / "device.key",
@@ -141,7 +146,7 @@ def test_eval_openset_reports_the_shipped_tails_calibration(capsys, tmp_path):
                        tmp_path / "probes.csv", "--root", DATA, "--json")
     assert code == 0
     cal = json.loads(out)["calibration"]
-    default = FaceAnalyzer.create()  # the fused default: the threshold applies to the fused score
+    default = FaceAnalyzer.create()  # the default embedder's tail (with fusion, it would be the fused score's)
     want = scoring_tail(default.embedder_info.info, default.fusion).threshold_for(2, 0.003)
     assert cal["predicted_threshold"] == want["match"] and cal["predicted_fpir"] == want["predicted_fpir"]
     assert cal["measured_fpir_at_predicted"] == 0.0 and cal["n_nonmated"] == 1  # the astronaut is below it
@@ -193,19 +198,22 @@ def test_build_gate_options_are_checked_and_no_gate_enrolls_more(operator_flow, 
     assert code == 0 and json.loads(out)["n_templates"] == 2
 
 
-def test_a_fused_bundle_is_refused_by_a_device_that_does_not_fuse(operator_flow, tmp_path, analyzer):
-    """The embedding space names both embedders: a device running dlib alone cannot take a fused list."""
+@pytest.mark.parametrize("device_space", ["dlib_resnet_v1+hse_faceres", "dlib_resnet_v1"])
+def test_a_bundle_of_another_embedding_space_is_refused_with_the_fix(operator_flow, tmp_path, analyzer,
+                                                                     dlib_analyzer, device_space):
+    """A list enrolled with MobileFaceNet (the default) on a device still running dlib (fused or alone) is refused,
+    and the message names the command that re-enrolls."""
     tmp = operator_flow
-    assert analyzer.embedder_id == "dlib_resnet_v1+hse_faceres"
+    assert analyzer.embedder_id == "mobilefacenet"
     device = keys.load_private_key(tmp / "dev" / "device.key", "device")
     operator = keys.load_public_key(tmp / "op" / "operator.pub", "operator")
     store = WatchlistStore(tmp_path / "state", "cam-01", device, {keys.key_id(operator): operator},
-                           "dlib_resnet_v1", analyzer.embedder_info.sha256,
+                           device_space, dlib_analyzer.embedder_info.sha256,
                            lambda b: Watchlist.from_payload(b.payload, b.manifest["thresholds"], b.manifest))
     store.start()
     result = store.install((tmp / "v3.bundle").read_bytes())
     assert not result.ok and result.reason == "wrong_embedder"
-    assert "dlib_resnet_v1+hse_faceres" in result.message
+    assert "built for embedder mobilefacenet" in result.message and "edge watchlist build --gallery" in result.message
 
 
 def test_watchlist_bench_on_bundled_photos_reports_every_run(capsys, tmp_path):
@@ -220,7 +228,7 @@ def test_watchlist_bench_on_bundled_photos_reports_every_run(capsys, tmp_path):
                          "--stage1-dim", "16", "--save-bundle", tmp_path / "saved", "--json")
     assert code == 0, err
     r = json.loads(out)
-    assert (r["n_subjects"], r["n_real_subjects"]) == (300, 2) and r["fused"] is True
+    assert (r["n_subjects"], r["n_real_subjects"]) == (300, 2) and r["fused"] is False  # MobileFaceNet alone
     assert [run_["n_trees"] for run_ in r["runs"]] == [2, 4]
     for run_ in r["runs"]:
         assert run_["n_queries"] == 40 and 0.9 <= run_["recall_at_1_vs_exact"] <= 1.0

@@ -156,6 +156,67 @@ def impostors_by_probe(c, half: str, max_probes: int | None = None) -> list[np.n
     return out
 
 
+#: Two photos whose subject-face fingerprints (32×32 high-passed grey, `tools/devset.py facehash`) correlate at
+#: least this much are the same picture (re-encoded, re-cropped or resized), whatever their labels say: such a pair
+#: is no impostor comparison. Set by looking at the labelled pairs of different identities ranked by this
+#: correlation, never by their embedding score: the top one (0.766) is one low-res CelebA photo under two ids, the
+#: next ones (0.750, 0.737, …) are different people in similar light and pose. (The data's own preparation had
+#: already removed exact duplicates and the photos shared by two CelebA folders.)
+NEAR_DUPLICATE = 0.76
+
+
+def passes(c, limits: QualityThresholds) -> np.ndarray:
+    """Per photo: its subject face passes these quality limits (from the cached figures)."""
+    return ((c["chosen"] >= 0) & (c["eye"] >= limits.min_eye_distance) & (c["score"] >= limits.min_score)
+            & (np.abs(c["yaw"]) <= limits.max_yaw) & (np.abs(c["roll"]) <= limits.max_roll)
+            & (c["sharp"] >= limits.min_sharpness))
+
+
+def clean_impostor_pairs(c, half: str, facehash: np.ndarray | None,
+                         gated: bool = False) -> tuple[list[np.ndarray], dict]:
+    """Every impostor pair among the half's faces, grouped by the first face of the pair (the bootstrap unit), and
+    what the cleaning rules removed. Rules, none of which looks at a score: (1) pairs of one identity are genuine,
+    not impostors; (2) only pairs within one identity namespace count — CelebA (in-the-wild and low-res share its
+    ids) or one small set: UTKFace has no identities (one person may appear twice) and the sets were all scraped
+    from the web, so a celebrity can be in two of them under unrelated labels (looked at: the top UTKFace × CelebA
+    pairs of a first fit were Nick Jonas and Jim Parsons under two labels each); (3) near-duplicate photos (`NEAR_DUPLICATE`) are left out; (4) known aliases are merged (`devset.ALIASES`,
+    already applied to the cache's identities). `gated`: only the comparisons a deployed list makes — both faces
+    pass the enrollment gate (a template) and at least one passes the device's gate (the probe)."""
+    from edge.vision.quality import ENROLLMENT_LIMITS
+
+    sp = split(c, half)
+    ok = passes(c, ENROLLMENT_LIMITS) if gated else c["chosen"] != -1
+    idx = np.array(sorted(i for i in sp["gallery"] + sp["mated"] + sp["nonmated"] if ok[i]))
+    probe_ok = passes(c, QualityThresholds())[idx] if gated else np.ones(len(idx), bool)
+    ident = np.array([str(c["identity"][i]) or f"utk:{c['path'][i]}" for i in idx])
+    space = np.array(["" if not str(c["identity"][i]) else "celeba" if str(c["identity"][i]).startswith("celeba:")
+                      else str(c["set"][i]) for i in idx])
+    emb = c["emb"][idx]
+    fh = facehash[idx].astype(np.float32) if facehash is not None else None
+    groups, removed = [], {"same_identity": 0, "cross_namespace_or_unlabelled": 0, "near_duplicate": 0}
+    n_dup_same = 0
+    for b in range(0, len(idx), 1000):
+        rows = np.arange(b, min(b + 1000, len(idx)))
+        sims = emb[rows] @ emb.T
+        upper = np.arange(len(idx))[None, :] > rows[:, None]
+        same = ident[rows][:, None] == ident[None, :]
+        other_space = (space[rows][:, None] != space[None, :]) | (space[rows][:, None] == "")
+        dup = (fh[rows] @ fh.T >= NEAR_DUPLICATE) if fh is not None else np.zeros_like(same)
+        upper &= probe_ok[rows][:, None] | probe_ok[None, :]
+        removed["same_identity"] += int((upper & same).sum())
+        removed["cross_namespace_or_unlabelled"] += int((upper & ~same & other_space).sum())
+        removed["near_duplicate"] += int((upper & ~same & ~other_space & dup).sum())
+        n_dup_same += int((upper & same & dup).sum())
+        keep = upper & ~same & ~other_space & ~dup
+        for r in range(len(rows)):
+            if keep[r].any():
+                groups.append(sims[r][keep[r]].astype(np.float32))
+    removed["kept"] = int(sum(len(g) for g in groups))
+    removed["faces"] = int(len(idx))
+    removed["near_duplicates_among_genuine_pairs"] = n_dup_same
+    return groups, removed
+
+
 def limits(args) -> QualityThresholds:
     return QualityThresholds(args.min_eye, args.min_sharpness, args.max_yaw, args.max_roll, 0.5)
 
@@ -163,7 +224,7 @@ def limits(args) -> QualityThresholds:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for name in ("openset", "fit-tail", "check-tail", "gate", "write-split"):
+    for name in ("openset", "fit-tail", "check-tail", "gate", "write-split", "fit-tail-pairs", "check-fmr"):
         p = sub.add_parser(name)
         p.add_argument("--cache", type=Path, required=True)
         p.add_argument("--half", choices=("fit", "check"))
@@ -182,6 +243,10 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--manifest-entry", help="fit-tail: also store the tail in models/manifest.json under this model")
         p.add_argument("--pipeline", default="BlazeFace-keypoint chips, no flip", help="fit-tail: how the cache was made")
         p.add_argument("--fpir", type=float, default=0.003)
+        p.add_argument("--facehash", type=Path, help="fit-tail-pairs / check-fmr: fingerprints from devset.py facehash")
+        p.add_argument("--min-exceedances", type=int, default=2000)
+        p.add_argument("--gated", action="store_true", help="fit-tail-pairs / check-fmr: only pairs of enrollable "
+                       "faces of which at least one passes the device's gate")
     args = ap.parse_args(argv)
     c = dict(np.load(args.cache))
     c["ndet"] = np.load(args.cache.parent / "dets.npz")["ndet"]  # same photo order (tools/devset.py)
@@ -230,6 +295,50 @@ def main(argv: list[str] | None = None) -> None:
             print(f"stored as models/manifest.json {args.manifest_entry}.impostor_tail")
         print(f"{model.n:,} comparisons from {model.n_probes} probes: u {model.u:.4f}, zeta {model.zeta:.2e}, "
               f"sigma {model.sigma:.5f}, xi {model.xi:.3f}; max {max(g.max() for g in groups):.4f}")
+    elif args.cmd == "fit-tail-pairs":  # every clean impostor pair of the half (tens of millions)
+        fh = np.load(args.facehash)["hash"] if args.facehash else None
+        groups, removed = clean_impostor_pairs(c, args.half, fh, args.gated)
+        print(json.dumps({"pairs": removed}))
+        model = fit_tail(groups, min_exceedances=args.min_exceedances,
+                         source=f"{args.cache.name}, half {args.half}, all clean pairs")
+        entry = model.to_json()
+        entry["cleaning"] = removed
+        args.out.write_text(json.dumps(entry))
+        if args.manifest_entry:
+            mpath = Path(__file__).resolve().parent.parent / "models" / "manifest.json"
+            manifest = json.loads(mpath.read_text())
+            entry["source"] = (f"dev set (../shared/data; tuned on it): {model.n:,} real impostor pairs = every pair of "
+                               f"different identities within one identity namespace among the {removed['faces']:,} faces "
+                               f"of half '{args.half}' of the identities (hash split): CelebA in-the-wild + low-res, the "
+                               "small sets; "
+                               f"cleaned without looking at scores: {removed['cross_namespace_or_unlabelled']:,} pairs "
+                               "across identity namespaces or with an unlabelled UTKFace chip (one celebrity can carry "
+                               "two labels across web-scraped sets) and "
+                               f"{removed['near_duplicate']:,} near-duplicate photo pairs (face "
+                               f"thumbnails correlating >= {NEAR_DUPLICATE}) left out"
+                               + ("; only faces passing the enrollment gate, at least one of each pair passing the "
+                                  "device's gate (the comparisons a deployed list makes)" if args.gated else "")
+                               + f"; resolution 1/{model.n:,} = "
+                               f"{1 / model.n:.1e} per comparison, GPD above u (exceeded by {args.min_exceedances:,}); "
+                               f"pipeline: {args.pipeline}; tools/devset_eval.py fit-tail-pairs")
+            manifest["models"][args.manifest_entry]["impostor_tail"] = entry
+            mpath.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+            print(f"stored as models/manifest.json {args.manifest_entry}.impostor_tail")
+        print(f"{model.n:,} comparisons from {model.n_probes} probes: u {model.u:.4f}, zeta {model.zeta:.2e}, "
+              f"sigma {model.sigma:.5f}, xi {model.xi:.3f}; max {max(g.max() for g in groups):.4f}")
+    elif args.cmd == "check-fmr":  # predicted vs measured per-comparison FMR on the other half's clean pairs
+        model = TailModel.from_json(json.loads(args.tail.read_text()))
+        fh = np.load(args.facehash)["hash"] if args.facehash else None
+        groups, removed = clean_impostor_pairs(c, args.half, fh, args.gated)
+        allv = np.sort(np.concatenate(groups))[::-1]
+        rows = []
+        for fmr in (1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 3e-8):
+            t = model._threshold(fmr, model.zeta, model.sigma, model.xi)
+            measured = float(np.searchsorted(-allv, -t, side="right")) / len(allv)
+            rows.append({"predicted_fmr": fmr, "threshold": round(t, 5), "measured_fmr": float(f"{measured:.3e}"),
+                         "measured_count": int(round(measured * len(allv))),
+                         "ratio": round(measured / fmr, 3)})
+        print(json.dumps({"pairs": removed, "check": rows}))
     elif args.cmd == "check-tail":
         model = TailModel.from_json(json.loads(args.tail.read_text()))
         sp = split(c, args.half)

@@ -8,11 +8,13 @@ schema bindings shipped in ``ai_edge_litert`` and replays every operator with
 the equivalent ``tf.nn`` op.  The result is an ordinary TensorFlow function
 that can be exported via SavedModel and post-training quantized.
 
-Supported builtin ops: CONV_2D, DEPTHWISE_CONV_2D, ADD, MAX_POOL_2D, PAD,
-RELU, RESHAPE, CONCATENATION, RESIZE_BILINEAR, DEQUANTIZE (fp16 constants).
+Supported builtin ops: CONV_2D, DEPTHWISE_CONV_2D, ADD, SUB, MUL, ABS, MAX_POOL_2D, PAD,
+RELU, RESHAPE, CONCATENATION, RESIZE_BILINEAR, DEQUANTIZE (fp16 constants), plus a
+``PRELU`` pseudo-op that :meth:`TFLiteGraph.fuse_prelu` substitutes for the
+``relu(x) + c * (x - |x|)`` pattern TensorFlow exports PReLU as (MobileFaceNet).
 Anything else raises ``NotImplementedError``.
 
-Only used at development time by ``tools/convert_detector.py``.
+Only used at development time by ``tools/convert_detector.py`` and ``tools/convert_mobilefacenet.py``.
 """
 
 from __future__ import annotations
@@ -148,6 +150,45 @@ class TFLiteGraph:
                 return i
         raise KeyError(name)
 
+    def fuse_prelu(self) -> int:
+        """Replace every ``ADD(RELU(x), MUL(c, SUB(x, ABS(x))))`` by one ``PRELU(x, alpha = 2c)`` pseudo-op.
+
+        relu(x) + c·(x − |x|) = relu(x) + 2c·min(x, 0): a PReLU with slope 2c.  Replayed as
+        ``relu(x) + relu(−x)·(−alpha)``, the form the TFLite converter fuses into its own PRELU op.
+        Returns the number of patterns replaced.
+        """
+        replaced = 0
+        for k, op in enumerate(list(self.ops)):
+            if op.name != "ADD" or op.options.fusedActivationFunction != 0:
+                continue
+            prods = [self.producers.get(i) for i in op.inputs]
+            relu = next((p for p in prods if p is not None and p.name == "RELU"), None)
+            mul = next((p for p in prods if p is not None and p.name == "MUL"), None)
+            if relu is None or mul is None:
+                continue
+            x = relu.inputs[0]
+            const = next((i for i in mul.inputs if i in self.constants), None)
+            sub = next((self.producers.get(i) for i in mul.inputs if i not in self.constants), None)
+            if const is None or sub is None or sub.name != "SUB" or sub.inputs[0] != x:
+                continue
+            absop = self.producers.get(sub.inputs[1])
+            if absop is None or absop.name != "ABS" or absop.inputs[0] != x:
+                continue
+            alpha = (2.0 * self.constants[const].astype(np.float32)).reshape(-1)
+            alpha_idx = -1000 - k  # a synthetic constant index, never a real tensor
+            self.constants[alpha_idx] = alpha
+            self.ops[self.ops.index(op)] = OpInfo(op.index, "PRELU", (x, alpha_idx), op.outputs, None)
+            replaced += 1
+        # Drop the pattern's now-unused RELU/ABS/SUB/MUL ops (repeat until nothing more is dead).
+        while True:
+            live = {i for op in self.ops for i in op.inputs} | set(self.outputs)
+            keep = [op for op in self.ops if any(o in live for o in op.outputs)]
+            if len(keep) == len(self.ops):
+                break
+            self.ops = keep
+        self.producers = {o: op for op in self.ops for o in op.outputs}
+        return replaced
+
     def head_convs(self, output: int) -> list[int]:
         """CONV_2D ops whose result reaches ``output`` only via RESHAPE/CONCATENATION."""
         found: list[int] = []
@@ -231,12 +272,15 @@ class TFLiteGraph:
         head_transforms: Mapping[int, HeadTransform] | None = None,
         keep: Sequence[int] = (),
         relu_cap: float | None = None,
+        free_batch: bool = False,
     ) -> Callable[[tf.Tensor], dict[str, tf.Tensor]]:
         """Return ``fn(x) -> {output_name: tensor}`` replaying the graph in TF.
 
         ``x`` is the model's own input (float32, already normalised).
         ``head_transforms`` maps CONV_2D op indices to a :class:`HeadTransform`.
         Intermediate tensors listed in ``keep`` are returned under ``keep_key(index)``.
+        ``free_batch``: RESHAPE targets whose first dimension is the source graph's batch size get -1 there, so a
+        graph exported for a fixed batch (MobileFaceNet: 2) runs at any batch.
         """
         transforms = dict(head_transforms or {})
         consts = {
@@ -249,7 +293,7 @@ class TFLiteGraph:
             for op in self.ops:
                 if op.name == "DEQUANTIZE" and op.outputs[0] in self.constants:
                     continue
-                values[op.outputs[0]] = self._apply(op, values, transforms.get(op.index), relu_cap)
+                values[op.outputs[0]] = self._apply(op, values, transforms.get(op.index), relu_cap, free_batch)
             result = {self.tensors[i].name: values[i] for i in self.outputs}
             result.update({keep_key(i): values[i] for i in keep})
             return result
@@ -262,6 +306,7 @@ class TFLiteGraph:
         v: dict[int, tf.Tensor],
         head: HeadTransform | None,
         relu_cap: float | None = None,
+        free_batch: bool = False,
     ) -> tf.Tensor:
         """Emit the TF equivalent of one TFLite operator."""
         o = op.options
@@ -303,6 +348,17 @@ class TFLiteGraph:
             return _activation(y, o.fusedActivationFunction)
         if op.name == "ADD":
             return _activation(tf.add(v[ins[0]], v[ins[1]]), o.fusedActivationFunction)
+        if op.name in ("SUB", "MUL"):
+            f = tf.subtract if op.name == "SUB" else tf.multiply
+            return _activation(f(v[ins[0]], v[ins[1]]), o.fusedActivationFunction)
+        if op.name == "ABS":
+            return tf.abs(v[ins[0]])
+        if op.name == "PRELU":
+            # Exactly the Keras PReLU form relu(x) + relu(−x)·(−alpha), alpha shaped (1, 1, C), that the converter's
+            # MatchPreluOp pattern folds into one PRELU op (checked: a (C,) alpha or relu(x) − alpha·relu(−x) stay
+            # NEG/RELU/MUL/ADD, and NEG then runs in float between DEQUANTIZE/QUANTIZE in the int8 model).
+            neg_alpha = tf.constant(-self.constants[ins[1]].reshape(1, 1, -1))
+            return tf.nn.relu(v[ins[0]]) + tf.nn.relu(tf.negative(v[ins[0]])) * neg_alpha
         if op.name == "RELU":
             # Optional cap (MINIMUM, same-scale in int8) bounds the calibrated
             # range of the residual trunk, which otherwise has rare outliers.
@@ -324,6 +380,8 @@ class TFLiteGraph:
                 shape = [int(s) for s in self.constants[ins[1]]]
             else:
                 shape = [int(s) for s in o.newShape]
+            if free_batch and shape and shape[0] == self.tensors[self.inputs[0]].shape[0]:
+                shape[0] = -1
             return tf.reshape(v[ins[0]], shape)
         if op.name == "CONCATENATION":
             y = tf.concat([v[i] for i in ins], axis=int(o.axis))

@@ -154,16 +154,20 @@ def _vision_parent() -> argparse.ArgumentParser:
     g = p.add_argument_group("models")
     g.add_argument("--models-dir", type=Path, help="directory with manifest.json (default: the bundled models/)")
     g.add_argument("--detector", help="detector name in the manifest (default: the int8 full-range BlazeFace)")
-    g.add_argument("--embedder", help="embedder name in the manifest (default: the int8 dlib ResNet)")
+    g.add_argument("--embedder", help="embedder name in the manifest (default: the manifest's, MobileFaceNet; "
+                   "dlib_resnet_v1_int8 = the former default)")
     g.add_argument("--threads", type=int, default=2, help="CPU threads per model (default 2)")
     g.add_argument("--min-score", type=float, default=0.5, help="detection threshold, probability (default 0.5)")
     g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
                    help="average each chip's embedding with its mirror image's (default on; --no-flip halves the "
                         "embedding cost)")
-    g.add_argument("--alignment", choices=("dlib5", "keypoints"), default="dlib5",
-                   help="chips from dlib's 5-point landmarks (default; dlib's own chips) or BlazeFace's keypoints")
+    g.add_argument("--alignment", choices=("auto", "onet", "dlib5", "keypoints"), default="auto",
+                   help="how chips are cut: auto (default) = the embedder's own (onet: MTCNN ONet's five points to the "
+                        "ArcFace template, for MobileFaceNet; dlib5: dlib's landmarks and chip, for dlib's ResNet); "
+                        "keypoints = BlazeFace's keypoints (cheaper, less accurate)")
     g.add_argument("--fusion", action=argparse.BooleanOptionalAction, default=True,
-                   help="fuse the second embedder's score with dlib's (default on, with --alignment dlib5)")
+                   help="fuse the second embedder's score with dlib's (default on; only with --embedder "
+                        "dlib_resnet_v1_int8 and its dlib5 alignment)")
     return p
 
 

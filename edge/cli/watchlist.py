@@ -42,12 +42,15 @@ def _gate_parent() -> argparse.ArgumentParser:
                    help=f"largest head tilt, degrees (default {q.max_roll:g})")
     g.add_argument("--min-face-score", type=float, default=q.min_score, metavar="P",
                    help=f"least detector probability (default {q.min_score:g})")
-    g.add_argument("--dominance", type=float, default=r.dominance, metavar="RATIO",
-                   help="with several faces, enroll the largest when its eye distance is RATIO × the next one's "
-                        f"(default {r.dominance:g})")
+    g.add_argument("--min-relative-size", type=float, default=r.min_relative, metavar="FRACTION",
+                   help="with several faces, those with an eye distance of at least FRACTION × the largest one's are "
+                        f"candidates; the one nearest the centre is enrolled, with a warning (default {r.min_relative:g})")
     g.add_argument("--max-offset", type=float, default=r.max_offset, metavar="FRACTION",
-                   help="... and it lies within FRACTION of the image size from the centre "
+                   help="... when it lies within FRACTION of the image size from the centre "
                         f"(default {r.max_offset:g})")
+    g.add_argument("--dominance", type=float, default=r.dominance, metavar="RATIO",
+                   help="... and, when another candidate is about as central, its eye distance is RATIO × that one's "
+                        f"(default {r.dominance:g})")
     g.add_argument("--no-gate", action="store_true", help="enroll the subject face whatever its quality")
     return p
 
@@ -57,13 +60,14 @@ def _gate(args: argparse.Namespace):
     from edge.vision.quality import QualityThresholds, SubjectRule
 
     for name, lo, hi in (("min_eye_distance", 0, 10_000), ("min_sharpness", 0, 1), ("max_yaw", 0, 10),
-                         ("max_roll", 0, 180), ("min_face_score", 0, 1), ("dominance", 1, 100), ("max_offset", 0, 0.5)):
+                         ("max_roll", 0, 180), ("min_face_score", 0, 1), ("dominance", 1, 100), ("max_offset", 0, 0.5),
+                         ("min_relative_size", 0, 1)):
         v = getattr(args, name)
         if not lo <= v <= hi:
             raise DataError(f"--{name.replace('_', '-')} must be between {lo} and {hi}, got {v}")
     limits = None if args.no_gate else QualityThresholds(args.min_eye_distance, args.min_sharpness, args.max_yaw,
                                                          args.max_roll, args.min_face_score)
-    return limits, SubjectRule(args.dominance, args.max_offset)
+    return limits, SubjectRule(args.dominance, args.max_offset, args.min_relative_size)
 
 
 def cmd_watchlist_build(args: argparse.Namespace) -> int:
@@ -174,6 +178,16 @@ def cmd_watchlist_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be ≥ 1, got {value}")
+    return value
+
+
 # --- eval openset ---------------------------------------------------------------------------------------------
 
 def cmd_watchlist_bench_sync(args: argparse.Namespace) -> int:
@@ -195,7 +209,8 @@ def cmd_watchlist_bench_sync(args: argparse.Namespace) -> int:
 
 def cmd_eval_openset(args: argparse.Namespace) -> int:
     from edge.evaluation.calibration import fit_tail
-    from edge.evaluation.openset import calibration_check, det_points, openset_report, plot_det, read_probes, search_probes
+    from edge.evaluation.openset import (calibration_check, det_points, openset_report, plot_det, projection, read_probes,
+                                         search_probes)
     from edge.watchlist.build import enroll, read_gallery
 
     t0 = time.perf_counter()
@@ -217,6 +232,8 @@ def cmd_eval_openset(args: argparse.Namespace) -> int:
               "n_nonmated": len(s.nonmated_top), "n_failed_detect": failed}
     report.update(openset_report(s.mated_top, s.mated_ok, s.nonmated_top, args.fpir))
     report["calibration"] = calibration_check(analyzer, len(enrollment.vectors), args.fpir, s.nonmated_top)
+    if args.project_size:
+        report["projection"] = projection(analyzer, args.project_size, args.fpir, s.mated_top, s.mated_ok)
     report["seconds"] = round(time.perf_counter() - t0, 2)
     if args.save_impostors:
         n = sum(len(g) for g in s.impostors)
@@ -234,6 +251,14 @@ def cmd_eval_openset(args: argparse.Namespace) -> int:
               f"mated, {report['n_nonmated']} non-mated, {failed} without a face")
         print(f"at FPIR ≤ {args.fpir}: threshold {report['threshold']:.4f}, FPIR {report['fpir']}, FNIR {report['fnir']} "
               f"(FPIR resolution {report['fpir_resolution']}); rank-1 {report['rank1']}")
+        proj = report.get("projection")
+        if proj and "error" in proj:
+            print(f"projected to {proj['size']:,} templates: {proj['error']}")
+        elif proj:
+            reach = "" if proj["reachable"] else " (above any score: `seal` refuses this size at this FPIR)"
+            print(f"projected to {proj['size']:,} templates at FPIR {args.fpir}: threshold {proj['threshold_bound']:.4f}"
+                  f"{reach}, point estimate {proj['threshold']:.4f}; FNIR of these mated searches {proj['fnir']} "
+                  f"({proj['fnir_at_point']} at the point estimate)")
     return 0
 
 
@@ -335,6 +360,8 @@ def add_parsers(sub: argparse._SubParsersAction, vision: argparse.ArgumentParser
     p.add_argument("--fpir", type=float, default=0.003, help="target FPIR (default 0.003)")
     p.add_argument("--trees", type=int, default=8)
     p.add_argument("--save-impostors", type=Path, metavar="JSON", help="save the impostor tail fitted on this run's non-mated comparisons (for `watchlist seal --impostors`)")
+    p.add_argument("--project-size", type=_positive_int, metavar="N", help="also report the shipped calibration's "
+                   "threshold for a watchlist of N templates at --fpir and this run's FNIR at it (JSON: projection)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--plot", type=Path, metavar="PNG", help="write the DET curve")
     p.set_defaults(func=cmd_eval_openset)

@@ -21,7 +21,7 @@ from edge.device.health import Health
 from edge.device.policy import DecisionPolicy
 from edge.device.track import Tracker, quality_score
 from edge.types import Decision, Face, Frame, PendingEvent
-from edge.vision.align import align_face
+from edge.vision.align import CHIP_SIZE, align_face
 from edge.vision.quality import QualityThresholds, assess
 
 log = logging.getLogger("edge.device.pipeline")
@@ -181,8 +181,10 @@ class Pipeline:
                 continue
             t1 = time.perf_counter()
             # The gate and the ranking measure a cheap keypoint chip on every frame; the embedder's chip (landmarks
-            # and all) is cut only when the tracker wants an embedding.
-            chip = align_face(frame.rgb, det.keypoints, self.embedder.chip_size)
+            # and all) is cut only when the tracker wants an embedding. The gate's limits were set on 150-px chips of
+            # dlib's geometry: that chip whatever the embedder takes (MobileFaceNet's is 112 px, ArcFace geometry).
+            gate_size = CHIP_SIZE if self.embed_face is not None else self.embedder.chip_size
+            chip = align_face(frame.rgb, det.keypoints, gate_size)
             q = assess(det, chip, self.quality)
             if not q.ok:
                 h.inc(f"quality_reject.{q.reason}")

@@ -102,16 +102,21 @@ class TailModel:
             return float(np.interp(math.log(fmr), np.log(ys)[::-1], np.array(xs)[::-1]))
         return self.u + gpd_quantile(fmr / zeta, sigma, xi)
 
-    def threshold_for(self, n_templates: int, fpir: float) -> dict:
-        """The threshold at which `n_templates` templates give FPIR ≤ `fpir` with the bound's confidence.
-
-        Raises DataError when even the bound needs a score above `max_score` (the target is out of reach)."""
+    def thresholds(self, n_templates: int, fpir: float) -> tuple[float, float, float]:
+        """(point threshold, its `confidence` bound, per-comparison FMR) for `n_templates` at `fpir`, whether or not
+        the bound is reachable (it may exceed `max_score`: then nothing can match)."""
         if not 0 < fpir < 1 or n_templates < 1:
             raise DataError(f"need 0 < fpir < 1 and a positive watchlist size (got fpir={fpir}, n={n_templates})")
         fmr = -math.expm1(math.log1p(-fpir) / n_templates)
         point = self._threshold(fmr, self.zeta, self.sigma, self.xi)
         reps = [self._threshold(fmr, z, s, x) for z, s, x in self.replicates] or [point]
-        bound = max(point, float(np.quantile(reps, self.confidence)))
+        return point, max(point, float(np.quantile(reps, self.confidence))), fmr
+
+    def threshold_for(self, n_templates: int, fpir: float) -> dict:
+        """The threshold at which `n_templates` templates give FPIR ≤ `fpir` with the bound's confidence.
+
+        Raises DataError when even the bound needs a score above `max_score` (the target is out of reach)."""
+        point, bound, fmr = self.thresholds(n_templates, fpir)
         if not bound <= self.max_score:
             endpoint = f"ends at {self.u - self.sigma / self.xi:.4f}" if self.xi < 0 else "is unbounded"
             raise DataError(

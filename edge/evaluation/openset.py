@@ -140,6 +140,29 @@ def calibration_check(analyzer: Any, n_templates: int, fpir: float, nonmated_top
             if len(nonmated_top) else None, "n_nonmated": int(len(nonmated_top))}
 
 
+def projection(analyzer: Any, size: int, fpir: float, mated_top: np.ndarray, mated_ok: np.ndarray) -> dict:
+    """What this run's mated searches would give against a watchlist of `size` templates: the shipped tail's
+    threshold for that size at `fpir` (point estimate, and the confidence bound `edge watchlist seal` applies) and
+    the FNIR of these searches at each. A search only counts as found when its mate is the top candidate, as on a
+    device (a larger list can only add candidates, so this is a lower bound on the FNIR at that size). A bound
+    above the largest score there is is reported as it is, with FNIR 1 at it (`seal` refuses such a list)."""
+    from edge.evaluation.calibration import scoring_tail
+
+    try:
+        tail = scoring_tail(analyzer.embedder_info.info, analyzer.fusion)
+        point, bound, fmr = tail.thresholds(size, fpir)
+    except DataError as err:  # no tail shipped
+        return {"size": size, "error": str(err)}
+    mated_top, mated_ok = np.asarray(mated_top, np.float64), np.asarray(mated_ok, bool)
+
+    def fnir(t: float) -> float | None:
+        return round(float(1 - (mated_ok & (mated_top >= t)).mean()), 5) if len(mated_top) else None
+
+    return {"size": size, "fpir_target": fpir, "threshold": round(point, 5), "threshold_bound": round(bound, 5),
+            "fnir": fnir(bound), "fnir_at_point": fnir(point), "reachable": bool(bound <= tail.max_score),
+            "fmr_per_comparison": float(f"{fmr:.3e}"), "n_mated": int(len(mated_top))}
+
+
 def plot_det(path: Path, fpir: np.ndarray, fnir: np.ndarray, report: dict) -> None:
     """The DET curve (FNIR against FPIR, log x) with the operating point, as a PNG at `path`."""
     try:

@@ -93,3 +93,29 @@ def align_face(
     origin = np.array([x0 + 0.5 / sx - 0.5, y0 + 0.5 / sy - 0.5], np.float64)
     m2[:, 2] = m[:, 2] + m[:, :2] @ origin
     return cv2.warpAffine(small, m2, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+
+
+#: The five-point ArcFace template on a 112×112 chip (insightface's `arcface_dst`, used by every ArcFace-class
+#: embedder trained on MS1M-style aligned faces): left eye, right eye, nose tip, left and right mouth corner, pixels.
+ARCFACE_TEMPLATE = np.array(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
+    dtype=np.float32,
+)
+
+#: Side of the ArcFace chip the template is given for, pixels.
+ARCFACE_SIZE = 112
+
+
+def arcface_chip(rgb: np.ndarray, points5: np.ndarray, size: int = ARCFACE_SIZE) -> np.ndarray:
+    """The (size × size) uint8 RGB chip of a face aligned by a similarity from its five ArcFace points (image
+    pixels, `ARCFACE_TEMPLATE` order) to the template (scaled to `size`); area-averaged when shrinking."""
+    # align_face takes templates in 150-px units and scales them to `size`.
+    return align_face(rgb, np.asarray(points5, np.float64), size, ARCFACE_TEMPLATE * (CHIP_SIZE / ARCFACE_SIZE),
+                      np.ones(5, np.float32))
+
+#: Median positions of BlazeFace's keypoints (`KEYPOINT_NAMES` order) on ONet-aligned ArcFace chips, 112-px chip
+#: pixels: the template of alignment "keypoints" for ArcFace-class embedders. Fitted by `tools/devset.py fit-arc` on
+#: 822 single-face dev photos with eyes ≥ 30 px apart (tuned on the dev set); the ears get weight 0 like dlib's.
+ARCFACE_KEYPOINT_TEMPLATE = np.array(
+    [[37.402, 52.598], [73.602, 52.707], [55.68, 75.494], [55.872, 92.793], [20.194, 60.307], [92.381, 59.43]],
+    dtype=np.float32)

@@ -14,12 +14,13 @@ import numpy as np
 
 from edge.errors import ModelError
 from edge.types import Detection, Face, shift
-from edge.vision.align import align_face
+from edge.vision.align import ARCFACE_KEYPOINT_TEMPLATE, ARCFACE_SIZE, CHIP_SIZE, align_face, arcface_chip
 from edge.vision.detector import FaceDetector
 from edge.vision.embedder import FaceEmbedder
 from edge.vision.fusion import Fusion, load_fusion
 from edge.vision.landmarks import ShapePredictor, detection_landmarks, dlib_chip, load_shape_predictor
 from edge.vision.manifest import Manifest, ModelInfo, load_manifest
+from edge.vision.onet import ONet
 from edge.vision.runtime import RuntimeOptions, sha256_file
 
 
@@ -31,8 +32,10 @@ class VisionOptions:
     threads: CPU threads per interpreter. backend: "auto", "litert" or "tflite-runtime".
     delegate: delegate library for the detector (e.g. "libedgetpu.so.1"), or None.
     min_score: detector threshold (probability). flip: average the embeddings of a chip and its mirror image.
-    alignment: "dlib5" (dlib's 5-point landmarks predicted in numpy from the detection, then dlib's own chip: the
-    chips the descriptor was trained on) or "keypoints" (a similarity from BlazeFace's keypoints; cheaper).
+    alignment: "auto" (the embedder's own, from its manifest entry: "onet" for ArcFace-template embedders, "dlib5"
+    for dlib's), "onet" (MTCNN ONet's five points → the 112×112 ArcFace template), "dlib5" (dlib's 5-point
+    landmarks predicted in numpy from the detection, then dlib's own chip) or "keypoints" (a similarity from
+    BlazeFace's keypoints to the embedder's template; cheaper, less accurate).
     fusion: also run the manifest's fused second embedder (needs alignment "dlib5"; see `edge.vision.fusion`).
     models_dir: directory with manifest.json (None = `edge.paths.models_dir()`).
     """
@@ -45,14 +48,38 @@ class VisionOptions:
     min_score: float = 0.5
     flip: bool = True
     models_dir: Path | None = None
-    alignment: str = "dlib5"
+    alignment: str = "auto"
     fusion: bool = True
+
+
+#: Alignments each chip template allows (the first is the embedder's own, what "auto" means).
+ALIGNMENTS = {"dlib": ("dlib5", "keypoints"), "arcface": ("onet", "keypoints")}
+
+
+def resolve_alignment(options: VisionOptions, primary: ModelInfo) -> str:
+    """The alignment `options` mean for this embedder ("auto" → its own); ModelError for one it cannot take."""
+    template = _template(primary)
+    allowed = ALIGNMENTS[template]
+    if options.alignment == "auto":
+        return allowed[0]
+    if options.alignment not in allowed:
+        raise ModelError(f"alignment {options.alignment!r} does not suit embedder {primary.name} ({template} chips); "
+                         f"choose one of: auto, {', '.join(allowed)}")
+    return options.alignment
+
+
+def _template(info: ModelInfo) -> str:
+    template = str(info.info.get("alignment", {}).get("template", "dlib"))
+    if template not in ALIGNMENTS:  # dlib's entries name a template file ("edge/vision/align.py TEMPLATE")
+        return "arcface" if template.startswith("arcface") else "dlib"
+    return template
 
 
 def _fuses(options: VisionOptions, manifest: Manifest, primary: ModelInfo) -> bool:
     """Whether `options` run the manifest's fused second embedder beside `primary` (needs dlib5 alignment)."""
     section = manifest.fusion
-    return bool(options.fusion and options.alignment == "dlib5" and section and section.get("primary") == primary.name)
+    return bool(options.fusion and resolve_alignment(options, primary) == "dlib5" and section
+                and section.get("primary") == primary.name)
 
 
 def _primary(options: VisionOptions, manifest: Manifest) -> ModelInfo:
@@ -85,8 +112,9 @@ class FaceAnalyzer:
     def __init__(self, detector: FaceDetector, embedder: FaceEmbedder, detector_info: ModelInfo,
                  embedder_info: ModelInfo, closeup_retry: bool = True, landmarks: ShapePredictor | None = None,
                  secondary: FaceEmbedder | None = None, secondary_info: ModelInfo | None = None,
-                 fusion: Fusion | None = None, embedding_space: str | None = None) -> None:
+                 fusion: Fusion | None = None, embedding_space: str | None = None, onet: ONet | None = None) -> None:
         self.closeup_retry = closeup_retry
+        self.onet = onet
         self._space = embedding_space or embedder_info.info.get("family", embedder_info.name)
         self.secondary, self.secondary_info, self.fusion = secondary, secondary_info, fusion
         self.landmarks = landmarks
@@ -111,10 +139,14 @@ class FaceAnalyzer:
             score_kind=det_info.info.get("scores", "logit"),
             min_score=options.min_score,
         )
-        if options.alignment not in ("dlib5", "keypoints"):
-            raise ModelError(f"alignment must be 'dlib5' or 'keypoints', got {options.alignment!r}")
-        landmarks = None
-        if options.alignment == "dlib5":
+        if options.alignment not in ("auto", "dlib5", "keypoints", "onet"):
+            raise ModelError(f"alignment must be 'auto', 'onet', 'dlib5' or 'keypoints', got {options.alignment!r}")
+        alignment = resolve_alignment(options, emb_info)
+        landmarks = onet = None
+        if alignment == "onet":
+            lm_name = str(emb_info.info.get("alignment", {}).get("landmarks", "mtcnn_onet_float32"))
+            onet = ONet(manifest.get(lm_name, "landmarks").load(RuntimeOptions(options.threads, options.backend)))
+        if alignment == "dlib5":
             lm = manifest.default("landmarks")
             if not lm.path.is_file() or sha256_file(lm.path) != lm.sha256:
                 raise ModelError(f"landmark model {lm.path} is missing or its checksum does not match the manifest")
@@ -127,17 +159,21 @@ class FaceAnalyzer:
             fusion = load_fusion(section, manifest.directory, sha256_file)
         return cls(detector, FaceEmbedder(emb_model, flip=options.flip), det_info, emb_info, landmarks=landmarks,
                    secondary=secondary, secondary_info=sec_info, fusion=fusion,
-                   embedding_space=embedder_identity(options, manifest)[0])
+                   embedding_space=embedder_identity(options, manifest)[0], onet=onet)
 
     @property
     def alignment(self) -> str:
-        """"dlib5" or "keypoints" (see VisionOptions)."""
-        return "keypoints" if self.landmarks is None else "dlib5"
+        """"onet", "dlib5" or "keypoints" (see VisionOptions)."""
+        return "onet" if self.onet is not None else "keypoints" if self.landmarks is None else "dlib5"
 
     def chip(self, rgb: np.ndarray, detection: Detection) -> np.ndarray:
         """The aligned (S, S, 3) uint8 RGB chip the embedder takes for one detected face."""
         size = self.embedder.chip_size
+        if self.onet is not None:
+            return arcface_chip(rgb, self.onet.landmarks(rgb, detection), size)
         if self.landmarks is None:
+            if _template(self.embedder_info) == "arcface":
+                return align_face(rgb, detection.keypoints, size, ARCFACE_KEYPOINT_TEMPLATE * (CHIP_SIZE / ARCFACE_SIZE))
             return align_face(rgb, detection.keypoints, size)
         return dlib_chip(rgb, detection_landmarks(self.landmarks, rgb, detection), size, self.chip_padding)
 

@@ -140,33 +140,47 @@ class SubjectPick:
 
 @dataclass(frozen=True)
 class SubjectRule:
-    """When a photo with several faces still has a clear subject. dominance: the largest face's eye distance over
-    the next one's (ratio ≥ 1); max_offset: how far its eyes' midpoint may lie from the image centre, as a fraction
-    of the image's width and height (0 = exactly central, 0.5 = anywhere)."""
+    """Which face of a photo with several is its subject: a booking or press portrait has its subject large and
+    centred, often with a bystander cut by the edge. Faces with an eye distance of at least `min_relative` × the
+    largest one's are *sizeable*; the sizeable face nearest the image centre is the subject when its eyes' midpoint
+    lies within `max_offset` of the centre (fraction of the image's width and height: 0 = exactly central,
+    0.5 = anywhere) and no other sizeable face is about as central (within `separation`) unless the subject is
+    `dominance` × larger than it."""
 
     dominance: float = 1.5
     max_offset: float = 0.35
+    min_relative: float = 0.5
+    separation: float = 0.1
+
+
+def _offset(det: Detection, image_size: tuple[int, int]) -> float:
+    """How far a face's eye midpoint lies from the image centre, as a fraction of the image size (Chebyshev)."""
+    w, h = image_size
+    cx, cy = (det.keypoints[0] + det.keypoints[1]) / 2
+    return float(max(abs(cx - w / 2) / max(w, 1), abs(cy - h / 2) / max(h, 1)))
 
 
 def subject_face(dets: list[Detection], image_size: tuple[int, int], rule: SubjectRule = SubjectRule()) -> SubjectPick:
-    """Pick a photo's subject among its detections.
+    """Pick a photo's subject among its detections (`SubjectRule`); image_size: (width, height) in pixels.
 
-    One face: it. Several: the largest (by eye distance, pixels) when it is at least `rule.dominance` × larger than
-    the next and lies within `rule.max_offset` of the centre; otherwise the photo is ambiguous.
-    image_size: (width, height) in pixels.
-    """
-    dominance, max_offset = rule.dominance, rule.max_offset
+    One face: it. Several: the sizeable face nearest the centre, with a warning naming the others; none when the
+    central candidates are too far off centre or two of them are about as central and alike in size."""
     if not dets:
         return SubjectPick(None, "no face")
     if len(dets) == 1:
         return SubjectPick(0)
-    order = sorted(range(len(dets)), key=lambda i: -max(dets[i].eye_distance, 1e-6))
-    first, second = dets[order[0]], dets[order[1]]
-    ratio = max(first.eye_distance, 1e-6) / max(second.eye_distance, 1e-6)
-    w, h = image_size
-    cx, cy = (first.keypoints[0] + first.keypoints[1]) / 2
-    off = max(abs(cx - w / 2) / max(w, 1), abs(cy - h / 2) / max(h, 1))
-    if ratio >= dominance and off <= max_offset:
-        return SubjectPick(order[0], warning=f"{len(dets)} faces; enrolled the dominant one ({ratio:.1f}× the next)")
-    why = f"only {ratio:.1f}× the next" if ratio < dominance else "off centre"
-    return SubjectPick(None, "several faces", detail=f"{len(dets)} faces, no clear subject (largest {why})")
+    largest = max(max(d.eye_distance, 1e-6) for d in dets)
+    sizeable = [i for i, d in enumerate(dets) if max(d.eye_distance, 1e-6) >= rule.min_relative * largest]
+    by_centre = sorted(sizeable, key=lambda i: _offset(dets[i], image_size))
+    best = by_centre[0]
+    off = _offset(dets[best], image_size)
+    if off > rule.max_offset:
+        return SubjectPick(None, "several faces", detail=f"{len(dets)} faces, none near the centre "
+                           f"(the most central is {off:.2f} of the image off it)")
+    if len(by_centre) > 1:
+        rival = by_centre[1]
+        ratio = max(dets[best].eye_distance, 1e-6) / max(dets[rival].eye_distance, 1e-6)
+        if _offset(dets[rival], image_size) - off < rule.separation and ratio < rule.dominance:
+            return SubjectPick(None, "several faces",
+                               detail=f"{len(dets)} faces, no clear subject: two about as central and as large")
+    return SubjectPick(best, warning=f"{len(dets)} faces; enrolled the one nearest the centre")

@@ -335,7 +335,9 @@ class WatchlistStore(Generic[T]):
         embedder = opened.manifest["embedder"]
         if embedder["id"] != self.embedder_id or embedder["sha256"] != self.embedder_sha256:
             return (f"it was built for embedder {embedder['id']} (sha256 {embedder['sha256'][:12]}…), this device"
-                    f" runs {self.embedder_id} (sha256 {self.embedder_sha256[:12]}…)")
+                    f" runs {self.embedder_id} (sha256 {self.embedder_sha256[:12]}…): re-enroll the gallery in this"
+                    " device's embedding space with `edge watchlist build --gallery CSV` (its --embedder) and seal it"
+                    " again, or set the device's vision.embedder to the list's")
         return None
 
     @staticmethod
