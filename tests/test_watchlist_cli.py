@@ -143,9 +143,13 @@ def test_eval_openset_reports_the_shipped_tails_calibration(capsys, tmp_path):
     (tmp_path / "probes.csv").write_text("path,identity,in_watchlist\nfaces/obama2.jpg,obama,1\n"
                                          "faces/astronaut.jpg,eileen_collins,0\n")
     code, out, _ = run(capsys, "eval", "openset", "--gallery", tmp_path / "gallery.csv", "--probes",
-                       tmp_path / "probes.csv", "--root", DATA, "--json")
+                       tmp_path / "probes.csv", "--root", DATA, "--json", "--project-size", "300000")
     assert code == 0
-    cal = json.loads(out)["calibration"]
+    report = json.loads(out)
+    cal = report["calibration"]
+    proj = report["projection"]  # the shipped tail's threshold for 300,000 templates and this run's FNIR at it
+    assert proj["size"] == 300_000 and proj["threshold_bound"] >= proj["threshold"] > cal["predicted_threshold"]
+    assert proj["n_mated"] == 1 and proj["fnir"] in (0.0, 1.0) and proj["fnir_at_point"] <= proj["fnir"]
     default = FaceAnalyzer.create()  # the default embedder's tail (with fusion, it would be the fused score's)
     want = scoring_tail(default.embedder_info.info, default.fusion).threshold_for(2, 0.003)
     assert cal["predicted_threshold"] == want["match"] and cal["predicted_fpir"] == want["predicted_fpir"]

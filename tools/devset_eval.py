@@ -165,6 +165,16 @@ def impostors_by_probe(c, half: str, max_probes: int | None = None) -> list[np.n
 NEAR_DUPLICATE = 0.76
 
 
+#: UTKFace chips of people younger than this (years, the set's own label) count as impostors of every labelled face.
+CHILD_AGE = 16
+
+
+def utk_age(path: str) -> int:
+    """The age in a UTKFace chip's file name (`age_gender_race_datetime.jpg.chip.jpg`); 999 when there is none."""
+    head = Path(path).name.split("_", 1)[0]
+    return int(head) if head.isdigit() else 999
+
+
 def passes(c, limits: QualityThresholds) -> np.ndarray:
     """Per photo: its subject face passes these quality limits (from the cached figures)."""
     return ((c["chosen"] >= 0) & (c["eye"] >= limits.min_eye_distance) & (c["score"] >= limits.min_score)
@@ -179,7 +189,10 @@ def clean_impostor_pairs(c, half: str, facehash: np.ndarray | None,
     not impostors; (2) only pairs within one identity namespace count — CelebA (in-the-wild and low-res share its
     ids) or one small set: UTKFace has no identities (one person may appear twice) and the sets were all scraped
     from the web, so a celebrity can be in two of them under unrelated labels (looked at: the top UTKFace × CelebA
-    pairs of a first fit were Nick Jonas and Jim Parsons under two labels each); (3) near-duplicate photos (`NEAR_DUPLICATE`) are left out; (4) known aliases are merged (`devset.ALIASES`,
+    pairs of a first fit were Nick Jonas and Jim Parsons under two labels each) — except UTKFace chips of children
+    (under `CHILD_AGE` by the set's own age label) against labelled faces: the celebrity sets hold almost no children,
+    so such a pair is almost surely two people, and without them the tail misses what a first held-back check found
+    (one-year-olds all scoring ~0.7 against one CelebA baby: infants look alike to the embedder); (3) near-duplicate photos (`NEAR_DUPLICATE`) are left out; (4) known aliases are merged (`devset.ALIASES`,
     already applied to the cache's identities). `gated`: only the comparisons a deployed list makes — both faces
     pass the enrollment gate (a template) and at least one passes the device's gate (the probe)."""
     from edge.vision.quality import ENROLLMENT_LIMITS
@@ -189,8 +202,9 @@ def clean_impostor_pairs(c, half: str, facehash: np.ndarray | None,
     idx = np.array(sorted(i for i in sp["gallery"] + sp["mated"] + sp["nonmated"] if ok[i]))
     probe_ok = passes(c, QualityThresholds())[idx] if gated else np.ones(len(idx), bool)
     ident = np.array([str(c["identity"][i]) or f"utk:{c['path'][i]}" for i in idx])
-    space = np.array(["" if not str(c["identity"][i]) else "celeba" if str(c["identity"][i]).startswith("celeba:")
-                      else str(c["set"][i]) for i in idx])
+    space = np.array([("child" if utk_age(str(c["path"][i])) < CHILD_AGE else "") if not str(c["identity"][i])
+                      else "celeba" if str(c["identity"][i]).startswith("celeba:") else str(c["set"][i]) for i in idx])
+    labelled = (space != "") & (space != "child")
     emb = c["emb"][idx]
     fh = facehash[idx].astype(np.float32) if facehash is not None else None
     groups, removed = [], {"same_identity": 0, "cross_namespace_or_unlabelled": 0, "near_duplicate": 0}
@@ -200,7 +214,10 @@ def clean_impostor_pairs(c, half: str, facehash: np.ndarray | None,
         sims = emb[rows] @ emb.T
         upper = np.arange(len(idx))[None, :] > rows[:, None]
         same = ident[rows][:, None] == ident[None, :]
-        other_space = (space[rows][:, None] != space[None, :]) | (space[rows][:, None] == "")
+        same_space = (space[rows][:, None] == space[None, :]) & labelled[rows][:, None]
+        child_pair = ((space[rows][:, None] == "child") & labelled[None, :]) | (labelled[rows][:, None]
+                                                                                & (space[None, :] == "child"))
+        other_space = ~(same_space | child_pair)
         dup = (fh[rows] @ fh.T >= NEAR_DUPLICATE) if fh is not None else np.zeros_like(same)
         upper &= probe_ok[rows][:, None] | probe_ok[None, :]
         removed["same_identity"] += int((upper & same).sum())
@@ -310,10 +327,11 @@ def main(argv: list[str] | None = None) -> None:
             entry["source"] = (f"dev set (../shared/data; tuned on it): {model.n:,} real impostor pairs = every pair of "
                                f"different identities within one identity namespace among the {removed['faces']:,} faces "
                                f"of half '{args.half}' of the identities (hash split): CelebA in-the-wild + low-res, the "
-                               "small sets; "
+                               f"small sets, UTKFace children under {CHILD_AGE}; "
                                f"cleaned without looking at scores: {removed['cross_namespace_or_unlabelled']:,} pairs "
-                               "across identity namespaces or with an unlabelled UTKFace chip (one celebrity can carry "
-                               "two labels across web-scraped sets) and "
+                               "across identity namespaces or with an unlabelled adult UTKFace chip (one celebrity can "
+                               f"carry two labels across web-scraped sets; UTKFace children under {CHILD_AGE} are kept "
+                               "against every labelled face) and "
                                f"{removed['near_duplicate']:,} near-duplicate photo pairs (face "
                                f"thumbnails correlating >= {NEAR_DUPLICATE}) left out"
                                + ("; only faces passing the enrollment gate, at least one of each pair passing the "
