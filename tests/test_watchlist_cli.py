@@ -241,3 +241,33 @@ def test_watchlist_bench_on_bundled_photos_reports_every_run(capsys, tmp_path):
     assert "trees 2 search_k -1" in err  # one progress line per run on stderr
     assert (tmp_path / "saved" / "bench-4.bundle").stat().st_size > 0
     assert oct((tmp_path / "saved" / "device.key").stat().st_mode & 0o777) == "0o600"
+
+
+def test_seal_prints_group_false_match_rates_and_warns_past_the_bound(operator_flow, capsys, tmp_path):
+    """A summary from `edge eval demographics --save-summary` (here synthetic, crossing the 3× bound at the sealed
+    threshold): seal prints each group's rate at that threshold and warns; a wider bound stays silent."""
+    tmp = operator_flow
+    if not (tmp / "build").exists():
+        assert main(["watchlist", "build", "--gallery", str(tmp / "gallery.csv"), "--root", str(DATA),
+                     "--out", str(tmp / "build")]) == 0
+    capsys.readouterr()
+    grid = [round(0.2 + 0.005 * i, 4) for i in range(161)]
+    summary = {"thresholds": grid, "source": "synthetic test summary", "groups": {
+        "group a": {"faces": 500, "pairs": 100_000, "false": [80] * len(grid)},
+        "group b": {"faces": 500, "pairs": 100_000, "false": [10] * len(grid)},
+        "tiny": {"faces": 3, "pairs": 3, "false": [0] * len(grid)}}}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    args = ["watchlist", "seal", "--in", tmp / "build", "--signing-key", tmp / "op" / "operator.key", "--device-key",
+            tmp / "dev" / "device.pub", "--device-id", "cam-01", "--demographics", tmp_path / "summary.json"]
+    code, out, err = run(capsys, *args, "--version", 7, "--out", tmp_path / "v7.bundle")
+    assert code == 0, err
+    assert "warning: false-match rates differ 8.0× between groups" in err and "group a" in err
+    assert "group a" in out and "8.00e-04" in out and "1.00e-04" in out and "not estimable" in out
+    code, out, err = run(capsys, *args, "--version", 8, "--out", tmp_path / "v8.bundle", "--demographic-bound", "10",
+                         "--json")
+    demo = json.loads(out)["demographics"]
+    assert code == 0 and demo["warning"] is None and demo["within_group_fmr"]["group b"]["rate"] == 1e-4
+    assert demo["within_group_fmr"]["tiny"]["estimable"] is False and "warning" not in err
+    (tmp_path / "bad.json").write_text('{"thresholds": "x"}')
+    code, _, err = run(capsys, *args[:-1], tmp_path / "bad.json", "--version", 9, "--out", tmp_path / "v9.bundle")
+    assert code == 1 and "is not a summary from `edge eval demographics" in err and not (tmp_path / "v9.bundle").exists()

@@ -353,8 +353,9 @@ class ChipSet:
     held_out: np.ndarray  # (N,) bool
 
 
-def make_chips(dirs: list[Path], size: int, padding: float, max_per_dir: int) -> ChipSet:
-    """Largest face of every manifest image (repo detector: BlazeFace int8), aligned to chip_template."""
+def make_chips(dirs: list[Path], size: int, padding: float, max_per_dir: int, chipper: Any = None) -> ChipSet:
+    """Largest face of every manifest image (repo detector: BlazeFace int8), aligned to chip_template, or cut by
+    `chipper(rgb, detection)` when given (tools/convert_mobilefacenet.py: ONet points to the ArcFace template)."""
     from edge.imageio import read_image
     from edge.vision.align import align_face
     from edge.vision.analyzer import FaceAnalyzer
@@ -376,7 +377,7 @@ def make_chips(dirs: list[Path], size: int, padding: float, max_per_dir: int) ->
             if not dets:
                 continue
             det = max(dets, key=lambda x: x.width * x.height)
-            chips.append(align_face(rgb, det.keypoints, size, tmpl))
+            chips.append(chipper(rgb, det) if chipper else align_face(rgb, det.keypoints, size, tmpl))
             sources.append(f"{d.name}/{r['path']}")
             idents.append(f"{d.name}:{r['identity']}")
     order = sorted(set(idents))

@@ -27,7 +27,7 @@ Why the float32 model ships and the int8 one does not (measured on this x86 VM, 
 Chips
     Every dev photo's largest face (BlazeFace int8 from this repository), five points from ONet
     (``edge.vision.onet``), aligned by a similarity to the 112×112 ArcFace template (``edge.vision.align``). Every
-    ``HOLDOUT_EVERY``-th identity is held out of calibration and used for the int8 parity.
+    4th identity is held out of calibration and used for the int8 parity (``tools/convert_faceres.make_chips``).
 
 Checks printed (and written to ``--report``)
     * the replayed graph (TF) vs the original TFLite file on the same chips (batch 2): max |diff|, min cosine;
@@ -52,7 +52,6 @@ The appliance only needs a TFLite interpreter.
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import json
 import os
@@ -70,9 +69,7 @@ import numpy as np  # noqa: E402
 TOOLS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TOOLS))
 
-HOLDOUT_EVERY = 4
 ASSETS = Path("android/src/main/assets")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
 def _channel_range(graph: Any, op: Any, side: str) -> np.ndarray:
@@ -157,37 +154,19 @@ def export_saved_model(tflite: Path, directory: Path, equalized: bool = True) ->
 
 
 def make_chips(dirs: list[Path], max_per_dir: int) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """(chips (N, 112, 112, 3) uint8, sources, held-out mask): the largest face of each manifest photo, ONet points."""
-    from edge.imageio import read_image
+    """(chips (N, 112, 112, 3) uint8, sources, held-out mask): the largest face of each manifest photo, ONet points
+    to the ArcFace template (the photo selection and hold-out of tools/convert_faceres.py)."""
+    import convert_faceres
+
     from edge.vision.align import arcface_chip
-    from edge.vision.analyzer import FaceAnalyzer, VisionOptions
     from edge.vision.manifest import load_manifest
     from edge.vision.onet import ONet
     from edge.vision.runtime import RuntimeOptions
 
-    analyzer = FaceAnalyzer.create(VisionOptions(fusion=False, alignment="keypoints", threads=2))
     onet = ONet(load_manifest().get("mtcnn_onet_float32", "landmarks").load(RuntimeOptions(2)))
-    chips, sources, idents = [], [], []
-    for d in dirs:
-        with open(d / "manifest.csv", newline="") as fh:
-            rows = [r for r in csv.DictReader(fh) if r.get("identity") and not r.get("byte_duplicate_of")
-                    and Path(r["path"]).suffix.lower() in IMAGE_SUFFIXES and r.get("kind", "raw") == "raw"]
-        rows.sort(key=lambda r: (r["identity"], r["path"]))
-        if max_per_dir and len(rows) > max_per_dir:  # spread over identities: every k-th row
-            step = len(rows) / max_per_dir
-            rows = [rows[int(i * step)] for i in range(max_per_dir)]
-        for r in rows:
-            rgb = read_image(d / r["path"])
-            dets = analyzer.detect(rgb)
-            if not dets:
-                continue
-            det = max(dets, key=lambda x: x.width * x.height)
-            chips.append(arcface_chip(rgb, onet.landmarks(rgb, det)))
-            sources.append(f"{d.name}/{r['path']}")
-            idents.append(f"{d.name}:{r['identity']}")
-    order = sorted(set(idents))
-    held = np.array([order.index(i) % HOLDOUT_EVERY == HOLDOUT_EVERY - 1 for i in idents])
-    return np.stack(chips), sources, held
+    cs = convert_faceres.make_chips(dirs, 112, 0.0, max_per_dir,
+                                    chipper=lambda rgb, det: arcface_chip(rgb, onet.landmarks(rgb, det)))
+    return cs.chips, cs.sources, cs.held_out
 
 
 def run_tflite(model: Path | bytes, x: np.ndarray, batch: int = 1) -> np.ndarray:

@@ -215,10 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="accuracy measurements").add_subparsers(dest="eval_command", metavar="KIND", required=True)
     from edge.cli import audit as cli_audit, bench as cli_bench, console as cli_console, device as cli_device, fleet as cli_fleet
     from edge.cli import keys as cli_keys, mqtt as cli_mqtt, run as cli_run, watchlist as cli_watchlist
+    from edge.cli import demographics as cli_demographics
 
     cli_keys.add_parsers(sub)
 
     watchlist_sub = cli_watchlist.add_parsers(sub, vision, ev)
+    cli_demographics.add_parser(ev, vision)
     cli_mqtt.add_parsers(sub, watchlist_sub)
     cli_audit.add_parsers(sub)
     cli_run.add_parsers(sub)

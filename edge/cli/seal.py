@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -45,6 +46,37 @@ def _impostor_tail(args: argparse.Namespace, embedder: dict):
     return embedder_tail(manifest.get(embedder.get("name", ""), "embedder").info)
 
 
+def _demographics(args: argparse.Namespace, embedder: dict, threshold: float) -> dict:
+    """Per-group within-group FMR at the sealed threshold, from --demographics FILE (`edge eval demographics
+    --save-summary`) or the embedder's shipped summary (model manifest "demographics"), and the ratio warning."""
+    from edge.evaluation.demographics import fmr_at, ratio_warning
+    from edge.vision.manifest import load_manifest
+
+    if args.demographics:
+        try:
+            if Path(args.demographics).stat().st_size > MAX_IMPOSTOR_FILE:
+                raise DataError(f"{args.demographics} is larger than {MAX_IMPOSTOR_FILE // 2**20} MiB: not a summary "
+                                "from `edge eval demographics --save-summary`")
+            summary = json.loads(Path(args.demographics).read_text())
+            rates = fmr_at(summary, threshold)
+        except (OSError, KeyError, TypeError, ValueError, AttributeError, IndexError, UnicodeDecodeError,
+                RecursionError) as err:
+            raise DataError(f"{args.demographics} is not a summary from `edge eval demographics --save-summary` "
+                            f"({type(err).__name__}: {err})") from None
+    else:
+        if embedder.get("fusion"):
+            return {"note": "no demographic summary ships for fused scores: pass --demographics FILE"}
+        try:
+            summary = load_manifest(args.models_dir).get(embedder.get("name", ""), "embedder").info.get("demographics")
+        except EdgeError:
+            summary = None
+        if not summary:
+            return {"note": "the model manifest has no demographic summary for this embedder"}
+        rates = fmr_at(summary, threshold)
+    return {"threshold": threshold, "source": str(summary.get("source", "")), "within_group_fmr": rates,
+            "bound": args.demographic_bound, "warning": ratio_warning(rates, args.demographic_bound)}
+
+
 #: Longest validity a sealed watchlist may have, days (a device treats it as stale after it).
 MAX_EXPIRES_DAYS = 3650
 
@@ -74,6 +106,8 @@ def _check_seal_args(args: argparse.Namespace) -> None:
         raise DataError(f"--margin must be a cosine margin in [0, 1), got {args.margin}")
     if not 0 < args.fpir < 1:
         raise DataError(f"--fpir must be a rate in (0, 1), got {args.fpir}")
+    if not 1 <= args.demographic_bound <= 1e6:
+        raise DataError(f"--demographic-bound must be a ratio ≥ 1, got {args.demographic_bound}")
     if not 0 < args.expires_days <= MAX_EXPIRES_DAYS:
         raise DataError(f"--expires-days must be in (0, {MAX_EXPIRES_DAYS}], got {args.expires_days:g}")
     for out in [args.out] + ([_full_out(args)] if args.base is not None else []):
@@ -126,6 +160,7 @@ def cmd_watchlist_seal(args: argparse.Namespace) -> int:
     else:
         thresholds = _impostor_tail(args, embedder).threshold_for(n_templates, args.fpir)
     thresholds["margin"] = args.margin
+    demo = _demographics(args, embedder, float(thresholds["match"]))  # a bad summary file stops seal before it writes
     full_packed = pack(full)
     try:  # what the device will load must load here first (a corrupt index.ann or templates.bin is caught now)
         Watchlist.from_payload(full_packed, _numbers_only(thresholds), {"embedder": embedder})
@@ -159,6 +194,9 @@ def cmd_watchlist_seal(args: argparse.Namespace) -> int:
         atomic_write(path, data, mode=0o644)  # sealed: only its recipients can open it
     data = outputs[0][1]
     result.update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data), device_id=args.device_id)
+    result["demographics"] = demo
+    if demo.get("warning"):
+        print(f"warning: {demo['warning']}", file=sys.stderr)
     if args.json:
         _print_json(result)
     else:
@@ -170,7 +208,19 @@ def cmd_watchlist_seal(args: argparse.Namespace) -> int:
         if delta is not None:
             print(f"full bundle of v{args.version} for devices without v{args.base}: {_full_out(args)}"
                   f" ({len(full_data)} bytes)")
+        _print_demographics(demo)
     return 0
+
+
+def _print_demographics(demo: dict) -> None:
+    """The per-group false-match rates at the sealed threshold, one line per group."""
+    if "note" in demo:
+        print(f"demographic false-match rates: {demo['note']}")
+        return
+    print(f"within-group false-match rate per comparison at {demo['threshold']:.4f} ({demo['source']}):")
+    for name, r in sorted(demo["within_group_fmr"].items()):
+        value = f"{r['rate']:.2e}" if r["estimable"] else "not estimable (no false match)"
+        print(f"  {name:28s} {value:>30s}  95 % [{r['low']:.1e}, {r['high']:.1e}], {r['pairs']:,} pairs")
 
 
 def _numbers_only(thresholds: dict) -> dict:

@@ -303,6 +303,10 @@ def add_parsers(sub: argparse._SubParsersAction, vision: argparse.ArgumentParser
     p.add_argument("--impostors", type=Path, help="impostor model from `edge eval openset --save-impostors` "
                                                   "(default: the embedder's, measured on the dev set)")
     p.add_argument("--threshold", type=float, help="use this match threshold instead of calibrating one")
+    p.add_argument("--demographics", type=Path, metavar="JSON", help="per-group counts from `edge eval demographics "
+                   "--save-summary` (default: the embedder's shipped summary) for the per-group rates seal prints")
+    p.add_argument("--demographic-bound", type=float, default=3.0, metavar="RATIO", help="warn when the highest "
+                   "within-group false-match rate exceeds the lowest by more than RATIO times (default 3)")
     p.add_argument("--margin", type=float, default=0.02, help="required cosine margin over the next subject (default 0.02)")
     p.add_argument("--models-dir", type=Path, help="directory with manifest.json (for the default impostor model)")
     p.add_argument("--force", action="store_true", help="replace an existing --out file")
