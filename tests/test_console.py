@@ -53,7 +53,8 @@ def users_db(tmp_path_factory):
     return path
 
 
-def make_console(tmp_path: Path, users_db: Path, retention_days=30.0, labels=LABELS, thumbnail_key=None):
+def make_console(tmp_path: Path, users_db: Path, retention_days=30.0, labels=LABELS, thumbnail_key=None,
+                 demographics=None):
     tmp_path.mkdir(parents=True, exist_ok=True)
     shutil.copy(users_db, tmp_path / "events.db")
     store = EventStore(tmp_path / "events.db")
@@ -61,7 +62,8 @@ def make_console(tmp_path: Path, users_db: Path, retention_days=30.0, labels=LAB
     audit = AuditLog(tmp_path / "console-audit.log")
     events = [new_event(i + 1, subject=f"subj-{i % 2 + 1}") for i in range(4)]
     store.add(events)
-    app = create_app(store, accounts, audit, labels, 2, retention_days, thumbnail_key=thumbnail_key)
+    app = create_app(store, accounts, audit, labels, 2, retention_days, thumbnail_key=thumbnail_key,
+                     demographics=demographics)
     return SimpleNamespace(app=app, store=store, accounts=accounts, audit=audit, events=events,
                            ids=[e["event_id"] for e in events])
 
@@ -426,6 +428,34 @@ def test_devices_and_watchlists_pages_follow_the_reports(console):
     assert [(v["version"], [d["device_id"] for d in v["devices"]]) for v in versions] == [(7, ["cam-01"]),
                                                                                           (6, ["cam-02"])]
     assert "Version 7" in alice.get("/watchlists").text
+
+
+def test_watchlists_page_shows_group_false_match_rates_at_each_versions_threshold(tmp_path, users_db):
+    """The events of version 7 say its threshold (0.655) and embedder; the embedder's demographic summary gives each
+    group's rate there, a group without a false match is not estimable, and a ratio past 3× is a warning."""
+    grid = [0.6, 0.65, 0.7]
+    summary = {"thresholds": grid, "source": "synthetic summary", "groups": {
+        "group a": {"faces": 9, "pairs": 100_000, "false": [90, 50, 10]},
+        "group b": {"faces": 9, "pairs": 100_000, "false": [20, 10, 5]},
+        "tiny": {"faces": 2, "pairs": 1, "false": [0, 0, 0]}}}
+    c = make_console(tmp_path, users_db, demographics={"dlib_resnet_v1_int8": summary})
+    try:
+        c.store.device_watchlist("cam-01", 7, "installed", None)
+        c.store.device_watchlist("cam-02", 8, "installed", None)  # no event from v8 yet
+        alice, _ = session(c.app, "alice")
+        versions = {v["version"]: v for v in alice.get("/api/watchlists").json()["versions"]}
+        v7 = versions[7]
+        assert v7["threshold"] == 0.655 and v7["embedder_id"] == "dlib_resnet_v1_int8"
+        assert v7["groups"]["group a"]["rate"] == 5e-4 and v7["groups"]["group b"]["rate"] == 1e-4
+        assert v7["groups"]["tiny"]["estimable"] is False and "5.0×" in v7["warning"]
+        assert versions[8]["threshold"] is None and versions[8]["groups"] is None
+        page = alice.get("/watchlists").text
+        for text in ("Match threshold 0.6550", "5.00e-04", "not estimable", "differ 5.0× between groups",
+                     "never per-group thresholds", "No event from this version yet"):
+            assert text in page, text
+    finally:
+        c.audit.close()
+        c.store.close()
 
 
 def test_security_headers_and_nonce_only_scripts(console):

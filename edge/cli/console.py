@@ -9,7 +9,20 @@ import sys
 import threading
 from pathlib import Path
 
-from edge.errors import DataError
+from edge.errors import DataError, EdgeError
+
+
+def shipped_demographics() -> dict[str, dict]:
+    """Embedding space → demographic summary, for every embedder of the model manifest that ships one ({} when the
+    models are not installed on this operator machine)."""
+    from edge.vision.manifest import load_manifest
+
+    try:
+        manifest = load_manifest()
+    except EdgeError:
+        return {}
+    return {manifest.embedding_space(m, False): m.info["demographics"] for m in manifest.models.values()
+            if m.kind == "embedder" and m.info.get("demographics")}
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -72,7 +85,7 @@ def cmd_console(args: argparse.Namespace) -> int:
     try:
         accounts = Accounts(store.db)
         app = create_app(store, accounts, audit, labels, args.confirmations, args.retention_days,
-                         thumbnail_key=thumbnail_key)
+                         thumbnail_key=thumbnail_key, demographics=shipped_demographics())
         shown = f"[{host}]" if ":" in host else host
         print(f"edge console on http://{shown}:{port}/ (store {url}, audit log {audit.path}, {args.confirmations}"
               f" confirmation(s) confirm an event, {len(labels)} subject name(s))", flush=True)

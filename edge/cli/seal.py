@@ -49,7 +49,7 @@ def _impostor_tail(args: argparse.Namespace, embedder: dict):
 def _demographics(args: argparse.Namespace, embedder: dict, threshold: float) -> dict:
     """Per-group within-group FMR at the sealed threshold, from --demographics FILE (`edge eval demographics
     --save-summary`) or the embedder's shipped summary (model manifest "demographics"), and the ratio warning."""
-    from edge.evaluation.demographics import fmr_at, ratio_warning
+    from edge.vision.demographics import fmr_at, ratio_warning
     from edge.vision.manifest import load_manifest
 
     if args.demographics:

@@ -10,23 +10,12 @@ score interval; with no false match at all the rate is not estimable at that thr
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-#: Two-sided 95 % normal quantile.
-Z95 = 1.959964
-
-
-def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """95 % Wilson score interval (low, high) of a rate of k successes in n trials (n > 0)."""
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
+from edge.vision.demographics import Z95, fmr_at, rate, ratio_warning, wilson  # noqa: F401 - re-exported
 
 @dataclass(frozen=True)
 class Counts:
@@ -43,6 +32,12 @@ class Counts:
 def group_label(values: Sequence[str]) -> str:
     """One group's name from its attribute values ("Black × female")."""
     return " × ".join(values)
+
+
+def _at_or_above(values: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """How many of `values` are ≥ each threshold of `ts` (sorting, not a values × thresholds matrix)."""
+    v = np.sort(values, kind="stable")
+    return len(v) - np.searchsorted(v, ts, side="left")
 
 
 def pair_counts(emb: np.ndarray, groups: Sequence[str], identities: Sequence[str], thresholds: Sequence[float],
@@ -72,35 +67,21 @@ def pair_counts(emb: np.ndarray, groups: Sequence[str], identities: Sequence[str
         imp = upper & ~same_id
         across = imp & ~same_grp
         across_pairs += int(across.sum())
-        vals = sims[across]
-        across_false += (vals[:, None] >= ts[None, :]).sum(axis=0)
+        across_false += _at_or_above(sims[across], ts)
         for g in range(len(names)):
             in_g = (gid[rows] == g)[:, None] & (gid[cols] == g)[None, :]
             w = imp & in_g
             within_pairs[g] += int(w.sum())
-            within_false[g] += (sims[w][:, None] >= ts[None, :]).sum(axis=0)
+            within_false[g] += _at_or_above(sims[w], ts)
             gm = upper & same_id & in_g
             if gm.any():
                 gen_pairs[g] += int(gm.sum())
-                gen_missed[g] += (sims[gm][:, None] < ts[None, :]).sum(axis=0)
+                gen_missed[g] += int(gm.sum()) - _at_or_above(sims[gm], ts)
     faces = np.bincount(gid, minlength=len(names))
     within = {name: Counts(int(faces[g]), int(within_pairs[g]), tuple(int(v) for v in within_false[g]),
                            int(gen_pairs[g]), tuple(int(v) for v in gen_missed[g]) if gen_pairs[g] else ())
               for g, name in enumerate(names)}
     return within, Counts(n, across_pairs, tuple(int(v) for v in across_false))
-
-
-def rate(k: int, n: int) -> dict:
-    """{rate, low, high, count, pairs, estimable[, note]}: a rate with its 95 % interval; k = 0 is not an estimate."""
-    if n <= 0:
-        return {"rate": None, "low": None, "high": None, "count": 0, "pairs": 0, "estimable": False,
-                "note": "no pairs in this group"}
-    low, high = wilson(k, n)
-    out = {"rate": float(f"{k / n:.4g}") if k else None, "low": float(f"{low:.4g}"), "high": float(f"{high:.4g}"),
-           "count": k, "pairs": n, "estimable": k > 0}
-    if not k:
-        out["note"] = f"no false match in {n:,} pairs: too few to estimate at this threshold (95 % bound {high:.2g})"
-    return out
 
 
 def report_at(within: dict[str, Counts], across: Counts, index: int, threshold: float) -> dict:
@@ -121,36 +102,10 @@ def report_at(within: dict[str, Counts], across: Counts, index: int, threshold: 
             "max_min_ratio": ratio, "not_estimable": sorted(k for k, v in groups.items() if not v["fmr"]["estimable"])}
 
 
-def fmr_at(summary: dict, threshold: float) -> dict[str, dict]:
-    """Per group {fmr, low, high, pairs, estimable} at `threshold` from a stored summary (`summarise`): the counts
-    of the grid threshold at or just below it (conservative: a lower threshold has at least as many false matches;
-    the summary's grid is fine enough, 0.005, for this to matter little)."""
-    grid = summary["thresholds"]
-    below = [k for k, t in enumerate(grid) if t <= threshold + 1e-9]
-    i = below[-1] if below else 0  # the grid point at or just below the threshold: never fewer false matches
-    out = {}
-    for name, g in summary["groups"].items():
-        out[name] = rate(int(g["false"][i]), int(g["pairs"])) | {"grid_threshold": grid[i]}
-    return out
-
-
 def summarise(within: dict[str, Counts], thresholds: Sequence[float], source: str) -> dict:
     """A compact summary for the model manifest: the threshold grid and each group's pair and false-match counts."""
     return {"thresholds": [round(float(t), 4) for t in thresholds], "source": source,
             "groups": {k: {"faces": c.faces, "pairs": c.pairs, "false": list(c.false)} for k, c in within.items()}}
-
-
-def ratio_warning(rates: dict[str, dict], bound: float) -> str | None:
-    """A one-line warning when the highest estimable group FMR exceeds the lowest by more than `bound` times."""
-    est = {k: v["rate"] for k, v in rates.items() if v.get("estimable")}
-    if len(est) < 2:
-        return None
-    hi, lo = max(est, key=est.get), min(est, key=est.get)  # type: ignore[arg-type]
-    r = est[hi] / est[lo]
-    if r <= bound:
-        return None
-    return (f"false-match rates differ {r:.1f}× between groups at this threshold (highest {hi} {est[hi]:.2g}, lowest "
-            f"{lo} {est[lo]:.2g}; bound {bound:g}×): consider a higher threshold or a smaller list before deploying")
 
 
 def plot(path, within: dict[str, Counts], thresholds: Sequence[float], marks: Sequence[float]) -> None:

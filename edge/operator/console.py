@@ -37,6 +37,7 @@ from edge.messaging.payloads import PayloadError
 from edge.messaging.thumbnail import decrypt_thumbnail
 from edge.operator.accounts import ROLES, Accounts, Session
 from edge.operator.event_store import DECISIONS, STATUSES, EventStore
+from edge.vision.demographics import fmr_at, ratio_warning
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,25 @@ def watchlist_view(devices: list[dict]) -> list[dict]:
     return [{"version": v, "devices": by[v]} for v in order]
 
 
+def with_demographics(versions: list[dict], thresholds: dict[int, dict], summaries: dict[str, dict],
+                      bound: float) -> list[dict]:
+    """Each version of `watchlist_view` with its threshold and embedder (from its events) and, where the embedder's
+    summary ships, the within-group false-match rates at that threshold and the ratio warning."""
+    out = []
+    for v in versions:
+        seen = thresholds.get(v["version"]) if v["version"] is not None else None
+        entry = dict(v, threshold=None, embedder_id=None, groups=None, warning=None)
+        if seen:
+            entry.update(threshold=seen["threshold"], embedder_id=seen["embedder_id"])
+            summary = summaries.get(seen["embedder_id"])
+            if summary:
+                rates = fmr_at(summary, seen["threshold"])
+                entry.update(groups=dict(sorted(rates.items())), warning=ratio_warning(rates, bound),
+                             demographics_source=summary.get("source", ""))
+        out.append(entry)
+    return out
+
+
 def _safe_next(target: str) -> str:
     """A local path to go to after sign-in (never another site: `//host`, `/\\host`)."""
     return target if target.startswith("/") and not target.startswith(("//", "/\\")) else "/"
@@ -178,10 +198,14 @@ class _BodyLimit:
 
 
 def create_app(store: EventStore, accounts: Accounts, audit: AuditLog, labels: dict[str, str], required: int,
-               retention_days: float | None, *, thumbnail_key: Any = None) -> FastAPI:
+               retention_days: float | None, *, thumbnail_key: Any = None,
+               demographics: dict[str, dict] | None = None, demographic_bound: float = 3.0) -> FastAPI:
     """The console over `store`. labels: subject id → name (`labels_from_build`); required: confirmations that
     confirm an event (the store's own); retention_days: what the admin's purge deletes (None: no purge).
-    thumbnail_key: the operator's X25519 private key; without it, encrypted thumbnails stay sealed."""
+    thumbnail_key: the operator's X25519 private key; without it, encrypted thumbnails stay sealed.
+    demographics: embedding space → the model's demographic summary (model manifest), for the per-group
+    false-match rates the Watchlists page shows at each version's threshold; demographic_bound: the ratio past which
+    it warns."""
     if required != store.required:
         raise DataError(f"the console shows {required} required confirmations but the store applies {store.required}")
     if retention_days is not None and not retention_days > 0:
@@ -412,7 +436,8 @@ def create_app(store: EventStore, accounts: Accounts, audit: AuditLog, labels: d
 
     @twin("/watchlists", "/api/watchlists", "watchlists.html")
     def watchlists(request: Request, me: Session) -> dict:
-        return {"versions": watchlist_view(store.devices())}
+        return {"versions": with_demographics(watchlist_view(store.devices()), store.version_thresholds(),
+                                              demographics or {}, demographic_bound)}
 
     @twin("/admin", "/api/admin", "admin.html", action="purge")
     def admin(request: Request, me: Session) -> dict:

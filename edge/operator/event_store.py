@@ -147,6 +147,20 @@ class EventStore:
                         " excluded.watchlist_reason, updated_at = excluded.updated_at",
                         (device_id, version, state, reason, time.time()))
 
+    def version_thresholds(self) -> dict[int, dict]:
+        """{watchlist version: {threshold, embedder_id}} for every version that sent events (the threshold and the
+        embedding space it was sealed with travel in each event)."""
+        out = {}
+        for version, threshold, newest in self.db.query(
+                "SELECT watchlist_version, MAX(threshold), MAX(event_id) FROM events GROUP BY watchlist_version"):
+            body = self.db.query("SELECT body FROM events WHERE event_id = ?", (newest,))
+            try:
+                embedder = str(json.loads(body[0][0]).get("embedder_id", "")) if body else ""
+            except (ValueError, AttributeError):
+                embedder = ""
+            out[int(version)] = {"threshold": float(threshold), "embedder_id": embedder}
+        return out
+
     def devices(self) -> list[dict]:
         rows = self.db.query("SELECT device_id, online, last_seen, health, watchlist_version, watchlist_state,"
                              " watchlist_reason FROM devices ORDER BY device_id")
