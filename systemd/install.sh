@@ -98,7 +98,7 @@ fi
 # --- models (edge/paths.py: sys.prefix/share/edge/models) -------------------------------------------------------
 MODELS=$VENV/share/edge/models
 mkdir -p "$MODELS"
-for f in "$SRC"/models/manifest.json "$SRC"/models/*.tflite "$SRC"/models/*.npz; do
+for f in "$SRC"/models/manifest.json "$SRC"/models/NOTICE.md "$SRC"/models/*.tflite "$SRC"/models/*.npz; do
     [ -f "$f" ] && cp -f "$f" "$MODELS/"
 done
 chmod -R a+rX,go-w "$PREFIX"

@@ -213,7 +213,9 @@ def serve_console(work: Path, names: dict, print_fn: Callable[[str], None], list
         users[name] = secrets.token_urlsafe(9)
         accounts.add_user(name, users[name], "reviewer")
     audit = AuditLog(work / "console-audit.log")
-    app = create_app(store, accounts, audit, names, 2, None)
+    from edge.cli.console import shipped_demographics
+
+    app = create_app(store, accounts, audit, names, 2, None, demographics=shipped_demographics())
     srv = server(app, host, port, log_level="warning")  # the demo prints its own lines
     thread = threading.Thread(target=srv.run, name="edge-console", daemon=True)
     thread.start()
