@@ -529,8 +529,8 @@ def test_console_command_wires_store_labels_and_listen(tmp_path, capsys, monkeyp
     served = {}
 
     class FakeServer:
-        def __init__(self, app, host, port):
-            served.update(app=app, host=host, port=port)
+        def __init__(self, app, host, port, trusted_proxies=None):
+            served.update(app=app, host=host, port=port, trusted_proxies=trusted_proxies)
 
         def run(self):
             served["ran"] = True
@@ -539,6 +539,7 @@ def test_console_command_wires_store_labels_and_listen(tmp_path, capsys, monkeyp
     code, out, _ = run(capsys, "console", "--store", f"sqlite://{tmp_path}/events.db", "--listen", "0.0.0.0:9000",
                        "--allow-remote", "--confirmations", "3", "--retention-days", "90")
     assert code == 0 and served["ran"] and (served["host"], served["port"]) == ("0.0.0.0", 9000)
+    assert served["trusted_proxies"] is None  # forwarded headers believed from nobody unless --trust-proxy
     assert f"audit log {tmp_path}/console-audit.log" in out and "3 confirmation(s) confirm an event" in out
     assert "no users yet: add one with `edge console user add NAME --role admin" in out
     code, _, err = run(capsys, "console", "--store", tmp_path / "events.db", "--listen", "localhost")
@@ -587,3 +588,37 @@ def test_user_add_is_refused_while_a_console_holds_the_audit_log(tmp_path, capsy
     store = EventStore(db)
     assert Accounts(store.db).users() == []  # refused before the user existed
     store.close()
+
+
+@pytest.mark.parametrize("body,why", [
+    (b"[" * 60_000, "nested deeper than 4 levels"),  # issue 22 row 4: was a 500 and a RecursionError traceback
+    (b'{"decision": {"a": {"b": {"c": {"d": 1}}}}}', "nested deeper than 4 levels"),
+    (b'{"decision": "reject", "decision": "confirm"}', "duplicate key: decision"),  # the last one won silently
+    (b'{"decision": "confirm", "note": "\xff"}', "not valid JSON"),
+    (b'{"decision": ', "not valid JSON"),
+    (b'"[[[[[[[[[[["', "must be a JSON object"),  # brackets inside a string are not nesting
+])
+def test_hostile_json_bodies_get_400_never_500(console, body, why):
+    """Every JSON body the console parses has a depth limit, refuses duplicate keys and bad UTF-8 with a 400 naming
+    the cause; the event is untouched and the console keeps serving."""
+    client, csrf = session(console.app, "alice")
+    resp = client.post(f"/api/events/{console.ids[0]}/decisions", content=body,
+                       headers={"X-CSRF-Token": csrf, "content-type": "application/json"})
+    assert resp.status_code == 400 and why in resp.text, (resp.status_code, resp.text[:200])
+    assert console.store.decisions(console.ids[0]) == []
+    assert decide(client, csrf, console.ids[0], "confirm").status_code == 200
+
+
+def test_forwarded_headers_are_believed_only_from_named_proxies():
+    """Issue 22 row 5: uvicorn believed X-Forwarded-For from 127.0.0.1 by default, so a local client rotating it
+    escaped the per-address sign-in limit. Now nobody is believed unless named."""
+    from edge.cli.console import _trusted_proxies
+    from edge.errors import DataError
+    from edge.operator.console import server
+
+    cfg = server(None, "127.0.0.1", 0).config
+    assert cfg.proxy_headers is False and cfg.forwarded_allow_ips in ("", [])
+    cfg = server(None, "127.0.0.1", 0, trusted_proxies=_trusted_proxies("127.0.0.1, ::1")).config
+    assert cfg.proxy_headers is True and "127.0.0.1" in str(cfg.forwarded_allow_ips)
+    with pytest.raises(DataError, match="not an IP address"):
+        _trusted_proxies("proxy.example")

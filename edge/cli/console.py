@@ -12,6 +12,19 @@ from pathlib import Path
 from edge.errors import DataError, EdgeError
 
 
+def _trusted_proxies(text: str | None) -> str | None:
+    """--trust-proxy's addresses checked (IP addresses only, comma-separated), or None."""
+    if not text:
+        return None
+    addrs = [a.strip() for a in text.split(",") if a.strip()]
+    for a in addrs:
+        try:
+            ipaddress.ip_address(a)
+        except ValueError:
+            raise DataError(f"--trust-proxy {a!r} is not an IP address") from None
+    return ",".join(addrs)
+
+
 def shipped_demographics() -> dict[str, dict]:
     """Embedding space → demographic summary, for every embedder of the model manifest that ships one ({} when the
     models are not installed on this operator machine)."""
@@ -96,7 +109,7 @@ def cmd_console(args: argparse.Namespace) -> int:
             threading.Thread(target=_retention, args=(store, audit, args.retention_days, stop), daemon=True,
                              name="edge-retention").start()
         try:
-            server(app, host, port).run()
+            server(app, host, port, trusted_proxies=_trusted_proxies(args.trust_proxy)).run()
         finally:
             stop.set()
     finally:
@@ -207,6 +220,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-remote", action="store_true",
                    help="allow a non-loopback --listen address (only behind a TLS reverse proxy: the console itself"
                         " speaks plain HTTP)")
+    p.add_argument("--trust-proxy", metavar="ADDR[,ADDR]", help="believe X-Forwarded-For/-Proto only from these "
+                   "addresses (your TLS reverse proxy, e.g. 127.0.0.1); default: from nobody")
     p.add_argument("--watchlist", type=Path, metavar="BUILD_DIR",
                    help="the operator's watchlist build (`edge watchlist build --out`): shows names for subject ids")
     p.add_argument("--confirmations", type=int, default=2, metavar="N",

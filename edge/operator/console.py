@@ -15,6 +15,7 @@ Lines: the routes share one set of guards (session, CSRF, role) and views, read 
 
 from __future__ import annotations
 
+import json
 import hmac
 import logging
 import math
@@ -143,6 +144,47 @@ def with_demographics(versions: list[dict], thresholds: dict[int, dict], summari
                              demographics_source=summary.get("source", ""))
         out.append(entry)
     return out
+
+
+#: Deepest nesting a JSON request body may have (a decision is one flat object).
+MAX_JSON_DEPTH = 4
+
+
+def json_body(raw: bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """A request body parsed as JSON, or a 400 `Refused` naming why: not UTF-8 JSON, nested deeper than
+    `max_depth` (checked on the bytes before parsing, so `[` × 60,000 never reaches the parser), or an object with
+    a duplicate key (which value would count is ambiguous). The size is bounded before this (413 past 64 KiB)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == 0x5C:  # backslash
+                escaped = True
+            elif ch == 0x22:  # quote
+                in_string = False
+        elif ch == 0x22:
+            in_string = True
+        elif ch in (0x5B, 0x7B):  # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > max_depth:
+                raise Refused(400, f"the body is nested deeper than {max_depth} levels")
+        elif ch in (0x5D, 0x7D):
+            depth -= 1
+
+    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
+        keys = [k for k, _ in pairs]
+        if len(set(keys)) != len(keys):
+            raise Refused(400, "the body has a duplicate key: " + next(k for k in keys if keys.count(k) > 1)[:40])
+        return dict(pairs)
+
+    try:
+        return json.loads(raw.decode("utf-8"), object_pairs_hook=no_duplicates)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise Refused(400, 'the body is not valid JSON; it must be a JSON object: {"decision": "confirm|reject|unsure", '
+                           '"note": "..."}') from None
 
 
 def _safe_next(target: str) -> str:
@@ -396,10 +438,7 @@ def create_app(store: EventStore, accounts: Accounts, audit: AuditLog, labels: d
     @app.post("/api/events/{event_id}/decisions")
     async def api_decide(request: Request, event_id: str) -> dict:
         me, _ = await guard(request, "decide")
-        try:
-            body = await request.json()
-        except ValueError:
-            body = None
+        body = json_body(await request.body())
         if not isinstance(body, dict):
             raise Refused(400, 'the body must be a JSON object: {"decision": "confirm|reject|unsure", "note": "..."}')
         return decide(me, event_id, body.get("decision"), body.get("note") or "")
@@ -457,9 +496,12 @@ def create_app(store: EventStore, accounts: Accounts, audit: AuditLog, labels: d
     return app
 
 
-def server(app: FastAPI, host: str, port: int, log_level: str = "info") -> uvicorn.Server:
-    """A uvicorn server for `app` (run it with `.run()`; stop it with `.should_exit = True`). Behind a reverse
-    proxy on this host, X-Forwarded-Proto: https makes the cookies Secure."""
-    return uvicorn.Server(uvicorn.Config(app, host=host, port=port, proxy_headers=True,
-                                         forwarded_allow_ips="127.0.0.1", server_header=False, log_level=log_level,
-                                         access_log=False))
+def server(app: FastAPI, host: str, port: int, log_level: str = "info",
+           trusted_proxies: str | None = None) -> uvicorn.Server:
+    """A uvicorn server for `app` (run it with `.run()`; stop it with `.should_exit = True`). X-Forwarded-For and
+    -Proto are believed only from `trusted_proxies` (comma-separated addresses, e.g. "127.0.0.1" for a TLS reverse
+    proxy on this host, which then makes the cookies Secure); by default from nobody: a local client rotating
+    X-Forwarded-For would otherwise get a fresh sign-in rate limit with every request."""
+    return uvicorn.Server(uvicorn.Config(app, host=host, port=port, proxy_headers=bool(trusted_proxies),
+                                         forwarded_allow_ips=trusted_proxies or "", server_header=False,
+                                         log_level=log_level, access_log=False))
