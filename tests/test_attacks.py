@@ -658,3 +658,46 @@ def test_csv_fields_rows_and_directories_are_bounded(tmp_path):
     (tmp_path / "huge-field.csv").write_text('path,identity\n"' + "y" * 200_000 + '",a\n')  # past csv's own limit
     with pytest.raises(DataError):
         read_csv(tmp_path / "huge-field.csv", ("path", "identity"))
+
+
+# --- round 3 (issue 22) -------------------------------------------------------------------------------------------
+
+
+def test_a_status_string_with_nul_is_refused_and_one_bad_report_never_stops_the_consumer(tmp_path):
+    """Row 1: a retained status whose health.reported_at held U+0000 made every PostgreSQL consumer exit 70 at every
+    restart. The status schema now refuses control characters anywhere in it, and whatever a report's callback
+    cannot take (here: the database refusing it) is counted and skipped — the next event is still stored."""
+    import queue
+    from types import SimpleNamespace
+
+    from edge.messaging.delivery import EventConsumer
+    from edge.messaging.payloads import decode_status, encode_event
+    from edge.operator.event_store import EventStore
+
+    nul = json.dumps({"schema": "edge-status/1", "state": "online", "health": {"reported_at": "2026\u0000"}}).encode()
+    with pytest.raises(PayloadError, match="control characters"):
+        decode_status(nul)
+    nested = {"schema": "edge-status/1", "state": "online", "health": {"gauges": {"x\u001b[2J": 1}}}
+    with pytest.raises(PayloadError, match="control characters"):
+        decode_status(json.dumps(nested).encode())
+
+    store = EventStore(tmp_path / "events.db")
+    inbox = queue.Queue()
+    acks = []
+    client = SimpleNamespace(inbox=inbox, publish=lambda *a, **k: acks.append(a))
+
+    def refusing(device_id, status):  # the database refuses this report (as PostgreSQL refused the NUL)
+        raise ValueError("PostgreSQL text fields cannot contain NUL (0x00) bytes")
+
+    consumer = EventConsumer(client, store, on_status=refusing, on_watchlist=refusing)
+    ok_status = json.dumps({"schema": "edge-status/1", "state": "online", "health": {"fps": 3}}).encode()
+    event = make_event(seq=1, device_id="cam-a", captured_at=time.time(), subject_id="s1", watchlist_id="wl",
+                       watchlist_version=1, embedder_id="mobilefacenet", similarity=0.9, threshold=0.8, margin=0.1,
+                       track_id=1, chips_used=2, quality={})
+    for topic, payload in (("edge/cam-a/status", nul), ("edge/cam-a/status", ok_status),
+                           ("edge/cam-a/events", encode_event(event, 1))):
+        inbox.put(SimpleNamespace(topic=topic, payload=payload))
+    assert consumer.poll(0.2) == 1  # no exception escaped; the event behind the bad reports is stored
+    assert consumer.stats.rejected == 2 and "not stored: ValueError" in consumer.stats.last_rejection
+    assert store.seqs("cam-a") == [1] and len(acks) == 1  # stored, then acknowledged
+    store.close()

@@ -12,6 +12,7 @@ duplicates from re-sends are dropped and counted), appends new ones to a JSONL l
 from __future__ import annotations
 
 import json
+import logging
 import queue
 import time
 from collections import defaultdict
@@ -23,6 +24,8 @@ from edge.durable import private_file
 from edge.messaging.topics import TopicError, Topics, parse_topic
 from edge.messaging.payloads import (PayloadError, decode_ack, decode_event, decode_status, decode_watchlist_state,
                                      encode_ack, stamp_published)
+
+log = logging.getLogger("edge.messaging.delivery")
 
 
 class EventPublisher:
@@ -89,6 +92,22 @@ class EventConsumer:
         self.on_event = on_event
         self.stats = ConsumerStats()
 
+    def _report(self, kind: str, device_id: str, payload: bytes) -> None:
+        """Hand a status or watchlist-state report to its callback. A report is informational and often retained:
+        one the callback cannot take (e.g. a string the database refuses) is counted, logged in one line and
+        skipped — it must never stop the consumer, or every device's events would wait behind it."""
+        decode, callback = ((decode_status, self.on_status) if kind == "status"
+                            else (decode_watchlist_state, self.on_watchlist))
+        report = decode(payload)  # a PayloadError is the caller's: counted as a rejection
+        if callback is None:
+            return
+        try:
+            callback(device_id, report)
+        except Exception as err:  # noqa: BLE001 - any failure of one report is that report's, not the consumer's
+            self.stats.rejected += 1
+            self.stats.last_rejection = f"{kind} report of {device_id} not stored: {type(err).__name__}: {err}"
+            log.warning("%s", self.stats.last_rejection[:300])
+
     def poll(self, timeout: float = 0.2, max_batch: int = 500) -> int:
         """Handle the messages that arrive within `timeout` seconds (up to `max_batch`); returns events stored."""
         batch: list[dict] = []
@@ -101,15 +120,9 @@ class EventConsumer:
             self.stats.received += 1
             try:
                 parsed = parse_topic(msg.topic, self.prefix)
-                if parsed.kind == "status":
+                if parsed.kind in ("status", "watchlist_state"):
                     self.stats.received -= 1  # not an event
-                    if self.on_status is not None:
-                        self.on_status(parsed.device_id, decode_status(msg.payload))
-                    continue
-                if parsed.kind == "watchlist_state":
-                    self.stats.received -= 1
-                    if self.on_watchlist is not None:
-                        self.on_watchlist(parsed.device_id, decode_watchlist_state(msg.payload))
+                    self._report(parsed.kind, parsed.device_id, msg.payload)
                     continue
                 event = decode_event(msg.payload)
                 device = parsed.device_id

@@ -347,7 +347,24 @@ def _check_status(obj: dict) -> dict:
         raise PayloadError(f"status field 'state' must be 'online' or 'offline', got {_show(obj['state'])}")
     if not isinstance(obj["health"], dict):
         raise PayloadError(f"status field 'health' must be a JSON object, got {_show(obj['health'])}")
+    _no_control_strings(obj["health"], "status field 'health'")
     return obj
+
+
+def _no_control_strings(value: Any, what: str) -> None:
+    """Refuse a control character (NUL included: PostgreSQL text cannot hold it) in any string or key of a decoded
+    JSON value (its depth is already bounded by the size limit and the parser)."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            if _CONTROL.search(v):
+                raise PayloadError(f"{what} contains control characters")
+        elif isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
 
 
 @dataclass(frozen=True)
