@@ -155,8 +155,13 @@ class AuditLog:
         self._lock = threading.Lock()
         created = not self.path.exists()
         try:
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            # O_NOFOLLOW: a symbolic link put where the log should be is refused, never followed (its target
+            # would be appended to and chmodded).
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         except OSError as err:
+            if self.path.is_symlink():
+                raise AuditError(f"audit log {self.path} is a symbolic link: refused (remove it; the log must be a "
+                                 "regular file)") from None
             raise AuditError(f"audit log {self.path} cannot be opened: {err.strerror}") from None
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -6,6 +6,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from edge.errors import DataError
+
 
 def fsync_dir(path: str | Path) -> None:
     """fsync a directory, so a rename or a new file in it survives a power cut."""
@@ -39,6 +41,8 @@ def private_dir(path: str | Path, chmod_existing: bool = True) -> Path:
     existing `path` is made 0700 too (like ssh's ~/.ssh) unless `chmod_existing` is False; existing parents are
     left as they are."""
     path = Path(path)
+    if path.is_symlink():  # chmod and whatever the caller does inside would act on the link's target
+        raise DataError(f"{path} is a symbolic link: refused (a private folder must be a real folder; remove the link)")
     missing = [p for p in [path, *path.parents] if not p.exists()][::-1]
     for level in missing:
         level.mkdir(mode=0o700, exist_ok=True)
@@ -52,7 +56,12 @@ def private_file(path: str | Path) -> Path:
     """Create `path` empty with mode 0600 if it does not exist (before a library such as SQLite creates it with the
     umask's mode); an existing file is made 0600."""
     path = Path(path)
-    fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW, 0o600)
+    except OSError:
+        if path.is_symlink():
+            raise DataError(f"{path} is a symbolic link: refused (a private file must be a regular file)") from None
+        raise
     try:
         os.fchmod(fd, 0o600)
     finally:

@@ -701,3 +701,44 @@ def test_a_status_string_with_nul_is_refused_and_one_bad_report_never_stops_the_
     assert consumer.stats.rejected == 2 and "not stored: ValueError" in consumer.stats.last_rejection
     assert store.seqs("cam-a") == [1] and len(acks) == 1  # stored, then acknowledged
     store.close()
+
+
+def test_a_symlinked_audit_log_is_refused_not_followed(tmp_path):
+    """Row 6a: `audit.log` replaced by a symlink to a 0640 file elsewhere was followed, appended to and chmodded
+    0600. Now it is refused with one line and the target is untouched."""
+    from edge.audit import AuditError
+
+    target = tmp_path / "elsewhere.txt"
+    target.write_text("someone else's file\n")
+    os.chmod(target, 0o640)
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "audit.log").symlink_to(target)
+    with pytest.raises(AuditError, match="is a symbolic link: refused"):
+        AuditLog(state / "audit.log")
+    assert target.read_text() == "someone else's file\n" and stat.S_IMODE(target.stat().st_mode) == 0o640
+
+
+def test_a_symlinked_incoming_folder_is_refused_and_nothing_behind_it_is_touched(tmp_path):
+    """Row 6b: `incoming/` replaced by a symlink to another folder, then a new version arrives: the other folder's
+    subfolders were deleted and it was made 0700. Now the download is refused (reported on the state topic) and
+    the other folder is untouched; a private file that is a symlink is refused too."""
+    from edge.durable import private_dir, private_file
+
+    other = tmp_path / "other"
+    (other / "keep-me").mkdir(parents=True)
+    os.chmod(other, 0o755)
+    (tmp_path / "incoming").symlink_to(other)
+    sync = fake_sync(tmp_path)
+    for topic, payload in valid_offer():
+        sync.handle(topic, payload)
+    assert (other / "keep-me").is_dir() and stat.S_IMODE(other.stat().st_mode) == 0o755
+    assert not sync.store.installed and "symbolic link" in sync.stats.last_reason
+    state = last_state(sync)
+    assert state.reason == "incoming_refused" and "symbolic link" in state.message
+    with pytest.raises(DataError, match="symbolic link"):
+        private_dir(tmp_path / "incoming")
+    (tmp_path / "events.jsonl").symlink_to(tmp_path / "elsewhere.jsonl")
+    with pytest.raises(DataError, match="symbolic link"):
+        private_file(tmp_path / "events.jsonl")
+    assert not (tmp_path / "elsewhere.jsonl").exists()

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from edge.durable import atomic_write, private_dir
-from edge.errors import EdgeError
+from edge.errors import DataError, EdgeError
 from edge.messaging.payloads import MAX_CHUNKS, Offer, PayloadError, encode_offer, encode_watchlist_state, parse_offer
 from edge.messaging.topics import TopicError, Topics, WatchlistTopics, group_filter
 
@@ -249,7 +249,14 @@ class WatchlistSync:
     def _begin(self, source: WatchlistTopics, offer: Offer) -> None:
         self._cancel()
         folder = self._dir(offer)
-        private_dir(folder)
+        try:  # a symbolic link where incoming/ or the version's folder should be is refused, never followed
+            private_dir(self.incoming_dir)
+            private_dir(folder)
+        except DataError as err:
+            self.stats.malformed += 1
+            self.stats.last_reason = str(err)
+            self.report(reason="incoming_refused", message=str(err)[:1000])
+            return
         for stale in self.incoming_dir.iterdir():
             if stale != folder:
                 shutil.rmtree(stale, ignore_errors=True)
