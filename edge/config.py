@@ -201,6 +201,9 @@ class WatchlistConfig(_Section):
     stale_after_expiry: Literal["keep_serving", "stop"] = Field(
         "keep_serving", description="When the installed watchlist expires: keep_serving (and report stale) or stop "
                                     "matching until a fresh one arrives")
+    max_bundle_mb: int = Field(512, ge=1, le=16384, description="Largest watchlist bundle an offer may announce, "
+                               "MiB: a bigger offer is refused unread (a 300,000-subject list is ~140 MiB; the chunks "
+                               "of an accepted one are checked against the offer's sizes as they arrive)")
 
     @field_validator("trusted_keys", mode="before")
     @classmethod

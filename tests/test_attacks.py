@@ -742,3 +742,30 @@ def test_a_symlinked_incoming_folder_is_refused_and_nothing_behind_it_is_touched
     with pytest.raises(DataError, match="symbolic link"):
         private_file(tmp_path / "events.jsonl")
     assert not (tmp_path / "elsewhere.jsonl").exists()
+
+
+def test_chunk_lengths_are_checked_against_the_offer_and_offers_are_capped(tmp_path):
+    """Row 3: an offer declaring bundle_bytes 40 and chunk_bytes 1 whose 40 chunks (correct digests) were 2 MB each
+    had all 80 MB written to incoming/ before `bad_magic`. Now a chunk of the wrong length is refused before it is
+    hashed or written, and an offer over the device's limit (watchlist.max_bundle_mb) is refused unread."""
+    import hashlib as h
+
+    from edge.messaging.payloads import encode_offer
+
+    big = [b"%02d" % n + b"x" * 2_000_000 for n in range(40)]
+    offer = encode_offer(f"device:{DEVICE}", 9, h.sha256(b"".join(big)).hexdigest(), 40, 1,
+                         [h.sha256(c).hexdigest() for c in big])
+    sync = fake_sync(tmp_path)
+    topics = Topics(DEVICE)
+    sync.handle(topics.watchlist_manifest, offer)
+    assert sync.download is not None
+    for n, chunk in enumerate(big):
+        sync.handle(sync.download.topic(n), chunk)
+    assert sync.stats.chunks_rejected == 40 and "has 2000002 bytes; the offer says 1" in sync.stats.last_reason
+    written = sum(f.stat().st_size for f in (tmp_path / "incoming").rglob("*") if f.is_file())
+    assert written == 0 and not sync.store.installed
+    small = WatchlistSync(Store(), Transport(), DEVICE, tmp_path / "incoming2", max_bundle_bytes=1000)
+    for topic, payload in offer_messages(b"y" * 5000, DEVICE, 3, chunk_bytes=1000):
+        small.handle(topic, payload)
+    assert small.download is None and "over this device's limit of 1000 bytes" in small.stats.last_reason
+    assert last_state(small).reason == "malformed_offer"

@@ -275,5 +275,6 @@ def _messaging(c: Config, topics: Any, outbox: Any, store: Any, audit: Any, stat
                           "sha256": hashlib.sha256(data).hexdigest()})
 
     sync = WatchlistSync(store, client, c.device.id, state / "incoming", c.device.topic_prefix,
-                         on_result=audit_install, background=True)
+                         on_result=audit_install, background=True,
+                         max_bundle_bytes=c.watchlist.max_bundle_mb * 2**20)
     return client, EventPublisher(outbox, client, topics), sync

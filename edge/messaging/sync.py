@@ -34,6 +34,9 @@ DEFAULT_CHUNK_BYTES = 1 << 20
 #: Chunks requested at a time: the broker queues retained copies for a new subscription, and mosquitto drops
 #: what exceeds its per-client queue (max_queued_bytes), so the device asks for a few MiB at a time.
 WINDOW = 8
+#: Largest bundle an offer may announce, bytes (config watchlist.max_bundle_mb): a Pi has a few GiB of memory and
+#: disk; a 300,000-subject list is ~140 MiB.
+MAX_BUNDLE_BYTES = 512 * 2**20
 #: Seconds without progress after which the requested chunks are asked for again.
 STALL_AFTER = 10.0
 
@@ -128,8 +131,10 @@ class WatchlistSync:
     def __init__(self, store: Any, transport: Transport, device_id: str, incoming_dir: Path, prefix: str = "edge",
                  window: int = WINDOW, stall_after: float = STALL_AFTER,
                  on_result: Callable[[Any, bytes], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic, background: bool = False) -> None:
+                 clock: Callable[[], float] = time.monotonic, background: bool = False,
+                 max_bundle_bytes: int = MAX_BUNDLE_BYTES) -> None:
         self.store, self.transport, self.on_result, self.clock = store, transport, on_result, clock
+        self.max_bundle_bytes = max_bundle_bytes
         self.device_id, self.prefix, self.topics = device_id, prefix, Topics(device_id, prefix)
         self.own = WatchlistTopics.for_device(device_id, prefix)
         self.incoming_dir = Path(incoming_dir)
@@ -203,6 +208,9 @@ class WatchlistSync:
                     offer = parse_offer(payload, source.audience)
                     if (offer.base is not None) != (parsed.kind == "watchlist_delta"):
                         raise PayloadError("watchlist offer on the wrong topic (delta vs full)")
+                    if offer.bundle_bytes > self.max_bundle_bytes:
+                        raise PayloadError(f"watchlist offer of {offer.bundle_bytes} bytes is over this device's limit"
+                                           f" of {self.max_bundle_bytes} bytes (watchlist.max_bundle_mb)")
                 except PayloadError as err:  # told on watchlist/state; the installed list keeps serving
                     self.stats.malformed += 1
                     self.stats.last_reason = str(err)
@@ -297,6 +305,15 @@ class WatchlistSync:
         d = self.download
         if d is None or d.source != source or d.delta != delta or version != d.offer.version or n not in d.missing:
             self.stats.chunks_ignored += 1  # replayed, stale, cleared or already held
+            return
+        last = len(d.offer.chunks) - 1
+        want = d.offer.chunk_bytes if n < last else d.offer.bundle_bytes - d.offer.chunk_bytes * last
+        if len(payload) != want:  # checked before hashing: a lying offer costs at most its declared size
+            self.stats.chunks_rejected += 1
+            self.stats.last_reason = (f"chunk {n} of version {version} has {len(payload)} bytes; the offer says"
+                                      f" {want}")
+            self.transport.unsubscribe(d.topic(n))
+            self.transport.subscribe(d.topic(n), 1)
             return
         if hashlib.sha256(payload).hexdigest() != d.offer.chunks[n]:
             self.stats.chunks_rejected += 1
