@@ -769,3 +769,21 @@ def test_chunk_lengths_are_checked_against_the_offer_and_offers_are_capped(tmp_p
         small.handle(topic, payload)
     assert small.download is None and "over this device's limit of 1000 bytes" in small.stats.last_reason
     assert last_state(small).reason == "malformed_offer"
+
+
+def test_the_sign_in_limiter_stays_bounded_under_rotated_names_and_addresses():
+    """Issue 22: the limiter kept an entry per failed name and address, dropped only when that key was tried again;
+    with rotated names and addresses it grew without bound. 100,000 rotations now keep at most MAX_TRACKED keys,
+    a key that keeps failing is still limited, and looking a key up never adds it."""
+    from edge.operator.accounts import MAX_FAILURES, MAX_TRACKED, FailureLimiter
+
+    now = [1000.0]
+    lim = FailureLimiter(MAX_FAILURES, 300.0, clock=lambda: now[0])
+    for i in range(100_000):
+        lim.fail(f"u:user{i}", f"a:10.0.{i // 256 % 256}.{i % 256}")
+        if i % 97 == 0:
+            lim.fail("u:alice")  # the account under attack keeps failing in between
+    assert len(lim) <= MAX_TRACKED and lim.limited("u:alice")
+    assert not lim.limited("u:never-seen") and len(lim) <= MAX_TRACKED
+    now[0] += 301  # the window passes: alice may try again, and an expired key is dropped when looked at
+    assert not lim.limited("u:alice")

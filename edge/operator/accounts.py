@@ -10,7 +10,7 @@ import re
 import secrets
 import threading
 import time
-from collections import defaultdict, deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 from edge.errors import DataError
@@ -48,13 +48,54 @@ class Session:
     expires_at: float
 
 
+#: Keys (user names, addresses) the sign-in limiter remembers at most: with rotated names and addresses an
+#: unbounded table grows without end; past this the least recently failed key is forgotten first.
+MAX_TRACKED = 10_000
+
+
+class FailureLimiter:
+    """Failed sign-ins per key in a sliding window of `window` seconds, bounded in memory: at most `max_keys` keys
+    (least recently failed forgotten first) and `limit` timestamps each. Thread-safe."""
+
+    def __init__(self, limit: int, window: float, max_keys: int = MAX_TRACKED, clock=time.time) -> None:
+        self.limit, self.window, self.max_keys, self.clock = limit, window, max_keys, clock
+        self._failures: OrderedDict[str, deque] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._failures)
+
+    def limited(self, key: str) -> bool:
+        """Whether `key` has `limit` failures within the window (looking never adds a key)."""
+        now = self.clock()
+        with self._lock:
+            q = self._failures.get(key)
+            if q is None:
+                return False
+            while q and now - q[0] > self.window:
+                q.popleft()
+            if not q:
+                del self._failures[key]
+            return len(q) >= self.limit
+
+    def fail(self, *keys: str) -> None:
+        """Record one failure for each key."""
+        now = self.clock()
+        with self._lock:
+            for key in keys:
+                q = self._failures.pop(key, None) or deque(maxlen=self.limit)
+                q.append(now)
+                self._failures[key] = q  # most recent last
+            while len(self._failures) > self.max_keys:
+                self._failures.popitem(last=False)
+
+
 class Accounts:
     """Users and sessions in the operator database."""
 
     def __init__(self, db: Database, clock=time.time) -> None:
         self.db, self.clock = db, clock
-        self._failures: dict[str, deque] = defaultdict(deque)
-        self._lock = threading.Lock()
+        self.limiter = FailureLimiter(MAX_FAILURES, LOCKOUT_S, clock=lambda: self.clock())
 
     def add_user(self, username: str, password: str, role: str = "reviewer") -> None:
         """Create an account; DataError for a bad name, a short password, an unknown role or an existing user."""
@@ -75,17 +116,10 @@ class Accounts:
                 for r in self.db.query("SELECT username, role, disabled FROM users ORDER BY username")]
 
     def _limited(self, key: str) -> bool:
-        now = self.clock()
-        with self._lock:
-            q = self._failures[key]
-            while q and now - q[0] > LOCKOUT_S:
-                q.popleft()
-            return len(q) >= MAX_FAILURES
+        return self.limiter.limited(key)
 
     def _fail(self, *keys: str) -> None:
-        with self._lock:
-            for key in keys:
-                self._failures[key].append(self.clock())
+        self.limiter.fail(*keys)
 
     def login(self, username: str, password: str, address: str = "") -> tuple[str, Session]:
         """(session token for the cookie, Session); DataError("…") for bad credentials or too many attempts."""
