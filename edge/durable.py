@@ -41,7 +41,7 @@ def private_dir(path: str | Path, chmod_existing: bool = True) -> Path:
     existing `path` is made 0700 too (like ssh's ~/.ssh) unless `chmod_existing` is False; existing parents are
     left as they are."""
     path = Path(path)
-    if path.is_symlink():  # chmod and whatever the caller does inside would act on the link's target
+    if chmod_existing and path.is_symlink():  # chmod, and whatever the caller does inside, would act on the target
         raise DataError(f"{path} is a symbolic link: refused (a private folder must be a real folder; remove the link)")
     missing = [p for p in [path, *path.parents] if not p.exists()][::-1]
     for level in missing:

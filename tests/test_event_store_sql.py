@@ -83,3 +83,30 @@ def test_migrations_are_recorded_once(tmp_path):
     db = Database(tmp_path / "m.db")
     assert db.migrate() == 2 and db.query("SELECT COUNT(*) FROM schema_version")[0][0] == 2
     db.close()
+
+
+def test_ten_processes_may_migrate_a_fresh_postgresql_database_at_once(postgres_url):
+    """Issue 22 F3: two consumers started together on a fresh database raced in the migration ("UniqueViolation …
+    schema_version", 1 of 6 trials). With the advisory lock ten at once all start, and the schema is applied once."""
+    import threading
+
+    errors, versions = [], []
+    start = threading.Barrier(10)
+
+    def open_store():
+        try:
+            start.wait()
+            store = EventStore(postgres_url)
+            versions.append(store.db.query("SELECT COUNT(*), MAX(version) FROM schema_version")[0])
+            store.close()
+        except Exception as err:  # noqa: BLE001 - collected for the assertion
+            errors.append(repr(err))
+
+    threads = [threading.Thread(target=open_store) for _ in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == [] and len(versions) == 10
+    n_rows, latest = versions[0]
+    assert all(v == (n_rows, latest) for v in versions) and n_rows == latest  # each migration recorded once

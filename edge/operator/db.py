@@ -42,6 +42,10 @@ def parse_url(url: str | Path) -> tuple[str, str]:
     return "sqlite", text
 
 
+#: PostgreSQL advisory lock key that serializes migrations (held until the migrating transaction ends).
+MIGRATION_LOCK = 0x6564676520_01  # "edge " + 1
+
+
 class Database:
     """One connection, serialized by a lock (the console's threads and the consumer share it), with `?` placeholders
     on both engines."""
@@ -105,6 +109,8 @@ class Database:
     def migrate(self) -> int:
         """Apply the migration files newer than `schema_version`; returns the version now."""
         with self.transaction() as cur:
+            if self.dialect == "postgresql":  # any number of processes may start at once: one migrates, the
+                cur.execute("SELECT pg_advisory_xact_lock(?)", (MIGRATION_LOCK,))  # others wait, then find it done
             cur.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             rows = cur.execute("SELECT MAX(version) FROM schema_version").fetchall()
             current = rows[0][0] or 0
