@@ -110,3 +110,40 @@ def test_ten_processes_may_migrate_a_fresh_postgresql_database_at_once(postgres_
     assert errors == [] and len(versions) == 10
     n_rows, latest = versions[0]
     assert all(v == (n_rows, latest) for v in versions) and n_rows == latest  # each migration recorded once
+
+
+def test_a_reject_and_two_confirms_racing_on_two_console_processes_never_confirm_a_rejected_event(postgres_url):
+    """Issue 22: decide() read then wrote under read-committed isolation, so on two console processes a reject and
+    two confirms could race into an event confirmed despite its reject. 40 races on separate connections (as two
+    console processes have): a rejected event is never confirmed, and a confirmed one has no reject."""
+    import threading
+
+    stores = [EventStore(postgres_url) for _ in range(3)]
+    events = [make_event(seq=i + 1, device_id="cam-r", captured_at=time.time(), subject_id="s", watchlist_id="w",
+                         watchlist_version=1, embedder_id="mobilefacenet", similarity=0.9, threshold=0.8, margin=0.1,
+                         track_id=1, chips_used=2, quality={}) for i in range(40)]
+    stores[0].add(events)
+    for ev in events:
+        barrier = threading.Barrier(3)
+
+        def act(store, reviewer, decision):
+            barrier.wait()
+            try:
+                store.decide(ev["event_id"], reviewer, decision)
+            except DataError:
+                pass  # "already rejected/confirmed": the rule doing its job
+
+        threads = [threading.Thread(target=act, args=a) for a in
+                   ((stores[0], "alice", "confirm"), (stores[1], "bob", "confirm"), (stores[2], "carol", "reject"))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    for ev in events:
+        row = stores[0].event(ev["event_id"])
+        decisions = {d["reviewer"]: d["decision"] for d in stores[0].decisions(ev["event_id"])}
+        assert row["status"] in ("confirmed", "rejected")
+        if row["status"] == "confirmed":
+            assert "reject" not in decisions.values(), decisions
+    for s in stores:
+        s.close()

@@ -103,8 +103,11 @@ class EventStore:
             raise DataError(f"decision must be one of {', '.join(DECISIONS)}, got {decision!r}")
         if len(note) > 2000:
             raise DataError("a note is at most 2000 characters")
+        # FOR UPDATE (PostgreSQL): decisions on one event are serialized across console processes, so "one reject
+        # rejects; two different reviewers confirm" holds under races. SQLite serializes writers itself.
+        lock = " FOR UPDATE" if self.db.dialect == "postgresql" else ""
         with self.db.transaction() as cur:
-            rows = cur.execute("SELECT status FROM events WHERE event_id = ?", (event_id,)).fetchall()
+            rows = cur.execute("SELECT status FROM events WHERE event_id = ?" + lock, (event_id,)).fetchall()
             if not rows:
                 raise DataError(f"event {event_id} does not exist")
             if rows[0][0] != "pending":
