@@ -29,7 +29,7 @@ from edge.cli import main
 from edge.errors import DataError
 from edge.messaging.payloads import PayloadError, decode_watchlist_state, make_event
 from edge.messaging.sync import WatchlistSync, offer_messages
-from edge.messaging.topics import Topics
+from edge.messaging.topics import Topics, WatchlistTopics
 from edge.watchlist.bundle import seal
 from edge.watchlist.store import WatchlistStore
 
@@ -787,3 +787,46 @@ def test_the_sign_in_limiter_stays_bounded_under_rotated_names_and_addresses():
     assert not lim.limited("u:never-seen") and len(lim) <= MAX_TRACKED
     now[0] += 301  # the window passes: alice may try again, and an expired key is dropped when looked at
     assert not lim.limited("u:alice")
+
+
+def test_an_offer_whose_chunks_never_come_is_given_up_for_the_next_best(tmp_path):
+    """Row 2: a retained offer for version 50 with made-up chunk digests kept a device on v4 forever while its group
+    peer installed v5, and clearing the fake offer did not free it. Now a download without a new chunk for
+    GIVE_UP_AFTER seconds is given up (reported as sync_timeout) and the best completable offer installed; clearing
+    an offer cancels its download at once."""
+    import hashlib as h
+
+    from edge.messaging.payloads import encode_offer
+    from edge.messaging.sync import GIVE_UP_AFTER
+
+    now = [0.0]
+    sync = WatchlistSync(Store(), Transport(), DEVICE, tmp_path / "incoming", window=4, clock=lambda: now[0])
+    topics = Topics(DEVICE)
+    forged = encode_offer(f"device:{DEVICE}", 50, "0" * 64, 4096 * 100, 100,
+                          [h.sha256(b"%d" % n).hexdigest() for n in range(4096)])
+    sync.handle(topics.watchlist_manifest, forged)
+    assert sync.download is not None and sync.download.offer.version == 50
+    group = WatchlistTopics.for_group("patrol")  # the operator's real v5, on the group subtree the device reads
+    for topic, payload in offer_messages(b"z" * 300, group, 5, chunk_bytes=100):
+        sync.handle(topic, payload)
+    assert sync.download.offer.version == 50 and not sync.store.installed  # the higher version is tried first
+    now[0] += GIVE_UP_AFTER - 1
+    sync.tick()
+    assert sync.download.offer.version == 50  # not yet
+    now[0] += 2
+    sync.tick()  # given up: the v5 download starts; its chunks arrive (the broker re-sends retained copies)
+    states = [decode_watchlist_state(b) for t, b in sync.transport.published if t == topics.watchlist_state]
+    assert any(st_.reason == "sync_timeout" for st_ in states) and sync.download.offer.version == 5
+    for topic, payload in offer_messages(b"z" * 300, group, 5, chunk_bytes=100)[:-1]:
+        sync.handle(topic, payload)
+    assert len(sync.store.installed) == 1 and sync.store.version == 7  # the fake store reports 7 for any install
+    # clearing a running download's offer cancels it at once
+    sync2 = fake_sync(tmp_path / "b")
+    sync2.handle(topics.watchlist_manifest, forged)
+    assert sync2.download is not None
+    sync2.handle(topics.watchlist_manifest, b"")
+    assert sync2.download is None  # nothing left to fetch
+    # ... and an offer set aside is tried again later (a real one may only have been held up by a broker outage)
+    now[0] += 10 * GIVE_UP_AFTER + 1
+    sync.tick()
+    assert sync.download is not None and sync.download.offer.version == 50

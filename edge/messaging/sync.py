@@ -39,6 +39,9 @@ WINDOW = 8
 MAX_BUNDLE_BYTES = 512 * 2**20
 #: Seconds without progress after which the requested chunks are asked for again.
 STALL_AFTER = 10.0
+#: Seconds without a single new chunk after which a download is given up and the next best offer fetched: an offer
+#: whose chunks never come (a forged or half-published one) must not keep a device from the versions it can get.
+GIVE_UP_AFTER = 60.0
 
 
 class SyncError(EdgeError):
@@ -132,9 +135,9 @@ class WatchlistSync:
                  window: int = WINDOW, stall_after: float = STALL_AFTER,
                  on_result: Callable[[Any, bytes], None] | None = None,
                  clock: Callable[[], float] = time.monotonic, background: bool = False,
-                 max_bundle_bytes: int = MAX_BUNDLE_BYTES) -> None:
+                 max_bundle_bytes: int = MAX_BUNDLE_BYTES, give_up_after: float = GIVE_UP_AFTER) -> None:
         self.store, self.transport, self.on_result, self.clock = store, transport, on_result, clock
-        self.max_bundle_bytes = max_bundle_bytes
+        self.max_bundle_bytes, self.give_up_after = max_bundle_bytes, give_up_after
         self.device_id, self.prefix, self.topics = device_id, prefix, Topics(device_id, prefix)
         self.own = WatchlistTopics.for_device(device_id, prefix)
         self.incoming_dir = Path(incoming_dir)
@@ -143,6 +146,8 @@ class WatchlistSync:
         self.offers: dict[tuple[str, bool], tuple[WatchlistTopics, Offer]] = {}
         self.failed: set[tuple[str, int, str]] = set()  # (audience, version, bundle sha256) refused by the store
         self.download: _Download | None = None
+        self._last_chunk = 0.0  # when the running download last got a new chunk (monotonic seconds)
+        self.set_aside: dict[tuple[str, int, str], float] = {}  # offers given up on → when they may be tried again
         self._progress = self.clock()
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="edge-install") if background else None
         self._pending: tuple[Future, Callable[[Any], None]] | None = None
@@ -200,9 +205,14 @@ class WatchlistSync:
             source = (WatchlistTopics.for_group(parsed.group, self.prefix) if parsed.group is not None
                       else self.own)
             if parsed.kind in ("watchlist_manifest", "watchlist_delta"):
-                if not payload:  # a retained offer was cleared
-                    self.offers.pop((source.audience, parsed.kind == "watchlist_delta"), None)
+                if not payload:  # a retained offer was cleared: so is its download, if it was running
+                    key = (source.audience, parsed.kind == "watchlist_delta")
+                    self.offers.pop(key, None)
                     self.stats.chunks_ignored += 1
+                    d = self.download
+                    if d is not None and (d.source.audience, d.offer.base is not None) == key:
+                        self._cancel()
+                        self._choose()
                     return
                 try:
                     offer = parse_offer(payload, source.audience)
@@ -243,6 +253,7 @@ class WatchlistSync:
         installed = self._installed_version()
         candidates = [(s, o) for s, o in self.offers.values() if o.version > installed
                       and (s.audience, o.version, o.bundle_sha256) not in self.failed
+                      and (s.audience, o.version, o.bundle_sha256) not in self.set_aside
                       and (o.base is None or o.base == installed)]
         if not candidates:
             return
@@ -270,7 +281,7 @@ class WatchlistSync:
                 shutil.rmtree(stale, ignore_errors=True)
         held = {int(p.name) for p in folder.iterdir() if p.name.isdigit()}
         self.download = _Download(source, offer, set(range(len(offer.chunks))) - held)
-        self._progress = self.clock()
+        self._progress = self._last_chunk = self.clock()
         self._request_more()
         self._maybe_install()
 
@@ -295,6 +306,19 @@ class WatchlistSync:
         self._collect()
         now = self.clock() if now is None else now
         d = self.download
+        if d and now - self._last_chunk > self.give_up_after:
+            self.stats.rejections += 1
+            # Set aside, not failed: a real offer whose chunks were held up (a broker down for minutes) is tried
+            # again once the others have had their turn.
+            self.set_aside[(d.source.audience, d.offer.version, d.offer.bundle_sha256)] = now + 10 * self.give_up_after
+            self._cancel()
+            self.report(reason="sync_timeout", message=f"no chunk of version {d.offer.version} arrived for "
+                                                       f"{self.give_up_after:g} s: trying the next best offer")
+            self._choose()
+            return
+        if d is None and self.set_aside:  # a set-aside offer's turn may have come again
+            self.set_aside = {k: t for k, t in self.set_aside.items() if t > now}
+            self._choose()
         if d and d.requested and now - self._progress > self.stall_after:
             for n in d.requested:
                 self.transport.unsubscribe(d.topic(n))
@@ -325,7 +349,7 @@ class WatchlistSync:
         atomic_write(self._dir(d.offer) / str(n), payload)
         d.missing.discard(n)
         d.requested.discard(n)
-        self._progress = self.clock()
+        self._progress = self._last_chunk = self.clock()
         self.stats.chunks_received += 1
         self.transport.unsubscribe(d.topic(n))
         self._request_more()
