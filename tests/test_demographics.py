@@ -104,3 +104,8 @@ def test_eval_demographics_on_the_bundled_photos(tmp_path, capsys, analyzer):
     assert (tmp_path / "p.png").stat().st_size > 0 and json.loads((tmp_path / "s.json").read_text())["groups"]
     assert main(["eval", "demographics", "--manifest", str(tmp_path / "m.csv"), "--root", str(FACES.parent)]) == 1
     assert "give the threshold" in capsys.readouterr().err
+    (tmp_path / "junk.bundle").write_bytes(b"\x00" * 100 + b"{" * 10_000)  # not a bundle: one line, no traceback
+    assert main(["eval", "demographics", "--manifest", str(tmp_path / "m.csv"), "--root", str(DATA), "--bundle",
+                 str(tmp_path / "junk.bundle")]) == 1
+    err = capsys.readouterr().err
+    assert "cannot read the threshold of" in err and "Traceback" not in err

@@ -13,6 +13,9 @@ from edge.cli.common import print_json as _print_json
 from edge.cli.common import progress as _progress
 from edge.errors import DataError
 
+#: Bytes of a sealed bundle read for its manifest (the header; never the whole, possibly huge, file).
+HEADER_BYTES = 2 * 2**20
+
 #: Threshold grid of a saved summary (cosine): fine enough that `seal` reads a rate at any threshold within 0.005.
 SUMMARY_GRID = [round(0.2 + 0.005 * i, 4) for i in range(161)]
 
@@ -41,7 +44,8 @@ def _thresholds(args: argparse.Namespace, analyzer) -> list[dict]:
         from edge.watchlist.bundle import BundleError, peek_manifest
 
         try:
-            m = peek_manifest(args.bundle.read_bytes())
+            with open(args.bundle, "rb") as fh:  # the header is enough (as the device's store reads it)
+                m = peek_manifest(fh.read(HEADER_BYTES))
             return [{"threshold": float(m["thresholds"]["match"]), "why": f"bundle {args.bundle.name} v{m.get('version')} "
                      f"(calibrated for {m['thresholds'].get('calibrated_for_n', '?')} templates)"}]
         except (OSError, BundleError, KeyError, TypeError, ValueError) as err:
