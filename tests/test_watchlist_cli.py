@@ -271,3 +271,22 @@ def test_seal_prints_group_false_match_rates_and_warns_past_the_bound(operator_f
     (tmp_path / "bad.json").write_text('{"thresholds": "x"}')
     code, _, err = run(capsys, *args[:-1], tmp_path / "bad.json", "--version", 9, "--out", tmp_path / "v9.bundle")
     assert code == 1 and "is not a summary from `edge eval demographics" in err and not (tmp_path / "v9.bundle").exists()
+
+
+def test_eval_demographics_reads_the_threshold_a_sealed_bundle_carries(operator_flow, capsys, tmp_path):
+    """`edge eval demographics --bundle FILE`: the match threshold of the bundle's (unverified) manifest."""
+    tmp = operator_flow
+    if not (tmp / "build").exists():
+        assert main(["watchlist", "build", "--gallery", str(tmp / "gallery.csv"), "--root", str(DATA),
+                     "--out", str(tmp / "build")]) == 0
+    code, out, err = run(capsys, "watchlist", "seal", "--in", tmp / "build", "--signing-key", tmp / "op" / "operator.key",
+                         "--device-key", tmp / "dev" / "device.pub", "--device-id", "cam-01", "--version", 11,
+                         "--out", tmp_path / "v11.bundle", "--json")
+    assert code == 0, err
+    sealed = json.loads(out)["thresholds"]["match"]
+    (tmp_path / "m.csv").write_text("path,identity,group\nfaces/obama.jpg,obama,g\nfaces/biden.jpg,,g\n")
+    code, out, err = run(capsys, "eval", "demographics", "--manifest", tmp_path / "m.csv", "--root", DATA, "--bundle",
+                         tmp_path / "v11.bundle", "--json")
+    assert code == 0, err
+    at = json.loads(out)["at"][0]
+    assert at["threshold"] == sealed and "v11" in at["why"] and at["within"]["g"]["fmr"]["pairs"] == 1
