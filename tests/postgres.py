@@ -51,9 +51,17 @@ class Postgres:
             shutil.chown(self.sock, "postgres")
         self._run([str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "edge", "--no-sync", "-E",
                    "UTF8"])
+        self.start()
+
+    def start(self) -> None:
+        """Start (or restart, after `halt`) the cluster."""
         opts = f"-p {self.port} -k {self.sock} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=50"
         self._run([str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", opts, "-l", str(self.dir / "log"), "-w",
                    "start"])
+
+    def halt(self) -> None:
+        """Stop the cluster at once (`-m immediate`, as a crash), keeping its data for `start`."""
+        self._run([str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop"])
 
     def _run(self, cmd: list[str]) -> None:
         proc = subprocess.run(_as_owner(cmd), capture_output=True, text=True, timeout=120)

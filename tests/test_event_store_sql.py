@@ -147,3 +147,72 @@ def test_a_reject_and_two_confirms_racing_on_two_console_processes_never_confirm
             assert "reject" not in decisions.values(), decisions
     for s in stores:
         s.close()
+
+
+def test_a_consumer_outlives_postgresql_stopping_and_restarting_twice(tmp_path):
+    """Issue 22 F2: PostgreSQL stopped (`-m immediate`) while consumers ran made every `edge events consume` exit 70;
+    a database down or starting at launch made it exit 1. Now both are waited out with a doubling pause: two
+    consumers' drain loops keep running through two stops and restarts, and every event — re-sent by the devices
+    for what was never acknowledged, here by putting everything again — is stored exactly once."""
+    import queue
+    import threading
+    from types import SimpleNamespace
+
+    from edge.cli.mqtt import _drain, _open_store
+    from postgres import Postgres
+
+    from edge.messaging.delivery import EventConsumer
+    from edge.messaging.payloads import encode_event
+
+    pg = Postgres()
+    try:
+        url = pg.create_database()
+        stop = threading.Event()
+        consumers, threads, errors = [], [], []
+        for _ in range(2):
+            store = _open_store(EventStore, url, stop.is_set)
+            client = SimpleNamespace(inbox=queue.Queue(), publish=lambda *a, **k: None)
+            consumers.append(EventConsumer(client, store))
+
+        def run(c):
+            try:
+                _drain(c, None, stop.is_set, sleep=lambda s: stop.wait(min(s, 0.5)))
+            except BaseException as err:  # noqa: BLE001 - a consumer that stops is the failure under test
+                errors.append(repr(err))
+
+        for c in consumers:
+            threads.append(threading.Thread(target=run, args=(c,), daemon=True))
+            threads[-1].start()
+        events = [make_event(seq=i + 1, device_id="cam-f", captured_at=time.time(), subject_id="s",
+                             watchlist_id="w", watchlist_version=1, embedder_id="mobilefacenet", similarity=0.9,
+                             threshold=0.8, margin=0.1, track_id=1, chips_used=2, quality={}) for i in range(300)]
+
+        def put(batch):
+            for i, ev in enumerate(batch):
+                consumers[i % 2].client.inbox.put(SimpleNamespace(topic="edge/cam-f/events",
+                                                                  payload=encode_event(ev, ev["seq"])))
+
+        put(events[:100])
+        time.sleep(1.0)
+        for k in range(2):
+            pg.halt()
+            put(events[100 + 50 * k:150 + 50 * k])  # arriving while the database is down
+            time.sleep(1.5)
+            assert all(t.is_alive() for t in threads) and errors == []
+            pg.start()
+            time.sleep(1.5)
+        put(events)  # the devices re-send what was never acknowledged (here: everything)
+        deadline = time.monotonic() + 30
+        check = EventStore(url)
+        while len(check.seqs("cam-f")) < 300 and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert check.seqs("cam-f") == list(range(1, 301))  # each event once, none lost
+        assert all(t.is_alive() for t in threads) and errors == []
+        stop.set()
+        for t in threads:
+            t.join(10)
+        check.close()
+        for c in consumers:
+            c.store.close()
+    finally:
+        pg.stop()

@@ -88,17 +88,58 @@ def cmd_events_tail(args: argparse.Namespace) -> int:
     return 0
 
 
-def _drain(consumer, idle_exit: float | None, done) -> None:
-    """Poll until `done()`, `idle_exit` seconds without an event, or Ctrl-C."""
+#: Longest pause between two attempts to reach an unavailable database, seconds.
+MAX_BACKOFF_S = 30.0
+
+
+def _drain(consumer, idle_exit: float | None, done, sleep=time.sleep) -> None:
+    """Poll until `done()`, `idle_exit` seconds without an event, or Ctrl-C. The database being unavailable (down,
+    restarting) is waited out with a doubling pause, reconnecting each time: nothing is lost meanwhile, since a device
+    is acknowledged only after the commit and re-sends what was not."""
     last = time.monotonic()
+    pause = 1.0
     try:
         while not done():
-            if consumer.poll(0.2):
-                last = time.monotonic()
+            try:
+                if consumer.poll(0.2):
+                    last = time.monotonic()
+                pause = 1.0
+            except Exception as err:  # noqa: BLE001 - only the database being away is waited out; the rest re-raised
+                if not consumer.store.db.transient(err):
+                    raise
+                print(f"database unavailable ({type(err).__name__}: {str(err).strip().splitlines()[0][:200]}); "
+                      "waiting for it — unacknowledged events stay on the devices", file=sys.stderr, flush=True)
+                while not done():  # no more events are taken from the broker until the database is back
+                    sleep(pause)
+                    pause = min(2 * pause, MAX_BACKOFF_S)
+                    try:
+                        consumer.store.reconnect()
+                        print("database reachable again: consuming", file=sys.stderr, flush=True)
+                        break
+                    except Exception as again:  # noqa: BLE001 - still down: wait longer
+                        if not consumer.store.db.transient(again):
+                            raise
+                continue
             if idle_exit and time.monotonic() - last > idle_exit:
                 return
     except KeyboardInterrupt:
         pass
+
+
+def _open_store(open_store, url: str, done, sleep=time.sleep):
+    """The event store at `url`, waiting out a database that is down or still starting (doubling pauses)."""
+    from edge.operator.db import StoreUnavailable
+
+    pause = 1.0
+    while True:
+        try:
+            return open_store(url)
+        except StoreUnavailable as err:
+            if done():
+                raise
+            print(f"{err}; retrying in {pause:g} s", file=sys.stderr, flush=True)
+            sleep(pause)
+            pause = min(2 * pause, MAX_BACKOFF_S)
 
 
 def cmd_events_consume(args: argparse.Namespace) -> int:
@@ -112,7 +153,9 @@ def cmd_events_consume(args: argparse.Namespace) -> int:
 
     if not DEVICE_ID.match(args.group):
         raise DataError(f"--group {args.group!r}: 1-64 of A-Z a-z 0-9 . _ -")
-    store = EventStore(args.store)
+    stop: list[int] = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    store = _open_store(EventStore, args.store, lambda: bool(stop))
     subscriptions = [(f"$share/{args.group}/{operator_filter('events', args.prefix)}", 1),
                      (operator_filter("status", args.prefix), 1), (operator_filter("watchlist_state", args.prefix), 1)]
     client = _client(args, subscriptions)
@@ -120,8 +163,6 @@ def cmd_events_consume(args: argparse.Namespace) -> int:
                              on_status=lambda d, st: store.device_status(d, st.state == "online", st.health),
                              on_watchlist=lambda d, w: store.device_watchlist(d, w.installed_version, w.state,
                                                                               w.reason))
-    stop = []
-    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     print(f"consuming {args.prefix}/+/events as shared group {args.group!r} into {store.db.dialect}", file=sys.stderr,
           flush=True)
     t0 = time.monotonic()

@@ -28,6 +28,10 @@ class StoreError(EdgeError):
     """The database cannot be opened or migrated."""
 
 
+class StoreUnavailable(StoreError):
+    """The database server cannot be reached (down, restarting): worth retrying."""
+
+
 def parse_url(url: str | Path) -> tuple[str, str]:
     """(dialect, target): ("sqlite", path) or ("postgresql", conninfo URL)."""
     text = str(url)
@@ -71,12 +75,41 @@ class Database:
                 import psycopg
             except ImportError:
                 raise StoreError("PostgreSQL needs the psycopg driver: pip install 'psycopg[binary]'") from None
-            try:
-                self.conn = psycopg.connect(target, autocommit=True, connect_timeout=10)
-            except psycopg.Error as err:
-                raise StoreError(f"cannot connect to {target.split('@')[-1]}: {str(err).strip().splitlines()[0]}") \
-                    from None
+            self._target = target
+            self.conn = self._connect_pg()
         self.migrate()
+
+    def _connect_pg(self) -> Any:
+        import psycopg
+
+        try:
+            return psycopg.connect(self._target, autocommit=True, connect_timeout=10)
+        except psycopg.Error as err:
+            raise StoreUnavailable(f"cannot connect to {self._target.split('@')[-1]}: "
+                             f"{str(err).strip().splitlines()[0]}") from None
+
+    def transient(self, err: BaseException) -> bool:
+        """Whether `err` is the database being unavailable (down, restarting, unreachable, locked) rather than a
+        bug or bad data: worth retrying after a pause."""
+        if isinstance(err, StoreUnavailable):
+            return True
+        if self.dialect == "sqlite":
+            return isinstance(err, sqlite3.OperationalError)
+        import psycopg
+
+        return isinstance(err, (psycopg.OperationalError, psycopg.InterfaceError))
+
+    def reconnect(self) -> None:
+        """A new connection after an outage (PostgreSQL; SQLite's file connection survives). StoreError while the
+        server is still unreachable."""
+        if self.dialect != "postgresql":
+            return
+        with self._lock:
+            try:
+                self.conn.close()
+            except Exception:  # noqa: BLE001 - the old connection is gone either way
+                pass
+            self.conn = self._connect_pg()
 
     def _sql(self, sql: str) -> str:
         return sql.replace("?", "%s") if self.dialect == "postgresql" else sql

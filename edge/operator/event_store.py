@@ -182,5 +182,9 @@ class EventStore:
             n_ev = cur.execute("DELETE FROM events WHERE received_at < ?", (cutoff,)).rowcount
         return {"events": n_ev, "decisions": n_dec, "cutoff": cutoff}
 
+    def reconnect(self) -> None:
+        """A new database connection after an outage (StoreError while it is still down)."""
+        self.db.reconnect()
+
     def close(self) -> None:
         self.db.close()
