@@ -8,7 +8,8 @@ import pytest
 
 from conftest import DATA, FACES
 from edge.cli.main import main
-from edge.evaluation.demographics import fmr_at, pair_counts, rate, ratio_warning, report_at, summarise, wilson
+from edge.evaluation.demographics import pair_counts, report_at, summarise
+from edge.vision.demographics import fmr_at, rate, ratio_warning, wilson
 
 
 def _unit(rows):

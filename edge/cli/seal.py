@@ -15,8 +15,18 @@ from edge.durable import atomic_write
 from edge.errors import DataError, EdgeError
 
 
-#: An impostor tail file is a few kilobytes (curve, bootstrap replicates); anything far larger is refused unread.
+#: An impostor tail or demographic summary file is a few kilobytes; anything far larger is refused unread.
 MAX_IMPOSTOR_FILE = 4 * 2**20
+
+
+def _small_json(path: Path, what: str):
+    """A JSON file of at most MAX_IMPOSTOR_FILE bytes, or a one-line DataError saying it is not `what`."""
+    try:
+        if Path(path).stat().st_size > MAX_IMPOSTOR_FILE:
+            raise DataError(f"{path} is larger than {MAX_IMPOSTOR_FILE // 2**20} MiB: not {what}")
+        return json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise DataError(f"{path} is not {what} ({type(err).__name__}: {err})") from None
 
 
 def _impostor_tail(args: argparse.Namespace, embedder: dict):
@@ -25,14 +35,12 @@ def _impostor_tail(args: argparse.Namespace, embedder: dict):
     from edge.vision.manifest import load_manifest
 
     if args.impostors:
+        what = "an impostor file from `edge eval openset --save-impostors`"
+        data = _small_json(args.impostors, what)
         try:
-            if Path(args.impostors).stat().st_size > MAX_IMPOSTOR_FILE:
-                raise DataError(f"{args.impostors} is larger than {MAX_IMPOSTOR_FILE // 2**20} MiB: not an impostor file "
-                                "from `edge eval openset --save-impostors`")
-            stats = json.loads(Path(args.impostors).read_text())["impostor_tail"]
-        except (OSError, KeyError, TypeError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
-            raise DataError(f"{args.impostors} is not an impostor file from `edge eval openset --save-impostors` "
-                            f"({type(err).__name__}: {err})") from None
+            stats = data["impostor_tail"]
+        except (KeyError, TypeError) as err:
+            raise DataError(f"{args.impostors} is not {what} ({type(err).__name__}: {err})") from None
         return TailModel.from_json(stats)
     manifest = load_manifest(args.models_dir)
     if embedder.get("fusion"):
@@ -53,16 +61,12 @@ def _demographics(args: argparse.Namespace, embedder: dict, threshold: float) ->
     from edge.vision.manifest import load_manifest
 
     if args.demographics:
+        what = "a summary from `edge eval demographics --save-summary`"
+        summary = _small_json(args.demographics, what)
         try:
-            if Path(args.demographics).stat().st_size > MAX_IMPOSTOR_FILE:
-                raise DataError(f"{args.demographics} is larger than {MAX_IMPOSTOR_FILE // 2**20} MiB: not a summary "
-                                "from `edge eval demographics --save-summary`")
-            summary = json.loads(Path(args.demographics).read_text())
             rates = fmr_at(summary, threshold)
-        except (OSError, KeyError, TypeError, ValueError, AttributeError, IndexError, UnicodeDecodeError,
-                RecursionError) as err:
-            raise DataError(f"{args.demographics} is not a summary from `edge eval demographics --save-summary` "
-                            f"({type(err).__name__}: {err})") from None
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
+            raise DataError(f"{args.demographics} is not {what} ({type(err).__name__}: {err})") from None
     else:
         if embedder.get("fusion"):
             return {"note": "no demographic summary ships for fused scores: pass --demographics FILE"}

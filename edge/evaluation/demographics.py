@@ -15,7 +15,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from edge.vision.demographics import Z95, fmr_at, rate, ratio_warning, wilson  # noqa: F401 - re-exported
+from edge.vision.demographics import rate
 
 @dataclass(frozen=True)
 class Counts:
