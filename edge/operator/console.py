@@ -283,12 +283,12 @@ def create_app(store: EventStore, accounts: Accounts, audit: AuditLog, labels: d
             return JSONResponse({"error": str(exc)}, exc.status)
         if exc.status == 401:
             return RedirectResponse(f"/login?next={quote(request.url.path)}", 303)
-        me = accounts.session(request.cookies.get(SESSION_COOKIE))
+        me = await run_in_threadpool(accounts.session, request.cookies.get(SESSION_COOKIE))
         return page(request, "error.html", me, exc.status, message=str(exc))
 
     async def guard(request: Request, action: str) -> tuple[Session, dict]:
         """The session allowed `action` (and, for a POST, its form); Refused 401 / 403 otherwise."""
-        me = accounts.session(request.cookies.get(SESSION_COOKIE))
+        me = await run_in_threadpool(accounts.session, request.cookies.get(SESSION_COOKIE))
         if me is None:
             raise Refused(401, "sign in first")
         form: dict = {}
@@ -310,10 +310,10 @@ def create_app(store: EventStore, accounts: Accounts, audit: AuditLog, labels: d
         def register(data: Any) -> Any:
             async def html(request: Request) -> Response:
                 me, _ = await guard(request, action)
-                return page(request, template, me, **data(request, me))
+                return page(request, template, me, **await run_in_threadpool(data, request, me))
 
             async def api(request: Request) -> dict:
-                return data(request, (await guard(request, action))[0])
+                return await run_in_threadpool(data, request, (await guard(request, action))[0])
 
             app.add_api_route(path, html, methods=["GET"], include_in_schema=False)
             app.add_api_route(api_path, api, methods=["GET"], include_in_schema=False)
@@ -355,7 +355,7 @@ def create_app(store: EventStore, accounts: Accounts, audit: AuditLog, labels: d
     @app.get("/login")
     async def login_form(request: Request) -> Response:
         target = _safe_next(request.query_params.get("next", "/"))
-        if accounts.session(request.cookies.get(SESSION_COOKIE)) is not None:
+        if await run_in_threadpool(accounts.session, request.cookies.get(SESSION_COOKIE)) is not None:
             return RedirectResponse(target, 303)
         token = request.cookies.get(LOGIN_COOKIE) or ""
         token = token if 32 <= len(token) <= 64 else secrets.token_urlsafe(32)
@@ -386,7 +386,7 @@ def create_app(store: EventStore, accounts: Accounts, audit: AuditLog, labels: d
     @app.post("/logout")
     async def logout(request: Request) -> Response:
         await guard(request, "view")
-        accounts.logout(request.cookies.get(SESSION_COOKIE))
+        await run_in_threadpool(accounts.logout, request.cookies.get(SESSION_COOKIE))
         resp = RedirectResponse("/login", 303)
         resp.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
         return resp
@@ -422,17 +422,18 @@ def create_app(store: EventStore, accounts: Accounts, audit: AuditLog, labels: d
     async def decide_form(request: Request, event_id: str) -> Response:
         me, form = await guard(request, "decide")
         try:
-            decide(me, event_id, form.get("decision"), form.get("note") or "")
+            await run_in_threadpool(decide, me, event_id, form.get("decision"), form.get("note") or "")
         except Refused as err:
             if err.status == 404:
                 raise
-            return page(request, "event.html", me, err.status, error=str(err), **event(request, me))
+            return page(request, "event.html", me, err.status, error=str(err),
+                        **await run_in_threadpool(event, request, me))
         return RedirectResponse(f"/events/{quote(event_id)}", 303)
 
     @app.get("/api/events/{event_id}/decisions")
     async def api_decisions(request: Request, event_id: str) -> dict:
         await guard(request, "view")
-        ev = one(event_id)[1]
+        ev = (await run_in_threadpool(one, event_id))[1]
         return {k: ev[k] for k in ("event_id", "status", "confirmations", "required", "decisions")}
 
     @app.post("/api/events/{event_id}/decisions")
@@ -441,11 +442,15 @@ def create_app(store: EventStore, accounts: Accounts, audit: AuditLog, labels: d
         body = json_body(await request.body())
         if not isinstance(body, dict):
             raise Refused(400, 'the body must be a JSON object: {"decision": "confirm|reject|unsure", "note": "..."}')
-        return decide(me, event_id, body.get("decision"), body.get("note") or "")
+        return await run_in_threadpool(decide, me, event_id, body.get("decision"), body.get("note") or "")
 
     @app.get("/api/events/{event_id}/case")
     async def api_case(request: Request, event_id: str) -> dict:
         me, _ = await guard(request, "export")
+        return await run_in_threadpool(case, me, event_id)
+
+    def case(me: Session, event_id: str) -> dict:
+        """The case file of one event: the event as stored, its decisions, its audit records and the chain's check."""
         row, _ = one(event_id)
         records = [{"line": no, **rec} for no, rec, _ in tail(audit.path)
                    if rec is not None and rec["kind"] == "review_decision" and rec["data"].get("event_id") == event_id]
@@ -458,7 +463,7 @@ def create_app(store: EventStore, accounts: Accounts, audit: AuditLog, labels: d
     @app.get("/events/{event_id}/thumbnail")
     async def thumbnail(request: Request, event_id: str) -> Response:
         await guard(request, "view")
-        sealed = one(event_id)[0]["event"].get("thumbnail")
+        sealed = (await run_in_threadpool(one, event_id))[0]["event"].get("thumbnail")
         if thumbnail_key is None or sealed is None:
             raise Refused(404, "no thumbnail (none sent, or the console has no operator key to open it)")
         try:
@@ -486,12 +491,12 @@ def create_app(store: EventStore, accounts: Accounts, audit: AuditLog, labels: d
 
     @app.post("/admin/purge")
     async def admin_purge(request: Request) -> Response:
-        result = purge((await guard(request, "purge"))[0])
+        result = await run_in_threadpool(purge, (await guard(request, "purge"))[0])
         return RedirectResponse(f"/admin?events={result['events']}&decisions={result['decisions']}", 303)
 
     @app.post("/api/admin/purge")
     async def api_purge(request: Request) -> dict:
-        return purge((await guard(request, "purge"))[0])
+        return await run_in_threadpool(purge, (await guard(request, "purge"))[0])
 
     return app
 
