@@ -240,10 +240,13 @@ class MqttConfig(_Section):
 
 
 class EventsConfig(_Section):
-    thumbnails: bool = Field(False, description="Attach a face thumbnail to match events, encrypted to the "
-                             "operator; false = images never leave the device")
-    operator_thumbnail_key: ConfigPath | None = Field(None, description="Operator X25519 public key (PEM) that "
-                                                      "thumbnails are encrypted to; required when thumbnails: true")
+    thumbnails: bool | None = Field(None, description="Evidence for the reviewers: each match event carries the "
+                                    "track's best face chip(s) as JPEG sealed to the operator's evidence key. Unset "
+                                    "(default): on when operator_thumbnail_key names a file that exists; true: on, "
+                                    "the key required; false: no face ever leaves the device")
+    operator_thumbnail_key: ConfigPath | None = Field(None, description="The operator's X25519 evidence public key "
+                                                      "(PEM, `edge keys generate evidence`) that face chips are "
+                                                      "sealed to; the profiles expect /etc/edge/operator-evidence.pub")
     outbox_max_events: int = Field(100_000, ge=100, le=100_000_000, description="Most unacknowledged events kept; "
                                    "the oldest are dropped (and counted) beyond it, count")
     outbox_max_age_days: float = Field(7.0, gt=0, le=3650, description="Unacknowledged events older than this are "
@@ -255,6 +258,16 @@ class EventsConfig(_Section):
             raise _field_error("thumbnails", "true needs events.operator_thumbnail_key (the operator's public key "
                                              "that thumbnails are encrypted to)")
         return self
+
+    def evidence_key(self) -> Path | None:
+        """The evidence key file the device seals face chips to, or None (evidence off): `thumbnails: false`, or
+        unset with no key file at `operator_thumbnail_key`. With `thumbnails: true` the file must exist (the
+        loader says so when it does not)."""
+        if self.thumbnails is False or self.operator_thumbnail_key is None:
+            return None
+        if self.thumbnails is None and not self.operator_thumbnail_key.exists():
+            return None
+        return self.operator_thumbnail_key
 
 
 class HealthConfig(_Section):

@@ -96,7 +96,8 @@ class MatchEvent:
 
     A candidate for human review, never a verdict. captured_at: Unix seconds. similarity, threshold: cosine in
     [-1, 1]; margin: top minus the best other subject, cosine in [0, 2]. quality: flat figures of the deciding chip.
-    thumbnail: only an `edge.messaging.thumbnail.encrypt_thumbnail` result (sealed to the operator), or None.
+    thumbnail, thumbnail2: the track's best and second-best face chip, each an `edge.messaging.thumbnail.
+    encrypt_thumbnail` result (sealed to the operator, bound to this event id), or None.
     Validated once, when `edge.messaging.payloads.encode_event` encodes it for the outbox.
     """
 
@@ -116,6 +117,7 @@ class MatchEvent:
     label: str | None = None
     category: str | None = None
     thumbnail: dict | None = None
+    thumbnail2: dict | None = None
 
     def to_json(self, seq: int | None = None, published_at: float | None = None) -> dict:
         """The edge-event/1 object, fields in schema order (label, category, thumbnail only when set)."""
@@ -125,7 +127,7 @@ class MatchEvent:
                  "embedder_id": self.embedder_id, "similarity": self.similarity, "threshold": self.threshold,
                  "margin": self.margin, "track_id": self.track_id, "chips_used": self.chips_used,
                  "quality": self.quality, "review_required": True}
-        for key in ("label", "category", "thumbnail"):
+        for key in ("label", "category", "thumbnail", "thumbnail2"):
             if getattr(self, key) is not None:
                 event[key] = getattr(self, key)
         return event
@@ -142,6 +144,8 @@ class Track:
     first_seen / last_seen: seconds (the `now` passed to `Tracker.update`). hits: frames it was seen in.
     embeds: chips embedded so far; best_embedded_quality: the best `quality_score` among them (0 before any).
     template_sum: the `quality_score`-weighted sum of the embedded chips' embeddings (None before any).
+    best_chips: the two best embedded chips (aligned faces, RGB uint8) as (quality_score, chip), best first — in
+    memory only, the evidence an event may carry.
     """
 
     track_id: int
@@ -157,6 +161,7 @@ class Track:
     template_sum: np.ndarray | None = None
     template2_sum: np.ndarray | None = None
     last_embedded: float = float("-inf")
+    best_chips: list = field(default_factory=list)
 
     def should_embed(self, quality_score: float, now: float | None = None) -> bool:
         """Whether a chip that passed the quality gate is worth embedding (see the module docstring);
@@ -185,6 +190,18 @@ class Track:
             if embedding2 is not None:
                 w2 = q * np.asarray(embedding2, np.float32)
                 self.template2_sum = w2 if self.template2_sum is None else self.template2_sum + w2
+
+    def keep_chip(self, quality_score: float, chip: np.ndarray | None, keep: int = 2) -> None:
+        """Remember `chip` if it is among the `keep` best embedded chips of this track (by `quality_score`)."""
+        if chip is None:
+            return
+        self.best_chips.append((float(quality_score), chip))
+        self.best_chips.sort(key=lambda pair: -pair[0])
+        del self.best_chips[keep:]
+
+    def evidence(self) -> list[np.ndarray]:
+        """The kept chips, best first."""
+        return [chip for _, chip in self.best_chips]
 
     def template(self, second: bool = False) -> np.ndarray | None:
         """The track template: the quality-weighted mean of its embedded chips as a unit vector, once at least two
@@ -277,9 +294,10 @@ class Decision:
 @dataclass(frozen=True, eq=False)
 class PendingEvent:
     """What the pipeline's event queue carries from the inference thread to the event sink: the decision, the
-    frame it was made on, the watchlist that matched (for its id and version) and the deciding chip (RGB uint8)."""
+    frame it was made on, the watchlist that matched (for its id and version) and the track's best embedded chips
+    (aligned faces, RGB uint8), best first: the evidence an event may carry, sealed."""
 
     decision: Decision
     frame: Frame
     watchlist: Any
-    chip: np.ndarray | None
+    chips: tuple = ()

@@ -43,7 +43,7 @@ def test_profiles_choose_their_camera():
 def test_empty_file_gives_the_defaults(tmp_path):
     config = load_config(_write(tmp_path, ""))
     assert config == Config()
-    assert config.camera.fps == 30 and config.vision.threads == 2 and config.events.thumbnails is False
+    assert config.camera.fps == 30 and config.vision.threads == 2 and config.events.thumbnails is None
     assert config.watchlist.device_key == Path("/var/lib/edge/keys/device.key")
     assert config.watchlist.trusted_keys == Path("/var/lib/edge/keys/operators.json")
 
@@ -160,6 +160,17 @@ def test_thumbnails_need_the_operator_key(tmp_path):
         "that thumbnails are encrypted to)")
     config = load_config(_write(tmp_path, "events:\n  thumbnails: true\n  operator_thumbnail_key: op.pub\n"))
     assert config.events.operator_thumbnail_key == tmp_path / "op.pub"
+    assert config.events.evidence_key() == tmp_path / "op.pub"  # explicitly on: the loader reports a missing file
+
+
+def test_evidence_is_on_by_default_once_the_operator_key_is_provisioned(tmp_path):
+    cfg = _write(tmp_path, "events:\n  operator_thumbnail_key: operator-evidence.pub\n")
+    assert load_config(cfg).events.evidence_key() is None  # not provisioned (yet): no face leaves the device
+    (tmp_path / "operator-evidence.pub").write_text("a PEM")
+    assert load_config(cfg).events.evidence_key() == tmp_path / "operator-evidence.pub"
+    off = _write(tmp_path, "events:\n  thumbnails: false\n  operator_thumbnail_key: operator-evidence.pub\n")
+    assert load_config(off).events.evidence_key() is None
+    assert load_config(_write(tmp_path, "device:\n  id: a\n")).events.evidence_key() is None
 
 
 def test_picamera2_checks(tmp_path):

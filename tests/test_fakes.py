@@ -88,7 +88,7 @@ def test_process_decides_once_k_chips_agree_and_queues_a_pending_event():
     assert len(decisions) == 1 and decisions[0].subject_id == "s-1" and decisions[0].chips_used == 2
     item = pipe.events.get_nowait()
     assert isinstance(item, PendingEvent) and item.decision is decisions[0] and item.watchlist is wl
-    assert item.chip.shape == (150, 150, 3) and item.frame.index == 1  # the frame whose chip completed the vote
+    assert [c.shape for c in item.chips] == [(150, 150, 3)] * 2 and item.frame.index == 1  # both voting chips, best first
     assert pipe.events.empty()  # one (track, subject) pair fires once
 
 

@@ -14,8 +14,10 @@ import base64
 import json
 import logging
 import socket
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +27,7 @@ from test_app import clip, provision, run_in_thread, write_config  # noqa: F401 
 SIGNATURES = {"JPEG": b"\xff\xd8\xff", "PNG": b"\x89PNG"}
 B64_SIGNATURES = {"JPEG as base64": b"/9j/", "PNG as base64": b"iVBORw0KGgo"}
 MAX_PAYLOAD = 4 * 1024  # "a few KiB": one status or event message; a 640×480 RGB frame is 921,600 bytes
+MAX_EVIDENCE_PAYLOAD = 16 * 1024  # an event with two sealed 5-KiB chips (base64) still fits the event limit
 #: Every topic the ACL lets a device write (firmware-config/mosquitto/acl): together, all it can publish.
 DEVICE_TOPICS = ("edge/cam-a/events", "edge/cam-a/status", "edge/cam-a/watchlist/state")
 
@@ -91,34 +94,47 @@ def assert_no_image(data: bytes, what: str) -> None:
         assert sig not in data, f"{what} contains a {name} signature {sig!r}"
 
 
+#: Evidence modes: no evidence key configured; the operator's key provisioned (evidence on by default); the key
+#: provisioned but `events.thumbnails: false`.
+MODES = {"no_key": (False, None), "evidence": (True, None), "evidence_off": (True, False)}
+
+
+def sealed_chips(event: dict) -> list[dict]:
+    return [event[k] for k in ("thumbnail", "thumbnail2") if event.get(k) is not None]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("thumbnails", [False, True], ids=["default", "thumbnails_enabled"])
-def test_device_sends_no_image_bytes(tmp_path, analyzer, clip, broker, caplog, thumbnails):  # noqa: F811
+@pytest.mark.parametrize("mode", list(MODES))
+def test_device_sends_and_keeps_no_image_in_clear(tmp_path, analyzer, clip, broker, caplog, mode):  # noqa: F811
     from edge import keys
     from edge.device.app import App
     from edge.messaging.mqtt import MqttClient
     from edge.messaging.payloads import PayloadError, decode_event
-    from edge.messaging.thumbnail import decrypt_thumbnail
+    from edge.messaging.thumbnail import decrypt_thumbnail, evidence_context
 
+    started = time.time() - 1
     state = tmp_path / "state"
     provision(state, analyzer, "cam-a", install=True)  # v1 installed: obama is listed
     pki = broker.pki
     relay = Relay(broker.host, broker.port)
-    extra = {}
-    if thumbnails:
-        operator_x25519 = keys.generate_device_key()  # an X25519 key pair; the operator keeps the private half
-        keys.save_public_key(tmp_path / "operator_thumb.pub", operator_x25519.public_key())
-        extra["events"] = {"thumbnails": True, "operator_thumbnail_key": str(tmp_path / "operator_thumb.pub")}
+    with_key, thumbnails = MODES[mode]
+    operator_x25519 = keys.generate_device_key()  # an X25519 key pair; the operator keeps the private half
+    events_cfg: dict = {}
+    if with_key:  # provisioned as first boot does: the public half beside the config
+        keys.save_public_key(tmp_path / "operator-evidence.pub", operator_x25519.public_key())
+        events_cfg["operator_thumbnail_key"] = str(tmp_path / "operator-evidence.pub")
+    if thumbnails is not None:
+        events_cfg["thumbnails"] = thumbnails
     cfg = write_config(tmp_path / "edge.yaml", state, clip, device={"id": "cam-a"},
                        mqtt={"enabled": True, "host": "127.0.0.1", "port": relay.port, "ca_file": str(pki.ca),
                              "cert_file": str(pki.cert("cam-a")), "key_file": str(pki.key("cam-a")),
-                             "status_interval_s": 0.5}, **extra)
+                             "status_interval_s": 0.5}, **({"events": events_cfg} if events_cfg else {}))
     operator = MqttClient(broker.client_settings("operator"), [(t, 1) for t in DEVICE_TOPICS])
     operator.start()
     operator.wait_connected(5)
     seen: list = []
     try:
-        with caplog.at_level(logging.WARNING, logger="edge.device.app"):
+        with caplog.at_level(logging.WARNING, logger="edge.device.wiring"):
             app = App(load_config(cfg), cfg)
         thread, result = run_in_thread(app)  # a finite clip: the app stops by itself
         thread.join(30)
@@ -142,10 +158,11 @@ def test_device_sends_no_image_bytes(tmp_path, analyzer, clip, broker, caplog, t
     events = [decode_event(m.payload) for m in seen if m.topic == "edge/cam-a/events"]
     assert events, f"no match event was published; got topics {[m.topic for m in seen]}"
     assert {e["subject_id"] for e in events} == {"obama"}
+    limit = MAX_EVIDENCE_PAYLOAD if mode == "evidence" else MAX_PAYLOAD
     for m in seen:
         assert m.topic in DEVICE_TOPICS
         assert_no_image(m.payload, f"payload on {m.topic}")
-        assert len(m.payload) <= MAX_PAYLOAD, f"{m.topic}: {len(m.payload)} bytes"
+        assert len(m.payload) <= limit, f"{m.topic}: {len(m.payload)} bytes"
     for e in events:
         for value in e.values():  # no field carries an image in any encoding
             assert not (isinstance(value, str) and len(value) > 512), e
@@ -154,22 +171,51 @@ def test_device_sends_no_image_bytes(tmp_path, analyzer, clip, broker, caplog, t
     assert relay.connections >= 1 and len(wire) > 0
     assert_no_image(wire, "the client→broker byte stream")
     raw_frame = 640 * 480 * 3  # the clip's frame size (a 1280×720 frame would be 2,764,800 bytes)
-    assert len(wire) < 64 * 1024 < raw_frame, f"{len(wire)} bytes sent"
-    print(f"\nprivacy[{'thumbnails on' if thumbnails else 'default'}]: device sent {len(wire)} bytes on the wire "
-          f"over {relay.connections} TLS connection(s) (received {relay.received}); {len(seen)} MQTT payloads "
-          f"({len(events)} event(s), largest {max(len(m.payload) for m in seen)} bytes); "
-          f"no JPEG/PNG signature or base64 of one")
+    assert len(wire) < 96 * 1024 < raw_frame, f"{len(wire)} bytes sent"
+    print(f"\nprivacy[{mode}]: device sent {len(wire)} bytes on the wire over {relay.connections} TLS"
+          f" connection(s) (received {relay.received}); {len(seen)} MQTT payloads ({len(events)} event(s), largest"
+          f" {max(len(m.payload) for m in seen)} bytes); no JPEG/PNG signature or base64 of one")
 
-    if thumbnails:
-        # Enabled by the operator: every event carries a thumbnail that is ciphertext for the operator's X25519 key
-        # (no image signature in clear, checked above for every payload) and opens to a JPEG with that key only.
-        assert all(isinstance(e.get("thumbnail"), dict) for e in events), events
-        for e in events:
-            jpeg = decrypt_thumbnail(e["thumbnail"], operator_x25519)
-            assert jpeg.startswith(b"\xff\xd8\xff") and len(jpeg) <= 9 * 1024
+    if mode != "evidence":
+        assert all(not sealed_chips(e) for e in events)
+        assert any("evidence is off" in r.getMessage() for r in caplog.records)
+        return
+    # The operator's key provisioned: every event carries the track's best chip (and the second best when it fits),
+    # ciphertext for that key bound to the event (no image signature in clear, checked above for every payload),
+    # opening to a JPEG with that key and this event's context only.
+    assert any("evidence is on" in r.getMessage() for r in caplog.records)
+    jpegs = []
+    for e in events:
+        chips = sealed_chips(e)
+        assert chips, e
+        for slot, sealed in enumerate(chips, 1):
+            jpeg = decrypt_thumbnail(sealed, operator_x25519, evidence_context(e["event_id"], slot))
+            assert jpeg.startswith(b"\xff\xd8\xff") and len(jpeg) <= 5 * 1024
+            jpegs.append(jpeg)
             with pytest.raises(PayloadError):
-                decrypt_thumbnail(e["thumbnail"], keys.generate_device_key())
-        assert any("events.thumbnails is on" in r.getMessage() for r in caplog.records)
-    else:
-        assert all(e.get("thumbnail") is None for e in events)
-        assert not any("thumbnails" in r.getMessage() for r in caplog.records)
+                decrypt_thumbnail(sealed, keys.generate_device_key(), evidence_context(e["event_id"], slot))
+            with pytest.raises(PayloadError):  # moved to another slot (or event), it no longer opens
+                decrypt_thumbnail(sealed, operator_x25519, evidence_context(e["event_id"], 3 - slot))
+    # --- at rest: the exact face pixels that left sealed are nowhere in clear, neither on the wire nor on the
+    # device's disk (its state directory: outbox, audit log, watchlist; and any file written to the temp dir) ---
+    needles = []
+    for jpeg in jpegs:
+        middle = jpeg[len(jpeg) // 2:len(jpeg) // 2 + 48]
+        needles.append(middle)
+        needles += [base64.b64encode(pad + jpeg)[8:40] for pad in (b"", b"\0", b"\0\0")]
+    for needle in needles:
+        assert needle not in wire
+    scanned = []
+    for root in (state, Path(tempfile.gettempdir())):
+        for path in (p for p in root.rglob("*") if p.is_file() and not p.is_symlink()):
+            try:
+                if path.stat().st_mtime < started:
+                    continue
+                content = path.read_bytes()
+            except OSError:
+                continue
+            scanned.append(path)
+            assert b"JFIF" not in content or path.suffix in (".mp4", ".jpg"), path
+            for needle in needles:
+                assert needle not in content, f"face pixels in clear in {path}"
+    assert any(p.name == "outbox.db" for p in scanned), scanned  # the outbox held the events: ciphertext only

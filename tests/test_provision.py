@@ -65,3 +65,22 @@ def test_provision_rejects_bad_ids(tmp_path, bad):
 def test_provision_recommends_lower_case(tmp_path):
     assert any("lower case" in w for w in provision("Cam-1", tmp_path).warnings)
     assert provision("cam-1", tmp_path / "b").warnings == ()
+
+
+def test_provision_copies_the_operators_evidence_key_and_refuses_a_wrong_one(tmp_path, capsys):
+    ops = tmp_path / "ops"
+    assert main(["keys", "generate", "evidence", "--out", str(ops), "--json"]) == 0
+    made = json.loads(capsys.readouterr().out)
+    assert _mode(ops / "evidence.key") == 0o600
+    out = tmp_path / "dev"
+    assert main(["device", "provision", "--id", "cam-5", "--out", str(out), "--evidence-key", str(ops / "evidence.pub"),
+                 "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["evidence_key_id"] == made["key_id"] and doc["evidence_key"] == str(out / "operator-evidence.pub")
+    assert keys.key_id(keys.load_public_key(out / "operator-evidence.pub", "device")) == made["key_id"]
+    # an Ed25519 signing key is not an evidence key: one line, nothing written
+    assert main(["keys", "generate", "operator", "--out", str(ops)]) == 0
+    assert main(["device", "provision", "--id", "cam-6", "--out", str(tmp_path / "d6"), "--evidence-key",
+                 str(ops / "operator.pub")]) == 1
+    err = capsys.readouterr().err
+    assert "operator.pub" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "d6").exists()

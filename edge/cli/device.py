@@ -29,7 +29,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_provision(args: argparse.Namespace) -> int:
     from edge.device.provision import provision
 
-    result = provision(args.id, args.out, force=args.force)
+    result = provision(args.id, args.out, force=args.force, evidence_key=args.evidence_key)
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
         return 0
@@ -44,6 +44,9 @@ def cmd_provision(args: argparse.Namespace) -> int:
           "evolves at every seal)")
     print(f"audit verification key: {result.out / 'audit-verify.key'} (0600; the OPERATOR keeps it and deletes it "
           "from here: `edge audit verify --verify-key`)")
+    if result.evidence_key_id:
+        print(f"evidence:   {result.out / 'operator-evidence.pub'} (the operator's key {result.evidence_key_id}; "
+              "match events carry face chips sealed to it — set events.operator_thumbnail_key to it)")
     print("X25519 public key (give it to the operator: `edge watchlist seal --device-key`):")
     print(result.public_key_pem, end="")
     return 0
@@ -68,5 +71,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--id", required=True, help="device id: 1–64 of A–Z a–z 0–9 . _ - (lower case recommended)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="directory for the key files")
     p.add_argument("--force", action="store_true", help="replace existing key files")
+    p.add_argument("--evidence-key", type=Path, metavar="PUB",
+                   help="the operator's X25519 evidence public key (`edge keys generate evidence`): copied in as "
+                        "operator-evidence.pub so match events carry the face chips sealed to it")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_provision)

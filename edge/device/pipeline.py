@@ -73,7 +73,8 @@ class MatchContext:
 
 class Pipeline:
     """Runs one frame source through the vision stack and hands decisions to
-    `sink(decision, frame, watchlist, chip)` (chip: the aligned face of the deciding embedding, RGB uint8).
+    `sink(decision, frame, watchlist, chips)` (chips: the track's best embedded faces, aligned, RGB uint8, best
+    first — at most two, kept in memory only).
 
     detector / embedder: from a FaceAnalyzer (owned by the inference thread). tracker / policy: pure state.
     """
@@ -149,7 +150,7 @@ class Pipeline:
             if item is None:
                 return
             try:
-                self.sink(item.decision, item.frame, item.watchlist, item.chip)
+                self.sink(item.decision, item.frame, item.watchlist, item.chips)
                 self.health.inc("events")
                 self.health.observe("frame_to_event", time.monotonic() - item.frame.monotonic)
             except Exception:
@@ -202,6 +203,7 @@ class Pipeline:
             else:
                 embedding = self.embedder.embed(chip)
             track.record_embedding(score, embedding, now, embedding2)
+            track.keep_chip(score, chip)
             h.observe("embed", time.perf_counter() - t1)
             h.inc("embeddings")
             if watchlist is None:
@@ -221,7 +223,7 @@ class Pipeline:
             if decision is not None:
                 decisions.append(decision)
                 try:
-                    self.events.put_nowait(PendingEvent(decision, frame, watchlist, chip))
+                    self.events.put_nowait(PendingEvent(decision, frame, watchlist, tuple(track.evidence())))
                 except queue.Full:
                     h.inc("events_dropped")
         h.observe("frame", time.perf_counter() - t0)

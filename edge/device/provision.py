@@ -5,7 +5,9 @@ Writes into `out`:
 - `tls.key` (EC P-256 private, 0600) and `tls.csr` (PEM CSR with CN = the device id): the operator's CA signs it
   into the client certificate the broker authenticates (its CN becomes the MQTT username, see
   firmware-config/mosquitto/);
-- `device.json`: {device_id, key_id, public_key (PEM), csr (file name), tls_key (file name)}.
+- `device.json`: {device_id, key_id, public_key (PEM), csr (file name), tls_key (file name)};
+- with `evidence_key`: `operator-evidence.pub` (0644), the operator's X25519 evidence key, checked and copied, so
+  the device seals its events' face chips to it (`events.operator_thumbnail_key`).
 Existing key files are never replaced without `force`.
 """
 
@@ -28,6 +30,7 @@ from edge.errors import EdgeError
 
 DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 DEVICE_KEY, DEVICE_PUB, TLS_KEY, TLS_CSR, DEVICE_JSON = "device.key", "device.pub", "tls.key", "tls.csr", "device.json"
+EVIDENCE_PUB = "operator-evidence.pub"
 
 
 class ProvisionError(EdgeError):
@@ -42,13 +45,16 @@ class Provisioned:
     out: Path
     csr_path: Path
     warnings: tuple[str, ...] = ()
+    evidence_key_id: str | None = None
 
     def to_json(self) -> dict:
         return {"device_id": self.device_id, "key_id": self.key_id, "public_key": self.public_key_pem,
                 "device_key": str(self.out / DEVICE_KEY), "device_pub": str(self.out / DEVICE_PUB),
                 "tls_key": str(self.out / TLS_KEY), "csr": str(self.csr_path),
                 "device_json": str(self.out / DEVICE_JSON), "audit_seal": str(self.out / "audit.seal"),
-                "audit_verify_key": str(self.out / "audit-verify.key"), "warnings": list(self.warnings)}
+                "audit_verify_key": str(self.out / "audit-verify.key"), "warnings": list(self.warnings),
+                "evidence_key": str(self.out / EVIDENCE_PUB) if self.evidence_key_id else None,
+                "evidence_key_id": self.evidence_key_id}
 
 
 def validate_device_id(device_id: str) -> list[str]:
@@ -68,10 +74,13 @@ def make_csr(device_id: str, tls_key: ec.EllipticCurvePrivateKey) -> x509.Certif
             .sign(tls_key, hashes.SHA256()))
 
 
-def provision(device_id: str, out: str | Path, force: bool = False) -> Provisioned:
-    """Create the device's key pairs and CSR in `out`; refuses to replace existing key files unless `force`."""
+def provision(device_id: str, out: str | Path, force: bool = False,
+              evidence_key: str | Path | None = None) -> Provisioned:
+    """Create the device's key pairs and CSR in `out`; refuses to replace existing key files unless `force`.
+    evidence_key: the operator's X25519 evidence public key (PEM) to copy in as operator-evidence.pub."""
     warnings = validate_device_id(device_id)
     out = Path(out)
+    evidence = keys.load_public_key(evidence_key, "device") if evidence_key is not None else None  # X25519
     if not force:
         for name in (DEVICE_KEY, DEVICE_PUB, TLS_KEY, TLS_CSR, DEVICE_JSON, "audit.seal", "audit-verify.key"):
             if (out / name).exists():
@@ -91,4 +100,8 @@ def provision(device_id: str, out: str | Path, force: bool = False) -> Provision
     kid = keys.key_id(public)
     doc = {"device_id": device_id, "key_id": kid, "public_key": pem, "csr": TLS_CSR, "tls_key": TLS_KEY}
     atomic_write(out / DEVICE_JSON, (json.dumps(doc, indent=2) + "\n").encode(), 0o644)
-    return Provisioned(device_id, kid, pem, out, out / TLS_CSR, tuple(warnings))
+    evidence_id = None
+    if evidence is not None:
+        keys.save_public_key(out / EVIDENCE_PUB, evidence)
+        evidence_id = keys.key_id(evidence)
+    return Provisioned(device_id, kid, pem, out, out / TLS_CSR, tuple(warnings), evidence_id)

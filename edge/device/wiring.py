@@ -121,7 +121,7 @@ def build_pipeline(source: Any, analyzer: Any, watchlist: Callable[[], Any], sin
                    quality: QualityThresholds = QualityThresholds(), lossless: bool = False,
                    governor: Any = None) -> Pipeline:
     """The capture → vision → match → decision loop over `source` with `analyzer`'s models; `watchlist()` gives
-    the live watchlist (or None), `sink(decision, frame, watchlist, chip)` takes each decision."""
+    the live watchlist (or None), `sink(decision, frame, watchlist, chips)` takes each decision."""
     return Pipeline(source, analyzer.detector, analyzer.embedder, tracker or Tracker(),
                     policy or DecisionPolicy(PolicyConfig(k=2, n=3)), MatchContext(watchlist), sink, health, quality,
                     lossless=lossless, embed_face=analyzer.embed, governor=governor)
@@ -136,14 +136,21 @@ def thermal_governor(c: Config) -> Any:
 
 
 def event_writer(c: Config, outbox: Any, audit: Any, embedder_id: str) -> Any:
-    """Decisions → audit record + outbox row; with `events.thumbnails` on, each carries a sealed face JPEG."""
+    """Decisions → audit record + outbox row; with the operator's evidence key provisioned (`events`), each event
+    carries the track's best face chip(s) sealed to it — the only image that ever leaves the device."""
     from edge.device.event_writer import EventWriter
 
-    thumbnail_key = None
-    if c.events.thumbnails:  # off by default: only then does a (sealed) face image leave the device
-        thumbnail_key = keys.load_public_key(c.events.operator_thumbnail_key, "device")  # X25519
-        log.warning("events.thumbnails is on: each event carries a 96×96 face JPEG encrypted to %s",
-                    c.events.operator_thumbnail_key)
+    thumbnail_key, path = None, c.events.evidence_key()
+    if path is not None:
+        thumbnail_key = keys.load_public_key(path, "device")  # X25519
+        log.warning("evidence is on (events.thumbnails): each match event carries the track's best face chip(s) as "
+                    "JPEG sealed to the operator's key %s (%s); `events.thumbnails: false` turns it off",
+                    keys.key_id(thumbnail_key), path)
+    else:
+        log.warning("evidence is off: match events carry no face (%s), so reviewers see none",
+                    "events.thumbnails: false" if c.events.thumbnails is False else
+                    f"no operator evidence key at {c.events.operator_thumbnail_key}"
+                    if c.events.operator_thumbnail_key else "no events.operator_thumbnail_key")
     return EventWriter(c.device.id, outbox, audit, embedder_id, thumbnail_key=thumbnail_key)
 
 

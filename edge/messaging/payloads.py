@@ -177,19 +177,22 @@ def _show(value: object) -> str:
 _EVENT_REQUIRED = {"schema", "event_id", "seq", "device_id", "captured_at", "published_at", "subject_id",
                    "watchlist_id", "watchlist_version", "embedder_id", "similarity", "threshold", "margin",
                    "track_id", "chips_used", "quality", "review_required"}
-_EVENT_OPTIONAL = {"label", "category", "thumbnail"}
+_EVENT_OPTIONAL = {"label", "category", "thumbnail", "thumbnail2"}
 _EVENT_ORDER = ("schema", "event_id", "seq", "device_id", "captured_at", "published_at", "subject_id", "watchlist_id",
                 "watchlist_version", "embedder_id", "similarity", "threshold", "margin", "track_id", "chips_used",
-                "quality", "review_required", "label", "category", "thumbnail")
+                "quality", "review_required", "label", "category", "thumbnail", "thumbnail2")
 
 
 def new_event(*, device_id: str, captured_at: float, subject_id: str, watchlist_id: str, watchlist_version: int,
               embedder_id: str, similarity: float, threshold: float, margin: float, track_id: int, chips_used: int,
               quality: dict, label: str | None = None, category: str | None = None,
-              thumbnail: dict | None = None) -> MatchEvent:
-    """A `MatchEvent` with a fresh UUIDv7 `event_id` (not validated yet: `encode_event` does that, once)."""
-    return MatchEvent(str(uuid7()), device_id, captured_at, subject_id, watchlist_id, watchlist_version, embedder_id,
-                      similarity, threshold, margin, track_id, chips_used, quality, label, category, thumbnail)
+              thumbnail: dict | None = None, thumbnail2: dict | None = None,
+              event_id: str | None = None) -> MatchEvent:
+    """A `MatchEvent` with a fresh UUIDv7 `event_id` unless given (not validated yet: `encode_event` does that,
+    once). thumbnail / thumbnail2: the track's best and second-best face chip, sealed (`seal_evidence`)."""
+    return MatchEvent(event_id or str(uuid7()), device_id, captured_at, subject_id, watchlist_id, watchlist_version,
+                      embedder_id, similarity, threshold, margin, track_id, chips_used, quality, label, category,
+                      thumbnail, thumbnail2)
 
 
 def make_event(*, seq: int | None = None, **fields: Any) -> dict:
@@ -229,8 +232,9 @@ def validate_event(event: object, allow_no_seq: bool = False) -> dict:
     for key in ("label", "category"):
         if key in event:
             _need_str(event, key, what, nullable=True)
-    if event.get("thumbnail") is not None:
-        _check_thumbnail(event["thumbnail"])
+    for key in ("thumbnail", "thumbnail2"):
+        if event.get(key) is not None:
+            _check_thumbnail(event[key])
     return event
 
 

@@ -9,6 +9,8 @@
 #   device-id        the unit's id (one line; its certificate CN)
 #   profile          pi4 | pi5 | jetson | x86 (firmware-config/profiles/), default pi4
 #   operator.pub     the operator's Ed25519 public key (watchlist signatures), ca.crt the broker's CA
+#   operator-evidence.pub  the operator's X25519 evidence key (`edge keys generate evidence`): match events then
+#                    carry the best face chip(s) sealed to it for the reviewers (the profiles point at it)
 # It writes edge/out/<id>.pub (the device's X25519 key, for `edge fleet add`) and edge/out/<id>.csr (for the
 # broker certificate), and prints both. When the operator copies the signed certificate to edge/tls.crt,
 # edge-cert.path sees it and edge-cert.service installs it and starts edge.service.
@@ -49,6 +51,12 @@ sed -i -e "s/^\(  id: *\)[^ #]*/\1$ID/" -e 's|^\(  key_file: *\)[^ #]*|\1${CREDE
     /etc/edge/edge.yaml
 install -d -m 0755 /etc/edge/tls
 [ -f "$BOOT/operator.pub" ] && install -m 0644 "$BOOT/operator.pub" /etc/edge/operator.pub
+if [ -f "$BOOT/operator-evidence.pub" ]; then  # evidence for the reviewers, sealed to the operator
+    install -m 0644 "$BOOT/operator-evidence.pub" /etc/edge/operator-evidence.pub
+    log "evidence key installed: match events carry face chips sealed to /etc/edge/operator-evidence.pub"
+else
+    log "no operator-evidence.pub on the card: match events carry no face until /etc/edge/operator-evidence.pub exists"
+fi
 if ! grep -q '^watchlist:' /etc/edge/edge.yaml; then  # the keys the service gets from systemd, the operator's key
     {
         echo ""
