@@ -68,6 +68,25 @@ def test_build_seal_verify(operator_flow, capsys):
     want = scoring_tail(shipped.embedder_info.info, shipped.fusion).threshold_for(2, 0.003)
     assert sealed["thresholds"]["match"] == want["match"] and sealed["thresholds"]["calibrated_for_n"] == 2
     assert CANARY.encode() not in (tmp / "v3.bundle").read_bytes()
+    # The enrolled chips stay with the operator, private, and only there: none is in the sealed bundle (opened
+    # below with the device's key: its payload carries templates, never a face).
+    refs = tmp / "build" / "references"
+    assert report["n_references"] == 2 and stat.S_IMODE(os.stat(refs).st_mode) == 0o700
+    chips = sorted(refs.iterdir())
+    assert [p.name for p in chips] == ["0000000.jpg", "0000001.jpg"]
+    assert all(stat.S_IMODE(os.stat(p).st_mode) == 0o600 and p.read_bytes()[:3] == b"\xff\xd8\xff" for p in chips)
+    from edge.watchlist.bundle import open_bundle
+    from edge.watchlist.references import References
+
+    opened = open_bundle((tmp / "v3.bundle").read_bytes(), keys.load_private_key(tmp / "dev" / "device.key", "device"),
+                         {keys.key_id(keys.load_public_key(tmp / "op" / "operator.pub", "operator")):
+                          keys.load_public_key(tmp / "op" / "operator.pub", "operator")}, expected_device_id="cam-01")
+    for chip in chips:
+        assert chip.read_bytes()[200:264] not in opened.payload
+        assert b"\xff\xd8\xff" not in opened.payload and b"JFIF" not in opened.payload
+    assert References(tmp / "build").images("obama") == [chips[0].read_bytes()]
+    assert References(tmp / "build").images("nobody") == []
+    assert not [p for p in tmp.iterdir() if ".references-" in p.name]  # the spool was moved in, nothing left
 
     code, out, _ = run(capsys, "watchlist", "verify", tmp / "v3.bundle", "--device-key", tmp / "dev" / "device.key",
                        "--operator-key", tmp / "op" / "operator.pub", "--json")

@@ -71,22 +71,30 @@ def _gate(args: argparse.Namespace):
 
 
 def cmd_watchlist_build(args: argparse.Namespace) -> int:
-    from edge.watchlist.build import enroll, payload_of, read_gallery, write_build
+    from edge.watchlist.build import check_out_dir, enroll, payload_of, read_gallery, write_build
+    from edge.watchlist.references import ReferenceSpool
 
     entries = read_gallery(args.gallery, args.root)
+    check_out_dir(args.out, args.force)
     analyzer = _analyzer(args)
     limits, rule = _gate(args)
     t0 = time.perf_counter()
-    enrollment = enroll(entries, analyzer, limits, progress=_progress("enrolling"), subject=rule)
-    if not enrollment.vectors:
-        raise EdgeError(f"no photo of {args.gallery} could be enrolled ({len(enrollment.rejected)} rejected)")
-    payload = payload_of(enrollment, analyzer.fusion_meta, args.trees)
-    report = write_build(args.out, payload, enrollment, _embedder_info(analyzer), time.perf_counter() - t0,
-                         force=args.force)
+    spool = ReferenceSpool(args.out)  # the enrolled chips, for the reviewers: operator side only
+    try:
+        enrollment = enroll(entries, analyzer, limits, progress=_progress("enrolling"), subject=rule,
+                            on_template=spool.add)
+        if not enrollment.vectors:
+            raise EdgeError(f"no photo of {args.gallery} could be enrolled ({len(enrollment.rejected)} rejected)")
+        payload = payload_of(enrollment, analyzer.fusion_meta, args.trees)
+        report = write_build(args.out, payload, enrollment, _embedder_info(analyzer), time.perf_counter() - t0,
+                             force=args.force, references=spool)
+    finally:
+        spool.discard()  # nothing left when committed; the partial chips of a failed build otherwise
     if args.json:
         _print_json(report)
     else:
-        print(f"enrolled {report['n_subjects']} subjects, {report['n_templates']} templates into {args.out} "
+        print(f"enrolled {report['n_subjects']} subjects, {report['n_templates']} templates ({report['n_references']}"
+              f" reference chips for the console, operator side only) into {args.out} "
               f"({report['seconds']} s); rejected {len(report['rejected'])}:")
         for r in report["rejected"]:
             print(f"  {r['path']}: {r['reason']}" + (f" ({r['detail']})" if r.get("detail") else ""))

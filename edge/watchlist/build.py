@@ -2,8 +2,9 @@
 
 Gallery CSV: `path,identity` plus optional `label`, `category`, `expires` (ISO date) columns; paths relative to
 `--root`. Several photos per identity give several templates. Every rejected photo is reported with its reason.
-The build directory holds plaintext (index.ann, meta.json): it stays on the operator's machine; devices only ever
-receive it sealed (`edge watchlist seal`).
+The build directory holds plaintext (index.ann, meta.json, and references/: the enrolled face chips the review
+console shows beside captured ones): it stays on the operator's machine; devices only ever receive the index,
+templates and metadata, sealed (`edge watchlist seal`) — never a reference chip.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from edge.imageio import read_image
 from edge.vision.quality import ENROLLMENT_LIMITS, QualityThresholds, SubjectRule, assess, subject_face
 from edge.watchlist.index import build_index
 from edge.canonical import canonical_json
+from edge.watchlist.references import ReferenceSpool
 from edge.watchlist.payload import Payload, quantize_templates, split_templates, subject_columns, template_dim
 
 #: Annoy trees: chosen from `edge watchlist bench` at 300,000 fused templates (8 trees: recall@1 vs exact 99.97 %, query
@@ -104,9 +106,11 @@ class Enrollment:
 
 def enroll(entries: list[GalleryEntry], analyzer, limits: QualityThresholds | None = ENROLLMENT_LIMITS,
            progress: Callable[[Iterable], Iterable] = lambda it: it,
-           subject: SubjectRule = SubjectRule()) -> Enrollment:
+           subject: SubjectRule = SubjectRule(),
+           on_template: Callable[[int, np.ndarray | None], None] | None = None) -> Enrollment:
     """Detect, check, align and embed each gallery photo: its subject face (`subject_face`: the only face, or the
-    clearly dominant one, with a warning) must pass `limits` (None = no quality gate, for measuring its effect)."""
+    clearly dominant one, with a warning) must pass `limits` (None = no quality gate, for measuring its effect).
+    on_template: called with (template index, aligned chip) for each accepted photo (`ReferenceSpool.add`)."""
     subject_index: dict[str, int] = {}
     out = Enrollment([], [], [], [], [], [], [])
     for entry in progress(entries):
@@ -137,6 +141,8 @@ def enroll(entries: list[GalleryEntry], analyzer, limits: QualityThresholds | No
             out.vectors2.append(face.embedding2)
         out.item_subject.append(subject_index[entry.identity])
         out.qualities.append({"path": str(entry.path), **quality.to_json()})
+        if on_template is not None:
+            on_template(len(out.vectors) - 1, face.chip)
     return out
 
 
@@ -200,12 +206,18 @@ def payload_of(enrollment: "Enrollment", fusion: dict | None, n_trees: int = DEF
                         vectors2=vectors2, fusion=fusion)
 
 
-def write_build(out_dir: Path, payload: Payload, enrollment: Enrollment, embedder: dict, seconds: float,
-                force: bool = False) -> dict:
-    """Write index.ann, templates.bin, meta.json and report.json into `out_dir` (mode 0700: it holds names and
-    templates in clear); refuses to overwrite an existing build unless `force`. Returns the report."""
+def check_out_dir(out_dir: Path, force: bool = False) -> None:
+    """DataError if `out_dir` already holds a build and not `force` (checked before a long enrollment too)."""
     if (out_dir / "meta.json").exists() and not force:
         raise DataError(f"{out_dir} already holds a watchlist build; pass --force to replace it")
+
+
+def write_build(out_dir: Path, payload: Payload, enrollment: Enrollment, embedder: dict, seconds: float,
+                force: bool = False, references: ReferenceSpool | None = None) -> dict:
+    """Write index.ann, templates.bin, meta.json and report.json into `out_dir` (mode 0700: it holds names and
+    templates in clear), and move the spooled reference chips in as references/ (operator side only: never in a
+    bundle); refuses to overwrite an existing build unless `force`. Returns the report."""
+    check_out_dir(out_dir, force)
     private_dir(out_dir)
     atomic_write(out_dir / "index.ann", payload.index)  # every file 0600: names and templates in clear
     atomic_write(out_dir / "templates.bin", payload.templates)
@@ -213,7 +225,10 @@ def write_build(out_dir: Path, payload: Payload, enrollment: Enrollment, embedde
              "templates.bin": hashlib.sha256(payload.templates).hexdigest()}
     meta = dict(payload.meta, embedder=embedder, files=files)  # both popped again by load_build
     atomic_write(out_dir / "meta.json", canonical_json(meta))
+    if references is not None:
+        references.commit(out_dir)
     report = {"n_subjects": len(enrollment.subjects), "n_templates": len(enrollment.vectors),
+              "n_references": references.count if references is not None else 0,
               "rejected": enrollment.rejected, "warnings": enrollment.warnings, "n_trees": payload.meta["n_trees"], "embedder": embedder,
               "seconds": round(seconds, 2)}
     atomic_write(out_dir / "report.json", json.dumps(report, indent=2).encode())
