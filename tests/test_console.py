@@ -15,9 +15,7 @@ import pytest
 from edge import audit as edge_audit
 from edge.audit import AuditLog, tail, verify
 from edge.cli import main
-from edge.keys import generate_device_key
 from edge.messaging.payloads import make_event
-from edge.messaging.thumbnail import encrypt_thumbnail
 from edge.operator.accounts import Accounts
 from edge.operator.console import create_app
 from edge.operator.event_store import EventStore
@@ -54,7 +52,7 @@ def users_db(tmp_path_factory):
 
 
 def make_console(tmp_path: Path, users_db: Path, retention_days=30.0, labels=LABELS, thumbnail_key=None,
-                 demographics=None):
+                 demographics=None, references=None):
     tmp_path.mkdir(parents=True, exist_ok=True)
     shutil.copy(users_db, tmp_path / "events.db")
     store = EventStore(tmp_path / "events.db")
@@ -63,7 +61,7 @@ def make_console(tmp_path: Path, users_db: Path, retention_days=30.0, labels=LAB
     events = [new_event(i + 1, subject=f"subj-{i % 2 + 1}") for i in range(4)]
     store.add(events)
     app = create_app(store, accounts, audit, labels, 2, retention_days, thumbnail_key=thumbnail_key,
-                     demographics=demographics)
+                     demographics=demographics, references=references)
     return SimpleNamespace(app=app, store=store, accounts=accounts, audit=audit, events=events,
                            ids=[e["event_id"] for e in events])
 
@@ -473,27 +471,6 @@ def test_security_headers_and_nonce_only_scripts(console):
     for path in templates.glob("*.html"):
         assert not re.search(r"\son[a-z]+\s*=", path.read_text()), f"{path.name} has an inline event handler"
         assert 'style="' not in path.read_text(), f"{path.name} has an inline style"
-
-
-def test_thumbnails_open_only_with_the_operator_key(tmp_path, users_db):
-    key = generate_device_key()
-    jpeg = b"\xff\xd8\xff\xe0" + b"\x00" * 200
-    c = make_console(tmp_path, users_db, thumbnail_key=key)
-    with_thumb = new_event(20, thumbnail=encrypt_thumbnail(jpeg, key.public_key()))
-    c.store.add([with_thumb])
-    alice, _ = session(c.app, "alice")
-    resp = alice.get(f"/events/{with_thumb['event_id']}/thumbnail")
-    assert resp.status_code == 200 and resp.content == jpeg and resp.headers["content-type"] == "image/jpeg"
-    assert f'src="/events/{with_thumb["event_id"]}/thumbnail"' in alice.get(f"/events/{with_thumb['event_id']}").text
-    c.audit.close()
-    c.store.close()
-    sealed = make_console(tmp_path / "nokey", users_db)
-    sealed.store.add([with_thumb])
-    bob, _ = session(sealed.app, "bob")
-    assert bob.get(f"/events/{with_thumb['event_id']}/thumbnail").status_code == 404
-    assert "start the console with --thumbnail-key" in bob.get(f"/events/{with_thumb['event_id']}").text
-    sealed.audit.close()
-    sealed.store.close()
 
 
 def test_the_app_refuses_a_confirmation_count_the_store_does_not_apply(tmp_path):

@@ -91,17 +91,24 @@ def cmd_console(args: argparse.Namespace) -> int:
     from edge.operator.labels import labels_from_build
 
     url = _need_store(args)
+    from edge.watchlist.references import References
+
     labels = labels_from_build(args.watchlist) if args.watchlist else {}
+    references = References(args.watchlist) if args.watchlist else None
     thumbnail_key = keys.load_private_key(args.thumbnail_key, "device") if args.thumbnail_key else None
     store = EventStore(url, required_confirmations=args.confirmations)
     audit = _audit(args, url)
     try:
         accounts = Accounts(store.db)
         app = create_app(store, accounts, audit, labels, args.confirmations, args.retention_days,
-                         thumbnail_key=thumbnail_key, demographics=shipped_demographics())
+                         thumbnail_key=thumbnail_key, references=references, demographics=shipped_demographics())
         shown = f"[{host}]" if ":" in host else host
         print(f"edge console on http://{shown}:{port}/ (store {url}, audit log {audit.path}, {args.confirmations}"
               f" confirmation(s) confirm an event, {len(labels)} subject name(s))", flush=True)
+        print("evidence: " + ("captured faces open with the operator's evidence key" if thumbnail_key is not None
+                              else "captured faces stay sealed (no --thumbnail-key)") + "; enrolled faces "
+              + ("from " + str(args.watchlist / "references") if references is not None and references.available
+                 else "not available (--watchlist BUILD_DIR with references/)"), flush=True)
         if not accounts.users():
             print("no users yet: add one with `edge console user add NAME --role admin --store …`", flush=True)
         stop = threading.Event()
@@ -223,14 +230,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trust-proxy", metavar="ADDR[,ADDR]", help="believe X-Forwarded-For/-Proto only from these "
                    "addresses (your TLS reverse proxy, e.g. 127.0.0.1); default: from nobody")
     p.add_argument("--watchlist", type=Path, metavar="BUILD_DIR",
-                   help="the operator's watchlist build (`edge watchlist build --out`): shows names for subject ids")
+                   help="the operator's watchlist build (`edge watchlist build --out`): shows names for subject ids"
+                        " and the enrolled faces beside the captured ones")
     p.add_argument("--confirmations", type=int, default=2, metavar="N",
                    help="different reviewers who must confirm an event before it is confirmed (default 2)")
     p.add_argument("--retention-days", type=float, metavar="D",
                    help="purge events and decisions older than D days at start and every hour, audited; an admin"
                         " may also purge from /admin (default: keep everything)")
     p.add_argument("--thumbnail-key", type=Path, metavar="PRIV",
-                   help="the operator's X25519 private key: show the encrypted face thumbnails events carry")
+                   help="the operator's X25519 evidence private key (`edge keys generate evidence`): open the sealed"
+                        " faces events carry, for the reviewers")
     p.set_defaults(func=cmd_console)
     actions = p.add_subparsers(dest="console_command", metavar="ACTION")
     users = actions.add_parser("user", help="console accounts").add_subparsers(dest="user_command", metavar="ACTION",

@@ -15,13 +15,11 @@ Lines: the routes share one set of guards (session, CSRF, role) and views, read 
 
 from __future__ import annotations
 
-import json
 import hmac
 import logging
 import math
 import secrets
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -34,11 +32,11 @@ from starlette.concurrency import run_in_threadpool
 
 from edge.audit import AuditLog, tail, verify
 from edge.errors import DataError
-from edge.messaging.payloads import PayloadError
-from edge.messaging.thumbnail import decrypt_thumbnail
 from edge.operator.accounts import ROLES, Accounts, Session
 from edge.operator.event_store import DECISIONS, STATUSES, EventStore
-from edge.vision.demographics import fmr_at, ratio_warning
+from edge.operator.evidence import Evidence, Unavailable, media_type
+from edge.operator.request_checks import Refused, json_body, safe_next
+from edge.operator.views import device_view, event_view, utc, watchlist_view, with_demographics
 
 log = logging.getLogger(__name__)
 
@@ -54,142 +52,6 @@ PERMISSIONS = {"view": frozenset(ROLES), "decide": frozenset({"reviewer", "super
 COLUMNS = ("category", "device", "captured", "similarity", "margin", "chips", "quality", "watchlist", "embedder",
            "confirmations")
 MAX_NOTE = 2000
-
-
-class Refused(Exception):
-    """A request the console answers with `status` and a one-line `message` (JSON for /api, a page otherwise)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-# --------------------------------------------------------------------------------------------- views (pure)
-
-def _utc(ts: Any) -> str:
-    if isinstance(ts, bool) or not isinstance(ts, (int, float)):
-        return "-"
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
-
-
-def _num(value: Any, digits: int | None = None) -> float | int | None:
-    """A number from device-reported JSON, or None (health figures are the device's word, not ours)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return round(value, digits) if digits is not None else value
-
-
-def event_view(row: dict, decisions: list[dict], labels: dict[str, str], required: int) -> dict:
-    """One stored event as the console shows it: the stored columns, what the event body adds, the review state,
-    and `text` (the display strings of the queue's columns)."""
-    ev = row["event"]
-    label = labels.get(row["subject_id"]) or ev.get("label") or row["subject_id"]
-    confirmations = len({d["reviewer"] for d in decisions if d["decision"] == "confirm"})
-    quality = ev.get("quality") if isinstance(ev.get("quality"), dict) else {}
-    margin = _num(ev.get("margin"))
-    sim, thr = row["similarity"], row["threshold"]
-    view = {k: row[k] for k in ("event_id", "status", "subject_id", "device_id", "seq", "captured_at", "received_at",
-                                "watchlist_id", "watchlist_version", "similarity", "threshold")}
-    view.update(label=str(label), category=ev.get("category"), margin=margin, chips_used=ev.get("chips_used"),
-                quality=quality, embedder_id=ev.get("embedder_id"), track_id=ev.get("track_id"),
-                thumbnail=ev.get("thumbnail") is not None, confirmations=confirmations, required=required,
-                decisions=decisions)
-    view["text"] = {
-        "category": str(ev.get("category") or "-"), "device": row["device_id"], "captured": _utc(row["captured_at"]),
-        "similarity": f"{sim:.3f} vs {thr:.3f} ({sim - thr:+.3f})",
-        "margin": "-" if margin is None else f"{margin:.3f}", "chips": str(ev.get("chips_used", "-")),
-        "quality": ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in sorted(quality.items())) or "-",
-        "watchlist": f"{row['watchlist_id']} v{row['watchlist_version']}", "embedder": str(ev.get("embedder_id", "-")),
-        "confirmations": f"{confirmations} / {required}"}
-    return view
-
-
-def device_view(d: dict) -> dict:
-    """A device's last reports with the figures the fleet page shows pulled out of its health JSON."""
-    health = d["health"] if isinstance(d.get("health"), dict) else {}
-    gauges = health.get("gauges") if isinstance(health.get("gauges"), dict) else {}
-    temp = _num(health.get("temperature_c"), 1)
-    return {**d, "state": {True: "online", False: "offline"}.get(d["online"], "unknown"),
-            "fps": _num(health.get("fps"), 1),
-            "frames_dropped": _num(gauges.get("frames_dropped")), "outbox_depth": _num(gauges.get("outbox_depth")),
-            "temperature_c": temp if temp is not None else _num(gauges.get("cpu_temp_c"), 1),
-            "uptime_s": _num(health.get("uptime_s"), 0)}
-
-
-def watchlist_view(devices: list[dict]) -> list[dict]:
-    """[{version, devices: [...]}], newest version first; devices that reported none last (version None)."""
-    by: dict[Any, list[dict]] = {}
-    for d in devices:
-        by.setdefault(d["watchlist_version"], []).append(
-            {"device_id": d["device_id"], "state": d["watchlist_state"], "reason": d["watchlist_reason"],
-             "online": d["online"]})
-    order = sorted((v for v in by if v is not None), reverse=True) + ([None] if None in by else [])
-    return [{"version": v, "devices": by[v]} for v in order]
-
-
-def with_demographics(versions: list[dict], thresholds: dict[int, dict], summaries: dict[str, dict],
-                      bound: float) -> list[dict]:
-    """Each version of `watchlist_view` with its threshold and embedder (from its events) and, where the embedder's
-    summary ships, the within-group false-match rates at that threshold and the ratio warning."""
-    out = []
-    for v in versions:
-        seen = thresholds.get(v["version"]) if v["version"] is not None else None
-        entry = dict(v, threshold=None, embedder_id=None, groups=None, warning=None)
-        if seen:
-            entry.update(threshold=seen["threshold"], embedder_id=seen["embedder_id"])
-            summary = summaries.get(seen["embedder_id"])
-            if summary:
-                rates = fmr_at(summary, seen["threshold"])
-                entry.update(groups=dict(sorted(rates.items())), warning=ratio_warning(rates, bound),
-                             demographics_source=summary.get("source", ""))
-        out.append(entry)
-    return out
-
-
-#: Deepest nesting a JSON request body may have (a decision is one flat object).
-MAX_JSON_DEPTH = 4
-
-
-def json_body(raw: bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
-    """A request body parsed as JSON, or a 400 `Refused` naming why: not UTF-8 JSON, nested deeper than
-    `max_depth` (checked on the bytes before parsing, so `[` × 60,000 never reaches the parser), or an object with
-    a duplicate key (which value would count is ambiguous). The size is bounded before this (413 past 64 KiB)."""
-    depth = deepest = 0
-    in_string = escaped = False
-    for ch in raw:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == 0x5C:  # backslash
-                escaped = True
-            elif ch == 0x22:  # quote
-                in_string = False
-        elif ch == 0x22:
-            in_string = True
-        elif ch in (0x5B, 0x7B):  # [ {
-            depth += 1
-            deepest = max(deepest, depth)
-            if deepest > max_depth:
-                raise Refused(400, f"the body is nested deeper than {max_depth} levels")
-        elif ch in (0x5D, 0x7D):
-            depth -= 1
-
-    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
-        keys = [k for k, _ in pairs]
-        if len(set(keys)) != len(keys):
-            raise Refused(400, "the body has a duplicate key: " + next(k for k in keys if keys.count(k) > 1)[:40])
-        return dict(pairs)
-
-    try:
-        return json.loads(raw.decode("utf-8"), object_pairs_hook=no_duplicates)
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise Refused(400, 'the body is not valid JSON; it must be a JSON object: {"decision": "confirm|reject|unsure", '
-                           '"note": "..."}') from None
-
-
-def _safe_next(target: str) -> str:
-    """A local path to go to after sign-in (never another site: `//host`, `/\\host`)."""
-    return target if target.startswith("/") and not target.startswith(("//", "/\\")) else "/"
 
 
 def _float(request: Request, name: str) -> float | None:
@@ -239,12 +101,23 @@ class _BodyLimit:
         await self.app(scope, limited, send)
 
 
+#: The console's icon (a browser asks for /favicon.ico on every first visit).
+FAVICON = (b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect width="16" height="16" rx="3"'
+           b' fill="#1f2a37"/><circle cx="8" cy="7" r="3.2" fill="#cfe3ff"/><path d="M3 14c1-3 3-4 5-4s4 1 5 4"'
+           b' fill="#cfe3ff"/></svg>')
+
+
+def _image(image: bytes) -> Response:
+    return Response(image, media_type=media_type(image))
+
+
 def create_app(store: EventStore, accounts: Accounts, audit: AuditLog, labels: dict[str, str], required: int,
-               retention_days: float | None, *, thumbnail_key: Any = None,
+               retention_days: float | None, *, thumbnail_key: Any = None, references: Any = None,
                demographics: dict[str, dict] | None = None, demographic_bound: float = 3.0) -> FastAPI:
     """The console over `store`. labels: subject id → name (`labels_from_build`); required: confirmations that
     confirm an event (the store's own); retention_days: what the admin's purge deletes (None: no purge).
-    thumbnail_key: the operator's X25519 private key; without it, encrypted thumbnails stay sealed.
+    thumbnail_key: the operator's X25519 evidence private key; without it, the faces events carry stay sealed.
+    references: the build's enrolled chips (`edge.watchlist.references.References`), shown beside them.
     demographics: embedding space → the model's demographic summary (model manifest), for the per-group
     false-match rates the Watchlists page shows at each version's threshold; demographic_bound: the ratio past which
     it warns."""
@@ -254,9 +127,10 @@ def create_app(store: EventStore, accounts: Accounts, audit: AuditLog, labels: d
         raise DataError(f"retention must be a positive number of days, got {retention_days}")
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
                              undefined=jinja2.StrictUndefined)
-    env.filters["utc"] = _utc
+    env.filters["utc"] = utc
+    faces = Evidence(thumbnail_key, references)
     env.globals.update(required=required, columns=COLUMNS, statuses=STATUSES, poll_ms=int(POLL_S * 1000),
-                       thumbnails=thumbnail_key is not None)
+                       thumbnails=faces.can_open, references_on=faces.has_references)
     app = FastAPI(title="edge console", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(_BodyLimit)
 
@@ -354,7 +228,7 @@ def create_app(store: EventStore, accounts: Accounts, audit: AuditLog, labels: d
 
     @app.get("/login")
     async def login_form(request: Request) -> Response:
-        target = _safe_next(request.query_params.get("next", "/"))
+        target = safe_next(request.query_params.get("next", "/"))
         if await run_in_threadpool(accounts.session, request.cookies.get(SESSION_COOKIE)) is not None:
             return RedirectResponse(target, 303)
         token = request.cookies.get(LOGIN_COOKIE) or ""
@@ -369,7 +243,7 @@ def create_app(store: EventStore, accounts: Accounts, audit: AuditLog, labels: d
         cookie, submitted = request.cookies.get(LOGIN_COOKIE) or "", form.get("csrf")
         if not cookie or not isinstance(submitted, str) or not hmac.compare_digest(cookie, submitted):
             raise Refused(403, "the sign-in form has expired or was not sent by this console: load it again")
-        target, username = _safe_next(str(form.get("next") or "/")), str(form.get("username") or "")[:64]
+        target, username = safe_next(str(form.get("next") or "/")), str(form.get("username") or "")[:64]
         address = request.client.host if request.client else ""
         try:  # argon2 takes tens of milliseconds: off the event loop
             token, me = await run_in_threadpool(accounts.login, username, str(form.get("password") or "")[:1024],
@@ -416,7 +290,9 @@ def create_app(store: EventStore, accounts: Accounts, audit: AuditLog, labels: d
     @twin("/events/{event_id}", "/api/events/{event_id}", "event.html")
     def event(request: Request, me: Session) -> dict:
         ev = one(request.path_params["event_id"])[1]
-        return {"event": ev, "mine": next((d for d in ev["decisions"] if d["reviewer"] == me.username), None)}
+        n_refs = len(faces.enrolled(ev["subject_id"]))
+        return {"event": ev, "mine": next((d for d in ev["decisions"] if d["reviewer"] == me.username), None),
+                "references": list(range(1, n_refs + 1))}
 
     @app.post("/events/{event_id}/decisions")
     async def decide_form(request: Request, event_id: str) -> Response:
@@ -455,22 +331,46 @@ def create_app(store: EventStore, accounts: Accounts, audit: AuditLog, labels: d
         records = [{"line": no, **rec} for no, rec, _ in tail(audit.path)
                    if rec is not None and rec["kind"] == "review_decision" and rec["data"].get("event_id") == event_id]
         check = verify(audit.path)
-        return {"exported_at": _utc(time.time()), "exported_by": me.username,
+        return {"exported_at": utc(time.time()), "exported_by": me.username,
                 "event": {k: v for k, v in row.items() if k != "decisions"}, "decisions": row["decisions"],
                 "required": required, "audit": records, "audit_head": audit.head(),
-                "audit_chain": {"ok": check.ok, "records": check.records, "problems": check.problems[:20]}}
+                "audit_chain": {"ok": check.ok, "records": check.records, "problems": check.problems[:20]},
+                "evidence": faces.case(row)}
+
+    def evidence_image(event_id: str, slot: int) -> bytes:
+        try:
+            return faces.captured(one(event_id)[0], slot)
+        except Unavailable as err:
+            raise Refused(err.status, str(err)) from None
+
+    def reference_image(event_id: str, n: int) -> bytes:
+        try:
+            return faces.reference(one(event_id)[0], n)
+        except Unavailable as err:
+            raise Refused(err.status, str(err)) from None
+
+    @app.get("/events/{event_id}/evidence/{slot}")
+    async def evidence(request: Request, event_id: str, slot: str) -> Response:
+        await guard(request, "view")
+        if slot not in ("1", "2"):
+            raise Refused(404, "evidence slots are 1 (the track's best face) and 2 (its second best)")
+        return _image(await run_in_threadpool(evidence_image, event_id, int(slot)))
+
+    @app.get("/events/{event_id}/reference/{n}")
+    async def reference(request: Request, event_id: str, n: str) -> Response:
+        await guard(request, "view")
+        if n not in ("1", "2"):
+            raise Refused(404, "reference faces are numbered 1 and 2")
+        return _image(await run_in_threadpool(reference_image, event_id, int(n)))
+
+    @app.get("/favicon.ico")
+    async def favicon() -> Response:
+        return Response(FAVICON, media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
 
     @app.get("/events/{event_id}/thumbnail")
-    async def thumbnail(request: Request, event_id: str) -> Response:
+    async def thumbnail(request: Request, event_id: str) -> Response:  # the best face: evidence slot 1
         await guard(request, "view")
-        sealed = (await run_in_threadpool(one, event_id))[0]["event"].get("thumbnail")
-        if thumbnail_key is None or sealed is None:
-            raise Refused(404, "no thumbnail (none sent, or the console has no operator key to open it)")
-        try:
-            image = decrypt_thumbnail(sealed, thumbnail_key)
-        except PayloadError as err:
-            raise Refused(422, str(err)) from None
-        return Response(image, media_type="image/jpeg" if image.startswith(b"\xff\xd8") else "image/png")
+        return _image(await run_in_threadpool(evidence_image, event_id, 1))
 
     # ------------------------------------------------------------------------------------------ fleet, admin
 

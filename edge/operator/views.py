@@ -1,0 +1,139 @@
+"""What the review console shows, computed from stored rows: pure functions on dicts (no I/O, no web framework),
+so each figure a reviewer reads can be tested on its own — the event with its evidence slots, the quality in words,
+the similarity bar, the fleet, the watchlist versions with their demographic rates and alert budget."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+from typing import Any
+
+from edge.operator.evidence import EVIDENCE_SLOTS
+from edge.vision.demographics import fmr_at, ratio_warning
+
+
+
+def utc(ts: Any) -> str:
+    """Unix seconds as 'YYYY-MM-DD HH:MM:SSZ' (UTC), '-' for anything else."""
+    if isinstance(ts, bool) or not isinstance(ts, (int, float)):
+        return "-"
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def num(value: Any, digits: int | None = None) -> float | int | None:
+    """A number from device-reported JSON, or None (health figures are the device's word, not ours)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return round(value, digits) if digits is not None else value
+
+
+def event_view(row: dict, decisions: list[dict], labels: dict[str, str], required: int) -> dict:
+    """One stored event as the console shows it: the stored columns, what the event body adds, the review state,
+    and `text` (the display strings of the queue's columns)."""
+    ev = row["event"]
+    label = labels.get(row["subject_id"]) or ev.get("label") or row["subject_id"]
+    confirmations = len({d["reviewer"] for d in decisions if d["decision"] == "confirm"})
+    quality = ev.get("quality") if isinstance(ev.get("quality"), dict) else {}
+    margin = num(ev.get("margin"))
+    sim, thr = row["similarity"], row["threshold"]
+    view = {k: row[k] for k in ("event_id", "status", "subject_id", "device_id", "seq", "captured_at", "received_at",
+                                "watchlist_id", "watchlist_version", "similarity", "threshold")}
+    evidence = [slot for slot, key in EVIDENCE_SLOTS.items() if isinstance(ev.get(key), dict)]
+    view.update(label=str(label), category=ev.get("category"), margin=margin, chips_used=ev.get("chips_used"),
+                quality=quality, embedder_id=ev.get("embedder_id"), track_id=ev.get("track_id"),
+                thumbnail=bool(evidence), evidence=evidence, confirmations=confirmations, required=required,
+                decisions=decisions, quality_words=quality_words(quality), bar=score_bar(sim, thr, margin))
+    view["text"] = {
+        "category": str(ev.get("category") or "-"), "device": row["device_id"], "captured": utc(row["captured_at"]),
+        "similarity": f"{sim:.3f} vs {thr:.3f} ({sim - thr:+.3f})",
+        "margin": "-" if margin is None else f"{margin:.3f}", "chips": str(ev.get("chips_used", "-")),
+        "quality": ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in sorted(quality.items())) or "-",
+        "watchlist": f"{row['watchlist_id']} v{row['watchlist_version']}", "embedder": str(ev.get("embedder_id", "-")),
+        "confirmations": f"{confirmations} / {required}"}
+    return view
+
+
+def device_view(d: dict) -> dict:
+    """A device's last reports with the figures the fleet page shows pulled out of its health JSON."""
+    health = d["health"] if isinstance(d.get("health"), dict) else {}
+    gauges = health.get("gauges") if isinstance(health.get("gauges"), dict) else {}
+    temp = num(health.get("temperature_c"), 1)
+    return {**d, "state": {True: "online", False: "offline"}.get(d["online"], "unknown"),
+            "fps": num(health.get("fps"), 1),
+            "frames_dropped": num(gauges.get("frames_dropped")), "outbox_depth": num(gauges.get("outbox_depth")),
+            "temperature_c": temp if temp is not None else num(gauges.get("cpu_temp_c"), 1),
+            "uptime_s": num(health.get("uptime_s"), 0)}
+
+
+def watchlist_view(devices: list[dict]) -> list[dict]:
+    """[{version, devices: [...]}], newest version first; devices that reported none last (version None)."""
+    by: dict[Any, list[dict]] = {}
+    for d in devices:
+        by.setdefault(d["watchlist_version"], []).append(
+            {"device_id": d["device_id"], "state": d["watchlist_state"], "reason": d["watchlist_reason"],
+             "online": d["online"]})
+    order = sorted((v for v in by if v is not None), reverse=True) + ([None] if None in by else [])
+    return [{"version": v, "devices": by[v]} for v in order]
+
+
+def with_demographics(versions: list[dict], thresholds: dict[int, dict], summaries: dict[str, dict],
+                      bound: float) -> list[dict]:
+    """Each version of `watchlist_view` with its threshold and embedder (from its events) and, where the embedder's
+    summary ships, the within-group false-match rates at that threshold and the ratio warning."""
+    out = []
+    for v in versions:
+        seen = thresholds.get(v["version"]) if v["version"] is not None else None
+        entry = dict(v, threshold=None, embedder_id=None, groups=None, warning=None)
+        if seen:
+            entry.update(threshold=seen["threshold"], embedder_id=seen["embedder_id"])
+            summary = summaries.get(seen["embedder_id"])
+            if summary:
+                rates = fmr_at(summary, seen["threshold"])
+                entry.update(groups=dict(sorted(rates.items())), warning=ratio_warning(rates, bound),
+                             demographics_source=summary.get("source", ""))
+        out.append(entry)
+    return out
+
+
+# ------------------------------------------------------------------------------------------- for the reviewer
+
+def quality_words(quality: dict) -> str:
+    """The deciding chip's quality figures in words, e.g. "eyes 48 px apart, turned slightly left, tilted 9°,
+    sharp". Left and right as seen in the picture; "-" when the event reported none."""
+    words = []
+    eyes = num(quality.get("eye_distance_px"))
+    if eyes is not None:
+        words.append(f"eyes {eyes:.0f} px apart" + (" (small face)" if eyes < 30 else ""))
+    yaw = num(quality.get("yaw"))
+    if yaw is not None:  # nose offset from the eyes' midpoint / eye distance: 0 frontal, ~0.5 a strong profile
+        side = "right" if yaw > 0 else "left"
+        words.append("facing the camera" if abs(yaw) < 0.08 else f"turned slightly {side}" if abs(yaw) < 0.2
+                     else f"turned {side}" if abs(yaw) < 0.35 else f"turned far {side} (near profile)")
+    roll = num(quality.get("roll_deg"))
+    if roll is not None and abs(roll) >= 5:
+        words.append(f"tilted {abs(roll):.0f}°")
+    sharp = num(quality.get("sharpness"))
+    if sharp is not None:  # 1 − blur effect; sharp portraits measure 0.5–0.7
+        words.append("sharp" if sharp >= 0.5 else "slightly soft" if sharp >= 0.35 else "blurred")
+    return ", ".join(words) or "-"
+
+
+#: The similarity bar: pixels wide, and the cosine range it spans.
+BAR_WIDTH, BAR_LOW, BAR_HIGH = 320, 0.0, 1.0
+
+
+def score_bar(similarity: float, threshold: float, margin: float | None) -> dict:
+    """Pixel positions of the similarity bar (`BAR_WIDTH` px for cosine `BAR_LOW`…`BAR_HIGH`): the similarity's
+    fill, the threshold's mark and the margin over the next listed subject (drawn left of the similarity), with
+    the words a screen reader gets."""
+    def x(value: float) -> int:
+        value = value if math.isfinite(value) else BAR_LOW
+        return int(round((min(BAR_HIGH, max(BAR_LOW, value)) - BAR_LOW) / (BAR_HIGH - BAR_LOW) * BAR_WIDTH))
+
+    over = similarity - threshold
+    runner_up = None if margin is None else similarity - margin
+    text = (f"similarity {similarity:.3f}, {abs(over):.3f} {'over' if over >= 0 else 'under'} the threshold"
+            f" {threshold:.3f}" + ("" if margin is None else f"; the next listed subject scored {runner_up:.3f}"
+                                                              f" ({margin:.3f} lower)"))
+    return {"width": BAR_WIDTH, "fill": x(similarity), "threshold": x(threshold),
+            "runner_up": None if runner_up is None else x(runner_up), "over": over >= 0, "text": text}
