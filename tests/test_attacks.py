@@ -536,7 +536,8 @@ def test_row10_seal_refuses_a_corrupt_index_and_an_existing_out(build_dir, seal_
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
     for f in build_dir.iterdir():
-        (corrupt / f.name).write_bytes(f.read_bytes())
+        if f.is_file():  # references/ (the enrolled faces) is not part of what seal reads
+            (corrupt / f.name).write_bytes(f.read_bytes())
     index = bytearray((corrupt / "index.ann").read_bytes())
     index[len(index) // 2] ^= 0xFF
     (corrupt / "index.ann").write_bytes(bytes(index))
@@ -627,7 +628,10 @@ def test_row12_keys_builds_and_event_stores_are_private_under_umask_000(tmp_path
 @pytest.mark.models
 def test_row12_a_build_directory_is_0700_with_0600_files(build_dir):
     assert stat.S_IMODE(os.stat(build_dir).st_mode) == 0o700
-    assert all(stat.S_IMODE(os.stat(f).st_mode) == 0o600 for f in build_dir.iterdir())
+    files = [f for f in build_dir.rglob("*") if f.is_file()]
+    assert any(f.parent.name == "references" for f in files)  # the enrolled faces: private like the rest
+    assert all(stat.S_IMODE(os.stat(f).st_mode) == 0o600 for f in files)
+    assert all(stat.S_IMODE(os.stat(d).st_mode) == 0o700 for d in build_dir.rglob("*") if d.is_dir())
 
 
 # ------------------------------------------------------------------------- row 13: publishing a bad bundle

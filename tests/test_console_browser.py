@@ -195,7 +195,7 @@ def test_two_reviewers_in_the_browser(served, browser):
     ctx_c.close()
 
     assert not errors, errors  # no CSP violation, no script error
-    assert {r for r in refused if r[1] != "favicon.ico"} == {(403, f"api/events/{third}/decisions")}, refused
+    assert set(refused) == {(403, f"api/events/{third}/decisions")}, refused  # no 404 (the favicon is served)
     records = [json.loads(line) for line in served["audit"].read_text().splitlines()]
     assert [(r["data"]["reviewer"], r["data"]["decision"], r["data"]["status_after"]) for r in records] == [
         ("alice", "confirm", "pending"), ("bob", "confirm", "confirmed"), ("bob", "reject", "rejected"),
@@ -204,18 +204,46 @@ def test_two_reviewers_in_the_browser(served, browser):
 
 @pytest.fixture(scope="module")
 def demo_events(tmp_path_factory):
-    """The event store a real `edge demo` run leaves (the clip, the pipeline, MQTT, the consumer)."""
+    """The work directory a real `edge demo` run leaves (the clip, the pipeline, MQTT, the consumer): the event
+    store, the operator's evidence key, the build with the enrolled faces."""
     work = tmp_path_factory.mktemp("demo")
     proc = subprocess.run([sys.executable, "-m", "edge", "demo", "--workdir", str(work), "--no-console"],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "EVENT demo-cam #1" in proc.stdout
-    return work / "events.db"
+    assert "evidence: each event carries the track's best face chip(s) as JPEG sealed to the operator's" in proc.stdout
+    return work
+
+
+def faces_on_the_event_page(page, base: str, event_id: str) -> dict[str, list[bytes]]:
+    """The captured and enrolled faces the event page shows, after checking each one loaded in the browser; their
+    bytes fetched with the page's own session."""
+    from playwright.sync_api import expect
+
+    page.goto(f"{base}/events/{event_id}")
+    faces: dict[str, list[bytes]] = {}
+    for kind in ("captured", "reference"):
+        images = page.locator(f"#evidence img.face.{kind}")
+        expect(images.first).to_be_visible()
+        faces[kind] = []
+        for i in range(images.count()):
+            img = images.nth(i)
+            page.wait_for_function("(img) => img.complete && img.naturalWidth > 0", arg=img.element_handle())
+            assert (img.get_attribute("width"), img.get_attribute("height")) == ("160", "160")  # the same size
+            response = page.request.get(base + img.get_attribute("src"))
+            assert response.status == 200 and response.headers["content-type"] in ("image/jpeg", "image/png")
+            assert response.body()[:3] == b"\xff\xd8\xff" or response.body()[:4] == b"\x89PNG"
+            faces[kind].append(response.body())
+    expect(page.locator("#score-text")).to_contain_text("over the threshold")
+    expect(page.locator("#quality-words")).to_contain_text("px apart")
+    return faces
 
 
 def test_two_reviewers_confirm_an_event_of_a_real_demo_run(demo_events, browser, tmp_path):
     from playwright.sync_api import expect
 
+    work = demo_events
+    demo_events = work / "events.db"
     store = EventStore(demo_events)
     accounts = Accounts(store.db)
     for name, secret in PASSWORDS.items():
@@ -226,8 +254,9 @@ def test_two_reviewers_confirm_an_event_of_a_real_demo_run(demo_events, browser,
     port = free_port()
     with open(tmp_path / "console.log", "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "edge", "console", "--store", str(demo_events), "--listen",
-                                 f"127.0.0.1:{port}", "--audit", str(tmp_path / "audit.log")], stdout=log,
-                                stderr=subprocess.STDOUT)
+                                 f"127.0.0.1:{port}", "--audit", str(tmp_path / "audit.log"), "--thumbnail-key",
+                                 str(work / "operator" / "evidence.key"), "--watchlist", str(work / "build")],
+                                stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -243,20 +272,39 @@ def test_two_reviewers_confirm_an_event_of_a_real_demo_run(demo_events, browser,
         ctx_a, a = new_page(browser, errors, refused)
         sign_in(a, base, "alice")
         expect(a.locator(f'tr[data-event-id="{demo_id}"]')).to_contain_text("demo-cam")
+        expect(a.locator(f'tr[data-event-id="{demo_id}"] img.face')).to_be_visible()  # the queue's small face
+        # the demo device reported: the Devices page shows its figures; the Watchlists page its alert budget
+        a.goto(base + "/devices")
+        row = a.locator('tr[data-device-id="demo-cam"]')
+        expect(row).to_contain_text("online")
+        expect(row).to_contain_text("v1")
+        assert row.locator("td").nth(3).inner_text() != "-"  # fps
+        assert row.locator("td").nth(6).inner_text() == "0"  # outbox depth: everything delivered
+        a.goto(base + "/watchlists")
+        expect(a.locator('table.budget[data-version="1"] td.predicted')).to_contain_text("upper bound")
+        expect(a.locator('table.budget[data-version="1"] td.observed')).to_contain_text("1 event: 0 confirmed")
+        seen_by_a = faces_on_the_event_page(a, base, demo_id)
+        a.screenshot(path="/tmp/console-demo-event.png", full_page=True)
         decide(a, base, demo_id, "confirm", "matches the watchlist photo")
         expect(a.locator("#event-status")).to_have_text("pending")
         ctx_a.close()
         ctx_b, b = new_page(browser, errors, refused)
         sign_in(b, base, "bob")
+        seen_by_b = faces_on_the_event_page(b, base, demo_id)
+        assert seen_by_a == seen_by_b and len(seen_by_a["captured"]) >= 1 and len(seen_by_a["reference"]) == 1
+        assert not set(seen_by_a["captured"]) & set(seen_by_a["reference"])  # the captured face is not the enrolled
         decide(b, base, demo_id, "confirm")
         expect(b.locator("#event-status")).to_have_text("confirmed")
+        b.goto(base + "/watchlists")
+        expect(b.locator('table.budget[data-version="1"] td.observed')).to_contain_text("1 event: 1 confirmed, 0 rej")
         b.goto(base + "/")
         expect(b.locator(f'tr[data-event-id="{demo_id}"]')).to_have_count(0)  # it left the queue
         # a forged form post (the right session, a wrong CSRF token) is refused
         response = b.request.post(f"{base}/events/{demo_id}/decisions", form={"decision": "reject", "csrf": "forged"})
         assert response.status == 403
         ctx_b.close()
-        assert not errors, errors
+        assert not errors, errors  # no script error, no CSP violation
+        assert refused == [], refused  # no 404 or other refusal on any page, image or favicon
     finally:
         proc.terminate()
         proc.wait(10)

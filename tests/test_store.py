@@ -67,7 +67,8 @@ def test_install_persists_encrypted_bundle_with_mode_0600(installed):
     live, manifest = store.current()
     assert live == b"watchlist v2" and manifest["version"] == 2
     assert store.state(now=NOW) == {"version": 2, "watchlist_id": "wl-main", "state": "ok",
-                                    "expires": "2025-07-01T12:00:00Z", "last_rejection": None}
+                                    "expires": "2025-07-01T12:00:00Z", "last_rejection": None,
+                                    "n_items": 3, "n_subjects": 2, "sealed_for": {"match": 0.42}}
 
 
 def test_same_bytes_again_is_already_installed(installed):

@@ -1,12 +1,15 @@
 """`edge demo`: the whole appliance on bundled data, end to end, on one machine.
 
-1. Enroll the listed people from bundled photos and seal the watchlist for a demo device (fresh keys), then
-   install it through the device's verifying store.
+1. Enroll the listed people from bundled photos into an operator build (its references/ keep the enrolled faces
+   for the console), seal the watchlist for a demo device (fresh keys), then install it through the device's
+   verifying store. The operator's evidence key pair is made too: the device seals each event's best face chips
+   to it; the console opens them beside the enrolled faces.
 2. Make a clip (`make_clip`): listed and unlisted faces from *other* bundled photos move, grow and are partly
    occluded over a plain background — or use `--video` with real footage and `--gallery` with real photos.
 3. Start a local broker on a free loopback port (mosquitto if installed, else the embedded amqtt broker of the
    `demo` extra; with neither, events go straight from the outbox to the printer, and the demo says so), run the
    real pipeline over the clip, publish from the outbox, and print each event as the central consumer receives it.
+   The device's status heartbeat and watchlist state travel the same way, so the console's Devices page shows it.
 
 It composes a device (store, pipeline, outbox, publisher) and the operator's consumer and event store in one
 process, so it lives in the CLI: the only package that may import both `edge.device` and `edge.operator`.
@@ -43,9 +46,14 @@ def run_demo(analyzer: Any, photos: Path, workdir: Path | None = None, video: Pa
     from edge.evaluation.calibration import scoring_tail
     from edge.messaging.outbox import Outbox
     from edge.messaging.topics import Topics
-    from edge.watchlist.build import GalleryEntry, enroll, payload_of
+    from edge.cli.watchlist import embedder_info
+    from edge.durable import private_dir
+    from edge.messaging.payloads import encode_status, encode_watchlist_state
+    from edge.messaging.topics import operator_filter
+    from edge.watchlist.build import GalleryEntry, enroll, payload_of, write_build
     from edge.watchlist.bundle import seal
     from edge.watchlist.payload import pack
+    from edge.watchlist.references import ReferenceSpool
     from edge.watchlist.store import WatchlistStore
 
     tmp = tempfile.TemporaryDirectory(prefix="edge-demo-") if workdir is None else None
@@ -56,18 +64,31 @@ def run_demo(analyzer: Any, photos: Path, workdir: Path | None = None, video: Pa
         # 1. Watchlist: enroll, seal for the device, install through the verifying store.
         gallery = gallery or {photos / name: label for name, label in DEMO_GALLERY.items()}
         entries = [GalleryEntry(p, p.name, label, "demo", None) for p, label in gallery.items()]
-        enrollment = enroll(entries, analyzer)
-        if not enrollment.vectors:
-            raise EdgeError("no gallery photo could be enrolled: " + "; ".join(r["reason"] for r in enrollment.rejected))
+        spool = ReferenceSpool(work / "build")
+        t_enroll = time.perf_counter()
+        try:
+            enrollment = enroll(entries, analyzer, on_template=spool.add)
+            if not enrollment.vectors:
+                raise EdgeError("no gallery photo could be enrolled: "
+                                + "; ".join(r["reason"] for r in enrollment.rejected))
+            payload = payload_of(enrollment, analyzer.fusion_meta)
+            write_build(work / "build", payload, enrollment, embedder_info(analyzer),
+                        time.perf_counter() - t_enroll, force=True, references=spool)
+        finally:
+            spool.discard()
         thresholds = scoring_tail(analyzer.embedder_info.info, analyzer.fusion).threshold_for(len(enrollment.vectors),
                                                                                               0.003)
+        # The operator's evidence key pair: the device gets the public half, the console keeps the private one.
+        evidence_key = keys.generate_device_key()  # X25519
+        keys.save_private_key(private_dir(work / "operator") / "evidence.key", evidence_key, force=True)
         operator, device_key = keys.generate_operator_key(), keys.generate_device_key()
         embedder_id = analyzer.embedder_id
-        bundle = seal(pack(payload_of(enrollment, analyzer.fusion_meta)),
+        bundle = seal(pack(payload),
                       watchlist_id="demo", version=1, device_id=device_id, device_public=device_key.public_key(),
                       signing_key=operator, embedder_id=embedder_id, embedder_sha256=analyzer.embedder_info.sha256,
                       dim=analyzer.embedder.dim, n_items=len(enrollment.vectors), n_subjects=len(enrollment.subjects),
-                      thresholds={"match": thresholds["match"], "margin": 0.02},
+                      thresholds={**{k: thresholds[k] for k in ("match", "fpir_target", "predicted_fpir",
+                                                                "calibrated_for_n")}, "margin": 0.02},
                       expires=datetime.now(timezone.utc) + timedelta(days=1))
         store = WatchlistStore(work / "state", device_id, device_key,
                                {keys.key_id(operator.public_key()): operator.public_key()}, embedder_id,
@@ -80,6 +101,10 @@ def run_demo(analyzer: Any, photos: Path, workdir: Path | None = None, video: Pa
         print_fn(f"watchlist v1: {len(enrollment.subjects)} listed people "
                  f"({', '.join(s['label'] for s in enrollment.subjects)}), match threshold {thresholds['match']:.3f} "
                  f"(FPIR 0.003 at {len(enrollment.vectors)} templates), sealed and installed")
+        print_fn(f"evidence: each event carries the track's best face chip(s) as JPEG sealed to the operator's "
+                 f"evidence key {keys.key_id(evidence_key.public_key())} (X25519; private half "
+                 f"{work / 'operator' / 'evidence.key'}); the console shows them beside the enrolled faces kept in "
+                 f"{work / 'build' / 'references'} (operator side only, never sent to a device)")
         # 2. The clip.
         schedule = None
         if video is None:
@@ -110,7 +135,8 @@ def run_demo(analyzer: Any, photos: Path, workdir: Path | None = None, video: Pa
         topics = Topics(device_id)
         from edge.device.event_writer import EventWriter
 
-        writer = EventWriter(device_id, outbox, audit, embedder_id, on_event=None if have_broker else show)
+        writer = EventWriter(device_id, outbox, audit, embedder_id, on_event=None if have_broker else show,
+                             thumbnail_key=evidence_key.public_key())
         health = Health()
         pipeline = build_pipeline(OpenCVSource(video, pace="realtime"), analyzer, lambda: store.current()[0], writer,
                                   health)
@@ -122,15 +148,32 @@ def run_demo(analyzer: Any, photos: Path, workdir: Path | None = None, video: Pa
             print_fn(f"broker: {broker.kind} on 127.0.0.1:{broker.port} (loopback, demo only; production config: "
                      "firmware-config/mosquitto/edge.conf)")
             dev_client = MqttClient(MqttSettings(port=broker.port, client_id=device_id), [(topics.events_ack, 1)])
-            op_client = MqttClient(MqttSettings(port=broker.port, client_id="operator"), [("edge/+/events", 1)])
+            op_client = MqttClient(MqttSettings(port=broker.port, client_id="operator"),
+                                   [(operator_filter(kind), 1) for kind in ("events", "status", "watchlist_state")])
             for c in (dev_client, op_client):
                 c.start()
                 c.wait_connected(5)
             publisher = EventPublisher(outbox, dev_client, topics, resend_after=2.0)
-            consumer = EventConsumer(op_client, EventStore(work / "events.db"), on_event=show)
+            events_store = EventStore(work / "events.db")
+            consumer = EventConsumer(
+                op_client, events_store, on_event=show,
+                on_status=lambda d, st: events_store.device_status(d, st.state == "online", st.health),
+                on_watchlist=lambda d, w: events_store.device_watchlist(d, w.installed_version, w.state, w.reason))
+
+            def heartbeat() -> None:  # what a device's control loop publishes (retained), every second here
+                status = {**health.snapshot(), "reported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                          "watchlist": store.state(), "outbox_depth": outbox.depth()}
+                status["gauges"] = {**status["gauges"], "outbox_depth": outbox.depth()}
+                dev_client.publish(topics.status, encode_status("online", status), 1, True)
+
+            dev_client.publish(topics.watchlist_state, encode_watchlist_state(1, "installed"), 1, True)
 
             def pump() -> None:
+                next_beat = 0.0
                 while not stop.is_set():
+                    if time.monotonic() >= next_beat:
+                        heartbeat()
+                        next_beat = time.monotonic() + 1.0
                     publisher.pump()
                     while not dev_client.inbox.empty():
                         publisher.on_ack(dev_client.inbox.get().payload)
@@ -150,6 +193,7 @@ def run_demo(analyzer: Any, photos: Path, workdir: Path | None = None, video: Pa
         deadline = time.monotonic() + 5
         while have_broker and outbox.depth() and time.monotonic() < deadline:
             time.sleep(0.05)
+        time.sleep(1.2)  # one more heartbeat after the last event, with the final figures
         stop.set()
         for t in threads:
             t.join(2)
@@ -189,14 +233,18 @@ def run_demo(analyzer: Any, photos: Path, workdir: Path | None = None, video: Pa
 def serve_console(work: Path, names: dict, print_fn: Callable[[str], None], listen: str = "127.0.0.1:8080",
                   seconds: float | None = None) -> dict:
     """Start the review console on the demo's SQLite event store with two demo reviewers (fresh random passwords),
-    print its URL and the sign-ins, and serve until Ctrl-C (or `seconds`). Returns {url, users}."""
+    the operator's evidence key (the captured faces) and the demo's build (names and enrolled faces), print its URL
+    and the sign-ins, and serve until Ctrl-C (or `seconds`). Returns {url, users}."""
     import secrets
     import socket
 
+    from edge import keys
     from edge.audit import AuditLog
+    from edge.cli.console import shipped_demographics
     from edge.operator.accounts import Accounts
     from edge.operator.console import create_app, server
     from edge.operator.event_store import EventStore
+    from edge.watchlist.references import References
 
     host, _, port_text = listen.rpartition(":")
     port = int(port_text)
@@ -213,9 +261,9 @@ def serve_console(work: Path, names: dict, print_fn: Callable[[str], None], list
         users[name] = secrets.token_urlsafe(9)
         accounts.add_user(name, users[name], "reviewer")
     audit = AuditLog(work / "console-audit.log")
-    from edge.cli.console import shipped_demographics
-
-    app = create_app(store, accounts, audit, names, 2, None, demographics=shipped_demographics())
+    evidence_key = keys.load_private_key(work / "operator" / "evidence.key", "device")
+    app = create_app(store, accounts, audit, names, 2, None, demographics=shipped_demographics(),
+                     thumbnail_key=evidence_key, references=References(work / "build"))
     srv = server(app, host, port, log_level="warning")  # the demo prints its own lines
     thread = threading.Thread(target=srv.run, name="edge-console", daemon=True)
     thread.start()
@@ -224,7 +272,8 @@ def serve_console(work: Path, names: dict, print_fn: Callable[[str], None], list
         time.sleep(0.05)
     url = f"http://{host}:{port}/"
     print_fn(f"review console: {url} — {store.count('pending')} event(s) waiting for review; an event is confirmed"
-             " only when two different reviewers confirm it")
+             " only when two different reviewers confirm it; each event page shows the captured face beside the"
+             " enrolled one")
     for name, password in users.items():
         print_fn(f"  sign in as {name} / {password}")
     print_fn("  (Ctrl-C stops the console; the demo's files are deleted unless --workdir keeps them)")

@@ -20,7 +20,8 @@ from edge.errors import DataError, EdgeError
 
 # --- watchlist ------------------------------------------------------------------------------------------------
 
-def _embedder_info(analyzer) -> dict:
+def embedder_info(analyzer) -> dict:
+    """The build's record of the embedding space it enrolled in (id, model, checksum, flip, alignment, fusion)."""
     return {"id": analyzer.embedder_id, "name": analyzer.embedder_info.name,
             "sha256": analyzer.embedder_info.sha256, "flip": analyzer.embedder.flip, "alignment": analyzer.alignment,
             "fusion": analyzer.fusion_meta is not None}
@@ -86,7 +87,7 @@ def cmd_watchlist_build(args: argparse.Namespace) -> int:
         if not enrollment.vectors:
             raise EdgeError(f"no photo of {args.gallery} could be enrolled ({len(enrollment.rejected)} rejected)")
         payload = payload_of(enrollment, analyzer.fusion_meta, args.trees)
-        report = write_build(args.out, payload, enrollment, _embedder_info(analyzer), time.perf_counter() - t0,
+        report = write_build(args.out, payload, enrollment, embedder_info(analyzer), time.perf_counter() - t0,
                              force=args.force, references=spool)
     finally:
         spool.discard()  # nothing left when committed; the partial chips of a failed build otherwise
@@ -248,7 +249,7 @@ def cmd_eval_openset(args: argparse.Namespace) -> int:
         model = fit_tail(s.impostors, min_exceedances=max(10, min(2000, n // 100)),
                          source=f"edge eval openset: {len(s.impostors)} non-mated probes x {len(enrollment.vectors)} templates")
         args.save_impostors.write_text(json.dumps({"impostor_tail": model.to_json(),
-                                                   "embedder": _embedder_info(analyzer)}, indent=2))
+                                                   "embedder": embedder_info(analyzer)}, indent=2))
     if args.plot:
         plot_det(args.plot, *det_points(s.mated_top, s.mated_ok, s.nonmated_top), report)
         report["plot"] = str(args.plot)

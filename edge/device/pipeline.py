@@ -210,11 +210,13 @@ class Pipeline:
                 continue
             t2 = time.perf_counter()
             result = watchlist.match(embedding, embedding2=embedding2)
+            h.inc("searches")  # the operator's alert budget: searches × the list's FPIR
             h.observe("match", time.perf_counter() - t2)
             decision = self.policy.observe(track.track_id, result, now, q.to_json(), first_seen=track.first_seen)
             template = track.template() if decision is None and self.track_templates else None
             if template is not None:
                 result = watchlist.match(template, embedding2=track.template(second=True))
+                h.inc("searches")
                 decision = self.policy.observe_template(track.track_id, result, track.embeds, now, q.to_json(),
                                                         first_seen=track.first_seen)
             if self.trace is not None and self.policy.last_outcome is not None:

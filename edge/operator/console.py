@@ -36,7 +36,7 @@ from edge.operator.accounts import ROLES, Accounts, Session
 from edge.operator.event_store import DECISIONS, STATUSES, EventStore
 from edge.operator.evidence import Evidence, Unavailable, media_type
 from edge.operator.request_checks import Refused, json_body, safe_next
-from edge.operator.views import device_view, event_view, utc, watchlist_view, with_demographics
+from edge.operator.views import alert_budget, device_view, event_view, utc, watchlist_view, with_demographics
 
 log = logging.getLogger(__name__)
 
@@ -380,8 +380,14 @@ def create_app(store: EventStore, accounts: Accounts, audit: AuditLog, labels: d
 
     @twin("/watchlists", "/api/watchlists", "watchlists.html")
     def watchlists(request: Request, me: Session) -> dict:
-        return {"versions": with_demographics(watchlist_view(store.devices()), store.version_thresholds(),
-                                              demographics or {}, demographic_bound)}
+        devices = store.devices()
+        versions = with_demographics(watchlist_view(devices), store.version_thresholds(), demographics or {},
+                                     demographic_bound)
+        reviews = store.version_reviews()
+        for v in versions:
+            v["budget"] = None if v["version"] is None else alert_budget(v["version"], devices,
+                                                                         reviews.get(v["version"]))
+        return {"versions": versions}
 
     @twin("/admin", "/api/admin", "admin.html", action="purge")
     def admin(request: Request, me: Session) -> dict:

@@ -164,6 +164,18 @@ class EventStore:
             out[int(version)] = {"threshold": float(threshold), "embedder_id": embedder}
         return out
 
+    def version_reviews(self) -> dict[int, dict]:
+        """{watchlist version: {"pending", "confirmed", "rejected": event counts, "first", "last": received_at
+        (Unix seconds)}} — what the reviewers made of each version's events (one grouped query)."""
+        out: dict[int, dict] = {}
+        for version, status, n, first, last in self.db.query(
+                "SELECT watchlist_version, status, COUNT(*), MIN(received_at), MAX(received_at) FROM events"
+                " GROUP BY watchlist_version, status"):
+            entry = out.setdefault(int(version), {**{s: 0 for s in STATUSES}, "first": first, "last": last})
+            entry[str(status)] = int(n)
+            entry["first"], entry["last"] = min(entry["first"], first), max(entry["last"], last)
+        return out
+
     def devices(self) -> list[dict]:
         rows = self.db.query("SELECT device_id, online, last_seen, health, watchlist_version, watchlist_state,"
                              " watchlist_reason FROM devices ORDER BY device_id")

@@ -137,3 +137,66 @@ def score_bar(similarity: float, threshold: float, margin: float | None) -> dict
                                                               f" ({margin:.3f} lower)"))
     return {"width": BAR_WIDTH, "fill": x(similarity), "threshold": x(threshold),
             "runner_up": None if runner_up is None else x(runner_up), "over": over >= 0, "text": text}
+
+
+# ------------------------------------------------------------------------------------------- the alert budget
+
+def _sealed_facts(devices: list[dict], version: int) -> dict:
+    """Size and sealing figures of `version`, from the status heartbeat of a device running it (device-reported:
+    each figure checked to be a number)."""
+    for d in devices:
+        wl = d["health"].get("watchlist") if isinstance(d.get("health"), dict) else None
+        if isinstance(wl, dict) and wl.get("version") == version:
+            sealed = wl.get("sealed_for") if isinstance(wl.get("sealed_for"), dict) else {}
+            return {"n_items": num(wl.get("n_items")), "n_subjects": num(wl.get("n_subjects")),
+                    "threshold": num(sealed.get("match")), "fpir_target": num(sealed.get("fpir_target")),
+                    "predicted_fpir": num(sealed.get("predicted_fpir"))}
+    return {"n_items": None, "n_subjects": None, "threshold": None, "fpir_target": None, "predicted_fpir": None}
+
+
+def _searches_per_day(devices: list[dict], version: int) -> tuple[float | None, int]:
+    """(searches a day by the devices running `version`, from each one's searches counter over its uptime; how
+    many devices reported one)."""
+    total, reporting = 0.0, 0
+    for d in devices:
+        health = d["health"] if isinstance(d.get("health"), dict) else {}
+        wl = health.get("watchlist") if isinstance(health.get("watchlist"), dict) else {}
+        counters = health.get("counters") if isinstance(health.get("counters"), dict) else {}
+        searches, uptime = num(counters.get("searches")), num(health.get("uptime_s"))
+        if wl.get("version") == version and searches is not None and uptime is not None and uptime > 0:
+            total += searches / uptime * 86400.0
+            reporting += 1
+    return (total if reporting else None), reporting
+
+
+#: Observed false alerts a day past this multiple of the predicted ones raise the "list too big" warning.
+ALERT_EXCESS = 2.0
+#: Fewest decided events before an observed reject rate is compared with the prediction.
+MIN_DECIDED = 5
+
+
+def alert_budget(version: int, devices: list[dict], reviews: dict | None) -> dict:
+    """Prediction beside reality for one watchlist version: its size and the FPIR it was sealed for, the searches a
+    day its devices report, the false alerts a day that FPIR predicts (searches × FPIR: an upper bound, since the
+    device's k-of-n vote needs several chips to agree), and what the reviewers found — decided events, the reject
+    rate and rejected events a day over the time its events span (at least an hour)."""
+    facts = _sealed_facts(devices, version)
+    per_day, reporting = _searches_per_day(devices, version)
+    fpir = facts["predicted_fpir"] if facts["predicted_fpir"] is not None else facts["fpir_target"]
+    predicted = per_day * fpir if per_day is not None and fpir is not None else None
+    r = reviews or {"pending": 0, "confirmed": 0, "rejected": 0, "first": None, "last": None}
+    decided = r["confirmed"] + r["rejected"]
+    span = max((r["last"] or 0) - (r["first"] or 0), 3600.0)
+    observed = r["rejected"] / span * 86400.0 if decided else None
+    warning = None
+    if decided >= MIN_DECIDED and predicted is not None and observed is not None \
+            and observed > ALERT_EXCESS * max(predicted, 1e-9):
+        warning = (f"reviewers rejected {observed:.1f} events a day, over {ALERT_EXCESS:g}× the {predicted:.2f} the "
+                   "list's FPIR predicts: the list may be too big for its threshold (re-seal it calibrated for its "
+                   "size: `edge watchlist seal --fpir`), or the cameras see harder faces than the calibration data")
+    return {**facts, "fpir": fpir, "searches_per_day": per_day, "devices_reporting": reporting,
+            "predicted_false_per_day": predicted, "events": decided + r["pending"], "pending": r["pending"],
+            "confirmed": r["confirmed"], "rejected": r["rejected"],
+            "reject_rate": r["rejected"] / decided if decided else None, "observed_false_per_day": observed,
+            "observed_span_s": (r["last"] or 0) - (r["first"] or 0) if decided + r["pending"] else None,
+            "warning": warning}

@@ -305,15 +305,22 @@ class WatchlistStore(Generic[T]):
             return self._live, self._manifest
 
     def state(self, now: datetime | None = None) -> dict[str, Any]:
-        """{"version", "watchlist_id", "state": "ok" | "stale" | "none" | "wiped", "expires", "last_rejection"}."""
+        """{"version", "watchlist_id", "state": "ok" | "stale" | "none" | "wiped", "expires", "last_rejection"}, and
+        for an installed list its size ("n_items" templates, "n_subjects") and what it was sealed for ("sealed_for":
+        the match threshold, the FPIR target and the predicted FPIR, when the operator's seal recorded them) — the
+        operator's alert budget reads them from the status heartbeat."""
         with self._lock:
             manifest, rejection, wiped = self._manifest, self._last_rejection, self._wiped
         if manifest is None:
             return {"version": None, "watchlist_id": None, "state": "wiped" if wiped else "none", "expires": None,
                     "last_rejection": dict(rejection) if rejection else None}
+        thresholds = manifest.get("thresholds") if isinstance(manifest.get("thresholds"), dict) else {}
         return {"version": manifest["version"], "watchlist_id": manifest["watchlist_id"],
                 "state": "stale" if self._expired(manifest, now) else "ok", "expires": manifest["expires"],
-                "last_rejection": dict(rejection) if rejection else None}
+                "last_rejection": dict(rejection) if rejection else None,
+                "n_items": manifest.get("n_items"), "n_subjects": manifest.get("n_subjects"),
+                "sealed_for": {k: thresholds[k] for k in ("match", "fpir_target", "predicted_fpir", "calibrated_for_n")
+                               if k in thresholds}}
 
     # ------------------------------------------------------------ the install record
 
