@@ -118,3 +118,23 @@ def test_doctor_reports_the_brokers_refusal(broker, tmp_path):
     checks = _by_name(run_doctor(load_config(config)))
     assert not checks["broker"]["ok"]
     assert "refused" in checks["broker"]["detail"] or "closed the connection" in checks["broker"]["detail"]
+
+
+def test_the_evidence_check_says_whether_faces_leave_and_to_which_key(tmp_path):
+    from edge.device.doctor import Absent, check_thumbnail_key
+
+    def config(events: str):
+        path = tmp_path / "edge.yaml"
+        path.write_text("events:\n" + events)
+        return load_config(path)
+
+    pub = tmp_path / "operator-evidence.pub"
+    assert "no operator evidence key at" in check_thumbnail_key(config(f"  operator_thumbnail_key: {pub}\n"))
+    with pytest.raises(Absent, match="operator-evidence.pub is absent"):  # explicitly on, key missing: a failure
+        check_thumbnail_key(config(f"  thumbnails: true\n  operator_thumbnail_key: {pub}\n"))
+    key = keys.generate_device_key()
+    keys.save_public_key(pub, key.public_key())
+    assert check_thumbnail_key(config(f"  operator_thumbnail_key: {pub}\n")) == (
+        f"evidence on: face chips sealed to {pub} (X25519 key {keys.key_id(key.public_key())})")
+    assert check_thumbnail_key(config(f"  thumbnails: false\n  operator_thumbnail_key: {pub}\n")).startswith(
+        "evidence off (events.thumbnails: false)")

@@ -127,11 +127,17 @@ def check_tls_files(config: Any) -> str:
 def check_thumbnail_key(config: Any) -> str:
     from edge import keys
 
-    if not config.events.thumbnails:
-        return "thumbnails off: no image leaves the device"
-    (path,) = need(config.events.operator_thumbnail_key)
-    keys.load_public_key(path, "device")
-    return f"{path}: X25519 public key"
+    ev = config.events
+    if ev.thumbnails is True:
+        need(ev.operator_thumbnail_key)  # explicitly on: the key file must be there
+    path = ev.evidence_key()
+    if path is None:
+        return ("evidence off (events.thumbnails: false): events carry no face" if ev.thumbnails is False else
+                f"evidence off: no operator evidence key at {ev.operator_thumbnail_key}; events carry no face, so"
+                " reviewers see none" if ev.operator_thumbnail_key else
+                "evidence off: no events.operator_thumbnail_key; events carry no face, so reviewers see none")
+    key = keys.load_public_key(path, "device")
+    return f"evidence on: face chips sealed to {path} (X25519 key {keys.key_id(key)})"
 
 
 def check_models(models_dir: Path | None = None) -> str:
