@@ -119,3 +119,30 @@ def test_quality_in_words_and_the_bar():
     under = score_bar(0.5, 0.62, None)
     assert under["over"] is False and under["runner_up"] is None and "0.120 under the threshold" in under["text"]
     assert score_bar(1.7, -3.0, 0.1)["fill"] == 320 and score_bar(1.7, -3.0, 0.1)["threshold"] == 0
+
+
+def test_the_alert_budget_puts_the_prediction_beside_the_reviewers_findings():
+    from edge.operator.views import alert_budget
+
+    def device(name, version, searches, uptime_s, sealed=True):
+        wl = {"version": version, "n_items": 1200, "n_subjects": 400,
+              "sealed_for": {"match": 0.61, "fpir_target": 0.003, "predicted_fpir": 0.002} if sealed else {}}
+        return {"device_id": name, "watchlist_version": version,
+                "health": {"watchlist": wl, "counters": {"searches": searches}, "uptime_s": uptime_s}}
+
+    devices = [device("a", 3, 8640, 86400.0), device("b", 3, 4320, 43200.0), device("c", 2, 999, 10.0),
+               {"device_id": "d", "watchlist_version": 3, "health": {"watchlist": "junk", "uptime_s": "x"}}]
+    day = 86400.0
+    b = alert_budget(3, devices, {"pending": 2, "confirmed": 3, "rejected": 1, "first": 0.0, "last": day})
+    assert (b["n_items"], b["n_subjects"], b["threshold"], b["fpir"]) == (1200, 400, 0.61, 0.002)
+    assert b["searches_per_day"] == 2 * 8640 and b["devices_reporting"] == 2  # the device on v2 is not counted
+    assert abs(b["predicted_false_per_day"] - 2 * 8640 * 0.002) < 1e-9
+    assert b["reject_rate"] == 0.25 and b["observed_false_per_day"] == 1.0 and b["events"] == 6
+    assert b["warning"] is None  # 1 a day observed vs 34.6 predicted
+    flood = alert_budget(3, devices, {"pending": 0, "confirmed": 0, "rejected": 80, "first": 0.0, "last": day})
+    assert flood["observed_false_per_day"] == 80 and "may be too big for its threshold" in flood["warning"]
+    few = alert_budget(3, devices, {"pending": 0, "confirmed": 0, "rejected": 4, "first": 0.0, "last": 600.0})
+    assert few["observed_false_per_day"] == 4 * 24 and few["warning"] is None  # < 5 decided: no verdict yet
+    unknown = alert_budget(9, [device("e", 9, 10, 0.0, sealed=False)], None)
+    assert unknown["fpir"] is None and unknown["searches_per_day"] is None and unknown["reject_rate"] is None
+    assert unknown["predicted_false_per_day"] is None and unknown["events"] == 0
