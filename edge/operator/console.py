@@ -337,31 +337,22 @@ def create_app(store: EventStore, accounts: Accounts, audit: AuditLog, labels: d
                 "audit_chain": {"ok": check.ok, "records": check.records, "problems": check.problems[:20]},
                 "evidence": faces.case(row)}
 
-    def evidence_image(event_id: str, slot: int) -> bytes:
+    def face_image(kind: str, event_id: str, n: int) -> bytes:
+        """A face of the event: "evidence" n (the captured chip in slot n) or "reference" n (the n-th enrolled)."""
+        opener = faces.captured if kind == "evidence" else faces.reference
         try:
-            return faces.captured(one(event_id)[0], slot)
+            return opener(one(event_id)[0], n)
         except Unavailable as err:
             raise Refused(err.status, str(err)) from None
 
-    def reference_image(event_id: str, n: int) -> bytes:
-        try:
-            return faces.reference(one(event_id)[0], n)
-        except Unavailable as err:
-            raise Refused(err.status, str(err)) from None
-
-    @app.get("/events/{event_id}/evidence/{slot}")
-    async def evidence(request: Request, event_id: str, slot: str) -> Response:
+    @app.get("/events/{event_id}/{kind}/{n}")
+    async def face(request: Request, event_id: str, kind: str, n: str) -> Response:
+        """/events/ID/evidence/1|2: the captured faces; /events/ID/reference/1|2: the enrolled ones."""
         await guard(request, "view")
-        if slot not in ("1", "2"):
-            raise Refused(404, "evidence slots are 1 (the track's best face) and 2 (its second best)")
-        return _image(await run_in_threadpool(evidence_image, event_id, int(slot)))
-
-    @app.get("/events/{event_id}/reference/{n}")
-    async def reference(request: Request, event_id: str, n: str) -> Response:
-        await guard(request, "view")
-        if n not in ("1", "2"):
-            raise Refused(404, "reference faces are numbered 1 and 2")
-        return _image(await run_in_threadpool(reference_image, event_id, int(n)))
+        if kind not in ("evidence", "reference") or n not in ("1", "2"):
+            raise Refused(404, "faces are /events/ID/evidence/1 or 2 (captured: the track's best and second best)"
+                               " and /events/ID/reference/1 or 2 (enrolled)")
+        return _image(await run_in_threadpool(face_image, kind, event_id, int(n)))
 
     @app.get("/favicon.ico")
     async def favicon() -> Response:
@@ -370,7 +361,7 @@ def create_app(store: EventStore, accounts: Accounts, audit: AuditLog, labels: d
     @app.get("/events/{event_id}/thumbnail")
     async def thumbnail(request: Request, event_id: str) -> Response:  # the best face: evidence slot 1
         await guard(request, "view")
-        return _image(await run_in_threadpool(evidence_image, event_id, 1))
+        return _image(await run_in_threadpool(face_image, "evidence", event_id, 1))
 
     # ------------------------------------------------------------------------------------------ fleet, admin
 
