@@ -6,10 +6,12 @@ lets readers through while a writer holds its transaction."""
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
 import threading
 import time
 
+import psycopg
 import pytest
 
 from edge.operator.db import Database, StoreError, StoreUnavailable
@@ -62,9 +64,8 @@ def test_a_connection_killed_under_the_pool_is_dropped_and_the_read_retried(post
     victim = db.query("SELECT pg_backend_pid()")[0][0]
     killer.query("SELECT pg_terminate_backend(?)", (victim,))
     time.sleep(0.2)
-    with pytest.raises(Exception) as failed:  # a transaction is not retried: the caller decides
-        with db.transaction() as cur:
-            cur.execute("SELECT 1")
+    with pytest.raises(psycopg.OperationalError) as failed, db.transaction() as cur:  # not retried: the caller decides
+        cur.execute("SELECT 1")
     assert db.transient(failed.value)
     assert all(c.info.backend_pid != victim for c in db._idle)  # the dead one was not given back
     with db.transaction() as cur:
@@ -97,14 +98,12 @@ def test_a_transaction_rolled_back_on_error_leaves_a_clean_connection(postgres_u
     for db in (Database(postgres_url, pool_size=1), Database(tmp_path / "t.db", pool_size=1)):
         with db.transaction() as cur:
             cur.execute("CREATE TABLE t (x INTEGER PRIMARY KEY)")
-        with pytest.raises(ValueError):
-            with db.transaction() as cur:
-                cur.execute("INSERT INTO t (x) VALUES (1)")
-                raise ValueError("caller's bug")
-        with pytest.raises(Exception):
-            with db.transaction() as cur:
-                cur.execute("INSERT INTO t (x) VALUES (2)")
-                cur.execute("INSERT INTO t (x) VALUES (2)")  # constraint violation: rolled back
+        with pytest.raises(ValueError), db.transaction() as cur:
+            cur.execute("INSERT INTO t (x) VALUES (1)")
+            raise ValueError("caller's bug")
+        with pytest.raises((sqlite3.IntegrityError, psycopg.IntegrityError)), db.transaction() as cur:
+            cur.execute("INSERT INTO t (x) VALUES (2)")
+            cur.execute("INSERT INTO t (x) VALUES (2)")  # constraint violation: rolled back
         assert db.query("SELECT COUNT(*) FROM t") == [(0,)] and len(db._idle) == 1
         db.close()
 
@@ -158,7 +157,7 @@ def test_closed_database_refuses_work_and_closes_what_was_lent(tmp_path):
     db = Database(tmp_path / "c.db")
     with db._borrow() as conn:
         db.close()
-    with pytest.raises(Exception):
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
         conn.execute("SELECT 1")  # closed when given back
     with pytest.raises(StoreError, match="closed"):
         db.query("SELECT 1")

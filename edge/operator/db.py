@@ -21,9 +21,10 @@ from __future__ import annotations
 import re
 import sqlite3
 import threading
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from edge.durable import private_dir, private_file
 from edge.errors import DataError, EdgeError
@@ -185,7 +186,7 @@ class Database:
         return sql.replace("?", "%s") if self.dialect == "postgresql" else sql
 
     @contextmanager
-    def transaction(self) -> Iterator["_Cursor"]:
+    def transaction(self) -> Iterator[_Cursor]:
         """A cursor inside BEGIN … COMMIT (ROLLBACK on error) on a connection of its own; statements take `?`
         placeholders. Do not open another transaction inside it (SQLite: one writer at a time)."""
         with self._writer or nullcontext(), self._borrow() as conn:
@@ -196,10 +197,8 @@ class Database:
                     yield _Cursor(cur, self._sql)
                     cur.execute("COMMIT")
                 except BaseException:
-                    try:
+                    with suppress(Exception):  # a failed rollback leaves the connection unusable: it is discarded
                         cur.execute("ROLLBACK")
-                    except Exception:  # noqa: BLE001 - the connection is then discarded (not idle); the cause is raised
-                        pass
                     raise
             finally:
                 cur.close()
@@ -253,17 +252,15 @@ class Database:
 
 
 def _close_quietly(conn: Any) -> None:
-    try:
+    with suppress(Exception):  # closing a broken connection may fail; it is gone either way
         conn.close()
-    except Exception:  # noqa: BLE001 - closing a broken connection may fail; it is gone either way
-        pass
 
 
 class _Cursor:
     def __init__(self, cur: Any, convert: Callable[[str], str]) -> None:
         self._cur, self._convert = cur, convert
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> "_Cursor":
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> _Cursor:
         self._cur.execute(self._convert(sql), tuple(params))
         return self
 
