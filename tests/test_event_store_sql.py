@@ -7,7 +7,7 @@ import pytest
 
 from edge.errors import DataError
 from edge.messaging.payloads import make_event
-from edge.operator.db import Database, parse_url
+from edge.operator.db import MIGRATIONS, Database, parse_url
 from edge.operator.event_store import EventStore
 
 
@@ -81,7 +81,8 @@ def test_device_reports_and_retention(store):
 
 def test_migrations_are_recorded_once(tmp_path):
     db = Database(tmp_path / "m.db")
-    assert db.migrate() == 2 and db.query("SELECT COUNT(*) FROM schema_version")[0][0] == 2
+    latest = len(list(MIGRATIONS.glob("[0-9][0-9][0-9]_*.sql")))
+    assert db.migrate() == latest and db.query("SELECT COUNT(*) FROM schema_version")[0][0] == latest == 3
     db.close()
 
 
@@ -216,3 +217,132 @@ def test_a_consumer_outlives_postgresql_stopping_and_restarting_twice(tmp_path):
             c.store.close()
     finally:
         pg.stop()
+
+
+# ------------------------------------------------------------------------------------------- counts (migration 003)
+
+
+def _true_counts(store) -> dict:
+    truth = dict.fromkeys(("pending", "confirmed", "rejected"), 0)
+    truth.update(dict(store.db.query("SELECT status, COUNT(*) FROM events GROUP BY status")))
+    return truth
+
+
+def _check_counts(store) -> dict:
+    truth = _true_counts(store)
+    assert store.counts() == truth
+    assert {s: store.count(s) for s in truth} == truth and store.count() == sum(truth.values())
+    return truth
+
+
+def test_counts_stay_exact_through_adds_duplicates_decisions_and_purges(store):
+    assert store.counts() == {"pending": 0, "confirmed": 0, "rejected": 0} and store.count() == 0
+    evs = [event(i) for i in range(1, 11)]
+    store.add(evs[:6])
+    store.add(evs[3:] + evs[:2] + [evs[7]])  # 4 new; duplicates already stored and within the batch are not counted
+    assert _check_counts(store) == {"pending": 10, "confirmed": 0, "rejected": 0}
+    store.decide(evs[0]["event_id"], "alice", "confirm")
+    store.decide(evs[0]["event_id"], "bob", "confirm")
+    store.decide(evs[1]["event_id"], "alice", "reject")
+    store.decide(evs[2]["event_id"], "alice", "unsure")
+    with pytest.raises(DataError):
+        store.decide(evs[1]["event_id"], "bob", "reject")  # already rejected: nothing changes
+    with pytest.raises(ZeroDivisionError):  # the audit record failed: the reject is rolled back, counts too
+        store.decide(evs[3]["event_id"], "bob", "reject", before_commit=lambda r: 1 / 0)
+    assert _check_counts(store) == {"pending": 8, "confirmed": 1, "rejected": 1}
+    old = [evs[0]["event_id"], evs[1]["event_id"], evs[4]["event_id"]]
+    with store.db.transaction() as cur:
+        for eid in old:
+            cur.execute("UPDATE events SET received_at = ? WHERE event_id = ?", (time.time() - 7200, eid))
+    assert store.purge(older_than_s=3600)["events"] == 3
+    assert _check_counts(store) == {"pending": 7, "confirmed": 0, "rejected": 0}
+    store.add(evs)  # all but the purged ones already stored
+    assert _check_counts(store) == {"pending": 10, "confirmed": 0, "rejected": 0}
+    time.sleep(0.05)
+    store.purge(older_than_s=0.01)
+    assert _check_counts(store) == {"pending": 0, "confirmed": 0, "rejected": 0}
+
+
+def test_migration_003_counts_the_events_already_stored(tmp_path):
+    s = EventStore(tmp_path / "old.db")
+    evs = [event(i) for i in range(1, 8)]
+    s.add(evs)
+    s.decide(evs[0]["event_id"], "alice", "reject")
+    s.decide(evs[1]["event_id"], "alice", "confirm")
+    s.decide(evs[1]["event_id"], "bob", "confirm")
+    with s.db.transaction() as cur:  # as a database at version 2 was
+        cur.execute("DROP TABLE event_counts")
+        cur.execute("DELETE FROM schema_version WHERE version = 3")
+    assert s.db.migrate() == 3
+    assert _check_counts(s) == {"pending": 5, "confirmed": 1, "rejected": 1}
+    s.close()
+
+
+def test_decisions_for_many_events_in_one_call(store):
+    evs = [event(i) for i in range(1, 5)]
+    store.add(evs)
+    store.decide(evs[0]["event_id"], "alice", "unsure", "dark")
+    store.decide(evs[0]["event_id"], "bob", "confirm")
+    store.decide(evs[2]["event_id"], "carol", "reject", "someone else")
+    ids = [e["event_id"] for e in evs] + ["no-such-event"] + [f"x-{i}" for i in range(600)]  # > one chunk of 500
+    got = store.decisions_for(ids)
+    assert set(got) == set(ids)
+    for eid in ids:
+        assert got[eid] == store.decisions(eid)
+    assert [d["reviewer"] for d in got[evs[0]["event_id"]]] == ["alice", "bob"]
+    assert got[evs[0]["event_id"]][0] == {"reviewer": "alice", "decision": "unsure", "note": "dark",
+                                          "decided_at": got[evs[0]["event_id"]][0]["decided_at"]}
+    assert got[evs[1]["event_id"]] == [] and store.decisions_for([]) == {}
+
+
+def test_counts_stay_exact_with_consumers_and_reviewers_racing_on_postgresql(postgres_url):
+    """Two consumers (separate stores, as two processes have) store overlapping batches while two reviewers decide
+    and a purge runs: the counters equal a full count afterwards, and nothing deadlocks."""
+    import threading
+
+    stores = [EventStore(postgres_url, required_confirmations=1) for _ in range(4)]
+    evs = [event(i, device=f"cam-{i % 3}") for i in range(1, 601)]
+    stores[0].add(evs[:100])
+    errors: list = []
+    start = threading.Barrier(5)
+
+    def consume(store, batches) -> None:
+        start.wait()
+        for batch in batches:
+            store.add(batch)
+
+    def review(store, who, decision) -> None:
+        start.wait()
+        for ev in evs[:100]:
+            try:
+                store.decide(ev["event_id"], who, decision)
+            except DataError:
+                pass  # already decided by the other reviewer
+
+    def purge(store) -> None:
+        start.wait()
+        time.sleep(0.1)
+        store.purge(older_than_s=0.05)
+
+    def guarded(fn, *args):
+        def run():
+            try:
+                fn(*args)
+            except Exception as err:  # noqa: BLE001 - collected for the assertion
+                errors.append(repr(err))
+        return threading.Thread(target=run)
+
+    forward = [evs[i:i + 50] for i in range(100, 600, 50)]
+    backward = [list(reversed(evs[i:i + 70])) for i in range(60, 600, 70)][::-1]  # overlapping, other order
+    threads = [guarded(consume, stores[0], forward), guarded(consume, stores[1], backward),
+               guarded(review, stores[2], "alice", "confirm"), guarded(review, stores[3], "bob", "reject"),
+               guarded(purge, stores[3])]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == []
+    truth = _check_counts(stores[0])
+    assert truth["confirmed"] + truth["rejected"] <= 100
+    for s in stores:
+        s.close()
