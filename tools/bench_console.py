@@ -5,11 +5,14 @@
     python tools/bench_console.py --store postgresql://edge@host:5432/bench   # an existing, empty database
     options: --events 100000 --reviewers 1,20 --seconds 60 --json result.json --profile
 
-What runs: a fresh store is filled with N events from 50 devices (batches of 1,000), the real console (`create_app`
+What runs: a fresh store is filled with N events from 50 devices (batches of 1,000; each with two face chips sealed
+to the console's evidence key, ~4 KiB each, as devices send them by default — `--no-evidence` for bare events),
+the real console (`create_app`
 + uvicorn) serves it on a free loopback port in a thread of this process, and one reviewer account per session
 signs in over HTTP (the login form, its CSRF cookie, argon2). Then for each R in --reviewers, R reviewer sessions
 run for --seconds, each on its own keep-alive connection: every 3 s (first poll jittered) it loads the queue page
-GET / and polls GET /api/events?status=pending&limit=100 as the page's script does; half-way between polls it
+GET / (and the first 10 faces it shows, each opened by the console) and polls GET /api/events?status=pending&limit=100
+as the page's script does; half-way between polls it
 fetches the 20 newest pending events and decides one it has not decided yet (confirm 80 %, reject 10 %, unsure
 10 %) with POST /api/events/{id}/decisions. A 409 (another reviewer decided it first) is a normal race and is
 counted apart from errors.
@@ -46,8 +49,11 @@ sys.path.insert(0, str(ROOT))
 
 POLL_S = 3.0
 PASSWORD = "bench-password-123"
-KINDS = {"page": "queue page GET /", "api": "GET /api/events (100)", "pick": "GET /api/events?limit=20",
-         "decide": "decision POST"}
+KINDS = {"page": "queue page GET /", "face": "a queue face GET (10/page)", "api": "GET /api/events (100)",
+         "pick": "GET /api/events?limit=20", "decide": "decision POST"}
+#: Faces of the queue page fetched after each page load (the rows a screen shows), as a browser would.
+FACES_PER_PAGE = 10
+_FACE = re.compile(rb'src="(/events/[0-9a-f-]{36}/evidence/1)"')
 
 
 # --------------------------------------------------------------------------------------------- HTTP client
@@ -120,7 +126,9 @@ def reviewer(port: int, name: str, cookie: str, csrf: str, start: float, seconds
         return time.time() < end
 
     while pause(next_poll):
-        get("page", "/")
+        page = get("page", "/")
+        for src in _FACE.findall(page or b"")[:FACES_PER_PAGE]:
+            get("face", src.decode())
         get("api", "/api/events?status=pending&limit=100")
         if not pause(next_poll + POLL_S / 2):
             break
@@ -240,16 +248,40 @@ class Sampler:
                 print(f"  {hits / self.samples:7.2f}  {key}")
 
 
-def fill(store: Any, n: int) -> float:
-    """Store n events from 50 devices in batches of 1,000; seconds taken."""
-    from edge.messaging.payloads import make_event
+def evidence_chips() -> list[bytes]:
+    """Two face chips as the device sends them: the bundled photos' faces, 112×112, JPEG of ≤ 5 KiB."""
+    import cv2
 
+    from edge.device.event_writer import evidence_jpeg
+
+    chips = []
+    for name in ("obama.jpg", "biden.jpg"):
+        bgr = cv2.imread(str(ROOT / "tests" / "data" / "faces" / name))
+        h, w = bgr.shape[:2]
+        side = min(h, w) // 2
+        crop = bgr[h // 4:h // 4 + side, (w - side) // 2:(w + side) // 2]
+        chip = cv2.cvtColor(cv2.resize(crop, (112, 112), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
+        chips.append(evidence_jpeg(chip))
+    return chips
+
+
+def fill(store: Any, n: int, evidence_key: Any = None) -> float:
+    """Store n events from 50 devices in batches of 1,000 (with `evidence_key`, each carrying two face chips sealed
+    to it and bound to the event, as devices send them by default); seconds taken."""
+    from edge.messaging.payloads import make_event, uuid7
+    from edge.messaging.thumbnail import encrypt_thumbnail, evidence_context
+
+    chips = evidence_chips() if evidence_key is not None else []
     t0, batch = time.perf_counter(), []
     for i in range(n):
+        event_id = str(uuid7())
+        sealed = {field: encrypt_thumbnail(chip, evidence_key, evidence_context(event_id, slot))
+                  for slot, (field, chip) in enumerate(zip(("thumbnail", "thumbnail2"), chips), 1)}
         batch.append(make_event(seq=i // 50 + 1, device_id=f"cam-{i % 50:02d}", captured_at=1.76e9 + i,
                                 subject_id=f"subject-{i % 30000:06d}", watchlist_id="wl", watchlist_version=3,
                                 embedder_id="dlib", similarity=0.7, threshold=0.62, margin=0.05, track_id=i,
-                                chips_used=3, quality={"sharpness": 80.0}))
+                                chips_used=3, quality={"sharpness": 0.6, "eye_distance_px": 48.0, "yaw": 0.05},
+                                event_id=event_id, **sealed))
         if len(batch) == 1000 or i == n - 1:
             store.add(batch)
             batch = []
@@ -272,7 +304,10 @@ def bench(url: str, args: argparse.Namespace, tmp: Path) -> dict:
     store = EventStore(url)
     if store.count():
         raise SystemExit(f"the store {url} already holds {store.count()} events: give an empty database")
-    fill_s = fill(store, args.events)
+    from edge import keys
+
+    evidence_key = keys.generate_device_key() if args.evidence else None  # the operator's X25519 evidence key
+    fill_s = fill(store, args.events, evidence_key.public_key() if evidence_key else None)
     counts = [int(r) for r in args.reviewers.split(",")]
     accounts = Accounts(store.db)
     names = [f"reviewer-{i:02d}" for i in range(1, max(counts) + 1)]
@@ -280,7 +315,8 @@ def bench(url: str, args: argparse.Namespace, tmp: Path) -> dict:
         accounts.add_user(name, PASSWORD, "reviewer")
     audit = AuditLog(tmp / "audit.log")
     port = free_port()
-    srv = server(create_app(store, accounts, audit, {}, 2, None), "127.0.0.1", port, log_level="warning")
+    srv = server(create_app(store, accounts, audit, {}, 2, None, thumbnail_key=evidence_key), "127.0.0.1", port,
+                 log_level="warning")
     thread = threading.Thread(target=srv.run, name="console", daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -305,7 +341,8 @@ def bench(url: str, args: argparse.Namespace, tmp: Path) -> dict:
         srv.should_exit = True
         thread.join(10)
         audit.close()
-    info = {"dialect": store.db.dialect, "events": args.events, "fill_s": fill_s, "seconds": args.seconds,
+    info = {"dialect": store.db.dialect, "events": args.events, "evidence": bool(args.evidence), "fill_s": fill_s,
+            "seconds": args.seconds,
             "cpus": os.cpu_count(), "pool_size": store.db.pool_size, "counts_after": store.counts(), "phases": phases}
     store.close()
     return info
@@ -313,7 +350,8 @@ def bench(url: str, args: argparse.Namespace, tmp: Path) -> dict:
 
 def table(info: dict) -> str:
     cols = list(info["phases"])
-    lines = [(f"{info['dialect']}, {info['events']:,} events (filled in {info['fill_s']:.0f} s),"
+    lines = [(f"{info['dialect']}, {info['events']:,} events{' with two sealed faces each' if info['evidence'] else ''}"
+              f" (filled in {info['fill_s']:.0f} s),"
               f" {info['seconds']:g} s per phase, {info['cpus']} CPUs, pool {info['pool_size']}"),
              f"{'':28s}" + "".join(f"{f'{c} reviewer(s)':>26s}" for c in cols),
              f"{'':28s}" + "".join(f"{'p50 / p95 / p99 ms (n)':>26s}" for _ in cols)]
@@ -338,6 +376,8 @@ def table(info: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--evidence", action=argparse.BooleanOptionalAction, default=True,
+                        help="events carry two sealed face chips, as devices send them by default (default on)")
     parser.add_argument("--store", help="an empty PostgreSQL database URL (default: a temporary SQLite file)")
     parser.add_argument("--postgres", action="store_true", help="start a throwaway PostgreSQL cluster (initdb)")
     parser.add_argument("--reviewers", default="1,20", help="comma-separated concurrent sessions per phase")

@@ -279,11 +279,13 @@ def create_app(store: EventStore, accounts: Accounts, audit: AuditLog, labels: d
         if status not in STATUSES:
             raise Refused(400, f"status must be one of {', '.join(STATUSES)}, got {status[:40]!r}")
         limit, after = _float(request, "limit"), _float(request, "after")
-        events = [event_view(r, store.decisions(r["event_id"]), labels, required)
-                  for r in store.queue(int(limit or 100), _float(request, "before"), status)
-                  if after is None or r["received_at"] > after]
+        rows = [r for r in store.queue(int(limit or 100), _float(request, "before"), status)
+                if after is None or r["received_at"] > after]
+        decided = store.decisions_for([r["event_id"] for r in rows])  # one query, not one per event
+        events = [event_view(r, decided[r["event_id"]], labels, required) for r in rows]
         sig = ",".join(f"{e['event_id']}:{e['confirmations']}" for e in events)  # the polling script redraws on change
-        return {"status": status, "count": store.count(status), "counts": {s: store.count(s) for s in STATUSES},
+        counts = store.counts()  # one read of the maintained counters
+        return {"status": status, "count": counts[status], "counts": counts,
                 "required": required, "sig": sig, "latest": max((e["received_at"] for e in events), default=None),
                 "events": events}
 
@@ -384,7 +386,7 @@ def create_app(store: EventStore, accounts: Accounts, audit: AuditLog, labels: d
     def admin(request: Request, me: Session) -> dict:
         purged = {k: request.query_params[k] for k in ("events", "decisions") if k in request.query_params}
         return {"retention_days": retention_days, "purged": purged or None, "users": accounts.users(),
-                "counts": {s: store.count(s) for s in STATUSES}}
+                "counts": store.counts()}
 
     @app.post("/admin/purge")
     async def admin_purge(request: Request) -> Response:
