@@ -160,7 +160,8 @@ def test_a_restart_serves_v2_from_the_local_bundle_and_takes_the_next_delta(keys
     restarted.start(now=NOW)
     assert live_payload(restarted) == full_v2
     assert restarted.state(now=NOW) == {"version": 2, "watchlist_id": "wl", "state": "ok",
-                                        "expires": "2025-07-01T12:00:00Z", "last_rejection": None}
+                                        "expires": "2025-07-01T12:00:00Z", "last_rejection": None,
+                                        "n_items": 7, "n_subjects": 3, "sealed_for": {"match": 0.9}}
     data, full_v3 = delta_bundle(keys, 3, 2, full_v2, contents["v3"])  # a delta on the rebuilt v2
     result = restarted.install(data, now=NOW)
     assert (result.ok, result.reason) == (True, "installed"), result.message
