@@ -53,7 +53,7 @@ from edge.errors import EdgeError
 log = logging.getLogger(__name__)
 
 #: Record kinds callers may append.
-KINDS = ("match", "watchlist_install", "watchlist_reject", "watchlist_wipe", "review_decision", "retention_purge", "user_add", "config", "start", "stop", "seal")  # seal: edge.audit_seal
+KINDS = ("match", "events_dropped", "watchlist_install", "watchlist_reject", "watchlist_wipe", "review_decision", "retention_purge", "user_add", "config", "start", "stop", "seal")  # seal: edge.audit_seal
 #: Written by the log itself after a cut-off write; never by callers.
 RECOVERED = "recovered"
 ZERO_HASH = "0" * 64
@@ -169,6 +169,7 @@ class AuditLog:
             os.close(self._fd)
             raise AuditError(f"audit log {self.path} is already open for writing (by another process or another"
                              " AuditLog); one writer per file keeps the chain linear") from None
+        self._write_error: str | None = None  # the last refused write (a full disk is not a power cut)
         try:
             mode = os.fstat(self._fd).st_mode & 0o777
             if mode & 0o077:
@@ -214,11 +215,13 @@ class AuditLog:
                              " point the audit log at another file")
         if self._fragment is not None:
             self._fragment["after_seq"] = self._seq
+            cause = (f"when the disk refused it ({self._write_error})" if self._write_error
+                     else "e.g. by a power cut")
             self.notice = (f"audit log {self.path}: the last write was cut off ({self._fragment['bytes']} bytes at"
-                           f" byte {self._fragment['offset']}, after seq {self._seq}), e.g. by a power cut; it stays"
+                           f" byte {self._fragment['offset']}, after seq {self._seq}), {cause}; it stays"
                            " in place and the next append records its recovery")
             log.warning("%s", self.notice)
-        self._dirty = False
+        self._dirty, self._write_error = False, None
 
     def append(self, kind: str, data: dict) -> dict:
         """Write one record of `kind` (one of `KINDS`) with JSON-ready `data`, fsync it, and return it.
@@ -249,7 +252,7 @@ class AuditLog:
                 _write_all(self._fd, bytes(out))
                 os.fsync(self._fd)
             except OSError as err:
-                self._dirty = True
+                self._dirty, self._write_error = True, err.strerror or str(err)
                 raise AuditError(f"audit log {self.path} cannot be written: {err.strerror}") from None
             self._seq, self._prev, self._hash = seq + 1, _digest(raw), record["hash"]
             self._needs_newline, self._fragment = False, None

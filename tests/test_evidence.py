@@ -11,17 +11,6 @@ from edge.messaging.thumbnail import decrypt_thumbnail, encrypt_thumbnail, evide
 from edge.types import Decision, Detection, Frame, Track
 
 
-class ListOutbox:
-    def __init__(self):
-        self.events = []
-
-    def add(self, event):
-        from edge.messaging.payloads import encode_event
-
-        self.events.append(encode_event(event, seq=len(self.events) + 1))
-        return len(self.events)
-
-
 def chip(seed: int, size: int = 112, noise: float = 30.0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     ramp = np.linspace(40, 200, size)[None, :, None] * np.ones((size, 1, 3))
@@ -37,12 +26,20 @@ def decision(**kw) -> Decision:
 
 
 def write(chips, key=None, **kw):
-    outbox = ListOutbox()
-    writer = EventWriter("cam-a", outbox, None, "mobilefacenet", thumbnail_key=key)
-    frame = Frame(np.zeros((4, 4, 3), np.uint8), 1, 1.76e9, 0.0)
-    wl = type("WL", (), {"manifest": {"watchlist_id": "wl", "version": 3}})()
-    writer(decision(**kw), frame, wl, chips)
-    return decode_event(outbox.events[0])
+    import tempfile
+    from pathlib import Path
+
+    from edge.messaging.outbox import Outbox
+
+    with tempfile.TemporaryDirectory() as tmp:
+        outbox = Outbox(Path(tmp) / "outbox.db")
+        writer = EventWriter("cam-a", outbox, None, "mobilefacenet", thumbnail_key=key)
+        frame = Frame(np.zeros((4, 4, 3), np.uint8), 1, 1.76e9, 0.0)
+        wl = type("WL", (), {"manifest": {"watchlist_id": "wl", "version": 3}})()
+        writer(decision(**kw), frame, wl, chips)
+        (payload,) = [p for _, p in outbox.pending()]
+        outbox.close()
+        return decode_event(payload)
 
 
 def test_the_track_keeps_its_two_best_chips_in_memory_best_first():

@@ -25,6 +25,8 @@ log = logging.getLogger("edge.device.control")
 STALL_S = 5.0
 #: Seconds between watchdog pings while the pipeline progresses.
 PING_S = 1.0
+#: Seconds between retries of the events a refusing disk left in memory.
+RETRY_S = 1.0
 
 
 class Control:
@@ -38,7 +40,8 @@ class Control:
     def __init__(self, config: Any, topics: Any, health: Any, pipeline: Any, store: Any, outbox: Any, audit: Any,
                  client: Any = None, publisher: Any = None, sync: Any = None, stop: threading.Event | None = None,
                  clock: Callable[[], float] = time.monotonic, notify: Callable[[str], bool] = sd_notify,
-                 sealer: Any = None) -> None:
+                 sealer: Any = None, writer: Any = None) -> None:
+        self.writer = writer  # edge.device.event_writer.EventWriter: its held events are retried every step
         self.sealer = sealer  # edge.audit_seal.Sealer, or None: the audit log is hash-chained only
         self.config, self.topics, self.health, self.pipeline = config, topics, health, pipeline
         self.store, self.outbox, self.audit = store, outbox, audit
@@ -50,6 +53,7 @@ class Control:
         self._heartbeat: Heartbeat | None = None
         now = clock()
         self._next_ping, self._next_log, self._next_thermal = now, now + config.health.log_interval_s, now
+        self._next_retry = now
 
     # --- what the device reports ----------------------------------------------------------------------------------
     def status(self) -> dict:
@@ -121,7 +125,11 @@ class Control:
         self.health.set("thermal_throttled", int(governor.throttled))
 
     def step(self, now: float) -> None:
-        """One pass at monotonic time `now` (seconds): drain the inbox, sync, pump, status, log, watchdog."""
+        """One pass at monotonic time `now` (seconds): retry held events, drain the inbox, sync, pump, status, log,
+        watchdog."""
+        if self.writer is not None and now >= self._next_retry:
+            self.writer.retry()  # events the disk refused, in order (and the space reserve, once there is room)
+            self._next_retry = now + RETRY_S
         if self.client is not None:
             while True:
                 try:

@@ -135,10 +135,12 @@ def thermal_governor(c: Config) -> Any:
     return ThermalGovernor(t.hot_c, t.cool_c, t.throttled_detect_every) if t.enabled else None
 
 
-def event_writer(c: Config, outbox: Any, audit: Any, embedder_id: str) -> Any:
+def event_writer(c: Config, outbox: Any, audit: Any, embedder_id: str, health: Any = None) -> Any:
     """Decisions → audit record + outbox row; with the operator's evidence key provisioned (`events`), each event
-    carries the track's best face chip(s) sealed to it — the only image that ever leaves the device."""
+    carries the track's best face chip(s) sealed to it — the only image that ever leaves the device. A full disk
+    is met by the writer's in-memory queue and the state directory's space reserve (written here)."""
     from edge.device.event_writer import EventWriter
+    from edge.device.space_reserve import SpaceReserve
 
     thumbnail_key, path = None, c.events.evidence_key()
     if path is not None:
@@ -151,7 +153,12 @@ def event_writer(c: Config, outbox: Any, audit: Any, embedder_id: str) -> Any:
                     "events.thumbnails: false" if c.events.thumbnails is False else
                     f"no operator evidence key at {c.events.operator_thumbnail_key}"
                     if c.events.operator_thumbnail_key else "no events.operator_thumbnail_key")
-    return EventWriter(c.device.id, outbox, audit, embedder_id, thumbnail_key=thumbnail_key)
+    reserve = SpaceReserve(c.device.state_dir / "space.reserve")
+    if not reserve.restore():
+        log.warning("no room for the %d MiB space reserve in %s: a full disk will hold events in memory at once",
+                    reserve.size // 2**20, c.device.state_dir)
+    return EventWriter(c.device.id, outbox, audit, embedder_id, thumbnail_key=thumbnail_key, health=health,
+                       reserve=reserve)
 
 
 # -------------------------------------------------------------------------------------------------- the device
@@ -216,7 +223,10 @@ def build(c: Config, audit_factory: Callable[[Path], Any], start_record: Callabl
         start_record(audit, store)
         outbox = Outbox(state / "outbox.db", max_events=c.events.outbox_max_events,
                         max_age_s=c.events.outbox_max_age_days * 86400)
-        writer = event_writer(c, outbox, audit, analyzer.embedder_id)
+        from edge.device.event_writer import reconcile
+
+        reconcile(outbox, audit)  # before anything is published: every stored event has its audit record
+        writer = event_writer(c, outbox, audit, analyzer.embedder_id, health)
         tracker = apply_tracking(Tracker(), c)
         policy = DecisionPolicy(policy_config(c))
         source = frame_source(c)
@@ -240,7 +250,7 @@ def build(c: Config, audit_factory: Callable[[Path], Any], start_record: Callabl
             health.watch("mqtt_connected", lambda: client.connected)
         sealer = audit_sealer(state)
         control = Control(c, topics, health, pipeline, store, outbox, audit, client, publisher, sync, stop_event,
-                          sealer=sealer)
+                          sealer=sealer, writer=writer)
     except BaseException:
         if outbox is not None:
             outbox.close()

@@ -100,6 +100,7 @@ class Outbox:
         self.max_age_s = max_age_s
         self._clock = clock
         self._lock = threading.Lock()
+        self._held: set[int] = set()  # committed but not yet audited: never published (`hold`, `release`)
         salvage = self._check_existing(recover)
         self._db = self._connect()
         if salvage is not None:
@@ -221,9 +222,11 @@ class Outbox:
 
     # -------------------------------------------------------------------------------------------------- the API
 
-    def add(self, event: MatchEvent | dict) -> int:
+    def add(self, event: MatchEvent | dict, hold: bool = False) -> int:
         """Store `event` (a `MatchEvent`, or an edge-event/1 dict whose `seq` is ignored) under the next seq, commit,
-        return the seq. The event is validated here, once (`encode_event`), before a seq is consumed.
+        return the seq. The event is validated here, once (`encode_event`), before a seq is consumed. hold: keep it
+        from the sender until `release(seq)` (the event writer holds an event until its audit record is written;
+        holds live in memory: after a restart `edge.device.event_writer.reconcile` audits what was held).
 
         Raises PayloadError if the event is invalid (no seq is consumed) and OutboxError if the disk refuses.
         """
@@ -243,12 +246,19 @@ class Outbox:
                 depth -= overflow
             db.execute("INSERT INTO events (seq, added_at, payload) VALUES (?, ?, ?)", (seq, now, payload))
             self._set_meta(db, "last_seq", seq)
-            db.commit_hook = lambda: self._settle(seq, depth + 1)
+            db.commit_hook = lambda: self._settle(seq, depth + 1, hold)
         return seq
 
-    def _settle(self, seq: int, depth: int) -> None:
+    def release(self, seq: int) -> None:
+        """Let the sender publish the held event `seq` (its audit record is written)."""
+        with self._lock:
+            self._held.discard(int(seq))
+
+    def _settle(self, seq: int, depth: int, hold: bool = False) -> None:
         """Mirror a committed change in the in-memory counters (one process owns the file, so they stay exact)."""
         self._last_seq, self._depth = seq, depth
+        if hold:
+            self._held.add(seq)
 
     def entries(self, limit: int = 100) -> list[OutboxEntry]:
         """Up to `limit` stored events, oldest first, with their send bookkeeping."""
@@ -262,11 +272,12 @@ class Outbox:
         return [(e.seq, e.payload) for e in self.entries(limit)]
 
     def due(self, now: float, resend_after_s: float, limit: int = 100) -> list[tuple[int, bytes]]:
-        """Events to publish now, oldest first: never sent, or last sent at least `resend_after_s` seconds ago."""
+        """Events to publish now, oldest first: never sent, or last sent at least `resend_after_s` seconds ago;
+        never a held one."""
         with self._lock:
             rows = self._db.execute("SELECT seq, payload FROM events WHERE last_sent IS NULL OR last_sent <= ?"
-                                    " ORDER BY seq LIMIT ?", (now - resend_after_s, limit))
-            return [(seq, payload) for seq, payload in rows]
+                                    " ORDER BY seq LIMIT ?", (now - resend_after_s, limit + len(self._held)))
+            return [(seq, payload) for seq, payload in rows if seq not in self._held][:limit]
 
     def mark_sent(self, seqs: Iterable[int], now: float | None = None) -> int:
         """Record a publish attempt of `seqs` at `now` (Unix s, default the clock); returns the rows updated."""
