@@ -159,28 +159,34 @@ class Sealer:
         atomic_write(self.path, canonical_json({"format": KEY_FORMAT, "device_id": self.device_id,
                                                 "epoch": self.epoch, "key": self._key.hex()}), 0o600)
 
+    def lags(self, last: dict | None) -> bool:
+        """Does the key line up with the log's last seal record `last` (None: the log has none)? It must be at the
+        epoch after it: False. True: `last` was made with the key still here — a crash right after sealing kept it
+        from evolving. Any other mismatch is a SealError (the key or the log was replaced, e.g. restored from a
+        backup): seals made with this key would not verify. Reads only."""
+        if last is None:
+            if self.epoch:
+                raise SealError(f"{self.path} is at epoch {self.epoch} but the log has no seal: the log was replaced"
+                                " or emptied (to start a new log, move the log and its key aside together)")
+            return False
+        d = last.get("data") or {}
+        epoch = d.get("epoch")
+        if epoch == self.epoch and type(d.get("head_seq")) is int and hmac.compare_digest(
+                str(d.get("mac", "")), seal_mac(self._key, self.epoch, d["head_seq"], str(d.get("head_hash")))):
+            return True
+        if epoch != self.epoch - 1:
+            raise SealError(f"{self.path} is at epoch {self.epoch} but the log's last seal (seq {last['seq']}) is of"
+                            f" epoch {epoch!r}: the key or the log was replaced (restored from a backup?); seals made"
+                            " now would not verify")
+        return False
+
     def resume(self, last: dict | None) -> None:
-        """Line the key up with the log's last seal record `last` (None: the log has none) at open: the key must be
-        at the epoch after it. A seal written just before a crash that kept the key from evolving is recognised by
-        its MAC under the current key, and the key evolves now; any other mismatch is a SealError (the key or the
-        log was replaced, e.g. restored from a backup), since sealing on would only produce seals that fail."""
+        """At open: line the key up with the log's last seal record (`lags`); a key a crash kept from evolving
+        evolves now."""
         with self._lock:
-            if last is None:
-                if self.epoch:
-                    raise SealError(f"{self.path} is at epoch {self.epoch} but the log has no seal: the log was"
-                                    " replaced or emptied (to start a new log, move the log and its key aside"
-                                    " together)")
-                return
-            d = last.get("data") or {}
-            epoch = d.get("epoch")
-            if epoch == self.epoch and type(d.get("head_seq")) is int and hmac.compare_digest(
-                    str(d.get("mac", "")), seal_mac(self._key, self.epoch, d["head_seq"], str(d.get("head_hash")))):
+            if self.lags(last):
                 self._evolve()  # sealed, then stopped before the key evolved
-            elif epoch != self.epoch - 1:
-                raise SealError(f"{self.path} is at epoch {self.epoch} but the log's last seal (seq {last['seq']})"
-                                f" is of epoch {epoch!r}: the key or the log was replaced (restored from a backup?);"
-                                " seals made now would not verify")
-            self.last = published(last)
+            self.last = published(last) if last is not None else None
 
 
 def published(record: dict) -> dict:
@@ -201,9 +207,11 @@ class SealReport:
     problems: list[str] = field(default_factory=list)
 
 
-def check_seals(records: list[dict], initial: bytes, heads: list[dict] | None = None) -> SealReport:
+def check_seals(records: list[dict], initial: bytes | None, heads: list[dict] | None = None) -> SealReport:
     """Verify every seal record of a chain-verified log against K(0), and the log against heads seen by the
-    operator. `records`: the log's records in order (dicts with seq, kind, data, hash)."""
+    operator. `records`: the log's records in order (dicts with seq, kind, data, hash). Without K(0) (None: on the
+    device, which never holds it) only the seals' structure is checked: epochs in order, each covering the record
+    before it."""
     report = SealReport()
     by_seq = {r["seq"]: r for r in records}
     expected_epoch = 0
@@ -228,7 +236,8 @@ def check_seals(records: list[dict], initial: bytes, heads: list[dict] | None = 
         if type(epoch) is not int or type(seq) is not int or not isinstance(head, str) or not 0 <= epoch < 10**7:
             report.problems.append(f"seq {r['seq']}: malformed seal")
             continue
-        if not hmac.compare_digest(str(d.get("mac", "")), seal_mac(key_for(epoch), epoch, seq, head)):
+        if initial is not None and not hmac.compare_digest(str(d.get("mac", "")),
+                                                           seal_mac(key_for(epoch), epoch, seq, head)):
             report.problems.append(f"seq {r['seq']}: seal of epoch {epoch} does not verify (forged, or the log was"
                                    " rewritten after the key that sealed it was erased)")
         elif seq != r["seq"] - 1 or (seq and by_seq.get(seq, {}).get("hash") != head):
