@@ -213,3 +213,27 @@ def test_concurrent_decisions_and_seals_verify(tmp_path):
     report = check_seals([rec for _, rec, _ in tail(tmp_path / "console-audit.log")],
                          load_verify_key(tmp_path / "console-audit-verify.key"))
     assert report.seals >= 2 and not report.problems and report.unsealed_tail == 0, report.problems[:3]
+
+
+def test_the_sealing_thread_seals_what_was_appended_each_period_and_nothing_when_idle(tmp_path):
+    from edge.cli.console import _keep_sealing
+
+    heads = tmp_path / "console-audit.heads"
+    audit = SealedAuditLog(tmp_path / "console-audit.log", "console", heads)
+    stop = threading.Event()
+    thread = threading.Thread(target=_keep_sealing, args=(audit, stop, 0.05))
+    thread.start()
+    try:
+        for n in range(2):
+            audit.append("review_decision", {"event_id": f"e{n}", "reviewer": "alice", "decision": "confirm"})
+            for _ in range(200):
+                if heads.exists() and len(heads.read_text().splitlines()) == n + 1:
+                    break
+                threading.Event().wait(0.02)
+        threading.Event().wait(0.3)  # idle periods: no new seal, no new head
+    finally:
+        stop.set()
+        thread.join()
+        audit.close()
+    assert [json.loads(line)["epoch"] for line in heads.read_text().splitlines()] == [0, 1]
+    assert [rec["kind"] for _, rec, _ in tail(tmp_path / "console-audit.log")] == ["review_decision", "seal"] * 2

@@ -14,8 +14,12 @@ import json
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge.errors import DataError, EdgeError
+
+if TYPE_CHECKING:
+    from edge.audit_seal import SealedAuditLog
 
 
 def _trusted_proxies(text: str | None) -> str | None:
@@ -86,7 +90,7 @@ def default_heads(audit: Path) -> Path:
     return audit.with_name(f"{audit.stem}.heads")
 
 
-def _audit(args: argparse.Namespace, store_url: str, announce: bool = False):
+def _audit(args: argparse.Namespace, store_url: str, announce: bool = False) -> SealedAuditLog:
     """The console's sealed audit log; its keys are made when absent, and the operator is told where the
     verification key is (stderr, so a script's output stays as it was)."""
     from edge.audit_seal import SealedAuditLog
@@ -109,7 +113,7 @@ def _audit(args: argparse.Namespace, store_url: str, announce: bool = False):
     return audit
 
 
-def _seal(audit) -> None:
+def _seal(audit: SealedAuditLog) -> None:
     """Seal the head now; a failure is reported on stderr and tried again at the next period, never fatal."""
     try:
         audit.seal()
@@ -117,7 +121,8 @@ def _seal(audit) -> None:
         print(f"edge: audit log not sealed: {err}", file=sys.stderr, flush=True)
 
 
-def _keep_sealing(audit, stop: threading.Event, every_s: float = SEAL_EVERY_S) -> None:
+def _keep_sealing(audit: SealedAuditLog, stop: threading.Event, every_s: float = SEAL_EVERY_S) -> None:
+    """Seal every `every_s` seconds until `stop` is set (the console's thread `edge-audit-seal`)."""
     while not stop.wait(every_s):
         _seal(audit)
 
