@@ -310,6 +310,7 @@ class SealedAuditLog(AuditLog):
         try:
             self.seal_path, self.verify_path = key_paths(self.path)
             self.heads, self.on_seal, self.created = heads, on_seal, False
+            self._publishing = threading.Lock()
             last = last_of(self.path, SEAL_KIND)
             if not os.path.lexists(self.seal_path):
                 if last is not None:
@@ -329,11 +330,15 @@ class SealedAuditLog(AuditLog):
 
     def seal(self) -> dict | None:
         """Seal the head if anything was appended since the last seal, publish the new head; returns the latest."""
+        with self._publishing:  # a periodic seal and an export's: each new head published once
+            return self._seal_and_publish()
+
+    def _seal_and_publish(self) -> dict | None:
         before = self.sealer.last
         if self.head()["seq"] == 0:
             return None  # nothing to seal yet (a seal of an empty log has no head hash to cover)
         head = self.sealer.seal(self)
-        if head is not None and head is not before:
+        if head is not before:
             line = canonical_json({**head, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
             if self.heads is not None:
                 try:
