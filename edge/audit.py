@@ -228,10 +228,16 @@ class AuditLog:
 
         Raises AuditError for an unknown kind, data JSON cannot encode, or a write the disk refuses.
         """
-        if kind not in KINDS:
-            raise AuditError(f"unknown audit record kind {kind!r}; expected one of: {', '.join(KINDS)}")
         if not isinstance(data, dict):
             raise AuditError(f"audit record data must be a dict, got {type(data).__name__}")
+        return self.append_with(kind, lambda head: data)
+
+    def append_with(self, kind: str, make: Callable[[dict], dict]) -> dict:
+        """Like `append`, with the data made by `make(head)` under the log's lock, where head = {"seq", "hash"} is
+        the record the new one will follow: nothing another thread appends can come between the two (a seal of the
+        head must be the record right after it)."""
+        if kind not in KINDS:
+            raise AuditError(f"unknown audit record kind {kind!r}; expected one of: {', '.join(KINDS)}")
         with self._lock:
             if self._closed:
                 raise AuditError(f"audit log {self.path} is closed")
@@ -241,11 +247,15 @@ class AuditLog:
                 except OSError as err:
                     raise AuditError(f"audit log {self.path} cannot be read: {err.strerror}") from None
             at = _utc(self._clock())
-            seq, prev, out = self._seq, self._prev, bytearray(b"\n" if self._needs_newline else b"")
+            seq, prev, last = self._seq, self._prev, self._hash
+            out = bytearray(b"\n" if self._needs_newline else b"")
             if self._fragment is not None:
-                _, raw = _make(seq + 1, RECOVERED, {"reason": "truncated final line", **self._fragment}, prev, at)
+                fixed, raw = _make(seq + 1, RECOVERED, {"reason": "truncated final line", **self._fragment}, prev, at)
                 out += raw + b"\n"
-                seq, prev = seq + 1, _digest(raw)
+                seq, prev, last = seq + 1, _digest(raw), fixed["hash"]
+            data = make({"seq": seq, "hash": last})
+            if not isinstance(data, dict):
+                raise AuditError(f"audit record data must be a dict, got {type(data).__name__}")
             record, raw = _make(seq + 1, kind, data, prev, at)
             out += raw + b"\n"
             try:
@@ -495,6 +505,17 @@ def _is_json(raw: bytes) -> bool:
         return True
     except (ValueError, UnicodeDecodeError):
         return False
+
+
+def last_of(path: str | os.PathLike, kind: str) -> dict | None:
+    """The last readable record of `kind` in the log at `path`, read from the end backwards (None when it has none),
+    e.g. the latest seal, without parsing a long log from its start."""
+    with _open_log(Path(path)) as fh:
+        for _, raw, _ in _lines_backward(fh.fileno(), os.fstat(fh.fileno()).st_size):
+            rec = parse_record(raw)
+            if rec is not None and rec["kind"] == kind:
+                return rec
+    return None
 
 
 def tail(path: str | os.PathLike, last: int | None = None) -> list[tuple[int, dict | None, bytes]]:

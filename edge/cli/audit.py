@@ -50,12 +50,14 @@ def _check_seals(args: argparse.Namespace, result: object) -> None:
     from edge.audit_seal import check_seals, load_heads, load_verify_key
 
     if args.verify_key is None:
-        raise EdgeError("--heads needs --verify-key (the audit-verify.key made when the device was provisioned)")
+        raise EdgeError("--heads needs --verify-key (the audit-verify.key made when the device was provisioned, or"
+                        " the console's console-audit-verify.key)")
     initial = load_verify_key(args.verify_key)
     records = [rec for _, rec, _ in tail(args.file) if rec is not None]
     device = next((r["data"].get("device_id") for r in records if r.get("kind") == "start"
                    and isinstance(r.get("data"), dict)), None)
-    heads = [h for h in load_heads(args.heads) if h.get("device_id") in (None, device)] if args.heads else None
+    heads = [h for path in args.heads or [] for h in load_heads(path)
+             if h.get("device_id") in (None, device)] if args.heads else None
     report = check_seals(records, initial, heads)
     for problem in report.problems:
         result.problems.append({"line": None, "problem": problem})
@@ -87,7 +89,7 @@ def cmd_audit_show(args: argparse.Namespace) -> int:
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Register `edge audit verify FILE [--json]` and `edge audit show FILE [--last N]`."""
-    audit = sub.add_parser("audit", help="check and read the device's hash-chained audit log").add_subparsers(
+    audit = sub.add_parser("audit", help="check and read a hash-chained audit log (the device's or the console's)").add_subparsers(
         dest="audit_command", metavar="ACTION", required=True)
 
     p = audit.add_parser("verify", help="check the hash chain; exit 1 and name each line if it was altered",
@@ -98,10 +100,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--expect-head", type=_expected_head, metavar="SEQ[:HASH]",
                    help="the head recorded elsewhere earlier (status heartbeat): fail if the log ends before SEQ or "
                         "its record differs")
-    p.add_argument("--verify-key", type=Path, metavar="FILE", help="the device's audit-verify.key (from `edge device "
-                   "provision`): check every forward-secure seal, so a rewritten past fails even with hashes recomputed")
-    p.add_argument("--heads", type=Path, metavar="FILE", help="heads the operator saw in status heartbeats (`edge events "
-                   "tail --heads FILE`): catches a cut-off or replaced log")
+    p.add_argument("--verify-key", type=Path, metavar="FILE", help="the log's verification key: the device's "
+                   "audit-verify.key (from `edge device provision`) or the console's console-audit-verify.key (made at "
+                   "its first start): check every forward-secure seal, so a rewritten past fails even with hashes "
+                   "recomputed")
+    p.add_argument("--heads", type=Path, action="append", metavar="FILE", help="heads kept off the log's host: the "
+                   "devices' from status heartbeats (`edge events tail --heads FILE`), the console's heads file "
+                   "(console-audit.heads) or a case export; catches a cut-off or replaced log (repeatable)")
     p.add_argument("--json", action="store_true", help="machine-readable output: {ok, records, problems, notices, head}")
     p.set_defaults(func=cmd_audit_verify)
 

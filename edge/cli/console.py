@@ -1,4 +1,10 @@
-"""`edge console …`: serve the review console (edge/operator/console.py) and manage its users."""
+"""`edge console …`: serve the review console (edge/operator/console.py) and manage its users.
+
+The console's audit log (decisions, user adds, purges) is sealed like the device's (`edge.audit_seal`): its own
+sealing key beside it, made by the first `user add` or start; the console seals its head at start, every
+`SEAL_EVERY_S` while anything new was appended, at each case export and at shutdown, and publishes every seal to
+a heads file and its standard output, for the operator to keep off this host.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +14,12 @@ import json
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge.errors import DataError, EdgeError
+
+if TYPE_CHECKING:
+    from edge.audit_seal import SealedAuditLog
 
 
 def _trusted_proxies(text: str | None) -> str | None:
@@ -71,10 +81,50 @@ def _need_store(args: argparse.Namespace) -> str:
     return args.store
 
 
-def _audit(args: argparse.Namespace, store_url: str):
-    from edge.audit import AuditLog
+#: Seconds between the console's seals of its audit log (only when something was appended since the last one).
+SEAL_EVERY_S = 60.0
 
-    return AuditLog(getattr(args, "audit", None) or default_audit(store_url))
+
+def default_heads(audit: Path) -> Path:
+    """console-audit.heads beside console-audit.log: the seals' heads, one JSON line each."""
+    return audit.with_name(f"{audit.stem}.heads")
+
+
+def _audit(args: argparse.Namespace, store_url: str, announce: bool = False) -> SealedAuditLog:
+    """The console's sealed audit log; its keys are made when absent, and the operator is told where the
+    verification key is (stderr, so a script's output stays as it was)."""
+    from edge.audit_seal import SealedAuditLog
+
+    path = Path(getattr(args, "audit", None) or default_audit(store_url))
+    heads = getattr(args, "audit_heads", None) or default_heads(path)
+
+    def publish(head: dict) -> None:
+        print("audit seal: " + json.dumps({k: head[k] for k in ("seq", "hash", "epoch", "mac")}), flush=True)
+
+    audit = SealedAuditLog(path, "console", heads, on_seal=publish if announce else None)
+    if audit.created:
+        print(f"edge: made the audit log's sealing key {audit.seal_path} (0600; stays here and evolves at every"
+              f" seal) and its verification key {audit.verify_path}: move the verification key OFF this host now"
+              f" (to the machine or offline medium that runs `edge audit verify --verify-key`), and delete it here",
+              file=sys.stderr, flush=True)
+    elif announce and audit.verify_path.exists():
+        print(f"edge: warning: {audit.verify_path} is still on this host: whoever takes the host can re-seal a"
+              " rewritten audit log with it; move it off this host", file=sys.stderr, flush=True)
+    return audit
+
+
+def _seal(audit: SealedAuditLog) -> None:
+    """Seal the head now; a failure is reported on stderr and tried again at the next period, never fatal."""
+    try:
+        audit.seal()
+    except (EdgeError, OSError) as err:
+        print(f"edge: audit log not sealed: {err}", file=sys.stderr, flush=True)
+
+
+def _keep_sealing(audit: SealedAuditLog, stop: threading.Event, every_s: float = SEAL_EVERY_S) -> None:
+    """Seal every `every_s` seconds until `stop` is set (the console's thread `edge-audit-seal`)."""
+    while not stop.wait(every_s):
+        _seal(audit)
 
 
 def cmd_console(args: argparse.Namespace) -> int:
@@ -97,29 +147,39 @@ def cmd_console(args: argparse.Namespace) -> int:
     references = References(args.watchlist) if args.watchlist else None
     thumbnail_key = keys.load_private_key(args.thumbnail_key, "device") if args.thumbnail_key else None
     store = EventStore(url, required_confirmations=args.confirmations)
-    audit = _audit(args, url)
     try:
+        audit = _audit(args, url, announce=True)
+    except BaseException:
+        store.close()
+        raise
+    stop = threading.Event()
+    sealing = threading.Thread(target=_keep_sealing, args=(audit, stop), daemon=True, name="edge-audit-seal")
+    try:
+        _seal(audit)  # what was appended while the console was down (user adds)
         accounts = Accounts(store.db)
         app = create_app(store, accounts, audit, labels, args.confirmations, args.retention_days,
                          thumbnail_key=thumbnail_key, references=references, demographics=shipped_demographics())
         shown = f"[{host}]" if ":" in host else host
         print(f"edge console on http://{shown}:{port}/ (store {url}, audit log {audit.path}, {args.confirmations}"
               f" confirmation(s) confirm an event, {len(labels)} subject name(s))", flush=True)
+        print(f"audit seals: every {SEAL_EVERY_S:g} s and at each case export, heads appended to {audit.heads}"
+              " (copy them off this host)", flush=True)
         print("evidence: " + ("captured faces open with the operator's evidence key" if thumbnail_key is not None
                               else "captured faces stay sealed (no --thumbnail-key)") + "; enrolled faces "
               + ("from " + str(args.watchlist / "references") if references is not None and references.available
                  else "not available (--watchlist BUILD_DIR with references/)"), flush=True)
         if not accounts.users():
             print("no users yet: add one with `edge console user add NAME --role admin --store …`", flush=True)
-        stop = threading.Event()
+        sealing.start()
         if args.retention_days is not None:
             threading.Thread(target=_retention, args=(store, audit, args.retention_days, stop), daemon=True,
                              name="edge-retention").start()
-        try:
-            server(app, host, port, trusted_proxies=_trusted_proxies(args.trust_proxy)).run()
-        finally:
-            stop.set()
+        server(app, host, port, trusted_proxies=_trusted_proxies(args.trust_proxy)).run()
     finally:
+        stop.set()
+        if sealing.is_alive():
+            sealing.join(5.0)
+        _seal(audit)  # the last decisions, sealed before the key leaves memory
         audit.close()
         store.close()
     return 0
@@ -209,7 +269,10 @@ def _store_options(p: argparse.ArgumentParser, sub: bool) -> None:
                         " (required)")
     p.add_argument("--audit", type=Path, default=default, metavar="FILE",
                    help="the console's audit log (default: console-audit.log beside a SQLite store, else"
-                        " ./console-audit.log)")
+                        " ./console-audit.log); its sealing key is beside it (console-audit.seal)")
+    p.add_argument("--audit-heads", type=Path, default=default, metavar="FILE",
+                   help="where the console appends the head of each audit seal, for `edge audit verify --heads`"
+                        " (default: console-audit.heads beside the log); copy it off this host")
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:

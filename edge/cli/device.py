@@ -54,10 +54,13 @@ def cmd_provision(args: argparse.Namespace) -> int:
 
 def add_parsers(sub: Any) -> None:
     """Register `doctor` and `device provision` on the `edge` subparsers."""
-    p = sub.add_parser("doctor", help="check runtime, models, camera, keys, broker, watchlist, clock and disk",
+    p = sub.add_parser("doctor", help="check runtime, models, camera, keys, broker, watchlist, clock, disk and the "
+                                      "state directory",
                        description="Run the device's self-checks and report each as ok or failed with a reason. "
                                    "Without --config only the runtime, the model checksums and the clock are "
-                                   "checked. Exit status 0 when every check passes, else 1.")
+                                   "checked; with it also the state directory (file modes and links, the install "
+                                   "record, the audit log and its seal, the outbox), one line per problem. Exit "
+                                   "status 0 when every check passes, else 1.")
     p.add_argument("--config", type=Path, metavar="FILE", help="the appliance's YAML config")
     p.add_argument("--json", action="store_true", help="machine-readable output: {\"checks\": [{name, ok, detail}]}")
     p.set_defaults(func=cmd_doctor)

@@ -1,8 +1,9 @@
 """`edge run --config FILE [--check]` and `edge config --describe|--defaults`: argument handling and output only
 (the appliance is edge/device/app.py, the schema edge/config.py).
 
-`--check` validates the config, loads the models (checksums verified), builds (not opens) the frame source and
-reads every key and TLS file the config names, reporting each check (the checks live in `edge.device.doctor`). A
+`--check` validates the config, loads the models (checksums verified), builds (not opens) the frame source,
+reads every key and TLS file the config names and checks the state directory (file modes and links, the install
+record, the audit log and its seal, the outbox), reporting each check (the checks live in `edge.device.doctor`). A
 device file that does not exist is a failure, or — with `--allow-missing`, e.g. to validate a profile on a
 developer machine — a skipped check.
 """
@@ -20,7 +21,7 @@ from typing import Any
 
 
 def cmd_check(config: Any, args: argparse.Namespace) -> int:
-    from edge.device.doctor import ABSENT, OK, config_checks
+    from edge.device.doctor import ABSENT, OK, config_checks, indent
 
     checks = config_checks(config, str(args.config))
     for c in checks:
@@ -33,7 +34,7 @@ def cmd_check(config: Any, args: argparse.Namespace) -> int:
         return 1 if failed else 0
     for c in checks:
         mark = "skip" if c["skipped"] else "ok" if c["ok"] else "FAIL"
-        print(f"{mark:<4}  {c['name']}: {c['detail']}")
+        print(f"{mark:<4}  {c['name']}: {indent(c['detail'], 8)}")
     if failed:
         absent = any(c["status"] == ABSENT for c in failed)
         hint = " (absent device files; --allow-missing skips them)" if absent else ""
@@ -76,8 +77,9 @@ def add_parsers(sub: Any) -> None:
                                    "SIGINT stops it; SIGHUP re-reads the config and applies the quality, tracking "
                                    "and policy settings and re-loads the installed watchlist.")
     p.add_argument("--config", type=Path, required=True, metavar="FILE", help="the YAML config file")
-    p.add_argument("--check", action="store_true", help="validate the config, load the models and read the key and "
-                                                        "TLS files, without opening the camera; then exit")
+    p.add_argument("--check", action="store_true", help="validate the config, load the models, read the key and "
+                                                        "TLS files and check the state directory, without opening the "
+                                                        "camera; then exit")
     p.add_argument("--allow-missing", action="store_true", help="with --check: report absent device files (keys, "
                                                                 "TLS files) as skipped instead of failed")
     p.add_argument("--json", action="store_true", help="with --check: machine-readable output")

@@ -8,7 +8,10 @@ builds (not opened), every key and TLS file the config names reads. `edge doctor
 the runtime, models (every manifest checksum) and clock; with one also the delegate (when configured), camera
 (open the source and read one frame within a timeout), keys, broker (when mqtt.enabled: a real TLS connection
 within a timeout), watchlist (installed and not stale), the clock against the installed bundle's `created`, and
-free disk space in the state directory.
+free disk space in the state directory. Both, with a config, check the whole state directory
+(`edge.device.state_checks`: file modes and links, the install record, the audit log and its seal, the outbox).
+
+A detail is one line, or one line per problem when a check finds several (`format_table` indents the rest).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edge.device import wiring
+from edge.device.state_checks import STATE_CHECKS
 
 #: Seconds allowed for the camera to deliver a frame and for the broker to accept the connection.
 CAMERA_TIMEOUT_S = 10.0
@@ -275,7 +279,7 @@ def check_disk(config: Any, min_free: int = MIN_FREE_BYTES) -> str:
 CONFIG_CHECKS: list[tuple[str, Callable[[Any], str]]] = [
     ("camera", check_source_builds), ("models", check_loaded_models), ("state_dir", check_state_dir),
     ("device_key", check_device_key), ("trusted_keys", check_trusted_keys), ("mqtt", check_tls_files),
-    ("thumbnail_key", check_thumbnail_key)]
+    ("thumbnail_key", check_thumbnail_key)] + STATE_CHECKS
 
 
 def config_checks(config: Any, source: str) -> list[dict]:
@@ -296,6 +300,7 @@ def run_doctor(config: Any | None = None) -> list[dict]:
     if config is not None:
         plan += [("camera", lambda: check_camera(config)), ("keys", lambda: check_keys(config)),
                  ("broker", lambda: check_broker(config)), ("watchlist", lambda: check_watchlist(config))]
+        plan += [(name, lambda check=check: check(config)) for name, check in STATE_CHECKS]
     plan.append(("clock", lambda: check_clock(config)))
     if config is not None:
         plan.append(("disk", lambda: check_disk(config)))
@@ -303,9 +308,14 @@ def run_doctor(config: Any | None = None) -> list[dict]:
             (run_check(name, fn) for name, fn in plan)]
 
 
+def indent(detail: str, by: int) -> str:
+    """A detail of several lines (one per problem) with its later lines indented `by` spaces."""
+    return detail.replace("\n", "\n" + " " * by)
+
+
 def format_table(checks: list[dict]) -> str:
     width = max(len(c["name"]) for c in checks)
-    lines = [f"{'✓' if c['ok'] else '✗'} {c['name']:<{width}}  {c['detail']}" for c in checks]
+    lines = [f"{'✓' if c['ok'] else '✗'} {c['name']:<{width}}  {indent(c['detail'], width + 4)}" for c in checks]
     failed = [c["name"] for c in checks if not c["ok"]]
     lines.append(f"{len(checks) - len(failed)} of {len(checks)} checks passed"
                  + (f"; failed: {', '.join(failed)}" if failed else ""))

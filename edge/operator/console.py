@@ -328,14 +328,17 @@ def create_app(store: EventStore, accounts: Accounts, audit: AuditLog, labels: d
         return await run_in_threadpool(case, me, event_id)
 
     def case(me: Session, event_id: str) -> dict:
-        """The case file of one event: the event as stored, its decisions, its audit records and the chain's check."""
+        """The case file of one event: the event as stored, its decisions, its audit records and the chain's check,
+        and the seal that now covers them (a sealed log is sealed first: the export carries a head to keep)."""
         row, _ = one(event_id)
+        seal = getattr(audit, "seal", None)  # edge.audit_seal.SealedAuditLog
+        sealed = seal() if seal is not None else None
         records = [{"line": no, **rec} for no, rec, _ in tail(audit.path)
                    if rec is not None and rec["kind"] == "review_decision" and rec["data"].get("event_id") == event_id]
         check = verify(audit.path)
         return {"exported_at": utc(time.time()), "exported_by": me.username,
                 "event": {k: v for k, v in row.items() if k != "decisions"}, "decisions": row["decisions"],
-                "required": required, "audit": records, "audit_head": audit.head(),
+                "required": required, "audit": records, "audit_head": audit.head(), "audit_seal": sealed,
                 "audit_chain": {"ok": check.ok, "records": check.records, "problems": check.problems[:20]},
                 "evidence": faces.case(row)}
 
