@@ -237,3 +237,25 @@ def test_the_sealing_thread_seals_what_was_appended_each_period_and_nothing_when
         audit.close()
     assert [json.loads(line)["epoch"] for line in heads.read_text().splitlines()] == [0, 1]
     assert [rec["kind"] for _, rec, _ in tail(tmp_path / "console-audit.log")] == ["review_decision", "seal"] * 2
+
+
+def test_the_device_takes_up_a_seal_made_just_before_a_crash_and_runs_unsealed_on_a_replaced_key(tmp_path, caplog):
+    from edge.device.wiring import audit_sealer
+
+    new_keys(tmp_path, "cam-a")
+    audit = AuditLog(tmp_path / "audit.log")
+    audit.append("start", {})
+    key_before = (tmp_path / "audit.seal").read_bytes()
+    audit_sealer(tmp_path).seal(audit)
+    (tmp_path / "audit.seal").write_bytes(key_before)  # the power cut came before the key evolved
+    sealer = audit_sealer(tmp_path)  # the next start lines the key up with the log's last seal
+    audit.append("stop", {})
+    sealer.seal(audit)
+    audit.close()
+    report = check_seals([rec for _, rec, _ in tail(tmp_path / "audit.log")],
+                         load_verify_key(tmp_path / "audit-verify.key"))
+    assert report.seals == 2 and not report.problems
+    (tmp_path / "other").mkdir()
+    new_keys(tmp_path / "other", "cam-a")  # a key of another log: the device runs, unsealed, and says so
+    shutil.copy(tmp_path / "other" / "audit.seal", tmp_path / "audit.seal")
+    assert audit_sealer(tmp_path) is None and "the audit log is NOT sealed this run" in caplog.text

@@ -263,14 +263,21 @@ def build(c: Config, audit_factory: Callable[[Path], Any], start_record: Callabl
 def audit_sealer(state: Path) -> Any:
     """The audit log's forward-secure sealer from `<state>/audit.seal` (put there from `edge device provision`), or
     None — then the log is hash-chained only, and the device says so at every start."""
-    from edge.audit_seal import Sealer
+    from edge.audit import last_of
+    from edge.audit_seal import SEAL_KIND, SealError, Sealer
 
     path = state / "audit.seal"
     if not path.exists():
         log.warning("no %s: the audit log is not sealed (provision the device with `edge device provision` and "
                     "install its audit.seal to protect the log's past)", path)
         return None
-    return Sealer(path)
+    sealer = Sealer(path)
+    try:  # a crash between a seal and the key's evolution: the key evolves now, so the next seal verifies
+        sealer.resume(last_of(state / "audit.log", SEAL_KIND) if (state / "audit.log").exists() else None)
+    except SealError as err:  # the key or the log was replaced: run (the camera matters), unsealed, and say so
+        log.error("the audit log is NOT sealed this run: %s (edge doctor shows it; re-provision the seal key)", err)
+        return None
+    return sealer
 
 
 def _messaging(c: Config, topics: Any, outbox: Any, store: Any, audit: Any, state: Path) -> tuple[Any, Any, Any]:
