@@ -161,3 +161,116 @@ def test_consume_stops_at_once_on_a_certificate_the_broker_will_never_accept(bro
     assert r.stderr.splitlines() == [f"edge: error: broker 127.0.0.1:{broker.port}: {says}; not retrying (fix the "
                                      "configuration)"], r.stderr
     assert time.monotonic() - t0 < 15  # the first attempt decides, not a timeout
+
+
+# --- item 2: the console and its database -----------------------------------------------------------------------
+
+def _sign_in(http, name: str, password: str) -> None:
+    page = http.get("/login")
+    assert page.status_code == 200, page.text
+    token = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+    r = http.post("/login", data={"csrf": token, "username": name, "password": password, "next": "/"})
+    assert r.status_code == 303 and r.headers["location"] == "/", r.text
+
+
+@pytest.mark.slow
+def test_console_answers_503_while_postgresql_is_down_and_serves_again_once_it_is_back(tmp_path, caplog):
+    import httpx
+
+    from edge.audit import AuditLog
+    from edge.operator.accounts import Accounts
+    from edge.operator.console import create_app, server
+    from postgres import Postgres
+
+    pg = Postgres()  # a cluster of its own: this test stops it
+    srv = thread = store = audit = None
+    try:
+        url = pg.create_database()
+        store = EventStore(url)
+        accounts = Accounts(store.db)
+        accounts.add_user("alice", "alice-correct-horse", "reviewer")
+        store.add([event(i) for i in range(1, 4)])
+        audit = AuditLog(tmp_path / "console-audit.log")
+        port = free_port()
+        srv = server(create_app(store, accounts, audit, {}, 2, None), "127.0.0.1", port, log_level="warning")
+        thread = threading.Thread(target=srv.run, daemon=True)
+        thread.start()
+        wait_for(lambda: srv.started, 15, "the console started")
+        http = httpx.Client(base_url=f"http://127.0.0.1:{port}", follow_redirects=False, timeout=30)
+        _sign_in(http, "alice", "alice-correct-horse")
+        assert http.get("/").status_code == 200
+        assert len(http.get("/api/events").json()["events"]) == 3
+
+        pg.halt()
+        outage = {path: http.get(path) for path in ("/", "/api/events", "/devices", "/api/devices", "/login")}
+        for path, r in outage.items():
+            assert r.status_code == 503, (path, r.status_code, r.text[:500])
+            assert r.headers["retry-after"] == "30" and "Traceback" not in r.text
+            if path.startswith("/api/"):
+                assert r.json() == {"error": "the event store is unavailable (database down or restarting): try"
+                                             " again in a minute"}
+            else:
+                assert "the event store is unavailable (database down or restarting)" in r.text
+                assert r.headers["content-security-policy"].startswith("default-src 'none'")
+        assert thread.is_alive()
+
+        pg.start()
+        t0 = time.monotonic()
+        after: list[int] = []
+        while time.monotonic() - t0 < 30:
+            after.append(http.get("/").status_code)
+            if after[-1] == 200:
+                break
+            time.sleep(0.1)
+        recovery = time.monotonic() - t0
+        print(f"\noutage: {len(outage)} requests, all 503; after the restart: {after} in {recovery:.2f} s")
+        assert after[-1] == 200, after
+        assert set(after[:-1]) <= {503}, after
+        # ... and stays served: every kind of request, the decision (a write) included
+        assert [http.get(p).status_code for p in ("/", "/api/events", "/devices", "/watchlists")] == [200] * 4
+        first = http.get("/api/events").json()["events"][0]["event_id"]
+        csrf = http.get("/api/me").json()["csrf"]
+        r = http.post(f"/api/events/{first}/decisions", json={"decision": "confirm", "note": ""},
+                      headers={"X-CSRF-Token": csrf})
+        assert r.status_code == 200, r.text
+
+        # A restart nobody noticed (no request while it was down) with the pool full of connections it killed: the
+        # first failure retires them all, so no request fails once the database is back.
+        def get(path: str) -> int:
+            with httpx.Client(base_url=http.base_url, cookies=http.cookies, timeout=30) as own:
+                return own.get(path).status_code
+
+        with ThreadPoolExecutor(16) as pool:
+            assert set(pool.map(get, ["/", "/api/events"] * 24)) == {200}
+        pg.halt()
+        pg.start()
+        sequential = [get("/") for _ in range(4)]
+        with ThreadPoolExecutor(16) as pool:
+            concurrent = list(pool.map(get, ["/api/events", "/"] * 16))
+        print(f"silent restart: {sequential} then {len(concurrent)} concurrent, {concurrent.count(200)} answered 200")
+        assert sequential == [200] * 4 and concurrent == [200] * 32, (sequential, concurrent)
+
+        warnings = [r.getMessage() for r in caplog.records if r.name == "edge.operator.console"]
+        assert len(warnings) == len(outage) + after.count(503), warnings  # one line per 503
+        assert all(re.match(r"store unavailable for GET /\S*: (StoreUnavailable|OperationalError): ", w)
+                   for w in warnings), warnings
+        assert all("\n" not in w for w in warnings)
+    finally:
+        if srv is not None:
+            srv.should_exit = True
+            thread.join(10)
+        if audit is not None:
+            audit.close()
+        if store is not None:
+            store.close()
+        pg.stop()
+
+
+def test_console_without_its_database_at_start_is_one_line_and_exit_1(tmp_path):
+    url = f"postgresql://edge@127.0.0.1:{free_port()}/edge"  # nothing listens there
+    r = subprocess.run([sys.executable, "-m", "edge", "console", "--store", url, "--audit",
+                        str(tmp_path / "audit.log"), "--listen", f"127.0.0.1:{free_port()}"], capture_output=True,
+                       text=True, env=ENV, cwd=REPO, timeout=60)
+    assert r.returncode == 1, r.stderr
+    assert len(r.stderr.splitlines()) == 1 and r.stderr.startswith("edge: error: cannot connect to 127.0.0.1:"), \
+        r.stderr
