@@ -274,3 +274,53 @@ def test_console_without_its_database_at_start_is_one_line_and_exit_1(tmp_path):
     assert r.returncode == 1, r.stderr
     assert len(r.stderr.splitlines()) == 1 and r.stderr.startswith("edge: error: cannot connect to 127.0.0.1:"), \
         r.stderr
+
+
+# --- item 3: ten consumers at once on a fresh database ----------------------------------------------------------
+
+CONSUMERS = tuple(f"consumer-{i}" for i in range(1, 11))
+
+
+@pytest.mark.slow
+def test_ten_consumers_started_at_once_on_a_fresh_postgresql_all_run_and_store_an_event_once(postgres_url, tmp_path):
+    from edge.operator.fleet import Fleet, acl_text
+
+    pki = _load_cert_tool().make_pki(tmp_path / "pki", ("cam-a", *CONSUMERS))  # one certificate (client id) each
+    broker = Broker(pki, tmp_path / "broker")
+    broker.start()
+    logs = [tmp_path / f"{cn}.log" for cn in CONSUMERS]
+    procs: list[subprocess.Popen] = []
+    try:
+        broker.load_acl(acl_text(Fleet(), consumers=CONSUMERS))
+        for cn, path in zip(CONSUMERS, logs):  # no migration beforehand: the ten race to migrate the empty database
+            with open(path, "w") as log:
+                procs.append(consume(broker, postgres_url, log, cn))
+        wait_for(lambda: all("consuming edge/+/events" in p.read_text() for p in logs), 90, "all ten consuming",
+                 step=0.5)
+        time.sleep(3.0)
+        dead = [(cn, p.returncode, path.read_text()) for cn, p, path in zip(CONSUMERS, procs, logs)
+                if p.poll() is not None]
+        assert dead == [], dead
+
+        ev = event(1)
+        send_until_acked(broker, ev)
+        time.sleep(1.0)  # a second copy, were one stored, would be in by now
+        store = EventStore(postgres_url)
+        try:
+            assert store.db.query("SELECT COUNT(*) FROM events WHERE event_id = ?", (ev["event_id"],)) == [(1,)]
+            assert store.count() == 1
+            versions = store.db.query("SELECT version, COUNT(*) FROM schema_version GROUP BY version")
+            assert versions and all(n == 1 for _, n in versions), versions  # each migration applied once
+        finally:
+            store.close()
+        codes = [stop(p) for p in procs]
+        assert codes == [0] * 10, [path.read_text() for path in logs]
+        summaries = [json.loads(path.read_text().splitlines()[-1]) for path in logs]
+        assert sum(s["stored"] for s in summaries) == 1, summaries  # one consumer of the shared group took it
+        assert not any("Traceback" in path.read_text() for path in logs)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        broker.stop()
