@@ -3,7 +3,10 @@
 #
 #   sudo systemd/install.sh [--profile pi4|pi5|jetson|x86|FILE] [--wheel FILE.whl] [--wheelhouse DIR] [--start]
 #                           [--root DIR] [--no-systemctl] [--force-config]
+#   sudo systemd/install.sh --operator [--wheel FILE.whl] [--wheelhouse DIR] [--start] [--root DIR] [--no-systemctl]
 #
+# --operator       the operator's side instead of a device: user edge-operator, /etc/edge-operator/operator.env,
+#                  edge-consume@.service (enabled as edge-consume@operator) and edge-console.service.
 # --root DIR       install under DIR (DESTDIR-like, for packaging and tests): no useradd/chown/systemctl, they are
 #                  printed as "would: ..." instead.
 # --no-systemctl   do not run systemctl (daemon-reload, enable, start).
@@ -24,7 +27,9 @@ SYSTEMCTL=1
 FORCE_CONFIG=0
 PYTHON=${PYTHON:-python3}
 
-usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+OPERATOR=0
+
+usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --root) ROOT=${2:?--root needs a directory}; shift ;;
@@ -38,11 +43,17 @@ while [ $# -gt 0 ]; do
         --start) START=1 ;;
         --no-systemctl) SYSTEMCTL=0 ;;
         --force-config) FORCE_CONFIG=1 ;;
+        --operator) OPERATOR=1 ;;
         -h|--help) usage 0 ;;
         *) echo "install.sh: unknown argument: $1" >&2; usage 2 >&2 ;;
     esac
     shift
 done
+
+if [ "$OPERATOR" = 1 ] && [ -n "$PROFILE" ]; then
+    echo "install.sh: --profile is a device's configuration; --operator installs the operator's side" >&2
+    exit 2
+fi
 
 if [ -n "$ROOT" ]; then
     mkdir -p "$ROOT"
@@ -63,7 +74,12 @@ ETC=$ROOT/etc/edge
 UNIT_DIR=$ROOT/etc/systemd/system
 
 # --- user -------------------------------------------------------------------------------------------------------
-if [ -n "$ROOT" ] || ! id edge >/dev/null 2>&1; then
+if [ "$OPERATOR" = 1 ]; then
+    if [ -n "$ROOT" ] || ! id edge-operator >/dev/null 2>&1; then
+        act useradd --system --user-group --no-create-home --home-dir /var/lib/edge-operator \
+            --shell /usr/sbin/nologin --comment "edge operator: event consumers and review console" edge-operator
+    fi
+elif [ -n "$ROOT" ] || ! id edge >/dev/null 2>&1; then
     getent group video >/dev/null 2>&1 || act groupadd --system video
     act useradd --system --user-group --no-create-home --home-dir /var/lib/edge --shell /usr/sbin/nologin \
         --comment "edge face-watchlist appliance" --groups video edge
@@ -102,6 +118,46 @@ for f in "$SRC"/models/manifest.json "$SRC"/models/NOTICE.md "$SRC"/models/*.tfl
     [ -f "$f" ] && cp -f "$f" "$MODELS/"
 done
 chmod -R a+rX,go-w "$PREFIX"
+
+# --- operator: config, credentials, units ----------------------------------------------------------------------
+if [ "$OPERATOR" = 1 ]; then
+    OETC=$ROOT/etc/edge-operator
+    mkdir -p "$OETC/tls" "$OETC/credentials"
+    chmod 0755 "$OETC" "$OETC/tls"
+    chmod 0700 "$OETC/credentials"
+    if [ -f "$OETC/operator.env" ]; then
+        say "keeping existing $OETC/operator.env"
+    else
+        cp "$SRC/systemd/edge-operator.env" "$OETC/operator.env"
+        chmod 0644 "$OETC/operator.env"
+        say "installed $OETC/operator.env: set the store and the broker there"
+    fi
+    for f in tls/ca.crt tls/operator.crt credentials/operator.key credentials/evidence.key; do
+        [ -f "$OETC/$f" ] || say "put $f in $OETC/$f (see systemd/README.md): the units need it"
+    done
+    mkdir -p "$UNIT_DIR"
+    for u in edge-consume@.service edge-console.service; do
+        cp "$SRC/systemd/$u" "$UNIT_DIR/$u"
+        chmod 0644 "$UNIT_DIR/$u"
+    done
+    act install -d -o root -g root -m 0700 /etc/edge-operator/credentials
+    # StateDirectory= would create it at the first start; `edge console user add` (as edge-operator) needs it before.
+    act install -d -o edge-operator -g edge-operator -m 0700 /var/lib/edge-operator
+    UNITS="edge-consume@operator.service edge-console.service"
+    if [ "$SYSTEMCTL" = 1 ]; then
+        systemctl daemon-reload
+        # shellcheck disable=SC2086
+        systemctl enable $UNITS
+        # shellcheck disable=SC2086
+        if [ "$START" = 1 ]; then systemctl restart $UNITS; fi
+    else
+        echo "would: systemctl daemon-reload"
+        echo "would: systemctl enable $UNITS"
+        [ "$START" = 1 ] && echo "would: systemctl restart $UNITS"
+    fi
+    say "done${ROOT:+ (staged under $ROOT)}"
+    exit 0
+fi
 
 # --- config and credentials -------------------------------------------------------------------------------------
 mkdir -p "$ETC"

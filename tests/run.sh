@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command (README, .ci/run): installs what the tests need on a fresh Debian/Ubuntu machine — the
 # mosquitto broker the MQTT tests start, a C++ compiler for annoy's wheel build, PostgreSQL for the store tests,
-# Debian's chromium for the console's browser tests — then the venv, then pytest.
+# Debian's chromium for the console's browser tests, systemd-analyze for the units' exposure scores — then
+# the venv, then pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
@@ -9,6 +10,7 @@ command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitt
 command -v g++ >/dev/null || need+=(g++)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)  # the store tests' throwaway cluster
 command -v chromium >/dev/null || need+=(chromium)                          # the console's browser tests
+command -v systemd-analyze >/dev/null || need+=(systemd)                    # the units' exposure scores
 python3 -c "import ensurepip" 2>/dev/null || need+=(python3-venv)
 python3 -c "import os, sysconfig; raise SystemExit(not os.path.exists(sysconfig.get_paths()['include'] + '/Python.h'))" \
   || need+=(python3-dev)  # annoy compiles against it

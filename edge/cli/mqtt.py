@@ -1,4 +1,11 @@
-"""`edge events tail` and `edge watchlist publish`: the operator's MQTT commands (argument handling, output)."""
+"""`edge events tail`, `edge events consume` and `edge watchlist publish`: the operator's MQTT commands (argument
+handling, output).
+
+`events tail` and `watchlist publish` are run by a person: a broker that does not answer within --connect-timeout is
+an error. `events consume` is a service: a database or a broker that is away (down, restarting, not yet up at boot) is
+waited out with a doubling pause and one line per attempt, and only a configuration the broker will never accept (its
+certificate not trusted, ours refused) ends it — with one line, exit 1, for systemd and the operator to see.
+"""
 
 from __future__ import annotations
 
@@ -28,16 +35,66 @@ def broker_parent() -> argparse.ArgumentParser:
     return p
 
 
-def _client(args: argparse.Namespace, subscriptions: list[tuple[str, int]]):
+def _client(args: argparse.Namespace, subscriptions: list[tuple[str, int]], wait: bool = True):
+    """A started client; with `wait`, connected within --connect-timeout (else MqttError); without, reconnecting
+    with the service's backoff (1 s doubling to MAX_BACKOFF_S) for a `BrokerLink` to watch."""
     from edge.messaging.mqtt import MqttClient, MqttSettings
 
+    backoff = {} if wait else {"reconnect_min": 1.0, "reconnect_max": MAX_BACKOFF_S}
     settings = MqttSettings(host=args.host, port=args.port, client_id=args.client_id or args.default_client_id,
-                            ca_file=args.ca,
-                            cert_file=args.cert, key_file=args.key, clean_session=False)
+                            ca_file=args.ca, cert_file=args.cert, key_file=args.key, clean_session=False, **backoff)
     client = MqttClient(settings, subscriptions)
     client.start()
-    client.wait_connected(args.connect_timeout)
+    if wait:
+        client.wait_connected(args.connect_timeout)
     return client
+
+
+class BrokerLink:
+    """Watches a client that paho keeps reconnecting (pauses 1, 2, 4 … 30 s): one line per failed attempt naming
+    what is unreachable and why, one when the connection is back; MqttError when the broker refuses this
+    configuration (retrying would not help)."""
+
+    def __init__(self, client, where: str, out=None) -> None:
+        self.client, self.where = client, where
+        self.out = out or sys.stderr
+        self._failures = client.stats.connect_failures
+        self._streak = 0  # failed attempts since the connection was last up
+        self._was_up = False
+
+    def check(self) -> bool:
+        """Whether the client is connected now; reports what changed since the last call."""
+        from edge.messaging.mqtt import MqttError
+
+        c = self.client
+        if c.fatal:
+            raise MqttError(f"broker {self.where}: {c.fatal}; not retrying (fix the configuration)")
+        if c.connected:
+            if not self._was_up and self._streak:
+                print(f"broker {self.where} reachable again after {self._streak} failed attempt(s)", file=self.out,
+                      flush=True)
+            self._was_up, self._streak = True, 0
+            self._failures = c.stats.connect_failures
+            return True
+        if self._was_up:
+            self._was_up = False
+            print(f"broker {self.where}: connection lost; reconnecting", file=self.out, flush=True)
+        failures = c.stats.connect_failures
+        if failures > self._failures:
+            self._streak += failures - self._failures
+            self._failures = failures
+            pause = min(c.settings.reconnect_min * 2 ** (self._streak - 1), c.settings.reconnect_max)
+            print(f"broker {self.where} unreachable ({c.stats.last_error}); attempt {self._streak}, next in"
+                  f" {pause:g} s", file=self.out, flush=True)
+        return False
+
+    def wait(self, done, sleep=time.sleep) -> bool:
+        """Block until connected (True) or `done()` (False)."""
+        while not done():
+            if self.check():
+                return True
+            sleep(0.1)
+        return False
 
 
 def cmd_events_tail(args: argparse.Namespace) -> int:
@@ -92,14 +149,17 @@ def cmd_events_tail(args: argparse.Namespace) -> int:
 MAX_BACKOFF_S = 30.0
 
 
-def _drain(consumer, idle_exit: float | None, done, sleep=time.sleep) -> None:
+def _drain(consumer, idle_exit: float | None, done, sleep=time.sleep, tick=None) -> None:
     """Poll until `done()`, `idle_exit` seconds without an event, or Ctrl-C. The database being unavailable (down,
     restarting) is waited out with a doubling pause, reconnecting each time: nothing is lost meanwhile, since a device
-    is acknowledged only after the commit and re-sends what was not."""
+    is acknowledged only after the commit and re-sends what was not. `tick()` is called once per poll (the broker
+    link's report)."""
     last = time.monotonic()
     pause = 1.0
     try:
         while not done():
+            if tick is not None:
+                tick()
             try:
                 if consumer.poll(0.2):
                     last = time.monotonic()
@@ -158,16 +218,22 @@ def cmd_events_consume(args: argparse.Namespace) -> int:
     store = _open_store(EventStore, args.store, lambda: bool(stop))
     subscriptions = [(f"$share/{args.group}/{operator_filter('events', args.prefix)}", 1),
                      (operator_filter("status", args.prefix), 1), (operator_filter("watchlist_state", args.prefix), 1)]
-    client = _client(args, subscriptions)
+    try:
+        client = _client(args, subscriptions, wait=False)
+    except BaseException:
+        store.close()
+        raise
+    link = BrokerLink(client, f"{args.host}:{args.port}")
     consumer = EventConsumer(client, store, args.prefix,
                              on_status=lambda d, st: store.device_status(d, st.state == "online", st.health),
                              on_watchlist=lambda d, w: store.device_watchlist(d, w.installed_version, w.state,
                                                                               w.reason))
-    print(f"consuming {args.prefix}/+/events as shared group {args.group!r} into {store.db.dialect}", file=sys.stderr,
-          flush=True)
     t0 = time.monotonic()
     try:
-        _drain(consumer, args.idle_exit, lambda: bool(stop))
+        if link.wait(lambda: bool(stop)):
+            print(f"consuming {args.prefix}/+/events as shared group {args.group!r} into {store.db.dialect}",
+                  file=sys.stderr, flush=True)
+            _drain(consumer, args.idle_exit, lambda: bool(stop), tick=link.check)
     finally:
         client.stop()
         store.close()
@@ -297,6 +363,9 @@ def add_parsers(sub: argparse._SubParsersAction, watchlist_sub: argparse._SubPar
                                   "watchlist state for the console.")
     p.add_argument("--store", required=True, help="sqlite:///PATH, a file path, or postgresql://user@host:port/db")
     p.add_argument("--group", default="edge-consumers", help="shared-subscription group (default edge-consumers)")
+    p.epilog = ("A broker or database that is away is waited for (pauses doubling to 30 s, one line per attempt;"
+                " --connect-timeout does not apply); a broker certificate not trusted or a client certificate refused"
+                " ends it: one line, exit 1.")
     p.add_argument("--idle-exit", type=float, help="exit after this many seconds without an event")
     p.add_argument("--json", action="store_true", help="print the closing summary as JSON")
     p.set_defaults(func=cmd_events_consume, default_client_id="operator")

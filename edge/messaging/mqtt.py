@@ -7,11 +7,19 @@ has to drop. A CONNACK that refuses is an error carrying the broker's reason, ne
 
 paho's own in-flight queue is not durable (a restart loses QoS 1 messages), so `publish` refuses while
 disconnected and the caller's outbox keeps the message until the consumer acknowledges it.
+
+paho retries a failed connection forever and tells only *that* it failed. A long-running caller must tell a broker
+that is away (retry) from a configuration the broker will never accept (stop and say so), so each failed attempt is
+counted (`stats.connect_failures`) with its cause in `stats.last_error`, and `fatal` names a refusal that retrying
+cannot cure: the broker's certificate not trusted, our certificate refused by a TLS alert, a CONNACK refusal other
+than "server unavailable/busy".
 """
 
 from __future__ import annotations
 
 import queue
+import ssl
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -23,6 +31,12 @@ from edge.errors import EdgeError
 
 class MqttError(EdgeError):
     """The broker refused us, or could not be reached, or a call was made in the wrong state."""
+
+
+#: CONNACK refusals that mean "later", not "never".
+_BUSY = frozenset({"Server unavailable", "Server busy", "Connection rate exceeded", "Quota exceeded"})
+#: TLS errors that are a connection cut short (broker restarting), not a refusal.
+_SSL_CUT = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
 
 
 @dataclass(frozen=True)
@@ -68,6 +82,7 @@ class MqttStats:
     connects: int = 0
     disconnects: int = 0
     refusals: int = 0
+    connect_failures: int = 0  # attempts that ended before a CONNACK accepted them (any cause)
     received: int = 0
     inbox_dropped: int = 0
     published: int = 0
@@ -87,6 +102,8 @@ class MqttClient:
         self.stats = MqttStats()
         self._connected = threading.Event()
         self._refused = threading.Event()
+        self._fatal: str | None = None  # why the broker will never accept this configuration (see `fatal`)
+        self._alert: str | None = None  # a TLS alert received before the CONNACK (our certificate refused)
         self._acks: set[int] = set()
         self._ack_lock = threading.Lock()
         self._client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=settings.client_id,
@@ -109,23 +126,48 @@ class MqttClient:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
         self._client.on_publish = self._on_publish
+        self._log_err = paho.MQTT_LOG_ERR
+        self._client.on_log = self._on_log
 
     # --- paho network thread: record and enqueue only -----------------------------------------------------------
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         if reason_code.is_failure:
             self.stats.refusals += 1
+            self.stats.connect_failures += 1
             self.stats.last_error = f"broker refused the connection: {reason_code}"
+            self._fatal = None if str(reason_code) in _BUSY else self.stats.last_error
             self._refused.set()
             return
         self.stats.connects += 1
         self.stats.last_error = None
+        self._fatal = self._alert = None
         self._refused.clear()
         for topic, qos in self.subscriptions:
             client.subscribe(topic, qos)
         self._connected.set()
 
     def _on_connect_fail(self, client: Any, userdata: Any) -> None:
-        self.stats.last_error = "cannot connect to the broker (network, TLS handshake or certificate refused)"
+        # paho calls this inside its `except OSError`: the exception is the cause it does not pass on.
+        err = sys.exc_info()[1]
+        self.stats.connect_failures += 1
+        self._fatal = None
+        if isinstance(err, ssl.SSLCertVerificationError):
+            self._fatal = self.stats.last_error = (f"the broker's certificate is not trusted ({err.verify_message}):"
+                                                   " check the CA file and the broker's host name")
+        elif isinstance(err, ssl.SSLError) and not isinstance(err, _SSL_CUT):
+            self._fatal = self.stats.last_error = f"TLS with the broker failed: {err.reason or err}"
+        elif isinstance(err, OSError):
+            self.stats.last_error = f"cannot connect to the broker: {err.strerror or err}"
+        else:
+            self.stats.last_error = "cannot connect to the broker (network, TLS handshake or certificate refused)"
+
+    def _on_log(self, client: Any, userdata: Any, level: int, buf: str) -> None:
+        # A certificate the broker refuses (TLS 1.3: after our side of the handshake) arrives as a TLS alert on the
+        # first read, which paho only logs, inside its `except OSError`, before reporting a disconnect.
+        if level == self._log_err and not self._connected.is_set():
+            err = sys.exc_info()[1]
+            if isinstance(err, ssl.SSLError) and not isinstance(err, _SSL_CUT):
+                self._alert = f"the broker refused this client's certificate (TLS alert: {err.reason or err})"
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         if self._connected.is_set():
@@ -134,8 +176,10 @@ class MqttClient:
                 self.stats.last_error = f"disconnected: {reason_code}"
         elif not self._refused.is_set():
             # With TLS 1.3 a refused client certificate surfaces only as the broker hanging up before its CONNACK.
+            self.stats.connect_failures += 1
             self.stats.last_error = ("the broker closed the connection before accepting it (client certificate "
                                      "refused, or not from the broker's CA?)")
+            self._fatal, self._alert = self._alert, None
         self._connected.clear()
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
@@ -173,6 +217,12 @@ class MqttClient:
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    @property
+    def fatal(self) -> str | None:
+        """Why the last attempt failed, when retrying cannot help (a certificate or authentication refused: the
+        configuration must change); None while connected or when the broker is merely away."""
+        return self._fatal
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> int | None:
         """Send if connected; returns the message id (see `acked`) or None when disconnected (nothing queued)."""

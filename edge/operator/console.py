@@ -135,6 +135,26 @@ def create_app(store: EventStore, accounts: Accounts, audit: AuditLog, labels: d
     app.add_middleware(_BodyLimit)
 
     @app.middleware("http")
+    async def store_unavailable(request: Request, call_next):
+        """The database away (down, restarting) is a 503 with one line, page or JSON, never a 500 traceback; the
+        pool drops the broken connections, so the next request after it is back is served normally."""
+        try:
+            return await call_next(request)
+        except Exception as err:  # noqa: BLE001 - only what the store calls transient; the rest re-raised
+            if not store.db.transient(err):
+                raise
+            reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+            log.warning("store unavailable for %s %s: %s%s", request.method, request.url.path, type(err).__name__,
+                        f": {reason}" if reason else "")
+            message = "the event store is unavailable (database down or restarting): try again in a minute"
+            headers = {"Retry-After": "30"}
+            if request.url.path.startswith("/api/"):
+                return JSONResponse({"error": message}, 503, headers=headers)
+            response = page(request, "error.html", None, 503, message=message)
+            response.headers.update(headers)
+            return response
+
+    @app.middleware("http")
     async def security_headers(request: Request, call_next):
         request.state.nonce = nonce = secrets.token_urlsafe(16)
         response = await call_next(request)

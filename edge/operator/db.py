@@ -149,6 +149,8 @@ class Database:
             except BaseException as err:
                 if self.transient(err) or not self._reusable(conn):
                     _close_quietly(conn)  # broken (server gone, or a rollback that failed): never lent again
+                    if self._died(conn):  # a server restart killed its pooled siblings too: lend none of them
+                        self._drop_idle()
                 else:
                     self._give_back(conn, generation)
                 raise
@@ -158,6 +160,19 @@ class Database:
                 _close_quietly(conn)
         finally:
             self._slots.release()
+
+    def _died(self, conn: Any) -> bool:
+        """Whether the server side of `conn` is gone (PostgreSQL restarted or unreachable), not just its statement."""
+        return self.dialect == "postgresql" and bool(conn.broken)
+
+    def _drop_idle(self) -> None:
+        """Close every idle connection and retire those lent out (closed when given back): after a server restart
+        they are all dead, and lending them one by one would fail as many requests as the pool holds."""
+        with self._lock:
+            self._generation += 1
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            _close_quietly(conn)
 
     def transient(self, err: BaseException) -> bool:
         """Whether `err` is the database being unavailable (down, restarting, unreachable, locked) rather than a
@@ -173,11 +188,9 @@ class Database:
     def reconnect(self) -> None:
         """After an outage: drop every pooled connection (those lent out are closed when given back) and open a
         fresh one, proving the server is back. StoreUnavailable while it is still unreachable."""
+        self._drop_idle()
         with self._lock:
-            self._generation += 1
-            idle, self._idle, generation = self._idle, [], self._generation
-        for conn in idle:
-            _close_quietly(conn)
+            generation = self._generation
         self._give_back(self._connect(), generation)
 
     # ------------------------------------------------------------ statements
