@@ -3,7 +3,6 @@
 publishes the heads; a rewritten log (a review_decision dropped, the chain recomputed) passes the key-less chain
 check but fails `edge audit verify --verify-key K --heads FILE`, while the untouched log verifies."""
 
-import hashlib
 import io
 import json
 import os
@@ -13,10 +12,11 @@ import threading
 
 import pytest
 
-from edge.audit import AuditLog, _make, tail
+from edge.audit import AuditLog, tail
 from edge.audit_seal import SealedAuditLog, SealError, Sealer, check_seals, load_verify_key, new_keys
 from edge.cli import main
 from edge.operator.event_store import EventStore
+from test_attacks import _rewrite as rewrite  # the attacker's re-chaining, shared with the attack suite
 from test_console import decide, new_event, password, session
 
 
@@ -26,17 +26,6 @@ def run(capsys, *argv, stdin=None, monkeypatch=None):
     code = main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return code, out, err
-
-
-def rewrite(log_path, keep):
-    """The attacker's rewrite on the console host: keep some records, renumber and re-chain them."""
-    records = [json.loads(line) for line in log_path.read_text().splitlines()]
-    out, prev = [], "0" * 64
-    for seq, r in enumerate([r for r in records if keep(r)], start=1):
-        _, line = _make(seq, r["kind"], r["data"], prev, r["at"])
-        out.append(line)
-        prev = hashlib.sha256(line).hexdigest()
-    log_path.write_bytes(b"".join(line + b"\n" for line in out))
 
 
 @pytest.fixture

@@ -25,33 +25,30 @@ from edge.types import Decision, Frame
 WL = type("WL", (), {"manifest": {"watchlist_id": "wl", "version": 3}})()
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 2 MiB tmpfs mounted at tmp_path/state; unmounted after the test."""
+def mounted_tmpfs(tmp_path: Path, size: str):
+    """A tmpfs of `size` mounted at tmp_path/state (yields it; unmounted after)."""
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root (CI runs as root): the full-disk tests did not run")
     state = tmp_path / "state"
     state.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(state)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(state)], check=True)
     try:
         yield state
     finally:
         subprocess.run(["umount", "-l", str(state)], check=False)
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB disk for the writer's tests."""
+    yield from mounted_tmpfs(tmp_path, "2m")
+
+
 def fill(disk: Path) -> Path:
     """Fill `disk` to its last byte with one file; returns it (delete it to give the space back)."""
     filler = disk / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        for size in (65536, 4096, 512, 1):  # to the last byte
-            try:
-                while True:
-                    os.write(fd, b"\0" * size)
-            except OSError as err:
-                assert err.errno == errno.ENOSPC
-    finally:
-        os.close(fd)
+    os.close(os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600))
+    fill_more(filler)
     return filler
 
 
@@ -163,15 +160,8 @@ def test_disk_full_is_recognised_through_the_wrappers():
 
 @pytest.fixture
 def disk_16m(tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root (CI runs as root): the full-disk fault test did not run")
-    state = tmp_path / "state"
-    state.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", str(state)], check=True)
-    try:
-        yield state
-    finally:
-        subprocess.run(["umount", "-l", str(state)], check=False)
+    """A 16 MiB disk for a running device (its 4 MiB space reserve fits)."""
+    yield from mounted_tmpfs(tmp_path, "16m")
 
 
 @pytest.mark.slow

@@ -50,6 +50,17 @@ def _state(config: Any) -> Path | None:
     return state if os.path.lexists(state) else None
 
 
+def _state_file(config: Any, name: str) -> tuple[Path, str | None]:
+    """(path of `name` in the state directory, None) when it is there and no symlink; (path, "does not exist yet")
+    when there is nothing to check; Problems for a symlink."""
+    state = _state(config)
+    path = (state or Path(config.device.state_dir)) / name
+    if state is None or not os.path.lexists(path):
+        return path, f"{path} does not exist yet (created at the first start)"
+    _refuse_link(path)
+    return path, None
+
+
 def _refuse_link(path: Path) -> None:
     if path.is_symlink():
         raise Problems(f"{path} is a symbolic link (to {os.readlink(path)}): refused; it must be a regular file")
@@ -166,11 +177,9 @@ def check_audit_log(config: Any) -> str:
     """The audit log's hash chain: every record's hash, seq and link."""
     from edge.audit import verify
 
-    state = _state(config)
-    log = (state or Path(config.device.state_dir)) / "audit.log"
-    if state is None or not os.path.lexists(log):
-        return f"{log} does not exist yet (created at the first start)"
-    _refuse_link(log)
+    log, absent = _state_file(config, "audit.log")
+    if absent:
+        return absent
     result = verify(log)
     if not result.ok:
         raise Problems([f"{log} {p['problem']}" for p in result.problems])
@@ -226,11 +235,9 @@ def check_audit_seal(config: Any) -> str:
 
 def check_outbox(config: Any) -> str:
     """outbox.db is a readable, intact SQLite database holding the outbox's tables (read-only: nothing written)."""
-    state = _state(config)
-    path = (state or Path(config.device.state_dir)) / "outbox.db"
-    if state is None or not os.path.lexists(path):
-        return f"{path} does not exist yet (created at the first start)"
-    _refuse_link(path)
+    path, absent = _state_file(config, "outbox.db")
+    if absent:
+        return absent
     try:
         db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
     except sqlite3.Error as err:
