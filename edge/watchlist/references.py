@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,7 +29,7 @@ MAX_REFERENCE_BYTES = 256 * 1024
 PER_SUBJECT = 2
 #: JPEG quality of a reference chip (operator side: no size budget as tight as an event's).
 QUALITY = 90
-#: Largest meta.json read, bytes (as `edge.operator.labels`).
+#: Largest meta.json read, bytes (300,000 subjects' ids, labels and categories are ~30 MB).
 MAX_META_BYTES = 256 * 2**20
 
 
@@ -41,6 +42,20 @@ def chip_jpeg(chip: np.ndarray, quality: int = QUALITY) -> bytes:
     if not ok:
         raise DataError("a reference chip could not be encoded as JPEG")
     return jpeg.tobytes()
+
+
+def read_build_meta(build_dir: Path, use: Any) -> Any:
+    """`use(meta)` of a build directory's meta.json (size-limited): DataError, one line, when the file cannot be
+    read or `use` finds it is not a build's metadata (a KeyError, TypeError, ValueError or IndexError)."""
+    path = Path(build_dir) / "meta.json"
+    try:
+        if path.stat().st_size > MAX_META_BYTES:
+            raise DataError(f"{path} is larger than {MAX_META_BYTES // 2**20} MiB: not a build's metadata")
+        return use(json.loads(path.read_bytes()))
+    except OSError as err:
+        raise DataError(f"cannot read {path}: {err.strerror or err}") from None
+    except (KeyError, TypeError, ValueError, IndexError, RecursionError):
+        raise DataError(f"{path} is not a watchlist build's metadata (from `edge watchlist build`)") from None
 
 
 class ReferenceSpool:
@@ -85,20 +100,15 @@ class References:
         self._templates: dict[str, list[int]] = {}
         if not self.available:
             return
-        path = Path(build_dir) / "meta.json"
-        try:
-            if path.stat().st_size > MAX_META_BYTES:
-                raise DataError(f"{path} is larger than {MAX_META_BYTES // 2**20} MiB: not a build's metadata")
-            meta = json.loads(path.read_bytes())
-            ids, items = meta["subjects"]["id"], meta["items"]
-            for template, subject in enumerate(items):
-                kept = self._templates.setdefault(str(ids[int(subject)]), [])
-                if len(kept) < PER_SUBJECT:
-                    kept.append(template)
-        except OSError as err:
-            raise DataError(f"cannot read {path}: {err.strerror or err}") from None
-        except (KeyError, TypeError, ValueError, IndexError, RecursionError):
-            raise DataError(f"{path} is not a watchlist build's metadata (from `edge watchlist build`)") from None
+        read_build_meta(build_dir, self._index)
+
+    def _index(self, meta: dict) -> None:
+        """Subject id → its first `PER_SUBJECT` template indexes, from the build's items."""
+        ids = meta["subjects"]["id"]
+        for template, subject in enumerate(meta["items"]):
+            kept = self._templates.setdefault(str(ids[int(subject)]), [])
+            if len(kept) < PER_SUBJECT:
+                kept.append(template)
 
     def images(self, subject_id: str) -> list[bytes]:
         """Up to `PER_SUBJECT` enrolled chips of `subject_id` as JPEG bytes (missing, oversized or non-JPEG files
