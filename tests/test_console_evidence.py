@@ -146,3 +146,22 @@ def test_the_alert_budget_puts_the_prediction_beside_the_reviewers_findings():
     unknown = alert_budget(9, [device("e", 9, 10, 0.0, sealed=False)], None)
     assert unknown["fpir"] is None and unknown["searches_per_day"] is None and unknown["reject_rate"] is None
     assert unknown["predicted_false_per_day"] is None and unknown["events"] == 0
+
+
+def test_a_build_with_hostile_files_shows_no_face_from_them_and_a_broken_meta_is_one_line(tmp_path):
+    import os
+
+    import pytest
+
+    from edge.errors import DataError
+    from edge.watchlist.references import MAX_REFERENCE_BYTES
+
+    refs = build_dir(tmp_path, {"subj-1": [jpeg(1), jpeg(2)], "subj-2": [jpeg(3)]})
+    (refs.dir / "0000000.jpg").write_bytes(b"GIF89a not a jpeg")  # not a JPEG: skipped
+    (refs.dir / "0000001.jpg").write_bytes(b"\xff\xd8\xff" + bytes(MAX_REFERENCE_BYTES))  # oversized: skipped
+    os.remove(refs.dir / "0000002.jpg")
+    os.symlink("/etc/passwd", refs.dir / "0000002.jpg")  # a link: never followed
+    assert refs.images("subj-1") == [] and refs.images("subj-2") == []
+    (tmp_path / "build" / "meta.json").write_text('{"subjects": {"id": ["a"]}, "items": [5]}')
+    with pytest.raises(DataError, match=r"meta.json is not a watchlist build's metadata \(from `edge watchlist"):
+        References(tmp_path / "build")
