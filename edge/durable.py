@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -34,6 +36,38 @@ def atomic_write(path: str | Path, data: bytes, mode: int = 0o600) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def move_into_place(src: str | Path, dst: str | Path, mode: int = 0o600) -> None:
+    """Replace `dst` with the file `src` durably: `src` made `mode` and fsynced → renamed over `dst` → the
+    directory fsynced; across file systems it is copied to a temp file beside `dst` first. A symbolic link at
+    `src` is refused (OSError ELOOP). On failure `dst` is untouched."""
+    src, dst = Path(src), Path(dst)
+    fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        os.fchmod(fd, mode)
+        os.fsync(fd)
+        try:
+            os.replace(src, dst)
+        except OSError as err:
+            if err.errno != errno.EXDEV:
+                raise
+            tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+            try:
+                with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode), "wb") as out:
+                    with os.fdopen(os.dup(fd), "rb") as f:
+                        f.seek(0)
+                        shutil.copyfileobj(f, out, 1 << 20)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(tmp, dst)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            src.unlink(missing_ok=True)
+    finally:
+        os.close(fd)
+    fsync_dir(dst.parent)
 
 
 def private_dir(path: str | Path, chmod_existing: bool = True) -> Path:

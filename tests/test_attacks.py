@@ -78,6 +78,11 @@ class Store:
     def state(self):
         return {"version": self.version, "state": "ok" if self.version else "none"}
 
+    def install_file(self, path):
+        from pathlib import Path
+
+        return self.install(Path(path).read_bytes())
+
     def install(self, data):
         from edge.watchlist.store import InstallResult
 
@@ -834,3 +839,63 @@ def test_an_offer_whose_chunks_never_come_is_given_up_for_the_next_best(tmp_path
     now[0] += 10 * GIVE_UP_AFTER + 1
     sync.tick()
     assert sync.download is not None and sync.download.offer.version == 50
+
+
+_LYING_OFFER = r'''
+import hashlib, json, random, resource, sys
+from pathlib import Path
+from edge.keys import TrustStore, generate_device_key, generate_operator_key
+from edge.messaging.payloads import encode_offer
+from edge.messaging.sync import WatchlistSync
+from edge.messaging.topics import Topics
+from edge.watchlist.store import WatchlistStore
+
+state, mib = Path(sys.argv[1]), int(sys.argv[2])
+class Transport:
+    def subscribe(self, topic, qos=1): pass
+    def unsubscribe(self, topic): pass
+    def publish(self, topic, payload, qos=1, retain=False): self.last = payload
+def chunk(n):
+    return random.Random(n).randbytes(1 << 20)
+device, operator = generate_device_key(), generate_operator_key()
+store = WatchlistStore(state, "cam-1", device, TrustStore([operator.public_key()]), "e", "0" * 64, lambda o: o)
+store.start()
+sync = WatchlistSync(store, Transport(), "cam-1", state / "incoming", max_bundle_bytes=mib << 20)
+whole, digests = hashlib.sha256(), []
+for n in range(mib):
+    c = chunk(n)
+    whole.update(c)
+    digests.append(hashlib.sha256(c).hexdigest())
+offer = encode_offer("device:cam-1", 9, whole.hexdigest(), mib << 20, 1 << 20, digests)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+sync.handle(Topics("cam-1").watchlist_manifest, offer)
+disk = 0
+for n in range(mib):
+    sync.handle(sync.download.topic(n), chunk(n))
+    disk = max(disk, sum(f.stat().st_size for f in (state / "incoming").rglob("*") if f.is_file()))
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"rss_before_kib": before, "rss_after_kib": after, "disk_peak": disk,
+                  "reason": json.loads(sync.transport.last)["reason"],
+                  "left": [str(p) for p in (state / "incoming").rglob("*")]}))
+'''
+
+
+def test_a_lying_offer_costs_its_declared_size_on_disk_and_little_memory(tmp_path):
+    """Issue 22, row 3: chunks were joined in memory before the store saw them (RSS 66 → 234 MiB for 80 MB). Now
+    they are assembled on disk, streamed, and the store verifies the file in chunks: a 64 MiB offer of junk with
+    correct digests raises peak RSS by a few MiB, never by its size, and its disk use never exceeds its declared
+    size plus one chunk. Measured in a child process (peak RSS is per process)."""
+    import json
+    import subprocess
+    import sys
+
+    mib = 64
+    out = subprocess.run([sys.executable, "-c", _LYING_OFFER, str(tmp_path / "state"), str(mib)],
+                         capture_output=True, text=True, timeout=300, check=True).stdout
+    got = json.loads(out.strip().splitlines()[-1])
+    grew_mib = (got["rss_after_kib"] - got["rss_before_kib"]) / 1024
+    print(f"lying {mib} MiB offer: peak RSS {got['rss_before_kib'] / 1024:.0f} → {got['rss_after_kib'] / 1024:.0f} MiB"
+          f" (+{grew_mib:.1f}), disk peak {got['disk_peak'] / 2**20:.1f} MiB")
+    assert got["reason"] == "bad_magic" and got["left"] == []
+    assert grew_mib < 16, got
+    assert got["disk_peak"] <= (mib + 1) << 20

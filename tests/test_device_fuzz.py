@@ -27,6 +27,11 @@ class FakeStore:
     def current(self):
         return object(), {"version": 4}
 
+    def install_file(self, path):
+        from pathlib import Path
+
+        return self.install(Path(path).read_bytes())
+
     def install(self, data):
         self.installs += 1
         raise AssertionError("a malformed offer must never reach install")

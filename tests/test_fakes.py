@@ -144,6 +144,11 @@ class FakeStore:
     def state(self):
         return {"version": self.version, "state": "ok" if self.version else "none"}
 
+    def install_file(self, path):
+        from pathlib import Path
+
+        return self.install(Path(path).read_bytes())
+
     def install(self, data):
         from edge.watchlist.store import InstallResult
 
@@ -173,7 +178,7 @@ def test_sync_fetches_a_window_at_a_time_installs_and_reports(tmp_path):
     assert sync.transport.subscribed == [t.watchlist_chunk(2, 0), t.watchlist_chunk(2, 1)]  # the window
     for topic, payload in chunks:
         sync.handle(topic, payload)
-    assert sync.store.installed == [bundle] and results == [("installed", bundle)]
+    assert sync.store.installed == [bundle] and results == [("installed", hashlib.sha256(bundle).hexdigest())]
     assert sync.transport.subscribed == []  # every chunk topic given back
     topic, body, retain = sync.transport.published[-1]
     state = decode_watchlist_state(body)
@@ -212,4 +217,4 @@ def test_sync_reports_a_rejection_and_ignores_what_is_not_its_own(tmp_path):
     for topic, payload in offer_messages(bundle, DEVICE, 2, chunk_bytes=100)[::-1]:  # offer first, then the chunk
         sync.handle(topic, payload)
     state = decode_watchlist_state(sync.transport.published[-1][1])
-    assert (state.state, state.reason) == ("rejected", "bad_signature") and results == [("bad_signature", bundle)]
+    assert (state.state, state.reason) == ("rejected", "bad_signature") and results == [("bad_signature", hashlib.sha256(bundle).hexdigest())]

@@ -259,3 +259,32 @@ def test_plaintext_never_touches_disk(keys, tmp_path):
                 scanned += 1
                 assert canary not in content, path
     assert scanned >= 1
+
+
+def test_install_file_moves_a_verified_download_into_place(keys, installed, tmp_path):
+    """The sync's path: the assembled download is verified in chunks from disk and renamed into place."""
+    store, state, v2 = installed
+    incoming = state / "incoming"
+    incoming.mkdir()
+    (incoming / "bundle").write_bytes(make(keys, 3))
+    v3 = (incoming / "bundle").read_bytes()
+    result = store.install_file(incoming / "bundle", now=NOW)
+    assert (result.ok, result.reason, result.version) == (True, "installed", 3)
+    assert (state / "installed.bundle").read_bytes() == v3 and not (incoming / "bundle").exists()
+    assert stat.S_IMODE(os.stat(state / "installed.bundle").st_mode) == 0o600
+    assert store.current()[1]["version"] == 3
+    assert new_store(keys, state).install_file(incoming / "missing", now=NOW).reason == "unreadable"
+
+
+def test_install_file_refusals_keep_the_installed_watchlist_and_the_link_target(keys, installed, tmp_path):
+    store, state, v2 = installed
+    (tmp_path / "old.bundle").write_bytes(make(keys, 1))
+    result = store.install_file(tmp_path / "old.bundle", now=NOW)
+    assert (result.ok, result.reason) == (False, "rollback") and (tmp_path / "old.bundle").exists()
+    target = tmp_path / "elsewhere.bundle"
+    target.write_bytes(make(keys, 4))
+    (tmp_path / "link.bundle").symlink_to(target)
+    result = store.install_file(tmp_path / "link.bundle", now=NOW)
+    assert (result.ok, result.reason) == (False, "unreadable") and "symbolic link" in result.message
+    assert target.exists() and (tmp_path / "link.bundle").is_symlink()
+    assert (state / "installed.bundle").read_bytes() == v2 and store.current()[1]["version"] == 2

@@ -25,6 +25,11 @@ class SlowStore:
     def state(self):
         return {"version": self.version, "state": "ok" if self.version else "none"}
 
+    def install_file(self, path):
+        from pathlib import Path
+
+        return self.install(Path(path).read_bytes())
+
     def install(self, data):
         self.threads.append(threading.current_thread().name)
         self.started.set()

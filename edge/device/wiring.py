@@ -291,12 +291,12 @@ def _messaging(c: Config, topics: Any, outbox: Any, store: Any, audit: Any, stat
     client = MqttClient(settings, [(topics.events_ack, 1)]
                         + [(t, 1) for t in watchlist_filters(c.device.id, c.device.topic_prefix)])
 
-    def audit_install(result: Any, data: bytes) -> None:
+    def audit_install(result: Any, sha256: str) -> None:
         if result.reason != "already_installed":
             kind = "watchlist_wipe" if result.reason == "wiped" else "watchlist_install"
             audit.append(kind if result.ok else "watchlist_reject",
                          {"version": result.version, "reason": result.reason, "message": result.message,
-                          "sha256": hashlib.sha256(data).hexdigest()})
+                          "sha256": sha256})
 
     sync = WatchlistSync(store, client, c.device.id, state / "incoming", c.device.topic_prefix,
                          on_result=audit_install, background=True,

@@ -116,10 +116,10 @@ def device_main(argv: list[str]) -> int:
         def __getattr__(self, name: str) -> Any:
             return getattr(store, name)
 
-        def install(self, data: bytes):
+        def install_file(self, bundle: Path):
             with slots:
                 t0 = time.perf_counter()
-                result = store.install(data)
+                result = store.install_file(bundle)
                 print(json.dumps({"device": cfg["id"], "version": result.version, "reason": result.reason,
                                   "message": result.message, "t": time.time(),
                                   "install_s": round(time.perf_counter() - t0, 3)}), flush=True)

@@ -10,14 +10,15 @@ Device (`WatchlistSync`): listens to its own subtree and to every group subtree 
 offers that list it and are newer than the installed version, it takes the newest version, as a delta when that
 delta builds on exactly the installed version (and has not failed), else as the full bundle. It subscribes to each
 chunk it does not hold yet (a window at a time), stores every chunk whose sha256 matches the offer (ciphertext
-only) in `incoming/`, so an interrupted sync resumes, assembles the bundle and hands it to the `WatchlistStore`,
-which verifies everything (an offer is untrusted; a forged one can only waste bandwidth). A delta refused for a
-missing base makes it fetch the full version. Results, wipes included, go to `<device>/watchlist/state`.
+only) in `incoming/`, so an interrupted sync resumes, assembles the bundle on disk (streamed: a bundle is never
+held in memory) and hands the file to the `WatchlistStore`, which verifies everything (an offer is untrusted; a
+forged one can only waste bandwidth). A delta refused for a missing base makes it fetch the full version. Results, wipes included, go to `<device>/watchlist/state`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -42,6 +43,28 @@ STALL_AFTER = 10.0
 #: Seconds without a single new chunk after which a download is given up and the next best offer fetched: an offer
 #: whose chunks never come (a forged or half-published one) must not keep a device from the versions it can get.
 GIVE_UP_AFTER = 60.0
+
+
+#: The file a complete download is assembled into, inside its version's folder in `incoming/`.
+ASSEMBLED = "bundle"
+
+
+def assemble(folder: Path, n_chunks: int, block: int = 1 << 20) -> str:
+    """Concatenate the chunk files `0 … n_chunks-1` in `folder` into `folder/bundle` (0600) and return its sha256
+    (hex). Streamed `block` bytes at a time and each chunk deleted once copied, so a bundle never sits in memory
+    and costs at most its size (plus one chunk) on disk; symbolic links are refused (OSError ELOOP)."""
+    digest = hashlib.sha256()
+    fd = os.open(folder / ASSEMBLED, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        for n in range(n_chunks):
+            part = folder / str(n)
+            with os.fdopen(os.open(part, os.O_RDONLY | os.O_NOFOLLOW), "rb") as f:
+                while piece := f.read(block):
+                    digest.update(piece)
+                    out.write(piece)
+            part.unlink()
+        out.flush()
+    return digest.hexdigest()
 
 
 class SyncError(EdgeError):
@@ -125,7 +148,8 @@ class WatchlistSync:
     """Device side. `handle(topic, payload)` is called from the control thread for every message under the
     device's watchlist subtree and the group subtrees. `store` is a started `WatchlistStore`.
 
-    on_result: called with (InstallResult, bundle bytes) after every install or wipe attempt (the audit trail).
+    on_result: called with (InstallResult, sha256 hex of the bundle or wipe statement) after every install or wipe
+    attempt (the audit trail).
     clock: monotonic seconds (injected by tests). background: run installs and wipes on a worker thread (the
     device: rebuilding a 300,000-subject index takes seconds, and the control thread must keep acknowledging events
     and feeding the watchdog meanwhile); `tick()` then collects the outcome. Off, they run inside `handle`.
@@ -133,7 +157,7 @@ class WatchlistSync:
 
     def __init__(self, store: Any, transport: Transport, device_id: str, incoming_dir: Path, prefix: str = "edge",
                  window: int = WINDOW, stall_after: float = STALL_AFTER,
-                 on_result: Callable[[Any, bytes], None] | None = None,
+                 on_result: Callable[[Any, str], None] | None = None,
                  clock: Callable[[], float] = time.monotonic, background: bool = False,
                  max_bundle_bytes: int = MAX_BUNDLE_BYTES, give_up_after: float = GIVE_UP_AFTER) -> None:
         self.store, self.transport, self.on_result, self.clock = store, transport, on_result, clock
@@ -360,20 +384,32 @@ class WatchlistSync:
         if d is None or d.missing:
             return
         folder = self._dir(d.offer)
-        data = b"".join((folder / str(n)).read_bytes() for n in range(len(d.offer.chunks)))
         self.download = None
-        shutil.rmtree(folder, ignore_errors=True)
-        if hashlib.sha256(data).hexdigest() != d.offer.bundle_sha256:
+        key = (d.source.audience, d.offer.version, d.offer.bundle_sha256)
+        try:
+            digest = assemble(folder, len(d.offer.chunks))
+        except OSError as err:  # a full disk, or a chunk file removed under us: fetched again later
+            shutil.rmtree(folder, ignore_errors=True)
             self.stats.rejections += 1
-            self.failed.add((d.source.audience, d.offer.version, d.offer.bundle_sha256))
+            self.set_aside[key] = self.clock() + 10 * self.give_up_after
+            self.report(reason="sync_failed", message=f"version {d.offer.version} could not be assembled in"
+                                                      f" {folder}: {err.strerror or err}")
+            self._choose()
+            return
+        if digest != d.offer.bundle_sha256:
+            shutil.rmtree(folder, ignore_errors=True)
+            self.stats.rejections += 1
+            self.failed.add(key)
             self.report(reason="sync_mismatch", message="the assembled bundle does not match the offer")
             self._choose()
             return
-        self._run(lambda: self.store.install(data), lambda result: self._installed(result, d, data))
+        bundle = folder / ASSEMBLED
+        self._run(lambda: self.store.install_file(bundle), lambda result: self._installed(result, d, folder))
 
-    def _installed(self, result: Any, d: _Download, data: bytes) -> None:
+    def _installed(self, result: Any, d: _Download, folder: Path) -> None:
+        shutil.rmtree(folder, ignore_errors=True)
         if self.on_result is not None:
-            self.on_result(result, data)
+            self.on_result(result, d.offer.bundle_sha256)
         if result.ok:
             self.stats.installs += 1
         else:
@@ -390,7 +426,7 @@ class WatchlistSync:
 
     def _wiped(self, result: Any, payload: bytes) -> None:
         if self.on_result is not None:
-            self.on_result(result, payload)
+            self.on_result(result, hashlib.sha256(payload).hexdigest())
         if result.ok:
             self.stats.wipes += 1
             self._cancel()

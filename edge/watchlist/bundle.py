@@ -443,7 +443,7 @@ def open_bundle_file(path: str | os.PathLike, device_private: X25519PrivateKey, 
     `payload` is a `MappedPayload`. Deltas and local bundles fall back to `open_bundle` (they are small, or
     already the device's own)."""
     path = Path(path)
-    with open(path, "rb") as f:
+    with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as f:  # a symbolic link: OSError ELOOP
         size = os.fstat(f.fileno()).st_size
         if size > MAX_BUNDLE_BYTES:
             raise BundleError("oversized", f"bundle is {size} bytes; the limit is {MAX_BUNDLE_BYTES} bytes")

@@ -22,6 +22,7 @@ record at all is refused (reason "rollback", "same_version_different_content", "
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Generic, Mapping, TypeVar, Union
 
-from edge.durable import atomic_write, private_dir
+from edge.durable import atomic_write, move_into_place, private_dir
 from edge.keys import PrivateKey, PublicKey, TrustStore
 from edge.watchlist.bundle import (BundleError, OpenedBundle, open_bundle, open_bundle_file, parse_time,
                                    peek_manifest, seal_local, verify_wipe)
@@ -177,12 +178,29 @@ class WatchlistStore(Generic[T]):
 
     def install(self, data: bytes, now: datetime | None = None) -> InstallResult:
         """Verify `data` (a full or delta bundle), apply the install policy, load, persist and swap."""
+        return self._install(lambda: open_bundle(data, self._device_private, self._trust,
+                                                 expected_device_id=self.device_id, now=now),
+                             lambda: atomic_write(self.path, data, 0o600), now)
+
+    def install_file(self, path: Path, now: datetime | None = None) -> InstallResult:
+        """`install` for a bundle on disk (the sync's assembled download): a full bundle is verified and decrypted
+        in chunks (`open_bundle_file`), never held whole in memory, and persisted by moving `path` into place (so
+        `path` is gone after it installed); a delta is small and read whole. `path` is the caller's to remove
+        otherwise."""
+        return self._install(lambda: open_bundle_file(path, self._device_private, self._trust,
+                                                      expected_device_id=self.device_id, now=now),
+                             lambda: move_into_place(path, self.path, 0o600), now)
+
+    def _install(self, open_: Callable[[], OpenedBundle], persist_full: Callable[[], None],
+                 now: datetime | None) -> InstallResult:
         with self._install_lock:
             try:
-                opened = open_bundle(data, self._device_private, self._trust, expected_device_id=self.device_id,
-                                     now=now)
+                opened = open_()
             except BundleError as err:
                 return self._reject(err.reason, str(err), now)
+            except OSError as err:
+                why = "it is a symbolic link" if err.errno == errno.ELOOP else err.strerror or str(err)
+                return self._reject("unreadable", f"cannot read the downloaded bundle: {why}", now)
             version, label = opened.version, f"watchlist {opened.watchlist_id} v{opened.version}"
             problem = self._embedder_problem(opened)
             if problem:
@@ -210,8 +228,7 @@ class WatchlistStore(Generic[T]):
             except Exception as err:  # noqa: BLE001 - any loader failure is a rejection, the old list stays
                 return self._reject("load_failed", f"{label} could not be loaded: {err}", now, version)
             try:
-                self._persist(data if opened.kind == "full" else seal_local(opened.header, opened.payload,
-                                                                            self._device_private), opened)
+                self._persist(persist_full, opened)
             except OSError as err:
                 return self._reject("persist_failed", f"{label} could not be saved to {self.path}:"
                                                       f" {err.strerror or err}", now, version)
@@ -392,12 +409,16 @@ class WatchlistStore(Generic[T]):
             self._floor, self._wiped = record[0], record[1] == WIPED
             self._content = WIPED if self._wiped else None
 
-    def _persist(self, data: bytes, opened: OpenedBundle) -> None:
-        """Replace `installed.bundle` atomically and durably, then its install record; on failure the old file is
-        untouched. Bundle first: a power cut between the two leaves a newer bundle than the record, which start
-        accepts (never an older one)."""
+    def _persist(self, persist_full: Callable[[], None], opened: OpenedBundle) -> None:
+        """Replace `installed.bundle` atomically and durably (`persist_full` for a full bundle, the device's local
+        bundle for an applied delta), then its install record; on failure the old file is untouched. Bundle first:
+        a power cut between the two leaves a newer bundle than the record, which start accepts (never an older
+        one)."""
         private_dir(self.state_dir)
-        atomic_write(self.path, data, 0o600)
+        if opened.kind == "full":
+            persist_full()
+        else:
+            atomic_write(self.path, seal_local(opened.header, opened.payload, self._device_private), 0o600)
         self._write_record(opened.version, opened.content_sha256)
 
     def _remove_leftover_temps(self) -> None:
