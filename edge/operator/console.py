@@ -32,7 +32,7 @@ from starlette.concurrency import run_in_threadpool
 
 from edge.audit import AuditLog, tail, verify
 from edge.errors import DataError
-from edge.operator.accounts import ROLES, Accounts, Session
+from edge.operator.accounts import ROLES, Accounts, Session, TooManyAttempts
 from edge.operator.event_store import DECISIONS, STATUSES, EventStore
 from edge.operator.evidence import Evidence, Unavailable, media_type
 from edge.operator.request_checks import Refused, json_body, safe_next
@@ -269,7 +269,7 @@ def create_app(store: EventStore, accounts: Accounts, audit: AuditLog, labels: d
             token, me = await run_in_threadpool(accounts.login, username, str(form.get("password") or "")[:1024],
                                                 address)
         except DataError as err:
-            status = 429 if str(err).startswith("too many") else 401
+            status = 429 if isinstance(err, TooManyAttempts) else 401
             return page(request, "login.html", None, status, csrf=cookie, next=target, error=str(err),
                         username=username)
         resp = RedirectResponse(target, 303)
