@@ -62,7 +62,7 @@ def create_app(store: EventStore, accounts: Accounts, audit: AuditLog, labels: d
     app.middleware("http")(middleware.security_headers)
     app.add_exception_handler(Refused, middleware.refused(console))
     for group in (sessions, events, faces, fleet, admin):  # in this order: the routes are matched in it
-        app.include_router(group.routes(console))
+        group.register(app, console)
     return app
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 import jinja2
-from fastapi import APIRouter, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
 
@@ -66,9 +66,9 @@ class Console:
             raise Refused(403, f"a {me.role} may not {action} here")
         return me, form
 
-    def twin(self, router: APIRouter, path: str, api_path: str, template: str,
+    def twin(self, app: FastAPI, path: str, api_path: str, template: str,
              action: Action = "view") -> Callable[[PageData], PageData]:
-        """A decorator registering a page (GET `path`, `template`) and its JSON twin (GET `api_path`) on `router`,
+        """A decorator adding to `app` a page (GET `path`, `template`) and its JSON twin (GET `api_path`),
         both over one data function and guarded by `action`."""
         def register(data: PageData) -> PageData:
             async def html(request: Request) -> Response:
@@ -78,8 +78,8 @@ class Console:
             async def api(request: Request) -> dict:
                 return await run_in_threadpool(data, request, (await self.guard(request, action))[0])
 
-            router.add_api_route(path, html, methods=["GET"], include_in_schema=False)
-            router.add_api_route(api_path, api, methods=["GET"], include_in_schema=False)
+            app.add_api_route(path, html, methods=["GET"], include_in_schema=False)
+            app.add_api_route(api_path, api, methods=["GET"], include_in_schema=False)
             return data
         return register
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from fastapi import APIRouter, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
@@ -15,13 +15,12 @@ from edge.operator.event_store import STATUSES
 from edge.operator.request_checks import Refused, json_body
 
 
-def routes(console: Console) -> APIRouter:
-    """GET / and /api/events (the queue), GET /events/ID and /api/events/ID (one event), POST /events/ID/decisions
-    (the form), GET and POST /api/events/ID/decisions."""
-    router = APIRouter()
+def register(app: FastAPI, console: Console) -> None:
+    """Add to `app`: GET / and /api/events (the queue), GET /events/ID and /api/events/ID (one event),
+    POST /events/ID/decisions (the form), GET and POST /api/events/ID/decisions."""
     data = console.data
 
-    @console.twin(router, "/", "/api/events", "queue.html")
+    @console.twin(app, "/", "/api/events", "queue.html")
     def queue(request: Request, me: Session) -> dict:
         status = request.query_params.get("status") or "pending"
         if status not in STATUSES:
@@ -34,14 +33,14 @@ def routes(console: Console) -> APIRouter:
                 "required": data.required, "sig": sig,
                 "latest": max((e["received_at"] for e in events), default=None), "events": events}
 
-    @console.twin(router, "/events/{event_id}", "/api/events/{event_id}", "event.html")
+    @console.twin(app, "/events/{event_id}", "/api/events/{event_id}", "event.html")
     def event(request: Request, me: Session) -> dict:
         ev = data.event(request.path_params["event_id"])[1]
         n_refs = len(data.faces.enrolled(ev["subject_id"]))
         return {"event": ev, "mine": next((d for d in ev["decisions"] if d["reviewer"] == me.username), None),
                 "references": list(range(1, n_refs + 1))}
 
-    @router.post("/events/{event_id}/decisions")
+    @app.post("/events/{event_id}/decisions")
     async def decide_form(request: Request, event_id: str) -> Response:
         me, form = await console.guard(request, "decide")
         try:
@@ -53,13 +52,13 @@ def routes(console: Console) -> APIRouter:
                                 **await run_in_threadpool(event, request, me))
         return RedirectResponse(f"/events/{quote(event_id)}", 303)
 
-    @router.get("/api/events/{event_id}/decisions")
+    @app.get("/api/events/{event_id}/decisions")
     async def api_decisions(request: Request, event_id: str) -> dict:
         await console.guard(request, "view")
         ev = (await run_in_threadpool(data.event, event_id))[1]
         return {k: ev[k] for k in ("event_id", "status", "confirmations", "required", "decisions")}
 
-    @router.post("/api/events/{event_id}/decisions")
+    @app.post("/api/events/{event_id}/decisions")
     async def api_decide(request: Request, event_id: str) -> dict:
         me, _ = await console.guard(request, "decide")
         body = json_body(await request.body())
@@ -67,4 +66,3 @@ def routes(console: Console) -> APIRouter:
             raise Refused(400, 'the body must be a JSON object: {"decision": "confirm|reject|unsure", "note": "..."}')
         return await run_in_threadpool(data.decide, me, event_id, body.get("decision"), body.get("note") or "")
 
-    return router

@@ -4,7 +4,7 @@ the console's own icon."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
@@ -17,17 +17,17 @@ FAVICON = (b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect w
            b' fill="#cfe3ff"/></svg>')
 
 
-def routes(console: Console) -> APIRouter:
-    """GET /api/events/ID/case, /events/ID/{evidence,reference}/{1,2}, /favicon.ico, /events/ID/thumbnail."""
-    router = APIRouter()
+def register(app: FastAPI, console: Console) -> None:
+    """Add to `app`: GET /api/events/ID/case, /events/ID/{evidence,reference}/{1,2}, /favicon.ico and
+    /events/ID/thumbnail."""
     data = console.data
 
-    @router.get("/api/events/{event_id}/case")
+    @app.get("/api/events/{event_id}/case")
     async def api_case(request: Request, event_id: str) -> dict:
         me, _ = await console.guard(request, "export")
         return await run_in_threadpool(data.case, me, event_id)
 
-    @router.get("/events/{event_id}/{kind}/{n}")
+    @app.get("/events/{event_id}/{kind}/{n}")
     async def face(request: Request, event_id: str, kind: str, n: str) -> Response:
         """/events/ID/evidence/1|2: the captured faces; /events/ID/reference/1|2: the enrolled ones."""
         await console.guard(request, "view")
@@ -37,14 +37,13 @@ def routes(console: Console) -> APIRouter:
         which = "evidence" if kind == "evidence" else "reference"
         return image(await run_in_threadpool(data.face, which, event_id, int(n)))
 
-    @router.get("/favicon.ico")
+    @app.get("/favicon.ico")
     async def favicon() -> Response:
         return Response(FAVICON, media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
 
-    @router.get("/events/{event_id}/thumbnail")
+    @app.get("/events/{event_id}/thumbnail")
     async def thumbnail(request: Request, event_id: str) -> Response:
         """The best captured face: evidence slot 1."""
         await console.guard(request, "view")
         return image(await run_in_threadpool(data.face, "evidence", event_id, 1))
 
-    return router

@@ -3,23 +3,21 @@ deployed, their per-group false-match rates at each threshold and their alert bu
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import FastAPI, Request
 
 from edge.operator.accounts import Session
 from edge.operator.console.base import Console
 
 
-def routes(console: Console) -> APIRouter:
-    """GET /devices and /api/devices, GET /watchlists and /api/watchlists."""
-    router = APIRouter()
+def register(app: FastAPI, console: Console) -> None:
+    """Add to `app`: GET /devices and /api/devices, GET /watchlists and /api/watchlists."""
     data = console.data
 
-    @console.twin(router, "/devices", "/api/devices", "devices.html")
+    @console.twin(app, "/devices", "/api/devices", "devices.html")
     def devices(request: Request, me: Session) -> dict:
         return {"devices": data.devices()}
 
-    @console.twin(router, "/watchlists", "/api/watchlists", "watchlists.html")
+    @console.twin(app, "/watchlists", "/api/watchlists", "watchlists.html")
     def watchlists(request: Request, me: Session) -> dict:
         return {"versions": data.watchlists()}
 
-    return router

@@ -8,7 +8,7 @@ import hmac
 import secrets
 import time
 
-from fastapi import APIRouter, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
@@ -19,11 +19,10 @@ from edge.operator.console.permissions import actions
 from edge.operator.request_checks import Refused, safe_next
 
 
-def routes(console: Console) -> APIRouter:
-    """GET and POST /login, POST /logout, GET /api/me."""
-    router = APIRouter()
+def register(app: FastAPI, console: Console) -> None:
+    """Add to `app`: GET and POST /login, POST /logout, GET /api/me."""
 
-    @router.get("/login")
+    @app.get("/login")
     async def login_form(request: Request) -> Response:
         target = safe_next(request.query_params.get("next", "/"))
         if await console.session(request) is not None:
@@ -34,7 +33,7 @@ def routes(console: Console) -> APIRouter:
         set_cookie(resp, request, LOGIN_COOKIE, token, 3600)
         return resp
 
-    @router.post("/login")
+    @app.post("/login")
     async def login(request: Request) -> Response:
         form = await request.form()
         cookie, submitted = request.cookies.get(LOGIN_COOKIE) or "", form.get("csrf")
@@ -54,7 +53,7 @@ def routes(console: Console) -> APIRouter:
         resp.delete_cookie(LOGIN_COOKIE, path="/", httponly=True, samesite="strict")
         return resp
 
-    @router.post("/logout")
+    @app.post("/logout")
     async def logout(request: Request) -> Response:
         await console.guard(request, "view")
         await run_in_threadpool(console.data.logout, request.cookies.get(SESSION_COOKIE))
@@ -62,10 +61,9 @@ def routes(console: Console) -> APIRouter:
         resp.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
         return resp
 
-    @router.get("/api/me")
+    @app.get("/api/me")
     async def api_me(request: Request) -> dict:
         me, _ = await console.guard(request, "view")
         return {"username": me.username, "role": me.role, "csrf": me.csrf, "expires_at": me.expires_at,
                 "may": actions(me)}
 
-    return router
