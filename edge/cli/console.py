@@ -1,4 +1,4 @@
-"""`edge console …`: serve the review console (edge/operator/console.py) and manage its users.
+"""`edge console …`: serve the review console (edge/operator/console/) and manage its users.
 
 The console's audit log (decisions, user adds, purges) is sealed like the device's (`edge.audit_seal`): its own
 sealing key beside it, made by the first `user add` or start; the console seals its head at start, every

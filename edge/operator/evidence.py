@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from typing import Any
+from typing import TYPE_CHECKING
 
 from edge.errors import EdgeError
 from edge.messaging.payloads import PayloadError
 from edge.messaging.thumbnail import decrypt_thumbnail, evidence_context
+
+if TYPE_CHECKING:
+    from edge.keys import PrivateKey
+    from edge.watchlist.references import References
 
 #: Evidence slot → the event field carrying that sealed chip (1: the track's best, 2: its second best).
 EVIDENCE_SLOTS = {1: "thumbnail", 2: "thumbnail2"}
@@ -41,16 +45,18 @@ class Evidence:
     """Opens the faces of stored events. key: the operator's X25519 evidence private key (None: sealed faces stay
     sealed). references: `edge.watchlist.references.References` of the operator's build, or None."""
 
-    def __init__(self, key: Any = None, references: Any = None) -> None:
+    def __init__(self, key: PrivateKey | None = None, references: References | None = None) -> None:
         self.key = key
         self.references = references
 
     @property
     def can_open(self) -> bool:
+        """Whether captured faces can be opened (the console has the evidence key)."""
         return self.key is not None
 
     @property
     def has_references(self) -> bool:
+        """Whether the build's enrolled faces are at hand."""
         return self.references is not None and bool(self.references.available)
 
     def captured(self, row: dict, slot: int) -> bytes:
