@@ -113,7 +113,7 @@ class App:
         restart = [s for s in Config.model_fields if s not in RELOADABLE and getattr(new, s) != getattr(self.config, s)]
         self.pipeline.quality = wiring.quality_thresholds(new)
         wiring.apply_tracking(self.tracker, new)
-        self.policy.config = wiring.policy_config(new)
+        self.policy.config = new.policy
         self.config = self.config.model_copy(update={s: getattr(new, s) for s in RELOADABLE})
         self.control.config = self.config
         self.store.start()

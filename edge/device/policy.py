@@ -3,7 +3,7 @@
 Pure logic: no I/O, no threads, no clock — `now` is passed in seconds (the same clock for every call).
 
 A result *votes* for its top subject when its similarity ≥ threshold and its margin over the best other subject
-≥ margin (the config's values, or, when those are None, the ones carried by each Match — i.e. the
+≥ margin (`PolicyConfig`'s values, or, when those are None, the ones carried by each Match — i.e. the
 watchlist bundle's). A decision fires when at least k of a track's last n results vote for the same subject,
 or when the track *template* (the quality-weighted mean of ≥ 2 of its chips' embeddings, `Track.template`) votes:
 that one search already pools the chips' evidence (`observe_template`).
@@ -20,28 +20,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+from edge.config import PolicyConfig  # the `policy:` section is the policy's settings
 from edge.types import Candidate, Decision, Match
-
-
-@dataclass(frozen=True)
-class PolicyConfig:
-    """k: agreeing results needed among the last n. threshold: least cosine similarity; margin: least gap to the
-    best other subject (cosine); None = each Match's own. cooldown_s: seconds before the same subject can
-    be decided again (from any track)."""
-
-    k: int = 2
-    n: int = 3
-    threshold: float | None = None
-    margin: float | None = None
-    cooldown_s: float = 60.0
-
-    def __post_init__(self) -> None:
-        if self.k < 1:
-            raise ValueError(f"k must be ≥ 1, got {self.k}")
-        if self.n < self.k:
-            raise ValueError(f"n must be ≥ k ({self.k}), got {self.n}")
-        if self.cooldown_s < 0:
-            raise ValueError(f"cooldown_s must be ≥ 0 seconds, got {self.cooldown_s}")
 
 
 @dataclass(frozen=True)

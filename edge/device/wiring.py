@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edge import keys
-from edge.config import Config
+from edge.config import Config, PolicyConfig
 from edge.device.health import Health
 from edge.device.pipeline import MatchContext, Pipeline
-from edge.device.policy import DecisionPolicy, PolicyConfig
+from edge.device.policy import DecisionPolicy
 from edge.device.track import Tracker
 from edge.durable import private_dir
 from edge.errors import EdgeError
@@ -40,12 +40,6 @@ def quality_thresholds(c: Config) -> QualityThresholds:
     """config.quality → the gate's thresholds."""
     q = c.quality
     return QualityThresholds(q.min_eye_distance_px, q.min_sharpness, q.max_yaw, q.max_roll_deg, q.min_score)
-
-
-def policy_config(c: Config) -> PolicyConfig:
-    """config.policy → the decision policy's settings."""
-    p = c.policy
-    return PolicyConfig(k=p.k, n=p.n, threshold=p.threshold, margin=p.margin, cooldown_s=p.cooldown_s)
 
 
 def apply_tracking(tracker: Tracker, c: Config) -> Tracker:
@@ -228,7 +222,7 @@ def build(c: Config, audit_factory: Callable[[Path], Any], start_record: Callabl
         reconcile(outbox, audit)  # before anything is published: every stored event has its audit record
         writer = event_writer(c, outbox, audit, analyzer.embedder_id, health)
         tracker = apply_tracking(Tracker(), c)
-        policy = DecisionPolicy(policy_config(c))
+        policy = DecisionPolicy(c.policy)
         source = frame_source(c)
 
         def live_watchlist() -> Any:
