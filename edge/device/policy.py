@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from edge.config import PolicyConfig  # the `policy:` section is the policy's settings
 from edge.types import Candidate, Decision, Match
@@ -47,7 +48,7 @@ class DecisionPolicy:
     once, threshold checked first), decisions, suppressed_by_cooldown.
     """
 
-    last_outcome: dict | None = None
+    last_outcome: dict[str, Any] | None = None
 
     def __init__(self, config: PolicyConfig = PolicyConfig()) -> None:
         self.config = config
@@ -62,7 +63,7 @@ class DecisionPolicy:
         self.template_observed = 0
         self.template_decisions = 0
 
-    def observe(self, track_id: int, result: Match, now: float, quality: dict | None = None,
+    def observe(self, track_id: int, result: Match, now: float, quality: dict[str, Any] | None = None,
                 first_seen: float | None = None) -> Decision | None:
         """Add one embedded chip's result for a track; returns a Decision when this result completes a vote.
 
@@ -87,7 +88,7 @@ class DecisionPolicy:
         self._outcome(outcome, top, threshold)
         state.window.append(_Vote(vote, top, float(result.margin)))
         # Only this result's subject gained a vote, so only it can newly reach k.
-        if vote is None or vote in state.settled:
+        if vote is None or top is None or vote in state.settled:  # (a vote always has a top candidate)
             if vote is not None:
                 self._outcome("already_decided", top, threshold)
             return None
@@ -102,7 +103,7 @@ class DecisionPolicy:
                              "similarity": float(top.similarity) if top else None, "threshold": float(threshold)}
 
     def observe_template(self, track_id: int, result: Match, chips: int, now: float,
-                         quality: dict | None = None, first_seen: float | None = None) -> Decision | None:
+                         quality: dict[str, Any] | None = None, first_seen: float | None = None) -> Decision | None:
         """Add the result of searching a track's template (pooled from `chips` ≥ 2 embedded chips): a vote of its
         own decides. Counted in `template_observed` / `template_decisions`; not part of the k-of-n window."""
         self.template_observed += 1
@@ -130,7 +131,7 @@ class DecisionPolicy:
         return state, float(threshold), float(margin_required), top
 
     def _fire(self, track_id: int, state: _TrackState, vote: str, top: Candidate, agreeing: list[_Vote],
-              threshold: float, margin_required: float, now: float, quality: dict | None,
+              threshold: float, margin_required: float, now: float, quality: dict[str, Any] | None,
               chips_used: int | None = None) -> Decision | None:
         cfg = self.config
         state.settled.add(vote)
