@@ -105,7 +105,7 @@ class Pipeline:
         self.slot = LatestSlot(lossless)
         self.events: queue.Queue[PendingEvent | None] = queue.Queue(maxsize=event_queue_size)
         self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
+        self._threads: dict[str, threading.Thread] = {}  # by role: capture, inference, events
         self.finished = threading.Event()  # the source ended (finite sources)
         self.last_progress = time.monotonic()  # the inference thread's heartbeat (for the watchdog)
         self.error: BaseException | None = None
@@ -235,15 +235,16 @@ class Pipeline:
     def start(self) -> None:
         """Open the source and start the capture, inference and event threads."""
         self.source.open()
-        for name, target in (("capture", self._capture), ("inference", self._infer), ("events", self._emit)):
-            t = threading.Thread(target=target, name=f"edge-{name}", daemon=True)
+        for role, target in (("capture", self._capture), ("inference", self._infer), ("events", self._emit)):
+            t = threading.Thread(target=target, name=f"edge-{role}", daemon=True)
             t.start()
-            self._threads.append(t)
+            self._threads[role] = t
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until a finite source has been fully processed; True when done."""
-        self._threads[1].join(timeout)
-        return not self._threads[1].is_alive()
+        inference = self._threads["inference"]
+        inference.join(timeout)
+        return not inference.is_alive()
 
     def stop(self, timeout: float = 2.0) -> None:
         """Stop all threads (within `timeout` seconds in total) and close the source."""
@@ -254,10 +255,10 @@ class Pipeline:
         except Exception:  # closing a vanished camera must not block shutdown
             log.warning("closing the frame source failed", exc_info=True)
         deadline = time.monotonic() + timeout
-        for t in self._threads[:2]:
-            t.join(max(0.0, deadline - time.monotonic()))
+        for role in ("capture", "inference"):  # the producers first, then the event thread drains the queue
+            self._threads[role].join(max(0.0, deadline - time.monotonic()))
         self.events.put(None)
-        self._threads[2].join(max(0.0, deadline - time.monotonic()))
+        self._threads["events"].join(max(0.0, deadline - time.monotonic()))
 
 
 def _center_x(det: Any, frame: Frame) -> float:
