@@ -128,8 +128,10 @@ def watchlist_store(c: Config, embedder_id: str, embedder_sha256: str,
     w = c.watchlist
     if w.device_key is None or w.trusted_keys is None:  # never: the Config fills both in under device.state_dir
         raise EdgeError("watchlist.device_key and watchlist.trusted_keys must be set")
-    store = WatchlistStore(c.device.state_dir, c.device.id, keys.load_private_key(w.device_key, "device"),
-                           load_trust(w.trusted_keys), embedder_id, embedder_sha256, loader)
+    store = WatchlistStore(state_dir=c.device.state_dir, device_id=c.device.id,
+                           device_private=keys.load_private_key(w.device_key, "device"),
+                           trust=load_trust(w.trusted_keys), embedder_id=embedder_id,
+                           embedder_sha256=embedder_sha256, loader=loader)
     store.start()
     return store
 
@@ -142,9 +144,10 @@ def build_pipeline(source: FrameSource, analyzer: Analyzer, watchlist: Callable[
                    governor: ThermalGovernor | None = None) -> Pipeline:
     """The capture → vision → match → decision loop over `source` with `analyzer`'s models; `watchlist()` gives
     the live watchlist (or None), `sink(decision, frame, watchlist, chips)` takes each decision."""
-    return Pipeline(source, analyzer.detector, analyzer.embedder, tracker or Tracker(),
-                    policy or DecisionPolicy(PolicyConfig(k=2, n=3)), MatchContext(watchlist), sink, health, quality,
-                    lossless=lossless, embed_face=analyzer.embed, governor=governor)
+    return Pipeline(source=source, detector=analyzer.detector, embedder=analyzer.embedder,
+                    tracker=tracker or Tracker(), policy=policy or DecisionPolicy(PolicyConfig(k=2, n=3)),
+                    matches=MatchContext(watchlist), sink=sink, health=health, quality=quality, lossless=lossless,
+                    embed_face=analyzer.embed, governor=governor)
 
 
 def thermal_governor(c: Config) -> ThermalGovernor | None:
@@ -260,8 +263,8 @@ def build(c: Config, audit_factory: Callable[[Path], AuditLog],
             return live
 
         governor = thermal_governor(c)
-        pipeline = build_pipeline(source, analyzer, live_watchlist, writer, health, tracker, policy,
-                                  quality_thresholds(c), governor=governor)
+        pipeline = build_pipeline(source, analyzer, live_watchlist, writer, health, tracker=tracker, policy=policy,
+                                  quality=quality_thresholds(c), governor=governor)
         health.watch("outbox_depth", outbox.depth)
         health.watch("event_queue", pipeline.events.qsize)
         health.watch("watchlist_version", lambda: store.state()["version"])
@@ -273,8 +276,9 @@ def build(c: Config, audit_factory: Callable[[Path], AuditLog],
             client, publisher, sync = _messaging(c, topics, outbox, store, audit, state)
             health.watch("mqtt_connected", lambda: client.connected)
         sealer = audit_sealer(state)
-        control = Control(c, topics, health, pipeline, store, outbox, audit, client, publisher, sync, stop_event,
-                          sealer=sealer, writer=writer)
+        control = Control(config=c, topics=topics, health=health, pipeline=pipeline, store=store, outbox=outbox,
+                          audit=audit, client=client, publisher=publisher, sync=sync, stop=stop_event, sealer=sealer,
+                          writer=writer)
     except BaseException:
         if outbox is not None:
             outbox.close()
