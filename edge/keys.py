@@ -19,7 +19,7 @@ import json
 import os
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal, Union
+from typing import Literal, Union, cast, overload
 
 from cryptography.exceptions import InvalidSignature, InvalidTag, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
@@ -181,9 +181,15 @@ def load_private_key(path: str | Path, kind: KeyKind) -> PrivateKey:
         raise KeyFileError(f"key file {path} is not a valid PEM private key") from None
     if not isinstance(key, private_cls):
         raise KeyFileError(f"key file {path} is an {_type_name(key)} key; an {alg} {kind} key is needed")
-    return key
+    return cast(PrivateKey, key)  # private_cls is one of the two
 
 
+@overload
+def load_public_key(path: str | Path, kind: Literal["operator"]) -> Ed25519PublicKey: ...
+@overload
+def load_public_key(path: str | Path, kind: Literal["device"]) -> X25519PublicKey: ...
+@overload
+def load_public_key(path: str | Path, kind: KeyKind) -> PublicKey: ...
 def load_public_key(path: str | Path, kind: KeyKind) -> PublicKey:
     """Load a PEM public key of `kind` ("operator": Ed25519, "device": X25519); a private key file is refused."""
     alg, _, public_cls = _kind(kind)
@@ -199,7 +205,7 @@ def load_public_key(path: str | Path, kind: KeyKind) -> PublicKey:
         raise KeyFileError(f"key file {path} is not a valid PEM public key") from None
     if not isinstance(key, public_cls):
         raise KeyFileError(f"key file {path} is an {_type_name(key)} key; an {alg} {kind} key is needed")
-    return key
+    return cast(PublicKey, key)  # public_cls is one of the two
 
 
 def _b64(data: bytes) -> str:

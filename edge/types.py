@@ -133,19 +133,14 @@ class MatchEvent:
         return event
 
 
-#: A periodic re-embedding needs at least this share of the best embedded chip's quality_score.
-REEMBED_FLOOR = 0.8
-
-
 @dataclass(eq=False)
 class Track:
-    """One face followed across frames. Mutable: only its Tracker updates the association fields.
+    """One face followed across frames, as the stages see it. Mutable: only its Tracker updates the association
+    fields. `edge.device.track.Track` adds which chips to embed and the track template (the embedding rule).
 
     first_seen / last_seen: seconds (the `now` passed to `Tracker.update`). hits: frames it was seen in.
-    embeds: chips embedded so far; best_embedded_quality: the best `quality_score` among them (0 before any).
-    template_sum: the `quality_score`-weighted sum of the embedded chips' embeddings (None before any).
-    best_chips: the two best embedded chips (aligned faces, RGB uint8) as (quality_score, chip), best first — in
-    memory only, the evidence an event may carry.
+    embeds: chips embedded so far. best_chips: the two best embedded chips (aligned faces, RGB uint8) as
+    (quality_score, chip), best first — in memory only, the evidence an event may carry.
     """
 
     track_id: int
@@ -154,42 +149,7 @@ class Track:
     last_seen: float
     hits: int = 1
     embeds: int = 0
-    best_embedded_quality: float = 0.0
-    embed_budget: int = 5
-    embed_improvement: float = 1.15
-    reembed_after_s: float = 0.5
-    template_sum: np.ndarray | None = None
-    template2_sum: np.ndarray | None = None
-    last_embedded: float = float("-inf")
-    best_chips: list = field(default_factory=list)
-
-    def should_embed(self, quality_score: float, now: float | None = None) -> bool:
-        """Whether a chip that passed the quality gate is worth embedding (see the module docstring);
-        now: seconds, for the periodic re-embedding (None = only the improvement rule)."""
-        if self.embeds >= self.embed_budget:
-            return False
-        if self.embeds == 0:
-            return True
-        if quality_score >= self.best_embedded_quality * self.embed_improvement:
-            return True
-        return (now is not None and now - self.last_embedded >= self.reembed_after_s
-                and quality_score >= REEMBED_FLOOR * self.best_embedded_quality)
-
-    def record_embedding(self, quality_score: float, embedding: np.ndarray | None = None,
-                         now: float | None = None, embedding2: np.ndarray | None = None) -> None:
-        """Note that a chip with this `quality_score` was embedded for this track at `now` seconds (and add its
-        embedding, a unit vector — and the fused second embedding, if any — to the track template)."""
-        self.embeds += 1
-        if now is not None:
-            self.last_embedded = float(now)
-        self.best_embedded_quality = max(self.best_embedded_quality, float(quality_score))
-        if embedding is not None:
-            q = max(float(quality_score), 1e-6)
-            w = q * np.asarray(embedding, np.float32)
-            self.template_sum = w if self.template_sum is None else self.template_sum + w
-            if embedding2 is not None:
-                w2 = q * np.asarray(embedding2, np.float32)
-                self.template2_sum = w2 if self.template2_sum is None else self.template2_sum + w2
+    best_chips: list[tuple[float, np.ndarray]] = field(default_factory=list)
 
     def keep_chip(self, quality_score: float, chip: np.ndarray | None, keep: int = 2) -> None:
         """Remember `chip` if it is among the `keep` best embedded chips of this track (by `quality_score`)."""
@@ -202,16 +162,6 @@ class Track:
     def evidence(self) -> list[np.ndarray]:
         """The kept chips, best first."""
         return [chip for _, chip in self.best_chips]
-
-    def template(self, second: bool = False) -> np.ndarray | None:
-        """The track template: the quality-weighted mean of its embedded chips as a unit vector, once at least two
-        chips are in it (one chip is already searched on its own); None before. second: the same for the fused
-        second embeddings."""
-        total = self.template2_sum if second else self.template_sum
-        if total is None or self.embeds < 2:
-            return None
-        norm = float(np.linalg.norm(total))
-        return (total / norm).astype(np.float32) if norm > 0 else None
 
 
 @dataclass(frozen=True)

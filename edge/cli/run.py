@@ -1,5 +1,5 @@
 """`edge run --config FILE [--check]` and `edge config --describe|--defaults`: argument handling and output only
-(the appliance is edge/device/app.py, the schema edge/config.py).
+(the appliance is edge/device/app.py, the schema edge/config_models.py, its loader edge/config.py).
 
 `--check` validates the config, loads the models (checksums verified), builds (not opens) the frame source,
 reads every key and TLS file the config names and checks the state directory (file modes and links, the install

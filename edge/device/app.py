@@ -15,13 +15,21 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge import __version__
 from edge.audit import AuditLog
 from edge.config import Config, ConfigError, load_config
 from edge.device import wiring
+from edge.device.health import Health
+from edge.device.pipeline import Pipeline
+from edge.device.policy import DecisionPolicy
+from edge.device.ports import InstalledWatchlist
 from edge.device.sdnotify import sd_notify
+
+if TYPE_CHECKING:
+    from edge.device.control import Control
+    from edge.messaging.outbox import Outbox
 
 log = logging.getLogger("edge.device.app")
 
@@ -31,7 +39,8 @@ RELOADABLE = ("quality", "tracking", "policy", "health")
 
 class App:
     """The appliance. `config_path` (optional) is the file `config` came from: hashed into the audit log, re-read
-    on SIGHUP. Attributes for tests: health, pipeline, store, outbox, audit, policy, control."""
+    on SIGHUP. `device`: its components (`wiring.Device`); health, pipeline, store, outbox, audit, policy and
+    control are reachable on the app too (read-only, for tests)."""
 
     def __init__(self, config: Config, config_path: str | Path | None = None) -> None:
         self.config, self.config_path = config, Path(config_path) if config_path else None
@@ -41,18 +50,42 @@ class App:
         self._stopped = threading.Event()
         self._started = False
 
-        def opening_records(audit: AuditLog, store: Any) -> None:
+        def opening_records(audit: AuditLog, store: InstalledWatchlist) -> None:
             audit.append("start", {"device_id": config.device.id, "version": __version__, "pid": os.getpid(),
                                    "watchlist": store.state()})
             audit.append("config", {"path": str(self.config_path) if self.config_path else None,
                                     "sha256": wiring.file_sha256(self.config_path), "reload": False})
 
-        d = wiring.build(config, AuditLog, opening_records, self._stop)
-        self.device = d
-        self.health, self.analyzer, self.store, self.audit = d.health, d.analyzer, d.store, d.audit
-        self.outbox, self.writer, self.tracker, self.policy = d.outbox, d.writer, d.tracker, d.policy
-        self.source, self.pipeline, self.topics, self.control, self.client = (d.source, d.pipeline, d.topics,
-                                                                             d.control, d.client)
+        self.device = wiring.build(config, AuditLog, opening_records, self._stop)
+
+    # --- the device's components, as the app's (no copies: each is `self.device`'s) ---------------------------
+    @property
+    def health(self) -> Health:
+        return self.device.health
+
+    @property
+    def pipeline(self) -> Pipeline:
+        return self.device.pipeline
+
+    @property
+    def store(self) -> InstalledWatchlist:
+        return self.device.store
+
+    @property
+    def outbox(self) -> Outbox:
+        return self.device.outbox
+
+    @property
+    def audit(self) -> AuditLog:
+        return self.device.audit
+
+    @property
+    def policy(self) -> DecisionPolicy:
+        return self.device.policy
+
+    @property
+    def control(self) -> Control:
+        return self.device.control
 
     def status(self) -> dict:
         """The health figures of the retained status (`Control.status`)."""
@@ -68,7 +101,7 @@ class App:
         self.pipeline.start()  # opens the source: CameraError when it cannot
         self._started = True
         self.control.start()
-        log.info("running: device %s, %s, watchlist %s", self.config.device.id, self.source.describe(),
+        log.info("running: device %s, %s, watchlist %s", self.config.device.id, self.device.source.describe(),
                  self.store.state()["state"])
         sd_notify("READY=1")
 
@@ -91,8 +124,8 @@ class App:
                     break
         finally:
             self.stop()
-            for sig, old in handlers.items():
-                signal.signal(sig, old)
+            for signum, old in handlers.items():
+                signal.signal(signum, old)
         return 1 if self.pipeline.error is not None and self.pipeline.finished.is_set() else 0
 
     def _on_stop(self, signum: int, frame: Any) -> None:
@@ -112,8 +145,8 @@ class App:
             return False
         restart = [s for s in Config.model_fields if s not in RELOADABLE and getattr(new, s) != getattr(self.config, s)]
         self.pipeline.quality = wiring.quality_thresholds(new)
-        wiring.apply_tracking(self.tracker, new)
-        self.policy.config = wiring.policy_config(new)
+        wiring.apply_tracking(self.device.tracker, new)
+        self.policy.config = new.policy
         self.config = self.config.model_copy(update={s: getattr(new, s) for s in RELOADABLE})
         self.control.config = self.config
         self.store.start()

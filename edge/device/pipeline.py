@@ -13,16 +13,21 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from edge.device.health import Health
 from edge.device.policy import DecisionPolicy
+from edge.device.ports import Detector, Embedder, EventSink, Matcher
 from edge.device.track import Tracker, quality_score
-from edge.types import Decision, Face, Frame, PendingEvent
+from edge.types import Decision, Detection, Face, Frame, PendingEvent
 from edge.vision.align import CHIP_SIZE, align_face
 from edge.vision.quality import QualityThresholds, assess
+
+if TYPE_CHECKING:  # hints only: the pipeline is given its source and governor
+    from edge.device.capture.base import FrameSource
+    from edge.device.thermal import ThermalGovernor
 
 log = logging.getLogger("edge.device.pipeline")
 
@@ -68,7 +73,7 @@ class LatestSlot:
 class MatchContext:
     """Where matches come from: `watchlist()` returns the live Watchlist (or None: nothing to match against)."""
 
-    watchlist: Callable[[], Any]
+    watchlist: Callable[[], Matcher | None]
 
 
 class Pipeline:
@@ -79,16 +84,17 @@ class Pipeline:
     detector / embedder: from a FaceAnalyzer (owned by the inference thread). tracker / policy: pure state.
     """
 
-    def __init__(self, source: Any, detector: Any, embedder: Any, tracker: Tracker, policy: DecisionPolicy,
-                 matches: MatchContext, sink: Callable[[Decision, Frame, Any, Any], None], health: Health | None = None,
+    def __init__(self, source: FrameSource, detector: Detector, embedder: Embedder, tracker: Tracker,
+                 policy: DecisionPolicy, matches: MatchContext, sink: EventSink, health: Health | None = None,
                  quality: QualityThresholds = QualityThresholds(), event_queue_size: int = 256,
                  lossless: bool = False, track_templates: bool = True,
-                 embed_face: Callable[[np.ndarray, Any], Face] | None = None, governor: Any = None) -> None:
+                 embed_face: Callable[[np.ndarray, Detection], Face] | None = None,
+                 governor: ThermalGovernor | None = None) -> None:
         self.source = source
         #: called with {"frame", "track", "outcome", …} for every gated or matched chip (the demo's explanations),
         #: or None; outcome: "quality" (+ reason) or the policy's (`DecisionPolicy.last_outcome`)
-        self.trace: Callable[[dict], None] | None = None
-        #: edge.device.thermal.ThermalGovernor, or None: every frame is processed
+        self.trace: Callable[[dict[str, Any]], None] | None = None
+        #: skips detection on some frames while the CPU runs hot; None: every frame is processed
         self.governor = governor
         #: (rgb, detection) → Face, called only for chips that will be embedded (FaceAnalyzer.embed: dlib landmarks,
         #: dlib's chip, the embedding and the fused second one); None = embed the keypoint chip the gate measured
@@ -105,7 +111,7 @@ class Pipeline:
         self.slot = LatestSlot(lossless)
         self.events: queue.Queue[PendingEvent | None] = queue.Queue(maxsize=event_queue_size)
         self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
+        self._threads: dict[str, threading.Thread] = {}  # by role: capture, inference, events
         self.finished = threading.Event()  # the source ended (finite sources)
         self.last_progress = time.monotonic()  # the inference thread's heartbeat (for the watchdog)
         self.error: BaseException | None = None
@@ -235,15 +241,16 @@ class Pipeline:
     def start(self) -> None:
         """Open the source and start the capture, inference and event threads."""
         self.source.open()
-        for name, target in (("capture", self._capture), ("inference", self._infer), ("events", self._emit)):
-            t = threading.Thread(target=target, name=f"edge-{name}", daemon=True)
+        for role, target in (("capture", self._capture), ("inference", self._infer), ("events", self._emit)):
+            t = threading.Thread(target=target, name=f"edge-{role}", daemon=True)
             t.start()
-            self._threads.append(t)
+            self._threads[role] = t
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until a finite source has been fully processed; True when done."""
-        self._threads[1].join(timeout)
-        return not self._threads[1].is_alive()
+        inference = self._threads["inference"]
+        inference.join(timeout)
+        return not inference.is_alive()
 
     def stop(self, timeout: float = 2.0) -> None:
         """Stop all threads (within `timeout` seconds in total) and close the source."""
@@ -254,13 +261,13 @@ class Pipeline:
         except Exception:  # closing a vanished camera must not block shutdown
             log.warning("closing the frame source failed", exc_info=True)
         deadline = time.monotonic() + timeout
-        for t in self._threads[:2]:
-            t.join(max(0.0, deadline - time.monotonic()))
+        for role in ("capture", "inference"):  # the producers first, then the event thread drains the queue
+            self._threads[role].join(max(0.0, deadline - time.monotonic()))
         self.events.put(None)
-        self._threads[2].join(max(0.0, deadline - time.monotonic()))
+        self._threads["events"].join(max(0.0, deadline - time.monotonic()))
 
 
-def _center_x(det: Any, frame: Frame) -> float:
+def _center_x(det: Detection, frame: Frame) -> float:
     """The detection's horizontal centre as a fraction of the frame width (0 left … 1 right)."""
     x0, _, x1, _ = det.box
     return round(float(x0 + x1) / 2 / max(1, frame.rgb.shape[1]), 3)

@@ -3,7 +3,7 @@
 Pure logic: no I/O, no threads, no clock — `now` is passed in seconds (the same clock for every call).
 
 A result *votes* for its top subject when its similarity ≥ threshold and its margin over the best other subject
-≥ margin (the config's values, or, when those are None, the ones carried by each Match — i.e. the
+≥ margin (`PolicyConfig`'s values, or, when those are None, the ones carried by each Match — i.e. the
 watchlist bundle's). A decision fires when at least k of a track's last n results vote for the same subject,
 or when the track *template* (the quality-weighted mean of ≥ 2 of its chips' embeddings, `Track.template`) votes:
 that one search already pools the chips' evidence (`observe_template`).
@@ -19,29 +19,10 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
+from edge.config import PolicyConfig  # the `policy:` section is the policy's settings
 from edge.types import Candidate, Decision, Match
-
-
-@dataclass(frozen=True)
-class PolicyConfig:
-    """k: agreeing results needed among the last n. threshold: least cosine similarity; margin: least gap to the
-    best other subject (cosine); None = each Match's own. cooldown_s: seconds before the same subject can
-    be decided again (from any track)."""
-
-    k: int = 2
-    n: int = 3
-    threshold: float | None = None
-    margin: float | None = None
-    cooldown_s: float = 60.0
-
-    def __post_init__(self) -> None:
-        if self.k < 1:
-            raise ValueError(f"k must be ≥ 1, got {self.k}")
-        if self.n < self.k:
-            raise ValueError(f"n must be ≥ k ({self.k}), got {self.n}")
-        if self.cooldown_s < 0:
-            raise ValueError(f"cooldown_s must be ≥ 0 seconds, got {self.cooldown_s}")
 
 
 @dataclass(frozen=True)
@@ -67,7 +48,7 @@ class DecisionPolicy:
     once, threshold checked first), decisions, suppressed_by_cooldown.
     """
 
-    last_outcome: dict | None = None
+    last_outcome: dict[str, Any] | None = None
 
     def __init__(self, config: PolicyConfig = PolicyConfig()) -> None:
         self.config = config
@@ -82,7 +63,7 @@ class DecisionPolicy:
         self.template_observed = 0
         self.template_decisions = 0
 
-    def observe(self, track_id: int, result: Match, now: float, quality: dict | None = None,
+    def observe(self, track_id: int, result: Match, now: float, quality: dict[str, Any] | None = None,
                 first_seen: float | None = None) -> Decision | None:
         """Add one embedded chip's result for a track; returns a Decision when this result completes a vote.
 
@@ -107,7 +88,7 @@ class DecisionPolicy:
         self._outcome(outcome, top, threshold)
         state.window.append(_Vote(vote, top, float(result.margin)))
         # Only this result's subject gained a vote, so only it can newly reach k.
-        if vote is None or vote in state.settled:
+        if vote is None or top is None or vote in state.settled:  # (a vote always has a top candidate)
             if vote is not None:
                 self._outcome("already_decided", top, threshold)
             return None
@@ -122,7 +103,7 @@ class DecisionPolicy:
                              "similarity": float(top.similarity) if top else None, "threshold": float(threshold)}
 
     def observe_template(self, track_id: int, result: Match, chips: int, now: float,
-                         quality: dict | None = None, first_seen: float | None = None) -> Decision | None:
+                         quality: dict[str, Any] | None = None, first_seen: float | None = None) -> Decision | None:
         """Add the result of searching a track's template (pooled from `chips` ≥ 2 embedded chips): a vote of its
         own decides. Counted in `template_observed` / `template_decisions`; not part of the k-of-n window."""
         self.template_observed += 1
@@ -150,7 +131,7 @@ class DecisionPolicy:
         return state, float(threshold), float(margin_required), top
 
     def _fire(self, track_id: int, state: _TrackState, vote: str, top: Candidate, agreeing: list[_Vote],
-              threshold: float, margin_required: float, now: float, quality: dict | None,
+              threshold: float, margin_required: float, now: float, quality: dict[str, Any] | None,
               chips_used: int | None = None) -> Decision | None:
         cfg = self.config
         state.settled.add(vote)

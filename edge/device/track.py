@@ -15,11 +15,13 @@ than `embed_budget` chips in all.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edge.types import REEMBED_FLOOR, Detection, Track  # noqa: F401 - Track's home is the vocabulary
+from edge import types
+from edge.types import Detection
 
 if TYPE_CHECKING:  # only for hints: keeps this pure core free of OpenCV
     from edge.vision.quality import Quality
@@ -27,6 +29,8 @@ if TYPE_CHECKING:  # only for hints: keeps this pure core free of OpenCV
 #: Sharpness (0–1, `edge.vision.quality.sharpness`) at which a chip counts as fully sharp in `quality_score`
 #: (sharp dev portraits measure 0.5–0.7).
 SHARPNESS_FULL = 0.5
+#: A periodic re-embedding needs at least this share of the best embedded chip's quality_score.
+REEMBED_FLOOR = 0.8
 
 
 def quality_score(q: Quality) -> float:
@@ -38,6 +42,64 @@ def quality_score(q: Quality) -> float:
     """
     sharp = min(1.0, max(0.0, q.sharpness) / SHARPNESS_FULL)
     return float(max(0.0, q.eye_distance) * sharp * max(0.0, 1.0 - abs(q.yaw)))
+
+
+@dataclass(eq=False)
+class Track(types.Track):
+    """A `edge.types.Track` that follows the embedding rule of the module docstring; made by `Tracker`.
+
+    embed_budget: most chips embedded. embed_improvement: factor by which a chip's `quality_score` must beat the
+    best embedded one. reembed_after_s: seconds after which a chip ≥ `REEMBED_FLOOR` × the best one is embedded
+    anyway. best_embedded_quality: the best `quality_score` embedded (0 before any); last_embedded: `now` of the
+    last embedding. template_sum / template2_sum: the `quality_score`-weighted sums of the embedded chips'
+    embeddings and fused second embeddings (None before any).
+    """
+
+    embed_budget: int = 5
+    embed_improvement: float = 1.15
+    reembed_after_s: float = 0.5
+    best_embedded_quality: float = 0.0
+    last_embedded: float = float("-inf")
+    template_sum: np.ndarray | None = None
+    template2_sum: np.ndarray | None = None
+
+    def should_embed(self, quality_score: float, now: float | None = None) -> bool:
+        """Whether a chip that passed the quality gate is worth embedding (the module docstring's rule);
+        now: seconds, for the periodic re-embedding (None = only the improvement rule)."""
+        if self.embeds >= self.embed_budget:
+            return False
+        if self.embeds == 0:
+            return True
+        if quality_score >= self.best_embedded_quality * self.embed_improvement:
+            return True
+        return (now is not None and now - self.last_embedded >= self.reembed_after_s
+                and quality_score >= REEMBED_FLOOR * self.best_embedded_quality)
+
+    def record_embedding(self, quality_score: float, embedding: np.ndarray | None = None,
+                         now: float | None = None, embedding2: np.ndarray | None = None) -> None:
+        """Note that a chip with this `quality_score` was embedded for this track at `now` seconds (and add its
+        embedding, a unit vector — and the fused second embedding, if any — to the track template)."""
+        self.embeds += 1
+        if now is not None:
+            self.last_embedded = float(now)
+        self.best_embedded_quality = max(self.best_embedded_quality, float(quality_score))
+        if embedding is not None:
+            q = max(float(quality_score), 1e-6)
+            w = q * np.asarray(embedding, np.float32)
+            self.template_sum = w if self.template_sum is None else self.template_sum + w
+            if embedding2 is not None:
+                w2 = q * np.asarray(embedding2, np.float32)
+                self.template2_sum = w2 if self.template2_sum is None else self.template2_sum + w2
+
+    def template(self, second: bool = False) -> np.ndarray | None:
+        """The track template: the quality-weighted mean of its embedded chips as a unit vector, once at least two
+        chips are in it (one chip is already searched on its own); None before. second: the same for the fused
+        second embeddings."""
+        total = self.template2_sum if second else self.template_sum
+        if total is None or self.embeds < 2:
+            return None
+        norm = float(np.linalg.norm(total))
+        return (total / norm).astype(np.float32) if norm > 0 else None
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -124,14 +186,14 @@ class Tracker:
                 assigned[c] = track
         seen = []
         for c, det in enumerate(detections):
-            track = assigned.get(c)
-            if track is None:
-                track = Track(self._next_id, det, now, now, embed_budget=self.embed_budget,
+            known = assigned.get(c)
+            if known is None:
+                known = Track(self._next_id, det, now, now, embed_budget=self.embed_budget,
                               embed_improvement=self.embed_improvement, reembed_after_s=self.reembed_after_s)
-                self._tracks[track.track_id] = track
+                self._tracks[known.track_id] = known
                 self._next_id += 1
                 self.tracks_created += 1
-            seen.append(track)
+            seen.append(known)
         return seen
 
     def expired(self) -> list[int]:

@@ -9,22 +9,41 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from edge import keys
-from edge.config import Config
+from edge.config import Config, PolicyConfig
 from edge.device.health import Health
 from edge.device.pipeline import MatchContext, Pipeline
-from edge.device.policy import DecisionPolicy, PolicyConfig
+from edge.device.policy import DecisionPolicy
+from edge.device.ports import Analyzer, EventSink, InstalledWatchlist, Matcher
 from edge.device.track import Tracker
 from edge.durable import private_dir
 from edge.errors import EdgeError
-from edge.vision.analyzer import VisionOptions
+from edge.vision.analyzer import FaceAnalyzer, VisionOptions
 from edge.vision.quality import QualityThresholds
 
+if TYPE_CHECKING:  # hints only: each builder imports its module when it runs (paho, the sources, the index…)
+    from edge.audit import AuditLog
+    from edge.audit_seal import Sealer
+    from edge.device.capture.base import FrameSource
+    from edge.device.control import Control
+    from edge.device.event_writer import EventWriter
+    from edge.device.thermal import ThermalGovernor
+    from edge.messaging.delivery import EventPublisher
+    from edge.messaging.mqtt import MqttClient, MqttSettings
+    from edge.messaging.outbox import Outbox
+    from edge.messaging.sync import WatchlistSync
+    from edge.messaging.topics import Topics
+    from edge.watchlist.bundle import OpenedBundle
+    from edge.watchlist.index import Watchlist
+    from edge.watchlist.store import WatchlistStore
+
 log = logging.getLogger("edge.device.wiring")
+T = TypeVar("T")
 
 
 # --------------------------------------------------------------------------------------------- config → options
@@ -32,20 +51,16 @@ log = logging.getLogger("edge.device.wiring")
 def vision_options(c: Config) -> VisionOptions:
     """config.vision → the analyzer's options."""
     v = c.vision
-    return VisionOptions(v.detector, v.embedder, v.threads, v.backend, v.delegate, v.min_score, v.flip, v.models_dir,
-                         v.alignment, v.fusion)
+    return VisionOptions(detector=v.detector, embedder=v.embedder, threads=v.threads, backend=v.backend,
+                         delegate=v.delegate, min_score=v.min_score, flip=v.flip, models_dir=v.models_dir,
+                         alignment=v.alignment, fusion=v.fusion)
 
 
 def quality_thresholds(c: Config) -> QualityThresholds:
     """config.quality → the gate's thresholds."""
     q = c.quality
-    return QualityThresholds(q.min_eye_distance_px, q.min_sharpness, q.max_yaw, q.max_roll_deg, q.min_score)
-
-
-def policy_config(c: Config) -> PolicyConfig:
-    """config.policy → the decision policy's settings."""
-    p = c.policy
-    return PolicyConfig(k=p.k, n=p.n, threshold=p.threshold, margin=p.margin, cooldown_s=p.cooldown_s)
+    return QualityThresholds(min_eye_distance=q.min_eye_distance_px, min_sharpness=q.min_sharpness,
+                             max_yaw=q.max_yaw, max_roll=q.max_roll_deg, min_score=q.min_score)
 
 
 def apply_tracking(tracker: Tracker, c: Config) -> Tracker:
@@ -57,7 +72,7 @@ def apply_tracking(tracker: Tracker, c: Config) -> Tracker:
     return tracker
 
 
-def source_options(c: Config) -> dict[str, Any]:
+def source_options(c: Config) -> dict[str, object]:
     """config.camera → keyword options of the source kind (`open_source`)."""
     cam = c.camera
     if cam.source == "picamera2":
@@ -70,21 +85,22 @@ def source_options(c: Config) -> dict[str, Any]:
             "pace": cam.replay_pace, "loop": cam.loop, "fourcc": cam.fourcc}
 
 
-def frame_source(c: Config) -> Any:
+def frame_source(c: Config) -> FrameSource:
     """The configured frame source, built but not opened."""
     from edge.device.capture import open_source
 
     return open_source(c.camera.source, **source_options(c))
 
 
-def mqtt_settings(c: Config, **overrides: Any) -> Any:
-    """config.mqtt (client id = the device id) → `MqttSettings`; `overrides` replace fields (e.g. the last will)."""
+def mqtt_settings(c: Config, will_topic: str | None = None, will_payload: bytes = b"") -> MqttSettings:
+    """config.mqtt (client id = the device id) → `MqttSettings`, with the last will the broker publishes (retained)
+    if the device vanishes: `will_payload` on `will_topic` (None: no will)."""
     from edge.messaging.mqtt import MqttSettings
 
     m = c.mqtt
-    fields = {"host": m.host, "port": m.port, "client_id": c.device.id, "ca_file": m.ca_file,
-              "cert_file": m.cert_file, "key_file": m.key_file, "keepalive": m.keepalive_s}
-    return MqttSettings(**{**fields, **overrides})
+    return MqttSettings(host=m.host, port=m.port, client_id=c.device.id, ca_file=m.ca_file, cert_file=m.cert_file,
+                        key_file=m.key_file, keepalive=m.keepalive_s, will_topic=will_topic,
+                        will_payload=will_payload)
 
 
 # ----------------------------------------------------------------------------------------------------- watchlist
@@ -96,7 +112,7 @@ def load_trust(trusted: Path | list[Path]) -> keys.TrustStore:
     return keys.TrustStore.load(trusted)
 
 
-def watchlist_loader(bundle: Any) -> Any:
+def watchlist_loader(bundle: OpenedBundle) -> Watchlist:
     """A verified, opened bundle → the live `Watchlist` (the store's loader on every device)."""
     from edge.watchlist.index import Watchlist
 
@@ -104,38 +120,48 @@ def watchlist_loader(bundle: Any) -> Any:
 
 
 def watchlist_store(c: Config, embedder_id: str, embedder_sha256: str,
-                    loader: Callable[[Any], Any] = watchlist_loader) -> Any:
-    """The device's started `WatchlistStore` (installed bundle verified and loaded; `loader` may only verify)."""
+                    loader: Callable[[OpenedBundle], T]) -> WatchlistStore[T]:
+    """The device's started `WatchlistStore`: the installed bundle verified, then made the live object by `loader`
+    (`watchlist_loader` on a running device; `edge doctor`'s only verifies)."""
     from edge.watchlist.store import WatchlistStore
 
-    store = WatchlistStore(c.device.state_dir, c.device.id, keys.load_private_key(c.watchlist.device_key, "device"),
-                           load_trust(c.watchlist.trusted_keys), embedder_id, embedder_sha256, loader)
+    w = c.watchlist
+    if w.device_key is None or w.trusted_keys is None:  # never: the Config fills both in under device.state_dir
+        raise EdgeError("watchlist.device_key and watchlist.trusted_keys must be set")
+    store = WatchlistStore(state_dir=c.device.state_dir, device_id=c.device.id,
+                           device_private=keys.load_private_key(w.device_key, "device"),
+                           trust=load_trust(w.trusted_keys), embedder_id=embedder_id,
+                           embedder_sha256=embedder_sha256, loader=loader)
     store.start()
     return store
 
 
 # ------------------------------------------------------------------------------------------------------ pipeline
 
-def build_pipeline(source: Any, analyzer: Any, watchlist: Callable[[], Any], sink: Callable[..., Any],
+def build_pipeline(source: FrameSource, analyzer: Analyzer, watchlist: Callable[[], Matcher | None], sink: EventSink,
                    health: Health, tracker: Tracker | None = None, policy: DecisionPolicy | None = None,
                    quality: QualityThresholds = QualityThresholds(), lossless: bool = False,
-                   governor: Any = None) -> Pipeline:
+                   governor: ThermalGovernor | None = None) -> Pipeline:
     """The capture → vision → match → decision loop over `source` with `analyzer`'s models; `watchlist()` gives
     the live watchlist (or None), `sink(decision, frame, watchlist, chips)` takes each decision."""
-    return Pipeline(source, analyzer.detector, analyzer.embedder, tracker or Tracker(),
-                    policy or DecisionPolicy(PolicyConfig(k=2, n=3)), MatchContext(watchlist), sink, health, quality,
-                    lossless=lossless, embed_face=analyzer.embed, governor=governor)
+    return Pipeline(source=source, detector=analyzer.detector, embedder=analyzer.embedder,
+                    tracker=tracker or Tracker(), policy=policy or DecisionPolicy(PolicyConfig(k=2, n=3)),
+                    matches=MatchContext(watchlist), sink=sink, health=health, quality=quality, lossless=lossless,
+                    embed_face=analyzer.embed, governor=governor)
 
 
-def thermal_governor(c: Config) -> Any:
+def thermal_governor(c: Config) -> ThermalGovernor | None:
     """config.thermal → a `ThermalGovernor`, or None when disabled."""
     from edge.device.thermal import ThermalGovernor
 
     t = c.thermal
-    return ThermalGovernor(t.hot_c, t.cool_c, t.throttled_detect_every) if t.enabled else None
+    if not t.enabled:
+        return None
+    return ThermalGovernor(hot_c=t.hot_c, cool_c=t.cool_c, throttled_every=t.throttled_detect_every)
 
 
-def event_writer(c: Config, outbox: Any, audit: Any, embedder_id: str, health: Any = None) -> Any:
+def event_writer(c: Config, outbox: Outbox, audit: AuditLog, embedder_id: str,
+                 health: Health | None = None) -> EventWriter:
     """Decisions → audit record + outbox row; with the operator's evidence key provisioned (`events`), each event
     carries the track's best face chip(s) sealed to it — the only image that ever leaves the device. A full disk
     is met by the writer's in-memory queue and the state directory's space reserve (written here)."""
@@ -189,36 +215,35 @@ class Device:
 
     config: Config
     health: Health
-    analyzer: Any
-    store: Any
-    audit: Any
-    outbox: Any
-    writer: Any
+    analyzer: FaceAnalyzer
+    store: InstalledWatchlist
+    audit: AuditLog
+    outbox: Outbox
+    writer: EventWriter
     tracker: Tracker
     policy: DecisionPolicy
-    source: Any
+    source: FrameSource
     pipeline: Pipeline
-    topics: Any
-    control: Any
-    client: Any = None
-    sealer: Any = None
+    topics: Topics
+    control: Control
+    client: MqttClient | None = None  # None: mqtt.enabled is false
+    sealer: Sealer | None = None  # None: the audit log is hash-chained only
 
 
-def build(c: Config, audit_factory: Callable[[Path], Any], start_record: Callable[[Any, Any], None],
-          stop_event: Any) -> Device:
+def build(c: Config, audit_factory: Callable[[Path], AuditLog],
+          start_record: Callable[[AuditLog, InstalledWatchlist], None], stop_event: threading.Event) -> Device:
     """Build the device of config `c`. `audit_factory(path)` opens the audit log; `start_record(audit, store)`
     writes its opening records; the control worker stops on `stop_event`. A half-built device closes its files."""
     from edge.device.control import Control
     from edge.messaging.outbox import Outbox
     from edge.messaging.topics import Topics
-    from edge.vision.analyzer import FaceAnalyzer
 
     state = private_state_dir(c)
     health = Health()
     analyzer = FaceAnalyzer.create(vision_options(c))
-    store = watchlist_store(c, analyzer.embedder_id, analyzer.embedder_info.sha256)
+    store = watchlist_store(c, analyzer.embedder_id, analyzer.embedder_info.sha256, watchlist_loader)
     audit = audit_factory(state / "audit.log")
-    outbox = None
+    outbox: Outbox | None = None
     try:
         start_record(audit, store)
         outbox = Outbox(state / "outbox.db", max_events=c.events.outbox_max_events,
@@ -228,39 +253,43 @@ def build(c: Config, audit_factory: Callable[[Path], Any], start_record: Callabl
         reconcile(outbox, audit)  # before anything is published: every stored event has its audit record
         writer = event_writer(c, outbox, audit, analyzer.embedder_id, health)
         tracker = apply_tracking(Tracker(), c)
-        policy = DecisionPolicy(policy_config(c))
+        policy = DecisionPolicy(c.policy)
         source = frame_source(c)
 
-        def live_watchlist() -> Any:
+        def live_watchlist() -> Matcher | None:
             live, _ = store.current()
             if live is not None and c.watchlist.stale_after_expiry == "stop" and store.state()["state"] == "stale":
                 return None
             return live
 
         governor = thermal_governor(c)
-        pipeline = build_pipeline(source, analyzer, live_watchlist, writer, health, tracker, policy,
-                                  quality_thresholds(c), governor=governor)
+        pipeline = build_pipeline(source, analyzer, live_watchlist, writer, health, tracker=tracker, policy=policy,
+                                  quality=quality_thresholds(c), governor=governor)
         health.watch("outbox_depth", outbox.depth)
         health.watch("event_queue", pipeline.events.qsize)
         health.watch("watchlist_version", lambda: store.state()["version"])
         topics = Topics(c.device.id, c.device.topic_prefix)
-        client = publisher = sync = None
+        client: MqttClient | None = None
+        publisher: EventPublisher | None = None
+        sync: WatchlistSync | None = None
         if c.mqtt.enabled:
             client, publisher, sync = _messaging(c, topics, outbox, store, audit, state)
             health.watch("mqtt_connected", lambda: client.connected)
         sealer = audit_sealer(state)
-        control = Control(c, topics, health, pipeline, store, outbox, audit, client, publisher, sync, stop_event,
-                          sealer=sealer, writer=writer)
+        control = Control(config=c, topics=topics, health=health, pipeline=pipeline, store=store, outbox=outbox,
+                          audit=audit, client=client, publisher=publisher, sync=sync, stop=stop_event, sealer=sealer,
+                          writer=writer)
     except BaseException:
         if outbox is not None:
             outbox.close()
         audit.close()
         raise
-    return Device(c, health, analyzer, store, audit, outbox, writer, tracker, policy, source, pipeline, topics,
-                  control, client, sealer)
+    return Device(config=c, health=health, analyzer=analyzer, store=store, audit=audit, outbox=outbox, writer=writer,
+                  tracker=tracker, policy=policy, source=source, pipeline=pipeline, topics=topics, control=control,
+                  client=client, sealer=sealer)
 
 
-def audit_sealer(state: Path) -> Any:
+def audit_sealer(state: Path) -> Sealer | None:
     """The audit log's forward-secure sealer from `<state>/audit.seal` (put there from `edge device provision`), or
     None — then the log is hash-chained only, and the device says so at every start."""
     from edge.audit import last_of
@@ -280,7 +309,8 @@ def audit_sealer(state: Path) -> Any:
     return sealer
 
 
-def _messaging(c: Config, topics: Any, outbox: Any, store: Any, audit: Any, state: Path) -> tuple[Any, Any, Any]:
+def _messaging(c: Config, topics: Topics, outbox: Outbox, store: WatchlistStore[Watchlist], audit: AuditLog,
+               state: Path) -> tuple[MqttClient, EventPublisher, WatchlistSync]:
     """The MQTT client (last will: offline), the event publisher and the watchlist sync, with installs audited."""
     from edge.messaging.delivery import EventPublisher
     from edge.messaging.mqtt import MqttClient
