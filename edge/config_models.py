@@ -166,9 +166,8 @@ class PolicyConfig(_Section):
     to the best other subject; None = each Match's own (the watchlist's). cooldown_s: seconds before the same subject
     can be decided again (from any track). Frozen.
 
-    Two ways in, two kinds of error: built by keyword in code (`PolicyConfig(k=2, n=3)`), a bad k, n or cooldown_s is
-    a one-line ValueError (`__init__`); validated (the config file, `model_validate`), every problem is pydantic's,
-    per key, so `load_config` names file, line and key — validation does not call `__init__`.
+    Built by keyword in code (`PolicyConfig(k=2, n=3)`) or validated from the config file, a bad value is the same
+    pydantic ValidationError (a ValueError) naming the key; `load_config` turns it into one line with file and line.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -183,30 +182,11 @@ class PolicyConfig(_Section):
     cooldown_s: float = Field(60.0, ge=0, le=86400, description="After an event, the same (track, subject) stays "
                               "quiet this long, seconds")
 
-    def __init__(self, **data: Any) -> None:
-        """Keyword construction in code: k ≥ 1, n ≥ k and cooldown_s ≥ 0 first, each a one-line ValueError."""
-        given = {name: field.default for name, field in type(self).model_fields.items()} | data
-        k, n, cooldown_s = given["k"], given["n"], given["cooldown_s"]
-        if _number(k) and k < 1:
-            raise ValueError(f"k must be ≥ 1, got {k}")
-        if _number(k) and _number(n) and n < k:
-            raise ValueError(f"n must be ≥ k ({k}), got {n}")
-        if _number(cooldown_s) and cooldown_s < 0:
-            raise ValueError(f"cooldown_s must be ≥ 0 seconds, got {cooldown_s}")
-        super().__init__(**data)
-
-    # pydantic's own mark of a non-custom `__init__` (BaseModel's, RootModel's): validation skips this one
-    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
-
     @model_validator(mode="after")
     def _k_of_n(self) -> "PolicyConfig":
         if self.k > self.n:
             raise _field_error("k", f"must be ≤ policy.n ({self.n})")
         return self
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 class WatchlistConfig(_Section):

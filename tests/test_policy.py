@@ -163,15 +163,17 @@ def test_decision_to_json_is_review_only_and_serialisable():
                    "review_required": True}
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"k": 0}, "k must be ≥ 1, got 0"),
-    ({"k": 3, "n": 2}, "n must be ≥ k (3), got 2"),
-    ({"cooldown_s": -1.0}, "cooldown_s must be ≥ 0 seconds, got -1.0"),
+@pytest.mark.parametrize("kwargs, key, message", [
+    ({"k": 0}, "k", "greater than or equal to 1"),
+    ({"k": 3, "n": 2}, "k", "must be ≤ policy.n (2)"),
+    ({"cooldown_s": -1.0}, "cooldown_s", "greater than or equal to 0"),
 ])
-def test_bad_config_is_refused_with_a_clear_message(kwargs, message):
+def test_bad_config_is_refused_with_a_clear_message(kwargs, key, message):
+    """One class for the config file and the code: a bad value in code is pydantic's error naming the key."""
     with pytest.raises(ValueError) as err:
         PolicyConfig(**kwargs)
-    assert str(err.value) == message
+    errors = err.value.errors()
+    assert len(errors) == 1 and errors[0]["loc"] in ((key,), ()) and message in errors[0]["msg"]
 
 
 def test_a_track_template_vote_decides_alone_and_respects_dedup_and_cooldown():
