@@ -16,10 +16,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edge.errors import DataError
+
+if TYPE_CHECKING:
+    from edge.vision.fusion import Fusion
 
 #: Points kept of the empirical survival curve (log-spaced in FMR between 1 and the tail threshold's rate).
 CURVE_POINTS = 64
@@ -55,7 +59,7 @@ def gpd_quantile(survival: float, sigma: float, xi: float) -> float:
     """The excess y with P(excess > y) = survival (inf when a ξ ≥ 0 tail never reaches it: impossible here)."""
     if abs(xi) < 1e-9:
         return -sigma * math.log(survival)
-    return sigma / xi * (survival ** -xi - 1.0)
+    return float(sigma / xi * (survival ** -xi - 1.0))
 
 
 @dataclass(frozen=True)
@@ -112,7 +116,7 @@ class TailModel:
         reps = [self._threshold(fmr, z, s, x) for z, s, x in self.replicates] or [point]
         return point, max(point, float(np.quantile(reps, self.confidence))), fmr
 
-    def threshold_for(self, n_templates: int, fpir: float) -> dict:
+    def threshold_for(self, n_templates: int, fpir: float) -> dict[str, Any]:
         """The threshold at which `n_templates` templates give FPIR ≤ `fpir` with the bound's confidence.
 
         Raises DataError when even the bound needs a score above `max_score` (the target is out of reach)."""
@@ -128,7 +132,7 @@ class TailModel:
                 "calibrated_for_n": n_templates, "fmr_per_comparison": float(f"{fmr:.3e}"),
                 "predicted_fpir": round(self.fpir(bound, n_templates), 6)}
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"model": "empirical + generalised Pareto (PWM) above u, probe bootstrap", "u": round(self.u, 6),
                 "zeta": float(f"{self.zeta:.6e}"), "sigma": round(self.sigma, 7), "xi": round(self.xi, 5),
                 "n": self.n, "n_probes": self.n_probes, "confidence": self.confidence,
@@ -137,7 +141,7 @@ class TailModel:
                 "source": self.source, "max_score": self.max_score}
 
     @classmethod
-    def from_json(cls, d: dict) -> "TailModel":
+    def from_json(cls, d: dict[str, Any]) -> "TailModel":
         """Read a model written by `to_json` (e.g. a manifest entry's "impostor_tail")."""
         try:
             return cls(float(d["u"]), float(d["zeta"]), float(d["sigma"]), float(d["xi"]),
@@ -185,7 +189,7 @@ def fit_tail(sims_per_probe: list[np.ndarray], min_exceedances: int = 2000, tail
     return TailModel(u, zeta, sigma, xi, curve, n, len(groups), tuple(reps), confidence, source)
 
 
-def embedder_tail(info: dict) -> TailModel:
+def embedder_tail(info: dict[str, Any]) -> TailModel:
     """The impostor tail stored in an embedder's manifest entry ("impostor_tail"), or a DataError saying what to do."""
     stats = info.get("impostor_tail")
     if not stats:
@@ -194,7 +198,7 @@ def embedder_tail(info: dict) -> TailModel:
     return TailModel.from_json(stats)
 
 
-def scoring_tail(embedder_info: dict, fusion=None) -> TailModel:
+def scoring_tail(embedder_info: dict[str, Any], fusion: "Fusion | None" = None) -> TailModel:
     """The tail of the scores a device actually compares with its threshold: the fused score's (from the manifest's
     fusion section, bounded by the fused maximum) when `fusion` (an `edge.vision.fusion.Fusion`) is given, else the
     embedder's cosine tail."""

@@ -111,7 +111,7 @@ def iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     inter = np.clip(ix1 - ix0, 0, None) * np.clip(iy1 - iy0, 0, None)
     area = (box[2] - box[0]) * (box[3] - box[1])
     areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return inter / np.maximum(area + areas - inter, 1e-12)
+    return np.asarray(inter / np.maximum(area + areas - inter, 1e-12))
 
 
 def weighted_nms(
@@ -190,9 +190,9 @@ class FaceDetector:
         offset = np.array([lb.pad_x, lb.pad_y], dtype=np.float32)
         detections = []
         for box, kps, score in weighted_nms(boxes, keypoints, scores, self.iou_threshold):
-            b = (box.reshape(2, 2) * size - offset) / lb.scale
+            b = ((box.reshape(2, 2) * size - offset) / lb.scale).reshape(-1)
             k = (kps * size - offset) / lb.scale
             detections.append(
-                Detection(box=tuple(float(v) for v in b.reshape(-1)), score=score, keypoints=k.astype(np.float32))
+                Detection(box=(float(b[0]), float(b[1]), float(b[2]), float(b[3])), score=score, keypoints=k.astype(np.float32))
             )
         return detections

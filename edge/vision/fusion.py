@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
@@ -30,7 +31,7 @@ class Fusion:
     scale2: float
     offset: float
     max_score: float
-    tail: dict
+    tail: dict[str, Any]
 
     @property
     def dim2(self) -> int:
@@ -42,15 +43,15 @@ class Fusion:
         v = np.asarray(raw, np.float32).reshape(-1)
         v = v / max(float(np.linalg.norm(v)), 1e-12)
         p = (v - self.mean) @ self.components.T
-        return (p / max(float(np.linalg.norm(p)), 1e-12)).astype(np.float32)
+        return np.asarray(p / max(float(np.linalg.norm(p)), 1e-12), dtype=np.float32)
 
-    def meta(self) -> dict:
+    def meta(self) -> dict[str, Any]:
         """What a watchlist payload records of the fusion (numbers only; the projection stays on the device)."""
         return {"secondary": self.secondary, "dim2": self.dim2, "scale1": self.scale1, "scale2": self.scale2,
                 "offset": self.offset}
 
 
-def load_fusion(section: dict, directory: Path, sha256_file) -> Fusion:
+def load_fusion(section: dict[str, Any], directory: Path, sha256_file: Callable[[Path], str]) -> Fusion:
     """The manifest's "fusion" section → Fusion (projection file checked against its sha256)."""
     try:
         proj = section["projection"]
@@ -65,7 +66,7 @@ def load_fusion(section: dict, directory: Path, sha256_file) -> Fusion:
         raise ModelError(f"the model manifest's fusion section is malformed ({err!r})") from None
 
 
-def fused_query(embedding: np.ndarray, embedding2: np.ndarray, meta: dict) -> np.ndarray:
+def fused_query(embedding: np.ndarray, embedding2: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
     """The query row [scale1·e1, scale2·e2] whose dot product with a template row [t1, t2] is the fused score minus
     the offset."""
     return np.concatenate([float(meta["scale1"]) * np.asarray(embedding, np.float32),

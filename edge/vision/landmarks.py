@@ -110,7 +110,7 @@ class ShapePredictor:
             # dlib adds the trees' leaves one by one in float32; numpy reduces a C-ordered array over its first
             # axis row by row, which keeps exactly that rounding.
             shape = steps.sum(axis=0, dtype=np.float32).reshape(-1, 2)
-        return origin + shape.astype(np.float64) * span
+        return np.asarray(origin + shape.astype(np.float64) * span)
 
 
 def load_shape_predictor(path: str | Path) -> ShapePredictor:
@@ -189,7 +189,7 @@ def detection_landmarks(predictor: ShapePredictor, image: np.ndarray, det: Detec
 
 def _rect_down(r: np.ndarray) -> np.ndarray:
     """pyramid_down<2>::rect_down of a drectangle (l, t, r, b)."""
-    return r / 2.0 - np.array([1.25, 0.75, 1.25, 0.75])
+    return np.asarray(r / 2.0 - np.array([1.25, 0.75, 1.25, 0.75]))
 
 
 def _area(r: np.ndarray) -> float:
@@ -233,7 +233,7 @@ def _bilinear(img: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     top += bottom
     out = top.astype(np.uint8)  # a convex mix of 0..255: assign_pixel's saturation never triggers
     out[~ok] = 0
-    return out.reshape(x.shape + img.shape[2:])
+    return np.asarray(out.reshape(x.shape + img.shape[2:]))
 
 
 def dlib_chip(rgb: np.ndarray, points5: np.ndarray, size: int = 150, padding: float = 0.25,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -55,7 +56,7 @@ class Quality:
     def ok(self) -> bool:
         return self.reason is None
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"eye_distance_px": round(self.eye_distance, 1), "sharpness": round(self.sharpness, 3),
                 "yaw": round(self.yaw, 3), "roll_deg": round(self.roll, 1), "score": round(self.score, 3)}
 
