@@ -446,6 +446,7 @@ def test_row8b_doctor_beside_the_running_service_does_not_displace_it(broker, tm
 
 # -------------------------------------------------------------------------------------- row 9: escapes
 
+@pytest.mark.models  # `edge detect` loads them
 def test_row9_control_characters_are_refused_in_events_and_escaped_in_output(tmp_path, capsys):
     with pytest.raises(PayloadError, match="control characters"):
         make_event(device_id="cam-a", captured_at=1.7e9, subject_id="\x1b[2J\x1b[31mWANTED", watchlist_id="wl",
