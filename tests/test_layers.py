@@ -2,6 +2,7 @@
 "Architecture"). Reads every module's imports with `ast` (function-local imports included); imports nothing."""
 
 import ast
+import json
 from functools import lru_cache
 from pathlib import Path
 
@@ -234,3 +235,33 @@ def test_no_import_cycle_even_through_function_local_imports_but_the_known_ones(
     assert not new, f"import cycles (function-local imports included): {new}; move what both need to a module " \
                     "both import"
     assert not gone, f"no longer cycles, remove them from KNOWN_LOCAL_CYCLES: {gone}"
+
+
+def test_the_commands_that_touch_no_image_run_without_opencv(tmp_path):
+    """OpenCV is imported only by the commands that decode or measure images: `python -m edge --help`, `edge keys`,
+    `edge fleet` and `edge console --help` run where `import cv2` fails (an operator's host without it)."""
+    import subprocess
+    import sys
+
+    no_cv2 = "import sys\nsys.modules['cv2'] = None  # `import cv2` now raises ImportError\n"
+    as_module = no_cv2 + "import runpy\nsys.argv = ['edge', '--help']\nrunpy.run_module('edge', run_name='__main__')\n"
+    proc = subprocess.run([sys.executable, "-c", as_module], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "usage: edge" in proc.stdout, proc.stderr[-2000:]
+
+    commands = [["keys", "--help"], ["keys", "generate", "device", "--out", str(tmp_path / "keys")],
+                ["keys", "generate", "operator", "--out", str(tmp_path / "keys")],
+                ["fleet", "--help"], ["fleet", "add", "cam-a", "--key", str(tmp_path / "keys" / "device.pub"),
+                                      "--group", "lobby", "--fleet", str(tmp_path / "fleet.json")],
+                ["fleet", "list", "--fleet", str(tmp_path / "fleet.json")],
+                ["fleet", "acl", "--fleet", str(tmp_path / "fleet.json")],
+                ["console", "--help"], ["watchlist", "build", "--help"]]
+    code = no_cv2 + ("import json\nfrom edge.cli.main import main\n"
+                     f"for argv in json.loads({json.dumps(json.dumps(commands))}):\n"
+                     "    try:\n"
+                     "        code = main(argv)\n"
+                     "    except SystemExit as stop:  # --help\n"
+                     "        code = stop.code\n"
+                     "    assert code == 0, (argv, code)\n"
+                     "assert sys.modules['cv2'] is None\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
