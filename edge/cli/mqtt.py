@@ -212,14 +212,10 @@ def cmd_events_consume(args: argparse.Namespace) -> int:
 
 
 def _read_bundle(path: Path, trust, kind: str) -> tuple[bytes, dict]:
+    from edge.files import read_file
     from edge.watchlist.bundle import MAX_BUNDLE_BYTES, BundleError, verify_bundle
 
-    try:
-        if path.stat().st_size > MAX_BUNDLE_BYTES:
-            raise DataError(f"{path} is larger than a bundle can be ({MAX_BUNDLE_BYTES} bytes)")
-        data = path.read_bytes()
-    except OSError as err:
-        raise DataError(f"cannot read bundle {path}: {err.strerror or err}") from None
+    data = read_file(path, "bundle", MAX_BUNDLE_BYTES, DataError)
     try:  # a truncated, bit-flipped or foreign bundle never replaces the good retained offer
         manifest, _ = verify_bundle(data, trust)
     except BundleError as err:
