@@ -379,6 +379,7 @@ def _giant_png(path, width=30000, height=30000):
 
 
 @pytest.mark.slow
+@pytest.mark.models  # `edge detect` loads them before it reads the image
 def test_row5_a_30000x30000_png_is_refused_before_decoding_under_300_mb(tmp_path):
     _giant_png(tmp_path / "giant.png")
     code, err, rss = _run_measured("detect", tmp_path / "giant.png")
