@@ -37,6 +37,7 @@ from edge.audit import AuditLog, last_of
 from edge.canonical import canonical_json
 from edge.durable import atomic_write
 from edge.errors import EdgeError
+from edge.files import read_file
 
 SEAL_KIND = "seal"
 KEY_FORMAT = "edge-audit-seal-key/1"
@@ -89,13 +90,10 @@ def new_keys(directory: Path, device_id: str, stem: str = "audit") -> tuple[Path
     return seal_path, verify_path
 
 
-def _read_json(path: Path, what: str, limit: int = MAX_KEY_BYTES) -> dict:
+def _read_json(path: Path, what: str, follow_symlinks: bool = True) -> dict:
+    data = read_file(path, what, MAX_KEY_BYTES, SealError, follow_symlinks=follow_symlinks)
     try:
-        if path.stat().st_size > limit:
-            raise SealError(f"{path} is larger than {limit} bytes: not an {what}")
-        doc = json.loads(path.read_bytes())
-    except OSError as err:
-        raise SealError(f"cannot read {what} {path}: {err.strerror or err}") from None
+        doc = json.loads(data)
     except (ValueError, RecursionError):
         raise SealError(f"{path} is not an {what} (not JSON)") from None
     if not isinstance(doc, dict):
@@ -126,7 +124,8 @@ class Sealer:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        doc = _read_json(self.path, "audit sealing key")
+        # the device's own key, beside its log: a symbolic link there is refused, as the log refuses one
+        doc = _read_json(self.path, "audit sealing key", follow_symlinks=False)
         if doc.get("format") != KEY_FORMAT or type(doc.get("epoch")) is not int or doc["epoch"] < 0:
             raise SealError(f"{self.path} is not an audit sealing key")
         self.device_id = str(doc.get("device_id", ""))
@@ -267,11 +266,9 @@ def load_heads(path: Path) -> list[dict]:
     file), or a console case export (its `audit_seal` and `audit_head`)."""
     path = Path(path)
     try:
-        if path.stat().st_size > MAX_HEADS_BYTES:
-            raise SealError(f"{path} is larger than {MAX_HEADS_BYTES // 2**20} MiB")
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise SealError(f"cannot read heads file {path}: {getattr(err, 'strerror', None) or err}") from None
+        text = read_file(path, "heads file", MAX_HEADS_BYTES, SealError).decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise SealError(f"cannot read heads file {path}: {err}") from None
     try:
         whole = json.loads(text)  # one JSON document: a case export (or a single head)
     except (ValueError, RecursionError):

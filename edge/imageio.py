@@ -17,6 +17,7 @@ import cv2  # noqa: E402 - after the limit above
 import numpy as np  # noqa: E402
 
 from edge.errors import ImageError  # noqa: E402
+from edge.files import read_file  # noqa: E402
 
 
 def declared_size(data: bytes) -> tuple[int, int] | None:
@@ -65,16 +66,7 @@ def read_image(path: str | Path) -> np.ndarray:
     Grey and RGBA images are converted to RGB; 16-bit images to 8-bit.
     """
     path = Path(path)
-    try:
-        if path.is_file() and path.stat().st_size > MAX_IMAGE_BYTES:
-            raise ImageError(f"image {path} is {path.stat().st_size:,} bytes; the limit is {MAX_IMAGE_BYTES:,} bytes")
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ImageError(f"image not found: {path}") from None
-    except IsADirectoryError:
-        raise ImageError(f"{path} is a directory, not an image") from None
-    except OSError as err:
-        raise ImageError(f"cannot read image {path}: {err.strerror or err}") from None
+    data = read_file(path, "image", MAX_IMAGE_BYTES, ImageError)
     if not data:
         raise ImageError(f"image {path} is empty (0 bytes)")
     size = declared_size(data)

@@ -19,7 +19,7 @@ import json
 import os
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal, Union, cast, overload
+from typing import Callable, Literal, Union, cast, overload
 
 from cryptography.exceptions import InvalidSignature, InvalidTag, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from edge.canonical import canonical_json
 from edge.durable import atomic_write, private_dir
 from edge.errors import EdgeError
+from edge.files import read_file
 
 KeyKind = Literal["operator", "device"]
 PublicKey = Union[Ed25519PublicKey, X25519PublicKey]
@@ -41,6 +42,9 @@ ROTATION_TYPE = "edge-operator-key-rotation/1"
 _ROTATION_DOMAIN = ROTATION_TYPE.encode() + b"\x00"
 #: `format` of a trust-store file.
 TRUST_FORMAT = "edge-operator-trust/1"
+#: Largest key file (a PEM key is a few hundred bytes) and trust store (4,096 keys fit) read, bytes.
+MAX_KEY_FILE_BYTES = 64 * 1024
+MAX_TRUST_STORE_BYTES = 1 << 20
 
 _KINDS: dict[str, tuple[str, type, type]] = {
     # kind: (algorithm name, private class, public class)
@@ -141,15 +145,8 @@ def save_public_key(path: str | Path, key: PublicKey) -> None:
     atomic_write(path, pem, 0o644)
 
 
-def _read_key_file(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise KeyFileError(f"key file not found: {path}") from None
-    except IsADirectoryError:
-        raise KeyFileError(f"key file {path} is a directory") from None
-    except OSError as err:
-        raise KeyFileError(f"cannot read key file {path}: {err.strerror or err}") from None
+def _read_key_file(path: Path, check: Callable[[os.stat_result], None] | None = None) -> bytes:
+    return read_file(path, "key file", MAX_KEY_FILE_BYTES, KeyFileError, check=check)
 
 
 def load_private_key(path: str | Path, kind: KeyKind) -> PrivateKey:
@@ -160,15 +157,14 @@ def load_private_key(path: str | Path, kind: KeyKind) -> PrivateKey:
     """
     alg, private_cls, _ = _kind(kind)
     path = Path(path)
-    try:
-        mode = path.stat().st_mode & 0o777
-    except FileNotFoundError:
-        raise KeyFileError(f"key file not found: {path}") from None
-    except OSError as err:
-        raise KeyFileError(f"cannot read key file {path}: {err.strerror or err}") from None
-    if mode & 0o077:
-        raise KeyFileError(f"key file {path} has permissions {mode:04o}; private keys must be 0600 (chmod 600 {path})")
-    data = _read_key_file(path)
+
+    def private(st: os.stat_result) -> None:
+        mode = st.st_mode & 0o777
+        if mode & 0o077:
+            raise KeyFileError(f"key file {path} has permissions {mode:04o}; private keys must be 0600"
+                               f" (chmod 600 {path})")
+
+    data = _read_key_file(path, check=private)
     if b"-----BEGIN" not in data:
         raise KeyFileError(f"key file {path} is not a PEM file")
     if b"PUBLIC KEY-----" in data and b"PRIVATE KEY-----" not in data:
@@ -262,11 +258,10 @@ class TrustStore:
     def load(cls, path: str | Path) -> "TrustStore":
         """Read a trust-store file; every entry's key id must match its key."""
         path = Path(path)
+        data = read_file(path, "trust store", MAX_TRUST_STORE_BYTES, KeyFileError)
         try:
-            doc = json.loads(path.read_bytes())
-        except FileNotFoundError:
-            raise KeyFileError(f"trust store not found: {path}") from None
-        except (OSError, ValueError) as err:
+            doc = json.loads(data)
+        except (ValueError, RecursionError) as err:
             raise KeyFileError(f"trust store {path} is not readable JSON: {err}") from None
         if not isinstance(doc, dict) or doc.get("format") != TRUST_FORMAT or not isinstance(doc.get("keys"), dict):
             raise KeyFileError(f"trust store {path} is not an {TRUST_FORMAT} file")

@@ -1,49 +1,44 @@
-"""Shared fixtures: the bundled real photos and one analyzer per test session (models load once)."""
+"""Shared fixtures: the bundled real photos and one analyzer per test session (models load once). The mosquitto and
+PostgreSQL fixtures are plugins (`broker.py`, `postgres.py`); `markers.py` computes the `broker` and `models` markers
+and checks the latter; `fakes.py` holds the fakes several modules share."""
 
 from pathlib import Path
 
 import pytest
+
+pytest_plugins = ["broker", "postgres", "markers", "pytester"]
 
 DATA = Path(__file__).parent / "data"
 FACES = DATA / "faces"
 
 
 @pytest.fixture(scope="session")
-def analyzer():
-    from edge.vision.analyzer import FaceAnalyzer, VisionOptions
+def models() -> Path:
+    """The models directory. A fixture or test that loads the model files takes their directory from here, and
+    that marks it (and every test using it) `models` (markers.py)."""
+    from edge.paths import models_dir
 
-    return FaceAnalyzer.create(VisionOptions(threads=2))
+    return models_dir()
 
 
 @pytest.fixture(scope="session")
-def dlib_analyzer():
+def analyzer(models):
+    from edge.vision.analyzer import FaceAnalyzer, VisionOptions
+
+    return FaceAnalyzer.create(VisionOptions(threads=2, models_dir=models))
+
+
+@pytest.fixture(scope="session")
+def dlib_analyzer(models):
     """The former default: dlib's int8 ResNet on dlib's own chips, score-fused with HSE faceres."""
     from edge.vision.analyzer import FaceAnalyzer, VisionOptions
 
-    return FaceAnalyzer.create(VisionOptions(embedder="dlib_resnet_v1_int8", threads=2))
+    return FaceAnalyzer.create(VisionOptions(embedder="dlib_resnet_v1_int8", threads=2, models_dir=models))
 
 
 @pytest.fixture(scope="session")
-def float_analyzer():
+def float_analyzer(models):
     from edge.vision.analyzer import FaceAnalyzer, VisionOptions
 
     return FaceAnalyzer.create(VisionOptions(detector="blazeface_full_range_float32",
-                                             embedder="dlib_resnet_v1_float32", threads=2))
-
-from broker import broker, tls_certs  # noqa: F401
-from postgres import postgres_server, postgres_url  # noqa: F401
-
-
-#: Test modules whose tests load the models through the CLI or the app rather than through a fixture.
-MODEL_MODULES = {"test_app", "test_cli", "test_doctor", "test_pipeline", "test_privacy", "test_vision",
-                 "test_watchlist_cli", "test_runtime", "test_landmarks", "test_kill_trials"}
-
-
-def pytest_collection_modifyitems(config, items):
-    """Markers from what a test uses: `broker` for the mosquitto fixtures, `models` for the model-loading ones."""
-    for item in items:
-        names = set(getattr(item, "fixturenames", ()))
-        if names & {"broker", "tls_certs", "pki"}:
-            item.add_marker(pytest.mark.broker)
-        if names & {"analyzer", "dlib_analyzer", "float_analyzer"} or item.module.__name__ in MODEL_MODULES:
-            item.add_marker(pytest.mark.models)
+                                             embedder="dlib_resnet_v1_float32", threads=2, models_dir=models))

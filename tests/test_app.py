@@ -24,6 +24,8 @@ from edge.cli import main
 from edge.config import load_config
 from edge.imageio import read_image
 
+pytestmark = pytest.mark.models  # `edge run` (and `--check`) load the models
+
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES = sorted((ROOT / "firmware-config" / "profiles").glob("*.yaml"))
 DEVICE = "cam-test"

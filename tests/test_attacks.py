@@ -32,6 +32,7 @@ from edge.messaging.sync import WatchlistSync, offer_messages
 from edge.messaging.topics import Topics, WatchlistTopics
 from edge.watchlist.bundle import seal
 from edge.watchlist.store import WatchlistStore
+from fakes import FakeStore, FakeTransport
 
 DEVICE = "cam-f"
 NOW = datetime.now(timezone.utc)
@@ -49,50 +50,10 @@ def no_traceback(code, err):
     assert err.strip().count("\n") == 0, f"more than one line: {err!r}"  # one readable line
 
 
-# --------------------------------------------------------------------------------------------- fakes for sync
-
-class Transport:
-    def __init__(self):
-        self.subscribed, self.published = [], []
-
-    def subscribe(self, topic, qos=1):
-        self.subscribed.append(topic)
-
-    def unsubscribe(self, topic):
-        if topic in self.subscribed:
-            self.subscribed.remove(topic)
-
-    def publish(self, topic, payload, qos=1, retain=False):
-        self.published.append((topic, payload))
-
-
-class Store:
-    """Accepts whatever verifies by sha256 — stands in for the real store, which sync hands the bytes to."""
-
-    def __init__(self):
-        self.version, self.installed = None, []
-
-    def current(self):
-        return None, ({"version": self.version} if self.version else None)
-
-    def state(self):
-        return {"version": self.version, "state": "ok" if self.version else "none"}
-
-    def install_file(self, path):
-        from pathlib import Path
-
-        return self.install(Path(path).read_bytes())
-
-    def install(self, data):
-        from edge.watchlist.store import InstallResult
-
-        self.installed.append(data)
-        self.version = 7
-        return InstallResult(True, "installed", 7, "installed v7")
-
+# ------------------------------------------------------------------------------------------------ sync
 
 def fake_sync(tmp_path):
-    return WatchlistSync(Store(), Transport(), DEVICE, tmp_path / "incoming", window=4)
+    return WatchlistSync(FakeStore(installs_as=7), FakeTransport(), DEVICE, tmp_path / "incoming", window=4)
 
 
 def valid_offer(version=7, data=b"z" * 300):
@@ -100,7 +61,7 @@ def valid_offer(version=7, data=b"z" * 300):
 
 
 def last_state(sync):
-    topic, body = sync.transport.published[-1]
+    topic, body, _ = sync.transport.published[-1]
     assert topic == Topics(DEVICE).watchlist_state
     return decode_watchlist_state(body)
 
@@ -418,6 +379,7 @@ def _giant_png(path, width=30000, height=30000):
 
 
 @pytest.mark.slow
+@pytest.mark.models  # `edge detect` loads them before it reads the image
 def test_row5_a_30000x30000_png_is_refused_before_decoding_under_300_mb(tmp_path):
     _giant_png(tmp_path / "giant.png")
     code, err, rss = _run_measured("detect", tmp_path / "giant.png")
@@ -485,6 +447,7 @@ def test_row8b_doctor_beside_the_running_service_does_not_displace_it(broker, tm
 
 # -------------------------------------------------------------------------------------- row 9: escapes
 
+@pytest.mark.models  # `edge detect` loads them
 def test_row9_control_characters_are_refused_in_events_and_escaped_in_output(tmp_path, capsys):
     with pytest.raises(PayloadError, match="control characters"):
         make_event(device_id="cam-a", captured_at=1.7e9, subject_id="\x1b[2J\x1b[31mWANTED", watchlist_id="wl",
@@ -773,7 +736,8 @@ def test_chunk_lengths_are_checked_against_the_offer_and_offers_are_capped(tmp_p
     assert sync.stats.chunks_rejected == 40 and "has 2000002 bytes; the offer says 1" in sync.stats.last_reason
     written = sum(f.stat().st_size for f in (tmp_path / "incoming").rglob("*") if f.is_file())
     assert written == 0 and not sync.store.installed
-    small = WatchlistSync(Store(), Transport(), DEVICE, tmp_path / "incoming2", max_bundle_bytes=1000)
+    small = WatchlistSync(FakeStore(installs_as=7), FakeTransport(), DEVICE, tmp_path / "incoming2",
+                          max_bundle_bytes=1000)
     for topic, payload in offer_messages(b"y" * 5000, DEVICE, 3, chunk_bytes=1000):
         small.handle(topic, payload)
     assert small.download is None and "over this device's limit of 1000 bytes" in small.stats.last_reason
@@ -809,7 +773,8 @@ def test_an_offer_whose_chunks_never_come_is_given_up_for_the_next_best(tmp_path
     from edge.messaging.sync import GIVE_UP_AFTER
 
     now = [0.0]
-    sync = WatchlistSync(Store(), Transport(), DEVICE, tmp_path / "incoming", window=4, clock=lambda: now[0])
+    sync = WatchlistSync(FakeStore(installs_as=7), FakeTransport(), DEVICE, tmp_path / "incoming", window=4,
+                         clock=lambda: now[0])
     topics = Topics(DEVICE)
     forged = encode_offer(f"device:{DEVICE}", 50, "0" * 64, 4096 * 100, 100,
                           [h.sha256(b"%d" % n).hexdigest() for n in range(4096)])
@@ -824,7 +789,7 @@ def test_an_offer_whose_chunks_never_come_is_given_up_for_the_next_best(tmp_path
     assert sync.download.offer.version == 50  # not yet
     now[0] += 2
     sync.tick()  # given up: the v5 download starts; its chunks arrive (the broker re-sends retained copies)
-    states = [decode_watchlist_state(b) for t, b in sync.transport.published if t == topics.watchlist_state]
+    states = [decode_watchlist_state(b) for t, b, _ in sync.transport.published if t == topics.watchlist_state]
     assert any(st_.reason == "sync_timeout" for st_ in states) and sync.download.offer.version == 5
     for topic, payload in offer_messages(b"z" * 300, group, 5, chunk_bytes=100)[:-1]:
         sync.handle(topic, payload)

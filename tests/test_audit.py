@@ -12,19 +12,11 @@ from edge import audit
 from edge.cli import audit as cli_audit
 from edge.audit import AuditError, AuditLog, line_bytes, record_hash, verify
 from edge.errors import EdgeError
-
-
-class Clock:
-    def __init__(self, t: float = 1_700_000_000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        self.t += 0.5
-        return self.t
+from fakes import FakeClock
 
 
 def make_log(path, n=12):
-    with AuditLog(path, clock=Clock()) as log:
+    with AuditLog(path, clock=FakeClock(1_700_000_000.0, step=0.5)) as log:
         log.append("start", {"version": "0.1.0"})
         for i in range(2, n + 1):
             log.append("match", {"subject_id": f"s{i}", "similarity": 0.7 + i / 100, "track_id": i})

@@ -12,6 +12,8 @@ import pytest
 from conftest import FACES
 from edge.cli import main
 
+pytestmark = pytest.mark.models  # the vision commands and the demo load the models
+
 
 def run(capsys, *argv):
     code = main([str(a) for a in argv])

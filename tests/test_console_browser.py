@@ -4,6 +4,7 @@ cookies and forms working together, the CSP letting the queue's own script poll 
 the CSRF header refused, two reviewers in separate browser contexts."""
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -203,12 +204,13 @@ def test_two_reviewers_in_the_browser(served, browser):
 
 
 @pytest.fixture(scope="module")
-def demo_events(tmp_path_factory):
+def demo_events(tmp_path_factory, models):
     """The work directory a real `edge demo` run leaves (the clip, the pipeline, MQTT, the consumer): the event
     store, the operator's evidence key, the build with the enrolled faces."""
     work = tmp_path_factory.mktemp("demo")
     proc = subprocess.run([sys.executable, "-m", "edge", "demo", "--workdir", str(work), "--no-console"],
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "EDGE_MODELS_DIR": str(models)})
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "EVENT demo-cam #1" in proc.stdout
     assert "evidence: each event carries the track's best face chip(s) as JPEG sealed to the operator's" in proc.stdout

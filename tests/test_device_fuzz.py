@@ -13,45 +13,12 @@ from edge.messaging.outbox import Outbox
 from edge.messaging.sync import WatchlistSync
 from edge.messaging.topics import Topics
 from edge.messaging.payloads import PayloadError, decode_ack, make_event
+from fakes import FakeStore, FakeTransport
 
 TOPICS = Topics("cam-a")
 JSONISH = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
                        lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner, max_size=5),
                        max_leaves=20)
-
-
-class FakeStore:
-    def __init__(self):
-        self.installs = 0
-
-    def current(self):
-        return object(), {"version": 4}
-
-    def install_file(self, path):
-        from pathlib import Path
-
-        return self.install(Path(path).read_bytes())
-
-    def install(self, data):
-        self.installs += 1
-        raise AssertionError("a malformed offer must never reach install")
-
-    def state(self):
-        return {"version": 4, "state": "ok"}
-
-
-class Recorder:
-    def __init__(self):
-        self.calls = []
-
-    def subscribe(self, topic, qos=1):
-        self.calls.append(("sub", topic))
-
-    def unsubscribe(self, topic):
-        self.calls.append(("unsub", topic))
-
-    def publish(self, topic, payload, qos=1, retain=False):
-        self.calls.append(("pub", topic))
 
 
 class Disconnected:
@@ -87,16 +54,16 @@ def test_ack_topic_fuzz(tmp_path_factory, payload):
 @given(topic_suffix=st.sampled_from(["manifest", "chunk/5/0", "chunk/x/y", "chunk/4/0", "state", "other"]),
        payload=st.binary(max_size=4096) | JSONISH.map(lambda v: __import__("json").dumps(v).encode()))
 def test_watchlist_topics_fuzz(tmp_path_factory, topic_suffix, payload):
-    store = FakeStore()
-    sync = WatchlistSync(store, Recorder(), "cam-a", tmp_path_factory.mktemp("inc"))
+    store = FakeStore(version=4)
+    sync = WatchlistSync(store, FakeTransport(), "cam-a", tmp_path_factory.mktemp("inc"))
     sync.handle(f"edge/cam-a/watchlist/{topic_suffix}", payload)
     s = sync.stats
-    assert store.installs == 0
+    assert store.attempts == 0  # a malformed offer never reaches install
     assert s.malformed + s.chunks_ignored + s.offers >= 1  # every message is accounted for
 
 
 def test_oversized_offer_is_rejected_with_a_reason(tmp_path):
-    sync = WatchlistSync(FakeStore(), Recorder(), "cam-a", tmp_path)
+    sync = WatchlistSync(FakeStore(version=4), FakeTransport(), "cam-a", tmp_path)
     sync.handle(TOPICS.watchlist_manifest, b"{" + b" " * (2 << 20) + b"}")
     assert sync.stats.malformed == 1 and "exceeds" in sync.stats.last_reason
 

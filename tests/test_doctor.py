@@ -16,6 +16,8 @@ from edge.config import load_config
 from edge.device.doctor import check_clock, run_doctor
 from edge.paths import models_dir
 
+pytestmark = pytest.mark.models  # `edge doctor` checks every model file's checksum
+
 
 def _by_name(checks):
     return {c["name"]: c for c in checks}

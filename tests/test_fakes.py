@@ -14,6 +14,7 @@ from edge.messaging.sync import WatchlistSync, offer_messages
 from edge.messaging.topics import Topics
 from edge.types import Candidate, Detection, Frame, MatchResult, PendingEvent
 from edge.vision.quality import QualityThresholds
+from fakes import FakeStore, FakeTransport
 
 # ---------------------------------------------------------------------------------------------------- pipeline
 
@@ -118,45 +119,6 @@ def test_process_below_threshold_embeds_but_never_decides():
 # -------------------------------------------------------------------------------------------------------- sync
 
 DEVICE = "cam-f"
-
-
-class FakeTransport:
-    def __init__(self):
-        self.subscribed, self.published = [], []
-
-    def subscribe(self, topic, qos=1):
-        self.subscribed.append(topic)
-
-    def unsubscribe(self, topic):
-        self.subscribed.remove(topic)
-
-    def publish(self, topic, payload, qos=1, retain=False):
-        self.published.append((topic, payload, retain))
-
-
-class FakeStore:
-    def __init__(self, accept=True):
-        self.accept, self.installed, self.version = accept, [], None
-
-    def current(self):
-        return (None, {"version": self.version} if self.version else None)
-
-    def state(self):
-        return {"version": self.version, "state": "ok" if self.version else "none"}
-
-    def install_file(self, path):
-        from pathlib import Path
-
-        return self.install(Path(path).read_bytes())
-
-    def install(self, data):
-        from edge.watchlist.store import InstallResult
-
-        if not self.accept:
-            return InstallResult(False, "bad_signature", 2, "signature does not verify")
-        self.installed.append(data)
-        self.version = 2
-        return InstallResult(True, "installed", 2, "installed v2")
 
 
 def _sync(tmp_path, store=None, window=2):

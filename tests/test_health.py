@@ -7,14 +7,7 @@ import numpy as np
 import pytest
 
 from edge.device.health import Health, Heartbeat, cpu_temperature_c, percentile, rss_mb
-
-
-class FakeClock:
-    def __init__(self, t: float = 100.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
+from fakes import FakeClock
 
 
 def test_percentile_matches_numpy():

@@ -9,7 +9,6 @@ import pytest
 
 from conftest import DATA
 from edge.imageio import read_image
-from edge.paths import models_dir
 from edge.types import Detection
 from edge.vision.landmarks import (
     detection_landmarks,
@@ -25,8 +24,8 @@ SEEDED = [f for f in REFERENCE if "blazeface" in f]
 
 
 @pytest.fixture(scope="module")
-def predictor():
-    return load_shape_predictor(models_dir() / "dlib_shape_predictor_5.npz")
+def predictor(models):
+    return load_shape_predictor(models / "dlib_shape_predictor_5.npz")
 
 
 def _image(face):
@@ -51,8 +50,8 @@ def _cases():
             yield pytest.param(face, jit["rect"], jit["points"], id=f"{face['image']}#{i}-jitter{j}")
 
 
-def test_model_file_is_plain_arrays():
-    with np.load(models_dir() / "dlib_shape_predictor_5.npz", allow_pickle=False) as z:
+def test_model_file_is_plain_arrays(models):
+    with np.load(models / "dlib_shape_predictor_5.npz", allow_pickle=False) as z:
         assert z["leaves"].shape == (15, 500, 16, 5, 2) and z["leaves"].dtype == np.float32
         assert z["split_idx"].max() < z["deltas"].shape[1]
 

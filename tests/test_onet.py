@@ -10,6 +10,8 @@ from edge.vision.align import ARCFACE_TEMPLATE, arcface_chip, similarity_transfo
 from edge.vision.analyzer import FaceAnalyzer, VisionOptions
 from edge.vision.onet import INPUT_SIZE, ONet, crop48, square_box
 
+pytestmark = pytest.mark.models  # the ONet and the analyzers it is compared with load their models
+
 PHOTOS = ("obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg", "astronaut.jpg")
 
 

@@ -16,6 +16,7 @@ import pytest
 from edge.errors import EdgeError
 from edge.messaging.outbox import SEQ_GAP_AFTER_CORRUPTION, Outbox, OutboxCorruptError, OutboxError
 from edge.messaging.payloads import PayloadError, decode_event, make_event
+from fakes import FakeClock
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,14 +25,6 @@ def event(n: int = 0) -> dict:
     return make_event(device_id="cam-01", captured_at=1_764_000_000.0 + n, subject_id=f"S-{n:04d}",
                       watchlist_id="wl", watchlist_version=1, embedder_id="dlib_resnet_v1_int8", similarity=0.7,
                       threshold=0.6, margin=0.1, track_id=n, chips_used=2, quality={"sharpness": 80.0})
-
-
-class Clock:
-    def __init__(self, now: float = 1_764_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def seqs(outbox: Outbox) -> list[int]:
@@ -115,22 +108,22 @@ def test_full_outbox_drops_the_oldest_and_counts_them(tmp_path):
 
 
 def test_old_events_are_dropped_at_add_and_prune(tmp_path):
-    clock = Clock()
+    clock = FakeClock(1_764_000_000.0)
     with Outbox(tmp_path / "o.db", max_age_s=100, clock=clock) as ob:
         ob.add(event(1))
         ob.add(event(2))
-        clock.now += 60
+        clock.t += 60
         ob.add(event(3))
         assert ob.stats()["oldest_age_s"] == 60
-        clock.now += 50  # events 1 and 2 are now 110 s old
+        clock.t += 50  # events 1 and 2 are now 110 s old
         ob.add(event(4))
         assert seqs(ob) == [3, 4]
-        clock.now += 60
+        clock.t += 60
         assert ob.prune() == 1 and seqs(ob) == [4]
         stats = ob.stats()
         assert stats["dropped"] == {"full": 0, "age": 3, "corrupt": 0}
         assert stats["depth"] == 1 and stats["oldest_age_s"] == 60 and stats["last_seq"] == 4
-        assert ob.prune(now=clock.now + 1000) == 1 and ob.stats()["oldest_age_s"] is None
+        assert ob.prune(now=clock.t + 1000) == 1 and ob.stats()["oldest_age_s"] is None
 
 
 def test_stats_shape(tmp_path):

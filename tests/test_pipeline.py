@@ -42,6 +42,7 @@ def test_closed_slot_unblocks_a_waiting_reader():
 
 
 @pytest.mark.slow
+@pytest.mark.models  # `edge bench` runs the real pipeline
 def test_bench_json_contract(capsys):
     assert main(["bench", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)

@@ -11,6 +11,8 @@ from edge.paths import models_dir
 from edge.vision.manifest import load_manifest
 from edge.vision.runtime import RuntimeOptions, load_model
 
+pytestmark = pytest.mark.models  # loads, checksums and corrupts copies of the model files
+
 MODELS = models_dir()
 
 

@@ -178,6 +178,7 @@ def run_script(name: str, *args: str) -> subprocess.CompletedProcess:
     return r
 
 
+@pytest.mark.models  # the installer copies models/
 def test_install_then_uninstall_staged(tmp_path):
     root = tmp_path / "root"
     r = run_script("install.sh", "--root", str(root), "--profile", "pi5", "--no-systemctl")
@@ -210,6 +211,7 @@ def test_install_then_uninstall_staged(tmp_path):
     assert not any(p.is_file() for p in root.rglob("*")), sorted(tree(root))
 
 
+@pytest.mark.models  # the installer copies models/
 def test_install_operator_then_uninstall_staged(tmp_path):
     root = tmp_path / "root"
     r = run_script("install.sh", "--operator", "--root", str(root), "--no-systemctl")
@@ -244,6 +246,7 @@ def test_install_operator_then_uninstall_staged(tmp_path):
     assert not any(p.is_file() for p in root.rglob("*")), sorted(tree(root))
 
 
+@pytest.mark.models  # the installer copies models/
 def test_device_and_operator_on_one_host_keep_the_shared_venv_until_both_are_gone(tmp_path):
     root = tmp_path / "root"
     run_script("install.sh", "--root", str(root), "--profile", "x86", "--no-systemctl")
@@ -264,6 +267,7 @@ def test_install_operator_refuses_a_device_profile(tmp_path):
     assert r.returncode == 2 and "--operator installs the operator's side" in r.stderr
 
 
+@pytest.mark.models  # the installer copies models/
 def test_install_rejects_unknown_profile(tmp_path):
     env = dict(os.environ, EDGE_INSTALL_SKIP_PIP="1", PYTHON=sys.executable)
     r = subprocess.run(["sh", str(REPO / "systemd/install.sh"), "--root", str(tmp_path), "--profile", "nope"],

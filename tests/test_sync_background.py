@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 from edge.messaging.payloads import decode_watchlist_state
 from edge.messaging.sync import WatchlistSync, offer_messages
+from fakes import FakeTransport
 
 
 class SlowStore:
@@ -38,22 +39,8 @@ class SlowStore:
         return SimpleNamespace(ok=True, reason="installed", version=1, message="installed v1")
 
 
-class Recorder:
-    def __init__(self):
-        self.published = []
-
-    def subscribe(self, topic, qos=1):
-        pass
-
-    def unsubscribe(self, topic):
-        pass
-
-    def publish(self, topic, payload, qos=1, retain=False):
-        self.published.append((topic, payload))
-
-
 def test_a_slow_install_does_not_block_the_control_thread(tmp_path):
-    store, transport = SlowStore(), Recorder()
+    store, transport = SlowStore(), FakeTransport()
     sync = WatchlistSync(store, transport, "cam-a", tmp_path / "incoming", background=True)
     bundle = b"x" * 5000
     messages = offer_messages(bundle, "cam-a", 1, chunk_bytes=1024, recipients=["cam-a"])
@@ -72,7 +59,7 @@ def test_a_slow_install_does_not_block_the_control_thread(tmp_path):
             sync.tick()
             time.sleep(0.01)
         assert not sync.busy and store.version == 1 and store.threads == ["edge-install_0"]
-        states = [decode_watchlist_state(p) for t, p in transport.published if t.endswith("/watchlist/state")]
+        states = [decode_watchlist_state(p) for t, p, _ in transport.published if t.endswith("/watchlist/state")]
         assert (states[-1].installed_version, states[-1].state) == (1, "installed")
         assert sync.stats.installs == 1
     finally:
@@ -81,7 +68,7 @@ def test_a_slow_install_does_not_block_the_control_thread(tmp_path):
 
 
 def test_without_background_the_install_runs_inside_handle(tmp_path):
-    store, transport = SlowStore(), Recorder()
+    store, transport = SlowStore(), FakeTransport()
     store.release.set()
     sync = WatchlistSync(store, transport, "cam-a", tmp_path / "incoming")
     messages = offer_messages(b"y" * 3000, "cam-a", 1, chunk_bytes=1024, recipients=["cam-a"])
@@ -104,7 +91,7 @@ class FlooredStore(SlowStore):
 
 def test_a_refused_install_can_be_repaired_with_the_same_version_but_a_wiped_one_cannot(tmp_path):
     for state, fetched in (("none", True), ("wiped", False)):
-        store, transport = FlooredStore(state), Recorder()
+        store, transport = FlooredStore(state), FakeTransport()
         sync = WatchlistSync(store, transport, "cam-a", tmp_path / state)
         offer = offer_messages(b"z" * 2000, "cam-a", 5, chunk_bytes=1024, recipients=["cam-a"])[-1]
         sync.handle(*offer)

@@ -68,6 +68,7 @@ def test_int8_embedder_matches_dlib_on_real_chips(dlib_analyzer, name):
     assert abs(np.linalg.norm(raw) - np.linalg.norm(ref)) < 0.05
 
 
+@pytest.mark.models  # its analyzer comes from getfixturevalue, which the markers cannot see at collection
 @pytest.mark.parametrize("which", ["analyzer", "dlib_analyzer"])
 def test_same_person_scores_above_different_people(which, request):
     """The default (MobileFaceNet) and the former default (dlib) each separate the bundled people at their own

@@ -16,6 +16,8 @@ from edge.imageio import read_image
 from edge.watchlist.index import Watchlist
 from edge.watchlist.store import WatchlistStore
 
+pytestmark = pytest.mark.models  # enrollment and the open-set evaluation load the models
+
 CANARY = "Canary Subject 7f3a"
 
 

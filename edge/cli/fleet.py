@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import queue
-import time
 from pathlib import Path
 
+from edge.cli.broker_client import broker_parent, collect_retained, connect
 from edge.errors import DataError
 
 
@@ -74,33 +73,14 @@ def cmd_fleet_acl(args: argparse.Namespace) -> int:
     return 0
 
 
-def _collect(args: argparse.Namespace, filters: list[str]) -> list[tuple[str, bytes]]:
-    """Retained messages on `filters`: until `--wait` seconds pass, or 0.5 s pass without one after the first."""
-    from edge.cli.mqtt import _client
-
-    client = _client(args, [(f, 1) for f in filters])
-    out: list[tuple[str, bytes]] = []
-    try:
-        deadline, quiet = time.monotonic() + args.wait, None
-        while time.monotonic() < deadline and (quiet is None or time.monotonic() < quiet):
-            try:
-                msg = client.inbox.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            out.append((msg.topic, msg.payload))
-            quiet = time.monotonic() + 0.5
-    finally:
-        client.stop()
-    return out
-
-
 def cmd_fleet_status(args: argparse.Namespace) -> int:
     from edge.messaging.topics import operator_filter
     from edge.operator.fleet import load_fleet
     from edge.operator.rollout import render, rollout
 
     fleet = load_fleet(args.fleet)
-    messages = _collect(args, [operator_filter("watchlist_state", args.prefix), operator_filter("status", args.prefix)])
+    messages = collect_retained(args, [operator_filter("watchlist_state", args.prefix),
+                                       operator_filter("status", args.prefix)])
     report = rollout(messages, fleet.devices, args.prefix)
     print(json.dumps(report, indent=2) if args.json else render(report))
     return 0
@@ -108,7 +88,6 @@ def cmd_fleet_status(args: argparse.Namespace) -> int:
 
 def cmd_fleet_wipe(args: argparse.Namespace) -> int:
     from edge import keys
-    from edge.cli.mqtt import _client
     from edge.durable import atomic_write
     from edge.messaging.topics import TopicError, WatchlistTopics
     from edge.watchlist.bundle import sign_wipe
@@ -129,7 +108,7 @@ def cmd_fleet_wipe(args: argparse.Namespace) -> int:
         result["file"] = str(args.out)
         message = f"wrote the signed wipe for {audience} (versions ≤ {args.upto}) to {args.out}"
     else:
-        client = _client(args, [])
+        client = connect(args, [])
         try:
             client.publish_confirmed([(source.wipe, statement)], retain=True, connect_timeout=args.connect_timeout)
         finally:
@@ -143,8 +122,6 @@ def cmd_fleet_wipe(args: argparse.Namespace) -> int:
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Register `edge fleet …`."""
-    from edge.cli.mqtt import broker_parent
-
     fl = sub.add_parser("fleet", help="the fleet registry, rollout status and remote wipe (operator side)").add_subparsers(
         dest="fleet_command", metavar="ACTION", required=True)
     fleet, broker = _fleet_parent(), broker_parent()

@@ -15,39 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from edge.cli.broker_client import MAX_BACKOFF_S, broker_parent, collect_retained, connect
 from edge.errors import DataError
-
-
-def broker_parent() -> argparse.ArgumentParser:
-    """Options shared by commands that talk to the broker."""
-    p = argparse.ArgumentParser(add_help=False)
-    g = p.add_argument_group("broker")
-    g.add_argument("--host", default="localhost", help="broker host (default localhost)")
-    g.add_argument("--port", type=int, default=8883, help="broker port (default 8883, MQTT over TLS)")
-    g.add_argument("--ca", type=Path, help="CA certificate (PEM) the broker's certificate must chain to")
-    g.add_argument("--cert", type=Path, help="this client's certificate (PEM; its CN is the MQTT user)")
-    g.add_argument("--key", type=Path, help="this client's private key (PEM)")
-    g.add_argument("--client-id", help="MQTT client id (default: 'operator' for events tail, 'operator-publish' for "
-                                       "watchlist publish — each tool its own certificate CN, since the broker makes "
-                                       "the CN the client id and a second connection under one id drops the first)")
-    g.add_argument("--prefix", default="edge", help="topic prefix (default 'edge')")
-    g.add_argument("--connect-timeout", type=float, default=10.0, help="seconds to wait for the broker (default 10)")
-    return p
-
-
-def _client(args: argparse.Namespace, subscriptions: list[tuple[str, int]], wait: bool = True):
-    """A started client; with `wait`, connected within --connect-timeout (else MqttError); without, reconnecting
-    with the service's backoff (1 s doubling to MAX_BACKOFF_S) for a `BrokerLink` to watch."""
-    from edge.messaging.mqtt import MqttClient, MqttSettings
-
-    backoff = {} if wait else {"reconnect_min": 1.0, "reconnect_max": MAX_BACKOFF_S}
-    settings = MqttSettings(host=args.host, port=args.port, client_id=args.client_id or args.default_client_id,
-                            ca_file=args.ca, cert_file=args.cert, key_file=args.key, clean_session=False, **backoff)
-    client = MqttClient(settings, subscriptions)
-    client.start()
-    if wait:
-        client.wait_connected(args.connect_timeout)
-    return client
 
 
 class BrokerLink:
@@ -108,7 +77,7 @@ def cmd_events_tail(args: argparse.Namespace) -> int:
     subscriptions = [(operator_filter("events", args.prefix), 1)]
     if args.heads:
         subscriptions.append((operator_filter("status", args.prefix), 1))
-    client = _client(args, subscriptions)
+    client = connect(args, subscriptions)
 
     names = labels_from_build(args.watchlist) if args.watchlist else {}
 
@@ -143,10 +112,6 @@ def cmd_events_tail(args: argparse.Namespace) -> int:
     print(f"stored {s.stored} events, {s.duplicates} duplicates dropped, {s.rejected} rejected"
           + (f" (last: {s.last_rejection})" if s.last_rejection else ""), file=sys.stderr)
     return 0
-
-
-#: Longest pause between two attempts to reach an unavailable database, seconds.
-MAX_BACKOFF_S = 30.0
 
 
 def _drain(consumer, idle_exit: float | None, done, sleep=time.sleep, tick=None) -> None:
@@ -219,7 +184,7 @@ def cmd_events_consume(args: argparse.Namespace) -> int:
     subscriptions = [(f"$share/{args.group}/{operator_filter('events', args.prefix)}", 1),
                      (operator_filter("status", args.prefix), 1), (operator_filter("watchlist_state", args.prefix), 1)]
     try:
-        client = _client(args, subscriptions, wait=False)
+        client = connect(args, subscriptions, wait=False)
     except BaseException:
         store.close()
         raise
@@ -247,14 +212,10 @@ def cmd_events_consume(args: argparse.Namespace) -> int:
 
 
 def _read_bundle(path: Path, trust, kind: str) -> tuple[bytes, dict]:
+    from edge.files import read_file
     from edge.watchlist.bundle import MAX_BUNDLE_BYTES, BundleError, verify_bundle
 
-    try:
-        if path.stat().st_size > MAX_BUNDLE_BYTES:
-            raise DataError(f"{path} is larger than a bundle can be ({MAX_BUNDLE_BYTES} bytes)")
-        data = path.read_bytes()
-    except OSError as err:
-        raise DataError(f"cannot read bundle {path}: {err.strerror or err}") from None
+    data = read_file(path, "bundle", MAX_BUNDLE_BYTES, DataError)
     try:  # a truncated, bit-flipped or foreign bundle never replaces the good retained offer
         manifest, _ = verify_bundle(data, trust)
     except BundleError as err:
@@ -267,12 +228,11 @@ def _read_bundle(path: Path, trust, kind: str) -> tuple[bytes, dict]:
 
 def _current_offers(args: argparse.Namespace, source) -> list:
     """The offers retained on `source` now (to clear the chunks the new ones replace)."""
-    from edge.cli.fleet import _collect
     from edge.messaging.payloads import PayloadError, parse_offer
 
     offers = []
     wait = argparse.Namespace(**{**vars(args), "wait": 1.5})
-    for topic, payload in _collect(wait, [source.offer(), source.offer(True)]):
+    for topic, payload in collect_retained(wait, [source.offer(), source.offer(True)]):
         try:
             offers.append(parse_offer(payload, source.audience))
         except PayloadError:
@@ -314,7 +274,7 @@ def cmd_watchlist_publish(args: argparse.Namespace) -> int:
         messages.append((source.offer(True), b""))  # a delta on an older version would only confuse
     new_chunks = {t for t, _ in messages}
     stale = [(t, b) for o in old for t, b in clear_messages(source, o) if t not in new_chunks]
-    client = _client(args, [])
+    client = connect(args, [])
     t0 = time.perf_counter()
     try:
         client.publish_confirmed(messages, retain=True, connect_timeout=args.connect_timeout)

@@ -106,14 +106,12 @@ def cmd_watchlist_build(args: argparse.Namespace) -> int:
 
 def cmd_watchlist_verify(args: argparse.Namespace) -> int:
     from edge import keys
-    from edge.watchlist.bundle import BundleError, find_recipient, open_bundle, verify_bundle
+    from edge.files import read_file
+    from edge.watchlist.bundle import MAX_BUNDLE_BYTES, BundleError, find_recipient, open_bundle, verify_bundle
     from edge.watchlist.delta import DeltaError, unpack_delta
     from edge.watchlist.index import Watchlist
 
-    try:
-        data = args.file.read_bytes()
-    except OSError as err:
-        raise DataError(f"cannot read bundle {args.file}: {err.strerror or err}") from None
+    data = read_file(args.file, "bundle", MAX_BUNDLE_BYTES, DataError)
     device = keys.load_private_key(args.device_key, "device")
     operator = keys.load_public_key(args.operator_key, "operator")
     result: dict[str, Any] = {"ok": False, "version": None, "n_items": None, "reason": None}

@@ -13,10 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from edge.errors import ModelError
+from edge.files import read_file
 from edge.paths import models_dir
 from edge.vision.runtime import Model, RuntimeOptions, load_model
 
 MANIFEST_NAME = "manifest.json"
+#: Largest manifest.json read, bytes (the shipped one, with its calibration tails, is ~140 KB).
+MAX_MANIFEST_BYTES = 16 * 2**20
 
 
 @dataclass(frozen=True)
@@ -74,12 +77,14 @@ def load_manifest(directory: str | Path | None = None) -> Manifest:
     """Read `manifest.json` from a models directory (default: `edge.paths.models_dir()`)."""
     directory = Path(directory) if directory else models_dir()
     path = directory / MANIFEST_NAME
+    data = read_file(path, "model manifest", MAX_MANIFEST_BYTES, ModelError,
+                     missing_hint=" (set EDGE_MODELS_DIR or `models_dir` in the config)")
     try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ModelError(f"model manifest not found: {path} (set EDGE_MODELS_DIR or `models_dir` in the config)") from None
-    except (OSError, UnicodeDecodeError) as err:
+        raw = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as err:
         raise ModelError(f"cannot read model manifest {path}: {err}") from None
+    except RecursionError:
+        raise ModelError(f"model manifest {path} is not valid JSON: nested too deeply") from None
     except json.JSONDecodeError as err:
         raise ModelError(f"model manifest {path} is not valid JSON: {err.msg} at line {err.lineno}") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("models"), dict):

@@ -4,6 +4,9 @@ Figures: eye distance in image pixels; sharpness in [0, 1] = 1 − the blur effe
 face's centre measured at the face's own resolution (a chip is never judged after upscaling, so a sharp 110 px face
 is as sharp as a sharp 400 px one); yaw = horizontal offset of the nose tip from the eyes' midpoint divided by the
 eye distance (0 = frontal, ~0.5 = strong profile); roll = angle of the eye line in degrees.
+
+OpenCV is imported inside the three functions that measure pixels: the CLI's parser reads this module's limits for
+its help texts, and `edge --help` (or `edge keys …`) must run on a host without OpenCV.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import cv2
 import numpy as np
 
 from edge.types import Detection
@@ -63,6 +65,8 @@ class Quality:
 
 def laplacian_variance(chip: np.ndarray) -> float:
     """Variance of the Laplacian of the grey chip (the former sharpness figure; depends on the face's resolution)."""
+    import cv2
+
     grey = cv2.cvtColor(chip, cv2.COLOR_RGB2GRAY)
     return float(cv2.Laplacian(grey, cv2.CV_32F).var())
 
@@ -70,6 +74,8 @@ def laplacian_variance(chip: np.ndarray) -> float:
 def blur_effect(grey: np.ndarray, kernel: int = 9) -> float:
     """Crété-Roffet blur effect of a grey image in [0, 1] (0 = sharp, 1 = flat): how much of the neighbouring-pixel
     variation survives a `kernel`-pixel box blur, the worse of the vertical and horizontal directions."""
+    import cv2
+
     f = grey.astype(np.float32)
     worst = 0.0
     for axis, ksize in ((0, (1, kernel)), (1, (kernel, 1))):  # cv2 ksize = (width, height)
@@ -88,6 +94,8 @@ def sharpness(chip: np.ndarray, eye_distance: float) -> float:
     """Sharpness in [0, 1] of an aligned (S × S) RGB chip whose face has `eye_distance` pixels between the eyes
     in the source image: the chip is first brought back to the face's own resolution (never judged upscaled),
     then 1 − `blur_effect` of its central face region (eyes to mouth, no background)."""
+    import cv2
+
     size = chip.shape[0]
     grey = cv2.cvtColor(chip, cv2.COLOR_RGB2GRAY)
     lo, hi = round(size * 0.2), round(size * 0.85)

@@ -20,7 +20,10 @@ from typing import Any, Callable
 import numpy as np
 
 from edge.errors import ModelError
+from edge.files import read_file
 
+#: Largest model file read, bytes (the largest shipped, dlib's float32 ResNet, is 22 MB).
+MAX_MODEL_BYTES = 1 << 30
 #: Runtime backends in order of preference: (name, interpreter module).
 BACKENDS: tuple[tuple[str, str], ...] = (
     ("litert", "ai_edge_litert.interpreter"),
@@ -170,12 +173,7 @@ def load_model(
     options = options or RuntimeOptions()
     path = Path(path)
     name = name or path.name
-    try:
-        content = path.read_bytes()
-    except FileNotFoundError:
-        raise ModelError(f"model file not found: {path}") from None
-    except OSError as err:
-        raise ModelError(f"cannot read model file {path}: {err.strerror or err}") from None
+    content = read_file(path, "model file", MAX_MODEL_BYTES, ModelError)
     if sha256 is not None:
         actual = hashlib.sha256(content).hexdigest()
         if actual != sha256:
