@@ -15,7 +15,8 @@ from edge.canonical import canonical_json
 from edge.errors import EdgeError
 
 #: Record kinds callers may append.
-KINDS = ("match", "events_dropped", "watchlist_install", "watchlist_reject", "watchlist_wipe", "review_decision", "retention_purge", "user_add", "config", "start", "stop", "seal")  # seal: edge.audit_seal
+KINDS = ("match", "events_dropped", "watchlist_install", "watchlist_reject", "watchlist_wipe", "review_decision",
+         "retention_purge", "user_add", "config", "start", "stop", "seal")  # seal: edge.audit_seal
 #: Written by the log itself after a cut-off write; never by callers.
 RECOVERED = "recovered"
 ZERO_HASH = "0" * 64

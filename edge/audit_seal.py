@@ -206,6 +206,13 @@ class SealReport:
     problems: list[str] = field(default_factory=list)
 
 
+def _known(key: bytes | None) -> bytes:
+    """K(epoch), called only where K(0) was given (the checks that need keys are skipped without it)."""
+    if key is None:
+        raise ValueError("a seal key was evolved without K(0)")
+    return key
+
+
 def check_seals(records: list[dict], initial: bytes | None, heads: list[dict] | None = None) -> SealReport:
     """Verify every seal record of a chain-verified log against K(0), and the log against heads seen by the
     operator. `records`: the log's records in order (dicts with seq, kind, data, hash). Without K(0) (None: on the
@@ -215,14 +222,15 @@ def check_seals(records: list[dict], initial: bytes | None, heads: list[dict] | 
     by_seq = {r["seq"]: r for r in records}
     expected_epoch = 0
     last_sealed = 0
-    cached = [0, initial]  # epochs come in order: evolve forward from the last one, not from K(0) each time
+    cached: tuple[int, bytes | None] = (0, initial)  # epochs come in order: evolve forward from the last one
 
     def key_for(epoch: int) -> bytes:
+        nonlocal cached
         if epoch < cached[0]:
-            cached[:] = [0, initial]
+            cached = (0, initial)
         while cached[0] < epoch:
-            cached[:] = [cached[0] + 1, evolve(cached[1])]
-        return cached[1]
+            cached = (cached[0] + 1, evolve(_known(cached[1])))
+        return _known(cached[1])
 
     for r in records:
         if r.get("kind") != SEAL_KIND:

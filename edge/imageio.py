@@ -75,7 +75,8 @@ def read_image(path: str | Path) -> np.ndarray:
                          " (downscale it first)")
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if bgr is None:
-        raise ImageError(f"image {path} cannot be decoded: not an image, or a corrupt/truncated file ({len(data)} bytes)")
+        raise ImageError(f"image {path} cannot be decoded: not an image, or a corrupt/truncated file"
+                         f" ({len(data)} bytes)")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 

@@ -149,6 +149,12 @@ def _read_key_file(path: Path, check: Callable[[os.stat_result], None] | None = 
     return read_file(path, "key file", MAX_KEY_FILE_BYTES, KeyFileError, check=check)
 
 
+@overload
+def load_private_key(path: str | Path, kind: Literal["operator"]) -> Ed25519PrivateKey: ...
+@overload
+def load_private_key(path: str | Path, kind: Literal["device"]) -> X25519PrivateKey: ...
+@overload
+def load_private_key(path: str | Path, kind: KeyKind) -> PrivateKey: ...
 def load_private_key(path: str | Path, kind: KeyKind) -> PrivateKey:
     """Load a PEM private key of `kind` ("operator": Ed25519, "device": X25519).
 

@@ -29,7 +29,7 @@ def read_csv(path: Path, required: Iterable[str]) -> list[dict[str, str]]:
             missing = [c for c in required if c not in header]
             if missing:
                 raise DataError(f"{path}: missing column(s) {', '.join(missing)} (header is: {','.join(header)})")
-            rows = []
+            rows: list[dict[str, str]] = []
             for row in reader:
                 if len(rows) >= MAX_CSV_ROWS:
                     raise DataError(f"{path} has more than {MAX_CSV_ROWS:,} rows")

@@ -2,7 +2,7 @@
 # The test command (README, .ci/run): installs what the tests need on a fresh Debian/Ubuntu machine — the
 # mosquitto broker the MQTT tests start, a C++ compiler for annoy's wheel build, PostgreSQL for the store tests,
 # Debian's chromium for the console's browser tests, systemd-analyze for the units' exposure scores — then
-# the venv, then pytest.
+# the venv, then ruff, mypy and pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
@@ -20,4 +20,6 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 python3 -m venv .venv
 .venv/bin/pip install -q -e '.[dev]'
+.venv/bin/ruff check edge tools tests   # rules in pyproject.toml: a finding fails the run
+.venv/bin/mypy                          # the package; --strict flags on the pure cores (pyproject.toml)
 exec .venv/bin/python -m pytest -q "$@"

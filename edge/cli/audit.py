@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge.errors import EdgeError
+
+if TYPE_CHECKING:
+    from edge.audit_reader import VerifyResult
 
 
 def _expected_head(text: str) -> tuple[int, str | None]:
@@ -44,7 +48,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
-def _check_seals(args: argparse.Namespace, result: object) -> None:
+def _check_seals(args: argparse.Namespace, result: "VerifyResult") -> None:
     """--verify-key / --heads: the forward-secure seals and the heads the operator saw (edge/audit_seal.py)."""
     from edge.audit import tail
     from edge.audit_seal import check_seals, load_heads, load_verify_key
@@ -89,8 +93,8 @@ def cmd_audit_show(args: argparse.Namespace) -> int:
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Register `edge audit verify FILE [--json]` and `edge audit show FILE [--last N]`."""
-    audit = sub.add_parser("audit", help="check and read a hash-chained audit log (the device's or the console's)").add_subparsers(
-        dest="audit_command", metavar="ACTION", required=True)
+    audit = sub.add_parser("audit", help="check and read a hash-chained audit log (the device's or the console's)")
+    audit = audit.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
 
     p = audit.add_parser("verify", help="check the hash chain; exit 1 and name each line if it was altered",
                          description="Recompute every record's hash and check seq numbers and prev links; report "
@@ -107,7 +111,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--heads", type=Path, action="append", metavar="FILE", help="heads kept off the log's host: the "
                    "devices' from status heartbeats (`edge events tail --heads FILE`), the console's heads file "
                    "(console-audit.heads) or a case export; catches a cut-off or replaced log (repeatable)")
-    p.add_argument("--json", action="store_true", help="machine-readable output: {ok, records, problems, notices, head}")
+    p.add_argument("--json", action="store_true",
+                   help="machine-readable output: {ok, records, problems, notices, head}")
     p.set_defaults(func=cmd_audit_verify)
 
     p = audit.add_parser("show", help="print the records (the last N with --last)",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import queue
 import time
+from dataclasses import replace
 from pathlib import Path
 
 #: Longest pause between two attempts to reach a broker or a database that is away (`events consume`), seconds.
@@ -35,9 +36,10 @@ def connect(args: argparse.Namespace, subscriptions: list[tuple[str, int]], wait
     `BrokerLink` (edge.cli.mqtt) to watch."""
     from edge.messaging.mqtt import MqttClient, MqttSettings
 
-    backoff = {} if wait else {"reconnect_min": 1.0, "reconnect_max": MAX_BACKOFF_S}
     settings = MqttSettings(host=args.host, port=args.port, client_id=args.client_id or args.default_client_id,
-                            ca_file=args.ca, cert_file=args.cert, key_file=args.key, clean_session=False, **backoff)
+                            ca_file=args.ca, cert_file=args.cert, key_file=args.key, clean_session=False)
+    if not wait:
+        settings = replace(settings, reconnect_min=1.0, reconnect_max=MAX_BACKOFF_S)
     client = MqttClient(settings, subscriptions)
     client.start()
     if wait:

@@ -61,4 +61,5 @@ def analyzer_from_args(args: argparse.Namespace) -> Any:
 
     return FaceAnalyzer.create(VisionOptions(
         detector=args.detector, embedder=args.embedder, threads=args.threads, min_score=args.min_score,
-        flip=args.flip, models_dir=args.models_dir, alignment=getattr(args, "alignment", "auto"), fusion=getattr(args, "fusion", True)))
+        flip=args.flip, models_dir=args.models_dir, alignment=getattr(args, "alignment", "auto"),
+        fusion=getattr(args, "fusion", True)))

@@ -122,8 +122,8 @@ def cmd_fleet_wipe(args: argparse.Namespace) -> int:
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Register `edge fleet …`."""
-    fl = sub.add_parser("fleet", help="the fleet registry, rollout status and remote wipe (operator side)").add_subparsers(
-        dest="fleet_command", metavar="ACTION", required=True)
+    fleet_parser = sub.add_parser("fleet", help="the fleet registry, rollout status and remote wipe (operator side)")
+    fl = fleet_parser.add_subparsers(dest="fleet_command", metavar="ACTION", required=True)
     fleet, broker = _fleet_parent(), broker_parent()
     p = fl.add_parser("add", parents=[fleet], help="register a device with its public key and groups")
     p.add_argument("device_id", metavar="ID")
@@ -143,7 +143,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--consumer", action="append", metavar="CN", help="another event-consumer certificate CN besides "
                    "'operator' (repeatable): one per `edge events consume` process")
     p.set_defaults(func=cmd_fleet_acl)
-    p = fl.add_parser("status", parents=[fleet, broker], help="rollout: installed version per device, devices per version",
+    p = fl.add_parser("status", parents=[fleet, broker],
+                      help="rollout: installed version per device, devices per version",
                       description="Read the devices' retained watchlist/state and status topics and report, per device,"
                                   " the installed version, last seen and any rejection; per version, how many run it.")
     p.add_argument("--wait", type=float, default=3.0, help="seconds to wait for retained messages (default 3)")

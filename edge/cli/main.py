@@ -64,7 +64,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
             print(f"{entry['path']}: {len(entry['faces'])} face(s)")
             for face in entry["faces"]:
                 x0, y0, x1, y1 = face["box"]
-                print(f"  box ({x0:.0f}, {y0:.0f})–({x1:.0f}, {y1:.0f}) px, {x1 - x0:.0f} px wide, score {face['score']:.3f}")
+                print(f"  box ({x0:.0f}, {y0:.0f})–({x1:.0f}, {y1:.0f}) px, {x1 - x0:.0f} px wide,"
+                      f" score {face['score']:.3f}")
             if "annotated" in entry:
                 print(f"  annotated: {entry['annotated']}")
     return 1 if failed else 0
@@ -117,7 +118,8 @@ def cmd_eval_pairs(args: argparse.Namespace) -> int:
         print(f"{report['n_pairs']} pairs ({report['n_genuine']} same, {report['n_impostor']} different), "
               f"{report['n_failed_detect']} without a face in one of the photos")
         print(f"accuracy {report['accuracy']:.4f} at threshold {report['threshold']:.4f} (best on these pairs); "
-              f"10-fold {report['accuracy_10fold_mean']:.4f}; with failed detections {report['accuracy_with_failures']:.4f}")
+              f"10-fold {report['accuracy_10fold_mean']:.4f};"
+              f" with failed detections {report['accuracy_with_failures']:.4f}")
         print(f"TAR@FAR=1e-3 {report['tar_at_far_1e-3']:.4f} (threshold {report['threshold_at_far_1e-3']:.4f}, "
               f"achieved FAR {report['far_achieved']}); {report['seconds']} s")
     return 0
@@ -181,8 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", parents=[vision], help="the whole loop on bundled data, printing match events",
                        description="Enroll listed people from bundled photos, seal and install their watchlist, make a "
-                                   "clip in which listed and unlisted people appear, run the real pipeline over it with "
-                                   "a local broker, and print the events as the central consumer receives them.")
+                                   "clip in which listed and unlisted people appear, run the real pipeline over it "
+                                   "with a local broker, and print the events as the central consumer receives them.")
     p.add_argument("--photos", type=Path, help="folder of the bundled photos (default: tests/data/faces)")
     p.add_argument("--video", type=Path, help="run over this video instead of the generated clip")
     p.add_argument("--gallery", nargs="+", metavar="PHOTO[=LABEL]", help="enroll these photos instead of the demo's")
@@ -212,8 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_compare)
 
-    ev = sub.add_parser("eval", help="accuracy measurements").add_subparsers(dest="eval_command", metavar="KIND", required=True)
-    from edge.cli import audit as cli_audit, bench as cli_bench, console as cli_console, device as cli_device, fleet as cli_fleet
+    ev = sub.add_parser("eval", help="accuracy measurements").add_subparsers(dest="eval_command", metavar="KIND",
+                                                                           required=True)
+    from edge.cli import audit as cli_audit, bench as cli_bench, console as cli_console, device as cli_device
+    from edge.cli import fleet as cli_fleet
     from edge.cli import keys as cli_keys, mqtt as cli_mqtt, run as cli_run, watchlist as cli_watchlist
     from edge.cli import demographics as cli_demographics
 
@@ -247,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from edge.cli.common import SafeStream
 
     out, err = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = SafeStream(out), SafeStream(err)  # type: ignore[assignment]
+    sys.stdout, sys.stderr = SafeStream(out), SafeStream(err)
     try:
         return _run(argv)
     except Exception as exc:  # noqa: BLE001 - a bug, still one line; EDGE_TRACEBACK=1 shows where

@@ -232,7 +232,7 @@ def _current_offers(args: argparse.Namespace, source) -> list:
 
     offers = []
     wait = argparse.Namespace(**{**vars(args), "wait": 1.5})
-    for topic, payload in collect_retained(wait, [source.offer(), source.offer(True)]):
+    for _topic, payload in collect_retained(wait, [source.offer(), source.offer(True)]):
         try:
             offers.append(parse_offer(payload, source.audience))
         except PayloadError:
@@ -287,7 +287,8 @@ def cmd_watchlist_publish(args: argparse.Namespace) -> int:
               "version": max(int(m["version"]) for _, m in bundles),
               "bundles": [{"kind": m["kind"], "version": m["version"], "bytes": len(d)} for d, m in bundles],
               "bytes": sum(len(d) for d, _ in bundles), "chunks": sum(1 for t, _ in messages if "/chunk/" in t),
-              "cleared_chunks": len(stale), "recipients": len(bundles[0][1]["recipients"]), "seconds": round(seconds, 2)}
+              "cleared_chunks": len(stale), "recipients": len(bundles[0][1]["recipients"]),
+              "seconds": round(seconds, 2)}
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -316,7 +317,8 @@ def add_parsers(sub: argparse._SubParsersAction, watchlist_sub: argparse._SubPar
     p.add_argument("--json", action="store_true", help="print events as JSON lines")
     p.set_defaults(func=cmd_events_tail, default_client_id="operator")
 
-    p = ev.add_parser("consume", parents=[broker], help="scale-out consumer: a shared subscription into SQLite or PostgreSQL",
+    p = ev.add_parser("consume", parents=[broker],
+                      help="scale-out consumer: a shared subscription into SQLite or PostgreSQL",
                       description="Subscribe with an MQTT shared subscription ($share/GROUP/<prefix>/+/events), so "
                                   "several processes split the fleet's events; store each once (the database dedups by "
                                   "event_id), acknowledge after the commit; also keep each device's last status and "
@@ -330,11 +332,14 @@ def add_parsers(sub: argparse._SubParsersAction, watchlist_sub: argparse._SubPar
     p.add_argument("--json", action="store_true", help="print the closing summary as JSON")
     p.set_defaults(func=cmd_events_consume, default_client_id="operator")
 
-    p = watchlist_sub.add_parser("publish", parents=[broker], help="send a sealed version to a device or group over MQTT",
+    p = watchlist_sub.add_parser("publish", parents=[broker],
+                                 help="send a sealed version to a device or group over MQTT",
                                  description="Publish the full bundle (and a delta) as retained chunks and retained "
-                                             "offers on <prefix>/<device>/watchlist/… or <prefix>/groups/<G>/watchlist/…"
-                                             "; each device fetches what it lacks, the delta when it holds its base.")
-    p.add_argument("--bundle", type=Path, required=True, help="full bundle from `edge watchlist seal` (OUT, or OUT.full with --base)")
+                                             "offers on <prefix>/<device>/watchlist/… or "
+                                             "<prefix>/groups/<G>/watchlist/…; each device fetches what it lacks, the "
+                                             "delta when it holds its base.")
+    p.add_argument("--bundle", type=Path, required=True,
+                   help="full bundle from `edge watchlist seal` (OUT, or OUT.full with --base)")
     p.add_argument("--delta", type=Path, help="delta bundle from `edge watchlist seal --base N`")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--device", help="target device id (must match the bundle; default: the bundle's audience)")

@@ -89,7 +89,8 @@ def _check_seal_args(args: argparse.Namespace) -> None:
     """Every value `seal` writes into a bundle, checked before anything is read or written (one line each)."""
     from edge.messaging.topics import DEVICE_ID, MAX_SEQ
 
-    for name, value in (("--device-id", args.device_id), ("--group", args.group), ("--watchlist-id", args.watchlist_id)):
+    named = (("--device-id", args.device_id), ("--group", args.group), ("--watchlist-id", args.watchlist_id))
+    for name, value in named:
         if value is not None and not DEVICE_ID.match(value):
             raise DataError(f"{name} {value!r} is invalid: use 1-64 characters from A-Z a-z 0-9 . _ - (it becomes"
                             " part of MQTT topics and file names)")

@@ -98,7 +98,7 @@ class EventWriter:
             return []
         from edge.messaging.thumbnail import encrypt_thumbnail, evidence_context
 
-        out = []
+        out: list[dict[str, Any]] = []
         for chip in list(chips)[:2]:
             jpeg = evidence_jpeg(chip)
             if jpeg is not None:
@@ -111,7 +111,7 @@ class EventWriter:
         manifest = getattr(watchlist, "manifest", {}) or {}
         event_id = str(uuid7())
         sealed = self._sealed(chips, event_id)
-        fields = dict(
+        fields: dict[str, Any] = dict(
             event_id=event_id, device_id=self.device_id, captured_at=frame.captured_at,
             subject_id=decision.subject_id, watchlist_id=str(manifest.get("watchlist_id", "")),
             watchlist_version=int(manifest.get("version", 0)),

@@ -177,7 +177,7 @@ class Health:
         for name, read in watched.items():  # outside the lock: `read` may take other locks
             try:
                 gauges[name] = read()
-            except Exception as err:  # a broken gauge must not break the status report
+            except Exception as err:  # noqa: BLE001 - a broken gauge must not break the status report
                 log.warning("health gauge %s failed: %s", name, err)
                 gauges[name] = None
         return {"fps": rates.get("frames", 0.0), "rates": rates, "counters": counters, "gauges": gauges,

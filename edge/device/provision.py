@@ -92,7 +92,7 @@ def provision(device_id: str, out: str | Path, force: bool = False,
     tls_key = ec.generate_private_key(ec.SECP256R1())
     keys.save_private_key(out / DEVICE_KEY, device_key, force=force)
     keys.save_public_key(out / DEVICE_PUB, public)
-    keys.save_private_key(out / TLS_KEY, tls_key, force=force)  # type: ignore[arg-type] - any PKCS#8 key saves
+    keys.save_private_key(out / TLS_KEY, tls_key, force=force)  # type: ignore[arg-type]  # any PKCS#8 key saves
     new_seal_keys(out, device_id)  # audit.seal → the device's state dir; audit-verify.key → the operator, only
     csr_pem = make_csr(device_id, tls_key).public_bytes(serialization.Encoding.PEM)
     atomic_write(out / TLS_CSR, csr_pem, 0o644)

@@ -114,12 +114,14 @@ class MqttClient:
                                      certfile=str(settings.cert_file) if settings.cert_file else None,
                                      keyfile=str(settings.key_file) if settings.key_file else None)
             except (OSError, ValueError) as err:
-                raise MqttError(f"TLS files for the broker cannot be used ({err}): check ca_file, cert_file, key_file") from None
+                raise MqttError(f"TLS files for the broker cannot be used ({err}): check ca_file, cert_file,"
+                                " key_file") from None
         if settings.username:
             self._client.username_pw_set(settings.username, settings.password)
         if settings.will_topic:
             self._client.will_set(settings.will_topic, settings.will_payload, qos=1, retain=True)
-        self._client.reconnect_delay_set(settings.reconnect_min, settings.reconnect_max)
+        # paho's annotation says int; it only multiplies and compares them, so sub-second backoff works as seconds
+        self._client.reconnect_delay_set(settings.reconnect_min, settings.reconnect_max)  # type: ignore[arg-type]
         self._client.max_inflight_messages_set(100)
         self._client.on_connect = self._on_connect
         self._client.on_connect_fail = self._on_connect_fail

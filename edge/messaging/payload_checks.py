@@ -28,7 +28,7 @@ def is_num(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     obj = dict(pairs)
     if len(obj) != len(pairs):
         seen: set[str] = set()
@@ -41,7 +41,7 @@ def _reject_constant(name: str) -> None:
     raise PayloadError(f"{name} is not a JSON number")
 
 
-def load_object(data: object, what: str, limit: int) -> dict:
+def load_object(data: object, what: str, limit: int) -> dict[str, Any]:
     """Parse `data` (bytes) as one UTF-8 JSON object of at most `limit` bytes, or PayloadError."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise PayloadError(f"{what} payload must be bytes, got {type(data).__name__}")
@@ -53,7 +53,8 @@ def load_object(data: object, what: str, limit: int) -> dict:
         # 1e400 parses as inf and a lone \ud800 escape as a surrogate: neither survives re-encoding, so refuse now.
         json.dumps(obj, ensure_ascii=False, allow_nan=False).encode("utf-8")
     except UnicodeError as err:
-        raise PayloadError(f"{what} payload is not UTF-8 text ({err.reason})") from None
+        reason = getattr(err, "reason", None) or str(err)
+        raise PayloadError(f"{what} payload is not UTF-8 text ({reason})") from None
     except PayloadError as err:
         raise PayloadError(f"{what} payload is not valid JSON: {err}") from None
     except (ValueError, RecursionError) as err:
@@ -63,7 +64,7 @@ def load_object(data: object, what: str, limit: int) -> dict:
     return obj
 
 
-def dump_object(obj: dict, what: str, limit: int) -> bytes:
+def dump_object(obj: dict[str, Any], what: str, limit: int) -> bytes:
     """`obj` as compact UTF-8 JSON of at most `limit` bytes, or PayloadError."""
     try:
         raw = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
@@ -74,7 +75,7 @@ def dump_object(obj: dict, what: str, limit: int) -> bytes:
     return raw
 
 
-def check_schema(obj: dict, what: str, expected: str) -> None:
+def check_schema(obj: dict[str, Any], what: str, expected: str) -> None:
     """PayloadError unless obj["schema"] is `expected` (naming a newer version of the family as such)."""
     schema = obj.get("schema")
     if schema == expected:
@@ -87,7 +88,8 @@ def check_schema(obj: dict, what: str, expected: str) -> None:
     raise PayloadError(f"{what} schema {show(schema)} is not {expected!r}")
 
 
-def check_fields(obj: dict, what: str, required: set[str], optional: set[str] = frozenset()) -> None:
+def check_fields(obj: dict[str, Any], what: str, required: set[str],
+                 optional: set[str] | frozenset[str] = frozenset()) -> None:
     """PayloadError for an unknown field (an event's image-like field name says why) or a missing required one."""
     for key in obj:
         if key not in required and key not in optional:
@@ -100,7 +102,7 @@ def check_fields(obj: dict, what: str, required: set[str], optional: set[str] = 
         raise PayloadError(f"{what} has no {missing[0]!r} field")
 
 
-def need_str(obj: dict, key: str, what: str, max_len: int = 256, nullable: bool = False) -> None:
+def need_str(obj: dict[str, Any], key: str, what: str, max_len: int = 256, nullable: bool = False) -> None:
     """obj[key] is a string of 1-`max_len` characters (or None when `nullable`), neither image data nor controls."""
     value = obj[key]
     if value is None and nullable:
@@ -114,13 +116,13 @@ def need_str(obj: dict, key: str, what: str, max_len: int = 256, nullable: bool 
         raise PayloadError(f"{what} field {key!r} contains control characters (e.g. terminal escape sequences)")
 
 
-def need_int(obj: dict, key: str, what: str, low: int) -> None:
+def need_int(obj: dict[str, Any], key: str, what: str, low: int) -> None:
     """obj[key] is an integer in [`low`, 2^63-1]."""
     if not is_int(obj[key], low):
         raise PayloadError(f"{what} field {key!r} must be an integer ≥ {low}, got {show(obj[key])}")
 
 
-def need_num(obj: dict, key: str, what: str, low: float, high: float, nullable: bool = False) -> None:
+def need_num(obj: dict[str, Any], key: str, what: str, low: float, high: float, nullable: bool = False) -> None:
     """obj[key] is a finite number in [`low`, `high`] (or None when `nullable`)."""
     value = obj[key]
     if value is None and nullable:

@@ -23,15 +23,24 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from edge.ids import uuid7, uuid7_unix_ms  # noqa: F401 - part of the event schema's API
+from edge.ids import uuid7, uuid7_unix_ms
 from edge.messaging.payload_checks import (PayloadError, check_fields, check_schema, dump_object, is_num, load_object,
                                            need_int, need_num, need_str, no_control_strings, show)
 from edge.messaging.topics import DEVICE_ID, is_int
-from edge.messaging.watchlist_payloads import (MAX_CHUNKS, MAX_OFFER_BYTES, MAX_OFFER_RECIPIENTS,  # noqa: F401
+from edge.messaging.watchlist_payloads import (MAX_CHUNKS, MAX_OFFER_BYTES, MAX_OFFER_RECIPIENTS,
                                                MAX_WATCHLIST_STATE_BYTES, OFFER_SCHEMA, WATCHLIST_STATE_SCHEMA,
                                                WATCHLIST_STATES, Offer, WatchlistState, decode_watchlist_state,
                                                encode_offer, encode_watchlist_state, parse_offer)
 from edge.types import MatchEvent
+
+#: The schema API, the watchlist payloads' names included (they are importable from here).
+__all__ = ["ACK_SCHEMA", "EVENT_SCHEMA", "MAX_ACK_BYTES", "MAX_ACK_SEQS", "MAX_CHUNKS", "MAX_EVENT_BYTES",
+           "MAX_OFFER_BYTES", "MAX_OFFER_RECIPIENTS", "MAX_STATUS_BYTES", "MAX_THUMBNAIL_BYTES",
+           "MAX_WATCHLIST_STATE_BYTES", "OFFER_SCHEMA", "Offer", "PayloadError", "STATUS_SCHEMA", "Status",
+           "THUMBNAIL_ALG", "WATCHLIST_STATES", "WATCHLIST_STATE_SCHEMA", "WatchlistState", "decode_ack",
+           "decode_event", "decode_status", "decode_watchlist_state", "encode_ack", "encode_event", "encode_offer",
+           "encode_status", "encode_watchlist_state", "make_event", "new_event", "parse_offer", "stamp_published",
+           "uuid7", "uuid7_unix_ms", "validate_event"]
 
 EVENT_SCHEMA = "edge-event/1"
 ACK_SCHEMA = "edge-ack/1"
@@ -60,8 +69,8 @@ _EVENT_ORDER = ("schema", "event_id", "seq", "device_id", "captured_at", "publis
 
 def new_event(*, device_id: str, captured_at: float, subject_id: str, watchlist_id: str, watchlist_version: int,
               embedder_id: str, similarity: float, threshold: float, margin: float, track_id: int, chips_used: int,
-              quality: dict, label: str | None = None, category: str | None = None,
-              thumbnail: dict | None = None, thumbnail2: dict | None = None,
+              quality: dict[str, Any], label: str | None = None, category: str | None = None,
+              thumbnail: dict[str, Any] | None = None, thumbnail2: dict[str, Any] | None = None,
               event_id: str | None = None) -> MatchEvent:
     """A `MatchEvent` with a fresh UUIDv7 `event_id` unless given (not validated yet: `encode_event` does that,
     once). thumbnail / thumbnail2: the track's best and second-best face chip, sealed (`seal_evidence`)."""
@@ -70,13 +79,13 @@ def new_event(*, device_id: str, captured_at: float, subject_id: str, watchlist_
                       thumbnail, thumbnail2)
 
 
-def make_event(*, seq: int | None = None, **fields: Any) -> dict:
+def make_event(*, seq: int | None = None, **fields: Any) -> dict[str, Any]:
     """A validated edge-event/1 dict (`new_event`'s fields; `review_required: true`) — for callers that want the
     JSON form at once. seq: None until `Outbox.add` assigns it. Raises PayloadError naming the first bad field."""
     return validate_event(new_event(**fields).to_json(seq), allow_no_seq=True)
 
 
-def validate_event(event: object, allow_no_seq: bool = False) -> dict:
+def validate_event(event: object, allow_no_seq: bool = False) -> dict[str, Any]:
     """`event` if it satisfies edge-event/1 (see module docstring), else PayloadError naming the problem."""
     what = "event"
     if not isinstance(event, dict):
@@ -125,7 +134,7 @@ def _check_quality(quality: object) -> None:
             need_str(quality, key, "event quality")
 
 
-def encode_event(event: dict | MatchEvent, seq: int | None = None) -> bytes:
+def encode_event(event: dict[str, Any] | MatchEvent, seq: int | None = None) -> bytes:
     """Validate `event` (with `seq` given here or in the dict: required) and encode it as compact UTF-8 JSON of at
     most MAX_EVENT_BYTES. The device's one validation of an event, when it enters the outbox."""
     obj = event.to_json(seq) if isinstance(event, MatchEvent) else event if seq is None else {**event, "seq": seq}
@@ -135,7 +144,7 @@ def encode_event(event: dict | MatchEvent, seq: int | None = None) -> bytes:
     return dump_object(validate_event(obj), "event", MAX_EVENT_BYTES - _STAMP_ROOM)
 
 
-def decode_event(data: bytes) -> dict:
+def decode_event(data: bytes) -> dict[str, Any]:
     """Parse and validate an edge-event/1 payload; PayloadError on anything else."""
     return validate_event(load_object(data, "event", MAX_EVENT_BYTES))
 
@@ -187,7 +196,7 @@ def decode_ack(data: bytes) -> list[int]:
     return sorted(set(_check_ack(load_object(data, "ack", MAX_ACK_BYTES))["seqs"]))
 
 
-def _check_ack(obj: dict) -> dict:
+def _check_ack(obj: dict[str, Any]) -> dict[str, Any]:
     check_schema(obj, "ack", ACK_SCHEMA)
     check_fields(obj, "ack", {"schema", "seqs"})
     seqs = obj["seqs"]
@@ -205,10 +214,10 @@ class Status:
     """A device's retained status: state "online" (with health figures) or "offline" (the broker's last will)."""
 
     state: Literal["online", "offline"]
-    health: dict
+    health: dict[str, Any]
 
 
-def encode_status(state: str, health: dict | None = None) -> bytes:
+def encode_status(state: str, health: dict[str, Any] | None = None) -> bytes:
     """{"schema": "edge-status/1", "state": ..., "health": {...}} (health: any JSON object, ≤ 64 KiB in all)."""
     return dump_object(_check_status({"schema": STATUS_SCHEMA, "state": state, "health": {} if health is None
                                  else health}), "status", MAX_STATUS_BYTES)
@@ -219,7 +228,7 @@ def decode_status(data: bytes) -> Status:
     return Status(obj["state"], obj["health"])
 
 
-def _check_status(obj: dict) -> dict:
+def _check_status(obj: dict[str, Any]) -> dict[str, Any]:
     check_schema(obj, "status", STATUS_SCHEMA)
     check_fields(obj, "status", {"schema", "state", "health"})
     if obj["state"] not in ("online", "offline"):

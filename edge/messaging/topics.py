@@ -71,7 +71,7 @@ def _check_prefix(prefix: object) -> str:
     if not all(isinstance(lv, str) and _DEVICE_ID.match(lv) for lv in levels):
         raise TopicError(f"topic prefix {prefix!r} is invalid: use '/'-separated levels of 1-64 characters from"
                          " A-Z a-z 0-9 . _ - (no '+', '#', empty or leading/trailing levels)")
-    return prefix
+    return str(prefix)
 
 
 class ParsedTopic(NamedTuple):
@@ -106,7 +106,8 @@ def parse_topic(topic: str, prefix: str = "edge") -> ParsedTopic:
     else:
         check_device_id(device)
     levels = tuple(rest.split("/"))
-    kind, extra = _SUFFIXES.get(levels), ()
+    kind = _SUFFIXES.get(levels)
+    extra: tuple[int, ...] = ()
     if kind is None:
         chunk = {("watchlist", "chunk"): "watchlist_chunk", ("watchlist", "delta", "chunk"): "watchlist_delta_chunk"}
         kind = chunk.get(levels[:-2]) if len(levels) >= 4 else None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from edge.messaging.payload_checks import (PayloadError, check_fields, check_schema, dump_object, load_object, need_int,
                                            need_str, show)
@@ -32,7 +33,8 @@ class WatchlistState:
     """What a device reports after a sync: its installed version (None if none) and the outcome.
 
     state: "installed" (version now live), "rejected" (reason = a BundleError code), "stale" (the installed
-    watchlist expired), "none" (nothing installed), "wiped" (dropped by a signed wipe statement). message: one human-readable line, or None.
+    watchlist expired), "none" (nothing installed), "wiped" (dropped by a signed wipe statement). message: one
+    human-readable line, or None.
     """
 
     installed_version: int | None
@@ -53,7 +55,7 @@ def decode_watchlist_state(data: bytes) -> WatchlistState:
     return WatchlistState(obj["installed_version"], obj["state"], obj["reason"], obj["message"])
 
 
-def _check_watchlist_state(obj: dict) -> dict:
+def _check_watchlist_state(obj: dict[str, Any]) -> dict[str, Any]:
     what = "watchlist state"
     check_schema(obj, what, WATCHLIST_STATE_SCHEMA)
     check_fields(obj, what, {"schema", "installed_version", "state", "reason", "message"})
@@ -119,7 +121,7 @@ def parse_offer(data: bytes, audience: str) -> Offer:
                  obj["chunk_bytes"], list(obj["chunks"]), list(obj["recipients"]))
 
 
-def _check_offer(obj: dict, audience: str) -> dict:
+def _check_offer(obj: dict[str, Any], audience: str) -> dict[str, Any]:
     what = "watchlist offer"
     check_schema(obj, what, OFFER_SCHEMA)
     check_fields(obj, what, {"schema", "audience", "version", "base", "bundle_sha256", "bundle_bytes",

@@ -31,7 +31,7 @@ _EVENT_COLUMNS = ("event_id", "device_id", "seq", "captured_at", "received_at", 
 
 
 def _row(row: tuple) -> dict[str, Any]:
-    out = dict(zip(_EVENT_COLUMNS, row))
+    out = dict(zip(_EVENT_COLUMNS, row, strict=True))
     out["event"] = json.loads(out.pop("body"))
     return out
 

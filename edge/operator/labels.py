@@ -12,6 +12,7 @@ def labels_from_build(build_dir: Path) -> dict[str, str]:
     """subject id → label from a watchlist build directory (`edge watchlist build --out`)."""
     def labels(meta: dict) -> dict[str, str]:
         subjects = meta["subjects"]
-        return {str(i): str(label) for i, label in zip(subjects["id"], subjects["label"]) if label}
+        pairs = zip(subjects["id"], subjects["label"], strict=False)  # ids past the last label stay unnamed
+        return {str(i): str(label) for i, label in pairs if label}
 
     return read_build_meta(build_dir, labels)

@@ -53,8 +53,8 @@ def json_body(raw: bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
     try:
         return json.loads(raw.decode("utf-8"), object_pairs_hook=no_duplicates)
     except (UnicodeDecodeError, ValueError, RecursionError):
-        raise Refused(400, 'the body is not valid JSON; it must be a JSON object: {"decision": "confirm|reject|unsure", '
-                           '"note": "..."}') from None
+        raise Refused(400, 'the body is not valid JSON; it must be a JSON object: '
+                           '{"decision": "confirm|reject|unsure", "note": "..."}') from None
 
 
 def safe_next(target: str) -> str:

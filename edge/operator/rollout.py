@@ -52,7 +52,7 @@ def render(report: dict) -> str:
         rows.append((d["device_id"] + ("" if d["in_fleet"] else " (not in fleet)"), online, d["last_seen"] or "-",
                      str(d["installed_version"] or "-"), d["state"] or "-", d["reason"] or ""))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     versions = ", ".join(f"v{v}: {n} device{'s' if n != 1 else ''}" for v, n in report["versions"].items())
     lines.append(f"versions: {versions or 'none installed'}")
     if report["not_reporting"]:

@@ -33,7 +33,7 @@ def event_view(row: dict, decisions: list[dict], labels: dict[str, str], require
     ev = row["event"]
     label = labels.get(row["subject_id"]) or ev.get("label") or row["subject_id"]
     confirmations = len({d["reviewer"] for d in decisions if d["decision"] == "confirm"})
-    quality = ev.get("quality") if isinstance(ev.get("quality"), dict) else {}
+    quality = _mapping(ev.get("quality"))
     margin = num(ev.get("margin"))
     sim, thr = row["similarity"], row["threshold"]
     view = {k: row[k] for k in ("event_id", "status", "subject_id", "device_id", "seq", "captured_at", "received_at",
@@ -47,16 +47,22 @@ def event_view(row: dict, decisions: list[dict], labels: dict[str, str], require
         "category": str(ev.get("category") or "-"), "device": row["device_id"], "captured": utc(row["captured_at"]),
         "similarity": f"{sim:.3f} vs {thr:.3f} ({sim - thr:+.3f})",
         "margin": "-" if margin is None else f"{margin:.3f}", "chips": str(ev.get("chips_used", "-")),
-        "quality": ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in sorted(quality.items())) or "-",
+        "quality": ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+                             for k, v in sorted(quality.items())) or "-",
         "watchlist": f"{row['watchlist_id']} v{row['watchlist_version']}", "embedder": str(ev.get("embedder_id", "-")),
         "confirmations": f"{confirmations} / {required}"}
     return view
 
 
+def _mapping(value: object) -> dict[str, Any]:
+    """`value` if it is a JSON object, else {} (device-reported figures are checked before use)."""
+    return value if isinstance(value, dict) else {}
+
+
 def device_view(d: dict) -> dict:
     """A device's last reports with the figures the fleet page shows pulled out of its health JSON."""
-    health = d["health"] if isinstance(d.get("health"), dict) else {}
-    gauges = health.get("gauges") if isinstance(health.get("gauges"), dict) else {}
+    health = _mapping(d.get("health"))
+    gauges = _mapping(health.get("gauges"))
     temp = num(health.get("temperature_c"), 1)
     return {**d, "state": {True: "online", False: "offline"}.get(d["online"], "unknown"),
             "fps": num(health.get("fps"), 1),
@@ -147,7 +153,7 @@ def _sealed_facts(devices: list[dict], version: int) -> dict:
     for d in devices:
         wl = d["health"].get("watchlist") if isinstance(d.get("health"), dict) else None
         if isinstance(wl, dict) and wl.get("version") == version:
-            sealed = wl.get("sealed_for") if isinstance(wl.get("sealed_for"), dict) else {}
+            sealed = _mapping(wl.get("sealed_for"))
             return {"n_items": num(wl.get("n_items")), "n_subjects": num(wl.get("n_subjects")),
                     "threshold": num(sealed.get("match")), "fpir_target": num(sealed.get("fpir_target")),
                     "predicted_fpir": num(sealed.get("predicted_fpir"))}
@@ -159,9 +165,9 @@ def _searches_per_day(devices: list[dict], version: int) -> tuple[float | None, 
     many devices reported one)."""
     total, reporting = 0.0, 0
     for d in devices:
-        health = d["health"] if isinstance(d.get("health"), dict) else {}
-        wl = health.get("watchlist") if isinstance(health.get("watchlist"), dict) else {}
-        counters = health.get("counters") if isinstance(health.get("counters"), dict) else {}
+        health = _mapping(d.get("health"))
+        wl = _mapping(health.get("watchlist"))
+        counters = _mapping(health.get("counters"))
         searches, uptime = num(counters.get("searches")), num(health.get("uptime_s"))
         if wl.get("version") == version and searches is not None and uptime is not None and uptime > 0:
             total += searches / uptime * 86400.0

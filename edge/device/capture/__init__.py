@@ -29,7 +29,7 @@ def open_source(kind: str, **kwargs) -> FrameSource:
     cls = SOURCE_KINDS.get(kind)
     if cls is None:
         raise CameraError(f"unknown camera kind {kind!r}: choose one of {', '.join(SOURCE_KINDS)}")
-    signature = inspect.signature(cls.__init__)
+    signature = inspect.signature(cls.__init__)  # type: ignore[misc]  # the class itself, not an instance
     accepted = [name for name in signature.parameters if name != "self"]
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:

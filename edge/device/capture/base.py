@@ -124,7 +124,7 @@ class SourceBase:
         return frame
 
     def __enter__(self):
-        self.open()  # type: ignore[attr-defined]
+        self.open()
         return self
 
     def __exit__(self, *exc) -> None:

@@ -60,7 +60,7 @@ def create_app(store: EventStore, accounts: Accounts, audit: AuditLog, labels: d
     app.add_middleware(middleware.BodyLimit)  # innermost of the three: the last added wraps the others
     app.middleware("http")(middleware.store_unavailable(console))
     app.middleware("http")(middleware.security_headers)
-    app.add_exception_handler(Refused, middleware.refused(console))
+    app.add_exception_handler(Refused, middleware.refused(console))  # type: ignore[arg-type]  # Refused only
     for group in (sessions, events, faces, fleet, admin):  # in this order: the routes are matched in it
         group.register(app, console)
     return app

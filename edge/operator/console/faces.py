@@ -4,6 +4,8 @@ the console's own icon."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
@@ -34,7 +36,7 @@ def register(app: FastAPI, console: Console) -> None:
         if kind not in ("evidence", "reference") or n not in ("1", "2"):
             raise Refused(404, "faces are /events/ID/evidence/1 or 2 (captured: the track's best and second best)"
                                " and /events/ID/reference/1 or 2 (enrolled)")
-        which = "evidence" if kind == "evidence" else "reference"
+        which: Literal["evidence", "reference"] = "evidence" if kind == "evidence" else "reference"
         return image(await run_in_threadpool(data.face, which, event_id, int(n)))
 
     @app.get("/favicon.ico")
