@@ -27,7 +27,7 @@ import dlib
 import face_recognition_models
 import numpy as np
 
-from edge.vision.align import align_face, similarity_transform
+from edge.vision.align import align_face
 from edge.vision.detector import FaceDetector, iou
 from edge.vision.runtime import load_model
 
