@@ -55,8 +55,8 @@ def test_events_are_delivered_acknowledged_and_deleted(broker, tmp_path):
     assert outbox.depth() == 0
     assert consumer.store.seqs("cam-a") == seqs
     lines = (tmp_path / "events.jsonl").read_text().splitlines()
-    assert len(lines) == 100 and all(json.loads(l)["review_required"] is True for l in lines)
-    assert all(json.loads(l)["published_at"] is not None for l in lines)
+    assert len(lines) == 100 and all(json.loads(line)["review_required"] is True for line in lines)
+    assert all(json.loads(line)["published_at"] is not None for line in lines)
     # A malformed ack is counted, not fatal; an ack cannot delete what it does not name.
     publisher.on_ack(b"{]")
     assert publisher.bad_acks == 1
@@ -189,5 +189,5 @@ def test_events_tail_command_stores_prints_and_acks(broker, tmp_path, capsys):
     device.stop()
     out, err = capsys.readouterr()
     assert result["code"] == 0 and outbox.depth() == 0
-    assert sorted(json.loads(l)["seq"] for l in out.splitlines()) == [1, 2, 3]
+    assert sorted(json.loads(line)["seq"] for line in out.splitlines()) == [1, 2, 3]
     assert "stored 3 events" in err
