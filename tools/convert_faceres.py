@@ -518,7 +518,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    for p in g["paths"]},
                 "output_node": cand.output, "input_scale": cand.input_scale, "note": cand.note,
                 "data": {"calib_dirs": [str(p) for p in args.calib_dir], "chips": int(len(cs.chips)),
-                         "held_out": int(h.sum()), "calibration_sources": [s for s, x in zip(cs.sources, h) if not x],
+                         "held_out": int(h.sum()), "calibration_sources": [s for s, x in zip(cs.sources, h, strict=True) if not x],
                          "holdout_rule": f"every {HOLDOUT_EVERY}th identity (sorted dir:identity)"},
             }
             sm = export_saved_model(args.package, cand, tmpdir)

@@ -59,7 +59,7 @@ def split(c, half: str | None = None, sets: set[str] | None = None) -> dict[str,
     """Indices of gallery photos, mated probes and non-mated probes (+ gallery identity per gallery index)."""
     by_id: dict[str, list[int]] = defaultdict(list)
     utk = []
-    for i, (ident, s) in enumerate(zip(c["identity"], c["set"])):
+    for i, (ident, s) in enumerate(zip(c["identity"], c["set"], strict=True)):
         if half and half_of(str(ident) or str(c["path"][i])) != half:
             continue
         if sets and s not in sets:

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     c = np.load(args.cache)
     d = np.load(args.cache.parent / "dets.npz")
     good = defaultdict(list)
-    for i, (s, ident) in enumerate(zip(c["set"], c["identity"])):
+    for i, (s, ident) in enumerate(zip(c["set"], c["identity"], strict=True)):
         if s == "celeba_wild" and c["chosen"][i] == 0 and d["ndet"][i] == 1 and c["eye"][i] >= 35 \
                 and abs(c["yaw"][i]) < 0.25 and c["sharp"][i] >= 0.5:
             good[str(ident)].append(i)

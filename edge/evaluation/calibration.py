@@ -84,7 +84,7 @@ class TailModel:
     def fmr(self, t: float) -> float:
         """Modelled FMR of one comparison at cosine threshold t (point estimate)."""
         if t <= self.u:
-            xs, ys = zip(*self.curve)
+            xs, ys = zip(*self.curve, strict=True)
             return float(np.exp(np.interp(t, xs, np.log(ys))))
         return float(self.zeta * gpd_survival(t - self.u, self.sigma, self.xi))
 
@@ -102,7 +102,7 @@ class TailModel:
 
     def _threshold(self, fmr: float, zeta: float, sigma: float, xi: float) -> float:
         if fmr >= zeta:
-            xs, ys = zip(*self.curve)
+            xs, ys = zip(*self.curve, strict=True)
             return float(np.interp(math.log(fmr), np.log(ys)[::-1], np.array(xs)[::-1]))
         return self.u + gpd_quantile(fmr / zeta, sigma, xi)
 
@@ -171,7 +171,7 @@ def fit_tail(sims_per_probe: list[np.ndarray], min_exceedances: int = 2000, tail
     asc = desc[::-1]
     fmrs = np.geomspace(0.5, zeta, CURVE_POINTS)
     xs = [float(np.quantile(asc, 1 - f)) for f in fmrs]
-    curve = tuple((x, float(f)) for x, f in zip(xs, fmrs))
+    curve = tuple((x, float(f)) for x, f in zip(xs, fmrs, strict=True))
     rng = np.random.default_rng(seed)
     exc = [g[g > u] - u for g in groups]
     sizes = np.array([len(g) for g in groups])

@@ -145,7 +145,7 @@ def run_watchlist_bench(analyzer: Any, gallery: Path, root: Path, probes: Path, 
             nonmated2.append(face.embedding2)
     mated_a, nonmated_a = np.array(mated), np.array(nonmated)
     measured_imp = (nonmated_a @ real.T).ravel()
-    genuine = np.array([float((real[real_subject == s] @ v).max()) for v, s in zip(mated_a, mated_subject)])
+    genuine = np.array([float((real[real_subject == s] @ v).max()) for v, s in zip(mated_a, mated_subject, strict=True)])
     draw, alpha = distractor_sampler(np.concatenate([real, mated_a, nonmated_a]), float(measured_imp.mean()), rng)
     n_distractors = size - len(enrollment.subjects)
     t0 = time.perf_counter()
@@ -177,7 +177,7 @@ def run_watchlist_bench(analyzer: Any, gallery: Path, root: Path, probes: Path, 
     if fusion is not None:  # the second embedding's distractors and probes, drawn the same way from its own data
         real2, m2, n2 = np.stack(enrollment.vectors2), np.array(mated2), np.array(nonmated2)
         imp2 = (n2 @ real2.T).ravel()
-        gen2 = np.array([float((real2[real_subject == s] @ v).max()) for v, s in zip(m2, mated_subject)])
+        gen2 = np.array([float((real2[real_subject == s] @ v).max()) for v, s in zip(m2, mated_subject, strict=True)])
         draw2, _ = distractor_sampler(np.concatenate([real2, m2, n2]), float(imp2.mean()), rng)
         vectors2 = np.concatenate([real2, draw2(n_distractors)]).astype(np.float32)
         queries2 = np.concatenate([m2, mated_probes(vectors2[picks], float(np.median(gen2)), rng)])
