@@ -24,6 +24,9 @@ from typing import Any
 from edge.config import PolicyConfig  # the `policy:` section is the policy's settings
 from edge.types import Candidate, Decision, Match
 
+#: the settings when none are given (frozen, so one shared instance is safe)
+DEFAULT_CONFIG = PolicyConfig()
+
 
 @dataclass(frozen=True)
 class _Vote:
@@ -50,7 +53,7 @@ class DecisionPolicy:
 
     last_outcome: dict[str, Any] | None = None
 
-    def __init__(self, config: PolicyConfig = PolicyConfig()) -> None:
+    def __init__(self, config: PolicyConfig = DEFAULT_CONFIG) -> None:
         self.config = config
         self._tracks: dict[int, _TrackState] = {}
         self._last_decided: dict[str, float] = {}  # subject_id → `now` of its last decision that fired
