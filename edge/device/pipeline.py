@@ -128,7 +128,7 @@ class Pipeline:
                     break
                 self.health.inc("frames_captured")
                 self.slot.put(frame)
-        except Exception as err:  # a camera that raises is reported, and the pipeline winds down
+        except Exception as err:  # noqa: BLE001 - a camera that raises is reported, and the pipeline winds down
             self.error = err
             log.error("capture stopped: %s", err)
         finally:
