@@ -111,7 +111,8 @@ def run_demo(analyzer: Any, photos: Path, workdir: Path | None = None, video: Pa
             video = work / "demo.mp4"
             schedule = make_clip(video, photos, analyzer)
             print_fn(f"clip: {video} — " + ", ".join(
-                f"{a['photo']} ({'listed' if a['listed_as'] else 'not listed'}, {a['visible_s'][0]}–{a['visible_s'][1]} s)"
+                f"{a['photo']} ({'listed' if a['listed_as'] else 'not listed'}, "
+                f"{a['visible_s'][0]}–{a['visible_s'][1]} s)"
                 for a in schedule))
         # 3. Broker, device publisher, central consumer.
         broker = LocalBroker(work, prefer_mosquitto=broker_kind != "amqtt")
@@ -127,8 +128,9 @@ def run_demo(analyzer: Any, photos: Path, workdir: Path | None = None, video: Pa
                 received.append(ev)
             print_fn(f"EVENT {ev['device_id']} #{ev['seq']} at {ev['captured_at'] - clock['start']:.1f} s: "
                      f"{names.get(ev['subject_id'], ev['subject_id'])} — similarity "
-                     f"{ev['similarity']:.3f} ≥ {ev['threshold']:.3f}, margin {ev['margin']:.3f}, track {ev['track_id']},"
-                     f" {ev['chips_used']} chips — candidate for human review (review_required={ev['review_required']})")
+                     f"{ev['similarity']:.3f} ≥ {ev['threshold']:.3f}, margin {ev['margin']:.3f}, "
+                     f"track {ev['track_id']}, {ev['chips_used']} chips — candidate for human review "
+                     f"(review_required={ev['review_required']})")
 
         outbox = Outbox(work / "outbox.db")
         audit = AuditLog(work / "audit.log")

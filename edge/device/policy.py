@@ -111,7 +111,8 @@ class DecisionPolicy:
         own decides. Counted in `template_observed` / `template_decisions`; not part of the k-of-n window."""
         self.template_observed += 1
         state, threshold, margin_required, top = self._prepare(track_id, result, now, first_seen)
-        if top is None or top.similarity < threshold or result.margin < margin_required or top.subject_id in state.settled:
+        if (top is None or top.similarity < threshold or result.margin < margin_required
+                or top.subject_id in state.settled):
             return None  # the per-chip outcome already traced stands
         vote = _Vote(top.subject_id, top, float(result.margin))
         decision = self._fire(track_id, state, top.subject_id, top, [vote], threshold, margin_required, now, quality,

@@ -77,7 +77,8 @@ def load_manifest(directory: str | Path | None = None) -> Manifest:
     try:
         raw = json.loads(path.read_text())
     except FileNotFoundError:
-        raise ModelError(f"model manifest not found: {path} (set EDGE_MODELS_DIR or `models_dir` in the config)") from None
+        raise ModelError(
+            f"model manifest not found: {path} (set EDGE_MODELS_DIR or `models_dir` in the config)") from None
     except (OSError, UnicodeDecodeError) as err:
         raise ModelError(f"cannot read model manifest {path}: {err}") from None
     except json.JSONDecodeError as err:
