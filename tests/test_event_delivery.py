@@ -25,7 +25,8 @@ HERE = Path(__file__).resolve().parent
 
 
 def _consumer(broker, tmp_path):
-    client = MqttClient(broker.client_settings("operator", clean_session=False, inbox_size=20_000), [("edge/+/events", 1)])
+    client = MqttClient(broker.client_settings("operator", clean_session=False, inbox_size=20_000),
+                        [("edge/+/events", 1)])
     client.start()
     client.wait_connected(5)
     return EventConsumer(client, EventStore(tmp_path / "events.db"), jsonl=tmp_path / "events.jsonl")
@@ -142,11 +143,13 @@ def test_last_will_marks_a_vanished_device_offline(broker, tmp_path):
 
     settings = dataclasses.asdict(broker.client_settings("cam-a"))
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in settings.items() if k != "will_payload"}
-    code = ("import json, sys, time; from pathlib import Path; from edge.messaging.mqtt import MqttClient, MqttSettings; "
+    code = ("import json, sys, time; from pathlib import Path; "
+            "from edge.messaging.mqtt import MqttClient, MqttSettings; "
             "from edge.messaging.payloads import encode_status; f = json.loads(sys.argv[1]); "
             "f.update({k: Path(f[k]) for k in ('ca_file', 'cert_file', 'key_file')}); "
             "f.update(will_topic='edge/cam-a/status', will_payload=encode_status('offline', {})); "
-            "c = MqttClient(MqttSettings(**f)); c.start(); c.wait_connected(5); print('up', flush=True); time.sleep(60)")
+            "c = MqttClient(MqttSettings(**f)); c.start(); c.wait_connected(5); print('up', flush=True); "
+            "time.sleep(60)")
     device = subprocess.Popen([sys.executable, "-c", code, json.dumps(settings)], stdout=subprocess.PIPE, text=True,
                               cwd=HERE.parent)
     assert device.stdout.readline().strip() == "up"
