@@ -8,7 +8,8 @@ ResNet descriptor; its similarity here is −(Euclidean distance), so every metr
 Run in the tools venv (dlib-bin==20.0.1.post1, face_recognition==1.3.0 --no-deps, face_recognition_models==0.3.0,
 this package installed):
 
-    python tools/compare_face_recognition.py pairs --pairs ../shared/data/dlib_johns/pairs.csv --root ../shared/data/dlib_johns
+    python tools/compare_face_recognition.py pairs --pairs ../shared/data/dlib_johns/pairs.csv \
+        --root ../shared/data/dlib_johns
     python tools/compare_face_recognition.py latency --image ../shared/data/face_recognition/examples/obama-720p.jpg
     python tools/compare_face_recognition.py clip --video ../shared/data/video/hamilton_short_clip.mp4
 """

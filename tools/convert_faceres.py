@@ -409,7 +409,8 @@ def run_tflite(interp: Any, chips: np.ndarray) -> np.ndarray:
     return np.stack(res).astype(np.float32)
 
 
-def run_tfjs(package: Path, cand: Candidate, chips: np.ndarray, node_modules: Path, tmp: Path) -> tuple[np.ndarray, str]:
+def run_tfjs(package: Path, cand: Candidate, chips: np.ndarray, node_modules: Path,
+             tmp: Path) -> tuple[np.ndarray, str]:
     """The original TF.js graph (plain tfjs, CPU backend) on the chips in its own input units."""
     x = (chips.astype(np.float32) * np.float32(cand.input_scale)).astype(np.float32)
     fin, fout = tmp / "tfjs_in.f32", tmp / "tfjs_out.f32"
@@ -518,7 +519,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    for p in g["paths"]},
                 "output_node": cand.output, "input_scale": cand.input_scale, "note": cand.note,
                 "data": {"calib_dirs": [str(p) for p in args.calib_dir], "chips": int(len(cs.chips)),
-                         "held_out": int(h.sum()), "calibration_sources": [s for s, x in zip(cs.sources, h, strict=True) if not x],
+                         "held_out": int(h.sum()),
+                         "calibration_sources": [s for s, x in zip(cs.sources, h, strict=True) if not x],
                          "holdout_rule": f"every {HOLDOUT_EVERY}th identity (sorted dir:identity)"},
             }
             sm = export_saved_model(args.package, cand, tmpdir)

@@ -192,8 +192,9 @@ def clean_impostor_pairs(c, half: str, facehash: np.ndarray | None,
     pairs of a first fit were Nick Jonas and Jim Parsons under two labels each) — except UTKFace chips of children
     (under `CHILD_AGE` by the set's own age label) against labelled faces: the celebrity sets hold almost no children,
     so such a pair is almost surely two people, and without them the tail misses what a first held-back check found
-    (one-year-olds all scoring ~0.7 against one CelebA baby: infants look alike to the embedder); (3) near-duplicate photos (`NEAR_DUPLICATE`) are left out; (4) known aliases are merged (`devset.ALIASES`,
-    already applied to the cache's identities). `gated`: only the comparisons a deployed list makes — both faces
+    (one-year-olds all scoring ~0.7 against one CelebA baby: infants look alike to the embedder); (3) near-duplicate
+    photos (`NEAR_DUPLICATE`) are left out; (4) known aliases are merged (`devset.ALIASES`, already applied to the
+    cache's identities). `gated`: only the comparisons a deployed list makes — both faces
     pass the enrollment gate (a template) and at least one passes the device's gate (the probe)."""
     from edge.vision.quality import ENROLLMENT_LIMITS
 
@@ -257,8 +258,10 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--shortlist", type=int, default=50)
         p.add_argument("--tail", type=Path)
         p.add_argument("--out", type=Path)
-        p.add_argument("--manifest-entry", help="fit-tail: also store the tail in models/manifest.json under this model")
-        p.add_argument("--pipeline", default="BlazeFace-keypoint chips, no flip", help="fit-tail: how the cache was made")
+        p.add_argument("--manifest-entry",
+                       help="fit-tail: also store the tail in models/manifest.json under this model")
+        p.add_argument("--pipeline", default="BlazeFace-keypoint chips, no flip",
+                       help="fit-tail: how the cache was made")
         p.add_argument("--fpir", type=float, default=0.003)
         p.add_argument("--facehash", type=Path, help="fit-tail-pairs / check-fmr: fingerprints from devset.py facehash")
         p.add_argument("--min-exceedances", type=int, default=2000)
@@ -277,7 +280,8 @@ def main(argv: list[str] | None = None) -> None:
                 g.write(f"{c['path'][i]},{c['identity'][i]}\n")
             for i, flag in [(i, 1) for i in sp["mated"]] + [(i, 0) for i in sp["nonmated"]]:
                 pr.write(f"{c['path'][i]},{c['identity'][i] or 'utk:' + str(c['path'][i])},{flag}\n")
-        print(f"{args.out}: {len(sp['gallery'])} gallery photos, {len(sp['mated'])} mated, {len(sp['nonmated'])} non-mated")
+        print(f"{args.out}: {len(sp['gallery'])} gallery photos, {len(sp['mated'])} mated, "
+              f"{len(sp['nonmated'])} non-mated")
     elif args.cmd == "gate":
         r = gate_reasons(c, limits(args))
         for s in np.unique(c["set"]):
@@ -324,10 +328,10 @@ def main(argv: list[str] | None = None) -> None:
         if args.manifest_entry:
             mpath = Path(__file__).resolve().parent.parent / "models" / "manifest.json"
             manifest = json.loads(mpath.read_text())
-            entry["source"] = (f"dev set (../shared/data; tuned on it): {model.n:,} real impostor pairs = every pair of "
-                               f"different identities within one identity namespace among the {removed['faces']:,} faces "
-                               f"of half '{args.half}' of the identities (hash split): CelebA in-the-wild + low-res, the "
-                               f"small sets, UTKFace children under {CHILD_AGE}; "
+            entry["source"] = (f"dev set (../shared/data; tuned on it): {model.n:,} real impostor pairs = every pair "
+                               f"of different identities within one identity namespace among the "
+                               f"{removed['faces']:,} faces of half '{args.half}' of the identities (hash split): "
+                               f"CelebA in-the-wild + low-res, the small sets, UTKFace children under {CHILD_AGE}; "
                                f"cleaned without looking at scores: {removed['cross_namespace_or_unlabelled']:,} pairs "
                                "across identity namespaces or with an unlabelled adult UTKFace chip (one celebrity can "
                                f"carry two labels across web-scraped sets; UTKFace children under {CHILD_AGE} are kept "
@@ -377,8 +381,10 @@ def main(argv: list[str] | None = None) -> None:
                                   "predicted_fpir": th["predicted_fpir"],
                                   "measured_fpir_at_predicted": round(float(np.mean(measured)), 5),
                                   "measured_range": [round(min(measured), 5), round(max(measured), 5)],
-                                  "measured_fpir_at_point": round(float(np.mean([(t >= th["point"]).mean() for t in tops])), 5),
-                                  "empirical_threshold": round(float(np.mean([threshold_at_fpir(t, fpir) for t in tops])), 4)}))
+                                  "measured_fpir_at_point": round(
+                                      float(np.mean([(t >= th["point"]).mean() for t in tops])), 5),
+                                  "empirical_threshold": round(
+                                      float(np.mean([threshold_at_fpir(t, fpir) for t in tops])), 4)}))
 
 
 if __name__ == "__main__":
