@@ -170,7 +170,7 @@ def _install_watchlist(analyzer: Any, photos: Path, gallery: dict[Path, str] | N
     return enrollment, store, evidence_key
 
 
-def _make_demo_clip(video: Path, photos: Path, analyzer: Any, print_fn: Callable[[str], None]) -> list[dict]:
+def _make_demo_clip(video: Path, photos: Path, analyzer: Any, print_fn: Callable[[str], None]) -> list[dict[str, Any]]:
     """Step 2: write the generated clip to `video` and say who appears when; returns its schedule."""
     schedule = make_clip(video, photos, analyzer)
     print_fn(f"clip: {video} — " + ", ".join(
@@ -180,7 +180,7 @@ def _make_demo_clip(video: Path, photos: Path, analyzer: Any, print_fn: Callable
     return schedule
 
 
-def _event_line(ev: dict, names: dict[str, str], start: float) -> str:
+def _event_line(ev: dict[str, Any], names: dict[str, str], start: float) -> str:
     """One received event as the demo prints it (`start`: wall-clock time the clip started)."""
     return (f"EVENT {ev['device_id']} #{ev['seq']} at {ev['captured_at'] - start:.1f} s: "
             f"{names.get(ev['subject_id'], ev['subject_id'])} — similarity "
@@ -190,7 +190,7 @@ def _event_line(ev: dict, names: dict[str, str], start: float) -> str:
 
 
 def _connect_over_mqtt(port: int, work: Path, device_id: str, topics: Any, outbox: Any, health: Any, store: Any,
-                       show: Callable[[dict], None],
+                       show: Callable[[dict[str, Any]], None],
                        stop: threading.Event) -> tuple[tuple[Any, Any], Callable[[], None]]:
     """Step 3's wiring on the local broker: the device's client and publisher (events, retained status heartbeat
     and watchlist state), the operator's client and consumer (into work/events.db, each event to `show`).
@@ -236,7 +236,8 @@ def _connect_over_mqtt(port: int, work: Path, device_id: str, topics: Any, outbo
     return (dev_client, op_client), pump
 
 
-def _play(pipeline: Any, pumping: threading.Thread, outbox: Any, stop: threading.Event, clock: dict) -> float:
+def _play(pipeline: Any, pumping: threading.Thread, outbox: Any, stop: threading.Event,
+          clock: dict[str, float]) -> float:
     """Run the pipeline over the clip with `pumping` alongside, let the outbox drain (≤ 5 s) and one more heartbeat
     go out, then stop the pump. Sets clock["start"] (wall clock); returns the monotonic start."""
     pumping.start()
@@ -254,8 +255,8 @@ def _play(pipeline: Any, pumping: threading.Thread, outbox: Any, stop: threading
     return t0
 
 
-def _summarize(snap: dict, received: list[dict], names: dict[str, str], t0: float, broker_kind: str | None,
-               outbox_depth: int, print_fn: Callable[[str], None]) -> dict:
+def _summarize(snap: dict[str, Any], received: list[dict[str, Any]], names: dict[str, str], t0: float,
+               broker_kind: str | None, outbox_depth: int, print_fn: Callable[[str], None]) -> dict[str, Any]:
     """The run's summary (events, labels, frames, seconds, broker, outbox depth, stage latencies, quality gate),
     printed in two lines."""
     summary = {"events": len(received), "labels": sorted({names.get(e["subject_id"], e["subject_id"])
