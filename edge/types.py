@@ -64,7 +64,8 @@ class Detection:
         return {
             "box": [round(float(v), 1) for v in self.box],
             "score": round(float(self.score), 4),
-            "keypoints": {n: [round(float(x), 1), round(float(y), 1)] for n, (x, y) in zip(KEYPOINT_NAMES, self.keypoints)},
+            "keypoints": {n: [round(float(x), 1), round(float(y), 1)]
+                          for n, (x, y) in zip(KEYPOINT_NAMES, self.keypoints, strict=True)},
         }
 
 

@@ -7,6 +7,7 @@ import sys
 import threading
 import time
 import types
+from itertools import pairwise
 from pathlib import Path
 
 import cv2
@@ -62,11 +63,11 @@ def test_video_file_is_read_fully_as_rgb(tmp_path, fourcc, suffix):
     assert len(frames) == 7
     assert [f.index for f in frames] == list(range(7))
     assert all(f.rgb.shape == (SIZE[1], SIZE[0], 3) and f.rgb.dtype == np.uint8 for f in frames)
-    assert all(a.monotonic <= b.monotonic and a.captured_at <= b.captured_at for a, b in zip(frames, frames[1:]))
+    assert all(a.monotonic <= b.monotonic and a.captured_at <= b.captured_at for a, b in pairwise(frames))
     r, g, b = frames[-1].rgb.reshape(-1, 3).mean(axis=0)
     assert r > 200 and g < 60 and b < 60, "the red frame must come out red: BGR was not converted to RGB"
     # the photos survive the codec: each decoded frame is close to the photo it was made from
-    for frame, rgb in zip(frames, photos(6)):
+    for frame, rgb in zip(frames, photos(6), strict=False):  # the 7th frame is RED, checked above
         assert np.abs(frame.rgb.astype(int) - rgb).mean() < 20
     assert source.stats.frames == 7 and source.stats.read_failures == 0
 
@@ -301,7 +302,7 @@ def test_replay_folder_skips_and_counts_a_corrupt_image(tmp_path):
         frames = read_all(source)
     assert [p.name for p in source.paths] == ["frame_1.png", "frame_2.png", "frame_5.jpg", "frame_10.png"]
     assert len(frames) == 3 and [f.index for f in frames] == [0, 1, 2]
-    for frame, rgb in zip(frames, images):
+    for frame, rgb in zip(frames, images, strict=True):
         assert np.array_equal(frame.rgb, rgb)  # PNG is lossless
     assert source.stats.skipped == 1
     assert "frame_5.jpg cannot be decoded" in source.stats.last_error

@@ -14,7 +14,10 @@ from edge.keys import generate_device_key
 from edge.messaging.thumbnail import encrypt_thumbnail, evidence_context
 from edge.operator.views import quality_words, score_bar
 from edge.watchlist.references import References
-from test_console import make_console, new_event, session, users_db  # noqa: F401 (a fixture)
+import test_console
+from test_console import make_console, new_event, session
+
+users_db = test_console.users_db  # test_console's module-scoped fixture, requested below by name
 
 
 def jpeg(seed: int) -> bytes:
@@ -72,7 +75,7 @@ def test_the_event_page_shows_captured_and_enrolled_faces_side_by_side(tmp_path,
     case = sue.get(f"/api/events/{ev['event_id']}/case").json()["evidence"]
     assert [(e["kind"], e["n"]) for e in case["captured"] + case["reference"]] == [
         ("captured", 1), ("captured", 2), ("reference", 1)]
-    for e, image in zip(case["captured"] + case["reference"], captured + enrolled):
+    for e, image in zip(case["captured"] + case["reference"], captured + enrolled, strict=True):
         assert base64.b64decode(e["base64"]) == image and e["sha256"] == hashlib.sha256(image).hexdigest()
     assert case["problems"] == []
     assert alice.get("/favicon.ico").status_code == 200

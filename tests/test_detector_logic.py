@@ -32,7 +32,8 @@ def test_decode_places_box_and_keypoints_relative_to_anchor():
     reg[1, 4:6] = [9.6, 0.0]
     boxes, kps, scores = decode(reg, np.array([0.1, 0.9], np.float32), anchors, 192, 0.5)
     assert scores.tolist() == pytest.approx([0.9])
-    np.testing.assert_allclose(boxes[0], [0.75 + 0.1 - 0.1, 0.5 - 0.05 - 0.15, 0.75 + 0.1 + 0.1, 0.5 - 0.05 + 0.15], atol=1e-6)
+    np.testing.assert_allclose(boxes[0], [0.75 + 0.1 - 0.1, 0.5 - 0.05 - 0.15, 0.75 + 0.1 + 0.1, 0.5 - 0.05 + 0.15],
+                               atol=1e-6)
     np.testing.assert_allclose(kps[0, 0], [0.8, 0.5], atol=1e-6)
     np.testing.assert_allclose(kps[0, 1], [0.75, 0.5], atol=1e-6)
 
@@ -52,7 +53,8 @@ def test_weighted_nms_merges_overlapping_boxes_by_score():
 
 
 def test_iou():
-    assert iou(np.array([0, 0, 2, 2.0]), np.array([[1, 1, 3, 3.0], [5, 5, 6, 6.0]])).tolist() == pytest.approx([1 / 7, 0])
+    assert iou(np.array([0, 0, 2, 2.0]), np.array([[1, 1, 3, 3.0], [5, 5, 6, 6.0]])).tolist() == pytest.approx(
+        [1 / 7, 0])
 
 
 @pytest.mark.parametrize("shape", [(720, 1280), (1280, 720), (100, 100), (37, 500)])

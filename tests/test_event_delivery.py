@@ -25,7 +25,8 @@ HERE = Path(__file__).resolve().parent
 
 
 def _consumer(broker, tmp_path):
-    client = MqttClient(broker.client_settings("operator", clean_session=False, inbox_size=20_000), [("edge/+/events", 1)])
+    client = MqttClient(broker.client_settings("operator", clean_session=False, inbox_size=20_000),
+                        [("edge/+/events", 1)])
     client.start()
     client.wait_connected(5)
     return EventConsumer(client, EventStore(tmp_path / "events.db"), jsonl=tmp_path / "events.jsonl")
@@ -55,8 +56,8 @@ def test_events_are_delivered_acknowledged_and_deleted(broker, tmp_path):
     assert outbox.depth() == 0
     assert consumer.store.seqs("cam-a") == seqs
     lines = (tmp_path / "events.jsonl").read_text().splitlines()
-    assert len(lines) == 100 and all(json.loads(l)["review_required"] is True for l in lines)
-    assert all(json.loads(l)["published_at"] is not None for l in lines)
+    assert len(lines) == 100 and all(json.loads(line)["review_required"] is True for line in lines)
+    assert all(json.loads(line)["published_at"] is not None for line in lines)
     # A malformed ack is counted, not fatal; an ack cannot delete what it does not name.
     publisher.on_ack(b"{]")
     assert publisher.bad_acks == 1
@@ -142,11 +143,13 @@ def test_last_will_marks_a_vanished_device_offline(broker, tmp_path):
 
     settings = dataclasses.asdict(broker.client_settings("cam-a"))
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in settings.items() if k != "will_payload"}
-    code = ("import json, sys, time; from pathlib import Path; from edge.messaging.mqtt import MqttClient, MqttSettings; "
+    code = ("import json, sys, time; from pathlib import Path; "
+            "from edge.messaging.mqtt import MqttClient, MqttSettings; "
             "from edge.messaging.payloads import encode_status; f = json.loads(sys.argv[1]); "
             "f.update({k: Path(f[k]) for k in ('ca_file', 'cert_file', 'key_file')}); "
             "f.update(will_topic='edge/cam-a/status', will_payload=encode_status('offline', {})); "
-            "c = MqttClient(MqttSettings(**f)); c.start(); c.wait_connected(5); print('up', flush=True); time.sleep(60)")
+            "c = MqttClient(MqttSettings(**f)); c.start(); c.wait_connected(5); print('up', flush=True); "
+            "time.sleep(60)")
     device = subprocess.Popen([sys.executable, "-c", code, json.dumps(settings)], stdout=subprocess.PIPE, text=True,
                               cwd=HERE.parent)
     assert device.stdout.readline().strip() == "up"
@@ -189,5 +192,5 @@ def test_events_tail_command_stores_prints_and_acks(broker, tmp_path, capsys):
     device.stop()
     out, err = capsys.readouterr()
     assert result["code"] == 0 and outbox.depth() == 0
-    assert sorted(json.loads(l)["seq"] for l in out.splitlines()) == [1, 2, 3]
+    assert sorted(json.loads(line)["seq"] for line in out.splitlines()) == [1, 2, 3]
     assert "stored 3 events" in err

@@ -124,17 +124,17 @@ def test_a_reject_and_two_confirms_racing_on_two_console_processes_never_confirm
                          watchlist_version=1, embedder_id="mobilefacenet", similarity=0.9, threshold=0.8, margin=0.1,
                          track_id=1, chips_used=2, quality={}) for i in range(40)]
     stores[0].add(events)
+
+    def act(barrier, event_id, store, reviewer, decision):
+        barrier.wait()
+        try:
+            store.decide(event_id, reviewer, decision)
+        except DataError:
+            pass  # "already rejected/confirmed": the rule doing its job
+
     for ev in events:
         barrier = threading.Barrier(3)
-
-        def act(store, reviewer, decision):
-            barrier.wait()
-            try:
-                store.decide(ev["event_id"], reviewer, decision)
-            except DataError:
-                pass  # "already rejected/confirmed": the rule doing its job
-
-        threads = [threading.Thread(target=act, args=a) for a in
+        threads = [threading.Thread(target=act, args=(barrier, ev["event_id"], *a)) for a in
                    ((stores[0], "alice", "confirm"), (stores[1], "bob", "confirm"), (stores[2], "carol", "reject"))]
         for t in threads:
             t.start()

@@ -292,13 +292,14 @@ def test_ten_consumers_started_at_once_on_a_fresh_postgresql_all_run_and_store_a
     procs: list[subprocess.Popen] = []
     try:
         broker.load_acl(acl_text(Fleet(), consumers=CONSUMERS))
-        for cn, path in zip(CONSUMERS, logs):  # no migration beforehand: the ten race to migrate the empty database
+        # no migration beforehand: the ten race to migrate the empty database
+        for cn, path in zip(CONSUMERS, logs, strict=True):
             with open(path, "w") as log:
                 procs.append(consume(broker, postgres_url, log, cn))
         wait_for(lambda: all("consuming edge/+/events" in p.read_text() for p in logs), 90, "all ten consuming",
                  step=0.5)
         time.sleep(3.0)
-        dead = [(cn, p.returncode, path.read_text()) for cn, p, path in zip(CONSUMERS, procs, logs)
+        dead = [(cn, p.returncode, path.read_text()) for cn, p, path in zip(CONSUMERS, procs, logs, strict=True)
                 if p.poll() is not None]
         assert dead == [], dead
 

@@ -90,8 +90,9 @@ def test_process_embeds_a_still_face_again_cuts_chips_only_for_embeddings_and_de
         return analyzer.embed(image, d)
 
     wl = FakeWatchlist()
-    pipe = Pipeline(None, Detector(), analyzer.embedder, Tracker(reembed_after_s=0.5), DecisionPolicy(PolicyConfig(k=2, n=3)),
-                    MatchContext(lambda: wl), lambda *a: None, embed_face=embed_face)
+    pipe = Pipeline(None, Detector(), analyzer.embedder, Tracker(reembed_after_s=0.5),
+                    DecisionPolicy(PolicyConfig(k=2, n=3)), MatchContext(lambda: wl), lambda *a: None,
+                    embed_face=embed_face)
     decisions = []
     for i in range(12):  # 1.1 s of a face that does not move, at 10 fps
         decisions += pipe.process(Frame(rgb, i, 0.0, i * 0.1))

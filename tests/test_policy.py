@@ -183,7 +183,8 @@ def test_a_track_template_vote_decides_alone_and_respects_dedup_and_cooldown():
     d = policy.observe_template(1, result("s1", 0.80, second=0.5), chips=3, now=1.2)
     assert d is not None and d.subject_id == "s1" and d.chips_used == 3 and d.similarities == [0.80]
     assert policy.observe_template(1, result("s1", 0.85), chips=4, now=1.3) is None  # settled for this track
-    assert policy.observe(1, result("s1", 0.9), now=1.4) is None and policy.observe(1, result("s1", 0.9), now=1.5) is None
+    assert (policy.observe(1, result("s1", 0.9), now=1.4) is None
+            and policy.observe(1, result("s1", 0.9), now=1.5) is None)
     assert policy.observe_template(2, result("s1", 0.9), chips=2, now=2.0) is None  # cooldown across tracks
     st = policy.stats()
     assert (st["template_observed"], st["template_decisions"], st["suppressed_by_cooldown"]) == (4, 1, 1)

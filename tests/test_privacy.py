@@ -103,58 +103,48 @@ def sealed_chips(event: dict) -> list[dict]:
     return [event[k] for k in ("thumbnail", "thumbnail2") if event.get(k) is not None]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("mode", list(MODES))
-def test_device_sends_and_keeps_no_image_in_clear(tmp_path, analyzer, clip, broker, caplog, mode):  # noqa: F811
+def evidence_config(tmp_path: Path, mode: str, operator_x25519) -> dict:
+    """The config's `events:` section for `mode` (empty: the defaults)."""
     from edge import keys
-    from edge.device.app import App
-    from edge.messaging.mqtt import MqttClient
-    from edge.messaging.payloads import PayloadError, decode_event
-    from edge.messaging.thumbnail import decrypt_thumbnail, evidence_context
 
-    started = time.time() - 1
-    state = tmp_path / "state"
-    provision(state, analyzer, "cam-a", install=True)  # v1 installed: obama is listed
-    pki = broker.pki
-    relay = Relay(broker.host, broker.port)
     with_key, thumbnails = MODES[mode]
-    operator_x25519 = keys.generate_device_key()  # an X25519 key pair; the operator keeps the private half
     events_cfg: dict = {}
     if with_key:  # provisioned as first boot does: the public half beside the config
         keys.save_public_key(tmp_path / "operator-evidence.pub", operator_x25519.public_key())
         events_cfg["operator_thumbnail_key"] = str(tmp_path / "operator-evidence.pub")
     if thumbnails is not None:
         events_cfg["thumbnails"] = thumbnails
-    cfg = write_config(tmp_path / "edge.yaml", state, clip, device={"id": "cam-a"},
-                       mqtt={"enabled": True, "host": "127.0.0.1", "port": relay.port, "ca_file": str(pki.ca),
-                             "cert_file": str(pki.cert("cam-a")), "key_file": str(pki.key("cam-a")),
-                             "status_interval_s": 0.5}, **({"events": events_cfg} if events_cfg else {}))
-    operator = MqttClient(broker.client_settings("operator"), [(t, 1) for t in DEVICE_TOPICS])
-    operator.start()
-    operator.wait_connected(5)
-    seen: list = []
-    try:
-        with caplog.at_level(logging.WARNING, logger="edge.device.wiring"):
-            app = App(load_config(cfg), cfg)
-        thread, result = run_in_thread(app)  # a finite clip: the app stops by itself
-        thread.join(30)
-        assert not thread.is_alive() and result["code"] == 0
-        deadline = time.monotonic() + 3
-        while time.monotonic() < deadline:  # collect until the final retained "offline" status arrives
-            try:
-                msg = operator.inbox.get(timeout=0.2)
-            except Exception:  # noqa: BLE001 - queue.Empty
-                continue
-            seen.append(msg)
-            if msg.topic.endswith("/status") and json.loads(msg.payload).get("state") == "offline" \
-                    and any(m.topic.endswith("/events") for m in seen):
-                break
-    finally:
-        operator.stop()
-        time.sleep(0.1)
-        relay.close()
+    return events_cfg
 
-    # --- plaintext: every payload the device published ---
+
+def run_and_collect(cfg: Path, caplog, operator) -> list:
+    """Run the App over its finite clip, then collect what `operator` receives until the device's final retained
+    "offline" status (once at least one event came) or 3 s."""
+    from edge.device.app import App
+
+    seen: list = []
+    with caplog.at_level(logging.WARNING, logger="edge.device.wiring"):
+        app = App(load_config(cfg), cfg)
+    thread, result = run_in_thread(app)  # a finite clip: the app stops by itself
+    thread.join(30)
+    assert not thread.is_alive() and result["code"] == 0
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:  # collect until the final retained "offline" status arrives
+        try:
+            msg = operator.inbox.get(timeout=0.2)
+        except Exception:  # noqa: BLE001 - queue.Empty
+            continue
+        seen.append(msg)
+        if msg.topic.endswith("/status") and json.loads(msg.payload).get("state") == "offline" \
+                and any(m.topic.endswith("/events") for m in seen):
+            break
+    return seen
+
+
+def check_payloads(seen: list, mode: str) -> list[dict]:
+    """Every payload the device published, in plaintext: on its own topics, no image, small. Returns the events."""
+    from edge.messaging.payloads import decode_event
+
     events = [decode_event(m.payload) for m in seen if m.topic == "edge/cam-a/events"]
     assert events, f"no match event was published; got topics {[m.topic for m in seen]}"
     assert {e["subject_id"] for e in events} == {"obama"}
@@ -166,7 +156,11 @@ def test_device_sends_and_keeps_no_image_in_clear(tmp_path, analyzer, clip, brok
     for e in events:
         for value in e.values():  # no field carries an image in any encoding
             assert not (isinstance(value, str) and len(value) > 512), e
-    # --- the wire: every byte sent towards the broker ---
+    return events
+
+
+def check_wire(relay: Relay, seen: list, events: list[dict], mode: str) -> bytes:
+    """Every byte sent towards the broker: no image signature, far less than one raw frame. Returns those bytes."""
     wire = bytes(relay.sent)
     assert relay.connections >= 1 and len(wire) > 0
     assert_no_image(wire, "the client→broker byte stream")
@@ -175,15 +169,16 @@ def test_device_sends_and_keeps_no_image_in_clear(tmp_path, analyzer, clip, brok
     print(f"\nprivacy[{mode}]: device sent {len(wire)} bytes on the wire over {relay.connections} TLS"
           f" connection(s) (received {relay.received}); {len(seen)} MQTT payloads ({len(events)} event(s), largest"
           f" {max(len(m.payload) for m in seen)} bytes); no JPEG/PNG signature or base64 of one")
+    return wire
 
-    if mode != "evidence":
-        assert all(not sealed_chips(e) for e in events)
-        assert any("evidence is off" in r.getMessage() for r in caplog.records)
-        return
-    # The operator's key provisioned: every event carries the track's best chip (and the second best when it fits),
-    # ciphertext for that key bound to the event (no image signature in clear, checked above for every payload),
-    # opening to a JPEG with that key and this event's context only.
-    assert any("evidence is on" in r.getMessage() for r in caplog.records)
+
+def open_evidence(events: list[dict], operator_x25519) -> list[bytes]:
+    """Each event's sealed chips opened with the operator's key and the event's context (and with no other key or
+    slot); returns the JPEGs."""
+    from edge import keys
+    from edge.messaging.payloads import PayloadError
+    from edge.messaging.thumbnail import decrypt_thumbnail, evidence_context
+
     jpegs = []
     for e in events:
         chips = sealed_chips(e)
@@ -196,8 +191,12 @@ def test_device_sends_and_keeps_no_image_in_clear(tmp_path, analyzer, clip, brok
                 decrypt_thumbnail(sealed, keys.generate_device_key(), evidence_context(e["event_id"], slot))
             with pytest.raises(PayloadError):  # moved to another slot (or event), it no longer opens
                 decrypt_thumbnail(sealed, operator_x25519, evidence_context(e["event_id"], 3 - slot))
-    # --- at rest: the exact face pixels that left sealed are nowhere in clear, neither on the wire nor on the
-    # device's disk (its state directory: outbox, audit log, watchlist; and any file written to the temp dir) ---
+    return jpegs
+
+
+def assert_no_face_pixels_in_clear(jpegs: list[bytes], wire: bytes, roots: tuple[Path, ...], since: float) -> None:
+    """Pieces of each JPEG (raw and as base64 at each of the three alignments) are neither in `wire` nor in any
+    file under `roots` modified since `since`; the outbox must be among the files scanned."""
     needles = []
     for jpeg in jpegs:
         middle = jpeg[len(jpeg) // 2:len(jpeg) // 2 + 48]
@@ -206,10 +205,10 @@ def test_device_sends_and_keeps_no_image_in_clear(tmp_path, analyzer, clip, brok
     for needle in needles:
         assert needle not in wire
     scanned = []
-    for root in (state, Path(tempfile.gettempdir())):
+    for root in roots:
         for path in (p for p in root.rglob("*") if p.is_file() and not p.is_symlink()):
             try:
-                if path.stat().st_mtime < started:
+                if path.stat().st_mtime < since:
                     continue
                 content = path.read_bytes()
             except OSError:
@@ -219,3 +218,49 @@ def test_device_sends_and_keeps_no_image_in_clear(tmp_path, analyzer, clip, brok
             for needle in needles:
                 assert needle not in content, f"face pixels in clear in {path}"
     assert any(p.name == "outbox.db" for p in scanned), scanned  # the outbox held the events: ciphertext only
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", list(MODES))
+def test_device_sends_and_keeps_no_image_in_clear(tmp_path, analyzer, clip, broker, caplog, mode):  # noqa: F811
+    from edge import keys
+    from edge.messaging.mqtt import MqttClient
+
+    started = time.time() - 1
+    state = tmp_path / "state"
+    provision(state, analyzer, "cam-a", install=True)  # v1 installed: obama is listed
+    pki = broker.pki
+    relay = Relay(broker.host, broker.port)
+    operator_x25519 = keys.generate_device_key()  # an X25519 key pair; the operator keeps the private half
+    events_cfg = evidence_config(tmp_path, mode, operator_x25519)
+    cfg = write_config(tmp_path / "edge.yaml", state, clip, device={"id": "cam-a"},
+                       mqtt={"enabled": True, "host": "127.0.0.1", "port": relay.port, "ca_file": str(pki.ca),
+                             "cert_file": str(pki.cert("cam-a")), "key_file": str(pki.key("cam-a")),
+                             "status_interval_s": 0.5}, **({"events": events_cfg} if events_cfg else {}))
+    operator = MqttClient(broker.client_settings("operator"), [(t, 1) for t in DEVICE_TOPICS])
+    operator.start()
+    operator.wait_connected(5)
+    try:
+        seen = run_and_collect(cfg, caplog, operator)
+    finally:
+        operator.stop()
+        time.sleep(0.1)
+        relay.close()
+
+    # --- plaintext: every payload the device published ---
+    events = check_payloads(seen, mode)
+    # --- the wire: every byte sent towards the broker ---
+    wire = check_wire(relay, seen, events, mode)
+
+    if mode != "evidence":
+        assert all(not sealed_chips(e) for e in events)
+        assert any("evidence is off" in r.getMessage() for r in caplog.records)
+        return
+    # The operator's key provisioned: every event carries the track's best chip (and the second best when it fits),
+    # ciphertext for that key bound to the event (no image signature in clear, checked above for every payload),
+    # opening to a JPEG with that key and this event's context only.
+    assert any("evidence is on" in r.getMessage() for r in caplog.records)
+    jpegs = open_evidence(events, operator_x25519)
+    # --- at rest: the exact face pixels that left sealed are nowhere in clear, neither on the wire nor on the
+    # device's disk (its state directory: outbox, audit log, watchlist; and any file written to the temp dir) ---
+    assert_no_face_pixels_in_clear(jpegs, wire, (state, Path(tempfile.gettempdir())), started)

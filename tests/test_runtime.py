@@ -56,7 +56,8 @@ def test_truncated_model_is_refused_by_checksum_naming_the_file(manifest, tmp_pa
     info = manifest.default("embedder")
     bad = tmp_path / info.path.name
     bad.write_bytes(info.path.read_bytes()[:100_000])
-    with pytest.raises(ModelError, match=rf"model file {bad} does not match its checksum .*100000 bytes\): the file is corrupt, truncated"):
+    with pytest.raises(ModelError, match=rf"model file {bad} does not match its checksum "
+                                         r".*100000 bytes\): the file is corrupt, truncated"):
         load_model(bad, info.sha256)
 
 
@@ -110,7 +111,8 @@ def test_runtime_options_are_validated():
 
 def test_absent_delegate_gives_an_actionable_error(manifest):
     info = manifest.default("detector")
-    with pytest.raises(ModelError, match=r"delegate 'libedgetpu-missing\.so\.1' could not be loaded .*remove `delegate`"):
+    with pytest.raises(ModelError,
+                       match=r"delegate 'libedgetpu-missing\.so\.1' could not be loaded .*remove `delegate`"):
         load_model(info.path, info.sha256, RuntimeOptions(delegate="libedgetpu-missing.so.1"))
 
 

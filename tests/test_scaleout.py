@@ -92,8 +92,8 @@ def test_two_consumers_one_killed_twice_store_every_event_exactly_once(broker, p
         total = store.count()
         distinct = store.db.query("SELECT COUNT(DISTINCT event_id) FROM events")[0][0]
         per_device = {d: store.seqs(d) for d in DEVICES}
-        print(f"\nscale-out: {total} events in PostgreSQL ({distinct} distinct) from {len(DEVICES)} devices, 2 consumers,"
-              f" {kills} SIGKILLs, {duration:.1f} s")
+        print(f"\nscale-out: {total} events in PostgreSQL ({distinct} distinct) from {len(DEVICES)} devices, "
+              f"2 consumers, {kills} SIGKILLs, {duration:.1f} s")
         assert total == distinct == PER_DEVICE * len(DEVICES)
         for d, seqs in per_device.items():
             assert seqs == list(range(1, PER_DEVICE + 1)), f"{d}: lost or doubled seqs"

@@ -1,4 +1,5 @@
-"""edge/device/sdnotify.py against a real AF_UNIX datagram socket, and the app's watchdog gating on pipeline progress."""
+"""edge/device/sdnotify.py against a real AF_UNIX datagram socket, and the app's watchdog gating on pipeline
+progress."""
 
 from __future__ import annotations
 

@@ -14,7 +14,24 @@ from edge import ids as ids_module
 from edge.messaging import payloads
 from edge.errors import EdgeError
 from edge.messaging.topics import TopicError, Topics, operator_filter, parse_topic
-from edge.messaging.payloads import MAX_THUMBNAIL_BYTES, PayloadError, Status, WatchlistState, decode_ack, decode_event, decode_status, decode_watchlist_state, encode_ack, encode_event, encode_status, encode_watchlist_state, make_event, stamp_published, uuid7, uuid7_unix_ms
+from edge.messaging.payloads import (
+    MAX_THUMBNAIL_BYTES,
+    PayloadError,
+    Status,
+    WatchlistState,
+    decode_ack,
+    decode_event,
+    decode_status,
+    decode_watchlist_state,
+    encode_ack,
+    encode_event,
+    encode_status,
+    encode_watchlist_state,
+    make_event,
+    stamp_published,
+    uuid7,
+    uuid7_unix_ms,
+)
 from edge.messaging.thumbnail import decrypt_thumbnail, encrypt_thumbnail
 
 JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00" + bytes(range(256)) * 8 + b"\xff\xd9"

@@ -49,7 +49,8 @@ def test_faces_are_where_a_person_would_say(analyzer):
     assert 150 < x0 < 200 and 50 < y0 < 100 and 80 < x1 - x0 < 130
     right_eye, left_eye = det.keypoints[0], det.keypoints[1]
     assert right_eye[0] < left_eye[0]  # the subject's right eye is on the image's left
-    assert det.keypoints[2][1] > right_eye[1] and det.keypoints[3][1] > det.keypoints[2][1]  # nose below eyes, mouth below nose
+    # nose below eyes, mouth below nose
+    assert det.keypoints[2][1] > right_eye[1] and det.keypoints[3][1] > det.keypoints[2][1]
 
 
 @pytest.mark.parametrize("name", sorted(REFERENCE))

@@ -275,8 +275,9 @@ def fill(store: Any, n: int, evidence_key: Any = None) -> float:
     t0, batch = time.perf_counter(), []
     for i in range(n):
         event_id = str(uuid7())
+        # strict=False: without an evidence key there are no chips, and nothing is sealed
         sealed = {field: encrypt_thumbnail(chip, evidence_key, evidence_context(event_id, slot))
-                  for slot, (field, chip) in enumerate(zip(("thumbnail", "thumbnail2"), chips), 1)}
+                  for slot, (field, chip) in enumerate(zip(("thumbnail", "thumbnail2"), chips, strict=False), 1)}
         batch.append(make_event(seq=i // 50 + 1, device_id=f"cam-{i % 50:02d}", captured_at=1.76e9 + i,
                                 subject_id=f"subject-{i % 30000:06d}", watchlist_id="wl", watchlist_version=3,
                                 embedder_id="dlib", similarity=0.7, threshold=0.62, margin=0.05, track_id=i,

@@ -8,7 +8,8 @@ ResNet descriptor; its similarity here is −(Euclidean distance), so every metr
 Run in the tools venv (dlib-bin==20.0.1.post1, face_recognition==1.3.0 --no-deps, face_recognition_models==0.3.0,
 this package installed):
 
-    python tools/compare_face_recognition.py pairs --pairs ../shared/data/dlib_johns/pairs.csv --root ../shared/data/dlib_johns
+    python tools/compare_face_recognition.py pairs --pairs ../shared/data/dlib_johns/pairs.csv \
+        --root ../shared/data/dlib_johns
     python tools/compare_face_recognition.py latency --image ../shared/data/face_recognition/examples/obama-720p.jpg
     python tools/compare_face_recognition.py clip --video ../shared/data/video/hamilton_short_clip.mp4
 """
@@ -95,6 +96,30 @@ def _median_ms(fn, runs: int) -> float:
     return round(statistics.median(times), 2)
 
 
+def _edge_latency(rgb: np.ndarray, threads: int, runs: int) -> dict:
+    """Median ms of edge's stages on one frame with `threads` interpreter threads (cmd_latency's edge half)."""
+    out = {}
+    analyzer = FaceAnalyzer.create(VisionOptions(threads=threads))
+    dets = analyzer.detect(rgb)
+    assert dets, "no face in the benchmark image"
+    chip = analyzer.embed(rgb, dets[0]).chip
+    out[f"edge int8 detect 1280x720 frame, {threads} thread(s) ms"] = _median_ms(lambda: analyzer.detect(rgb), runs)
+    out[f"edge int8 embed chip, {threads} thread(s) ms"] = _median_ms(lambda: analyzer.embedder.embed(chip), runs)
+    out[f"edge int8 align+embed face, {threads} thread(s) ms"] = _median_ms(
+        lambda: analyzer.embed(rgb, dets[0]), runs)
+    if threads == 1:  # the numpy stages do not use the interpreter's threads
+        from edge.vision.landmarks import detection_landmarks, dlib_chip
+
+        pts = detection_landmarks(analyzer.landmarks, rgb, dets[0])
+        out["edge dlib 5-point landmarks ms"] = _median_ms(
+            lambda: detection_landmarks(analyzer.landmarks, rgb, dets[0]), runs)
+        out["edge dlib chip cut ms"] = _median_ms(lambda: dlib_chip(rgb, pts), runs)
+    plain = FaceAnalyzer.create(VisionOptions(threads=threads, flip=False, alignment="keypoints"))
+    out[f"edge int8 keypoint align+embed, no flip (before), {threads} thread(s) ms"] = _median_ms(
+        lambda: plain.embed(rgb, dets[0]), runs)
+    return out
+
+
 def cmd_latency(args: argparse.Namespace) -> dict:
     import cv2
 
@@ -103,23 +128,7 @@ def cmd_latency(args: argparse.Namespace) -> dict:
         rgb = cv2.resize(rgb, (1280, 720), interpolation=cv2.INTER_AREA)
     out = {}
     for threads in (1, 2):
-        analyzer = FaceAnalyzer.create(VisionOptions(threads=threads))
-        dets = analyzer.detect(rgb)
-        assert dets, "no face in the benchmark image"
-        chip = analyzer.embed(rgb, dets[0]).chip
-        out[f"edge int8 detect 1280x720 frame, {threads} thread(s) ms"] = _median_ms(lambda: analyzer.detect(rgb), args.runs)
-        out[f"edge int8 embed chip, {threads} thread(s) ms"] = _median_ms(lambda: analyzer.embedder.embed(chip), args.runs)
-        out[f"edge int8 align+embed face, {threads} thread(s) ms"] = _median_ms(lambda: analyzer.embed(rgb, dets[0]), args.runs)
-        if threads == 1:  # the numpy stages do not use the interpreter's threads
-            from edge.vision.landmarks import detection_landmarks, dlib_chip
-
-            pts = detection_landmarks(analyzer.landmarks, rgb, dets[0])
-            out["edge dlib 5-point landmarks ms"] = _median_ms(
-                lambda: detection_landmarks(analyzer.landmarks, rgb, dets[0]), args.runs)
-            out["edge dlib chip cut ms"] = _median_ms(lambda: dlib_chip(rgb, pts), args.runs)
-        plain = FaceAnalyzer.create(VisionOptions(threads=threads, flip=False, alignment="keypoints"))
-        out[f"edge int8 keypoint align+embed, no flip (before), {threads} thread(s) ms"] = _median_ms(
-            lambda: plain.embed(rgb, dets[0]), args.runs)
+        out.update(_edge_latency(rgb, threads, args.runs))
     boxes = face_recognition.face_locations(rgb, 1, "hog")
     out["face_recognition HOG detect 1280x720 frame (upsample 1) ms"] = _median_ms(
         lambda: face_recognition.face_locations(rgb, 1, "hog"), max(5, args.runs // 10))

@@ -65,7 +65,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,6 +137,13 @@ def _tfjs_weights(model_json: Path) -> dict[str, np.ndarray]:
     return out
 
 
+#: TF.js ops that fuse a convolution / matmul with its bias and activation; `load_tfjs_graph` splits them up
+FUSED_OPS = ("_FusedConv2D", "FusedDepthwiseConv2dNative", "_FusedDepthwiseConv2dNative", "_FusedMatMul")
+
+#: (name, op, inputs, attrs) → adds one node to the GraphDef being built
+AddNode = Callable[[str, str, list[str], dict[str, Any]], None]
+
+
 def load_tfjs_graph(model_json: Path, batch: int = 1) -> Any:
     """``model.json`` → ``tf.compat.v1.GraphDef`` with weights as Const nodes and no TF.js-only ops."""
     import tensorflow as tf
@@ -177,67 +184,84 @@ def load_tfjs_graph(model_json: Path, batch: int = 1) -> Any:
             if shape.dim and shape.dim[0].size == -1:
                 shape.dim[0].size = batch
             gd.node.append(nd)
-            continue
-        if op in ("_FusedConv2D", "FusedDepthwiseConv2dNative", "_FusedDepthwiseConv2dNative", "_FusedMatMul"):
-            fused = [s.decode() for s in nd.attr["fused_ops"].list.s]
-            num_args = nd.attr["num_args"].i
-            x, w, *args = list(nd.input)
-            base_op = {"_FusedConv2D": "Conv2D", "_FusedMatMul": "MatMul"}.get(op, "DepthwiseConv2dNative")
-            keep = {"_FusedMatMul": ("T", "transpose_a", "transpose_b")}.get(
-                op, ("T", "strides", "padding", "explicit_paddings", "data_format", "dilations")
-            )
-            attrs = {k: nd.attr[k] for k in keep if k in nd.attr}
-            if base_op == "Conv2D" and "use_cudnn_on_gpu" in nd.attr:
-                attrs["use_cudnn_on_gpu"] = nd.attr["use_cudnn_on_gpu"]
-            if base_op == "DepthwiseConv2dNative" and "explicit_paddings" in attrs and \
-                    not attrs["explicit_paddings"].list.i:
-                del attrs["explicit_paddings"]
-            cur = nd.name + "/unfused_" + base_op
-            add(cur, base_op, [x, w], attrs)
-            ops = list(fused)
-            if ops and ops[0] == "BiasAdd":
-                bias_attrs = {"T": f32}
-                if "data_format" in nd.attr and base_op != "MatMul":
-                    bias_attrs["data_format"] = nd.attr["data_format"]
-                add(cur + "/BiasAdd", "BiasAdd", [cur, args[0]], bias_attrs)
-                cur = cur + "/BiasAdd"
-                ops = ops[1:]
-            elif ops:
-                raise ValueError(f"{nd.name}: unsupported fused ops {fused}")
-            extra = args[num_args:] if ops and ops[0] in ("Prelu",) else args[1:]
-            if ops:
-                act = ops[0]
-                if act in ("Relu", "Relu6", "Elu", "Sigmoid", "Tanh"):
-                    add(cur + "/" + act, act, [cur], {"T": f32})
-                    cur = cur + "/" + act
-                elif act == "LeakyRelu":
-                    add(cur + "/LeakyRelu", "LeakyRelu", [cur],
-                        {"T": f32, "alpha": tf.compat.v1.AttrValue(f=nd.attr["leakyrelu_alpha"].f)})
-                    cur = cur + "/LeakyRelu"
-                elif act == "Prelu":
-                    alpha = extra[0] if extra else args[1]
-                    add(cur + "/pos", "Relu", [cur], {"T": f32})
-                    add(cur + "/negpart", "Minimum", [cur, cur + "/zero"], {"T": f32})
-                    add(cur + "/zero", "Const", [], {
-                        "dtype": f32, "value": tf.compat.v1.AttrValue(tensor=tf.make_tensor_proto(np.float32(0)))})
-                    add(cur + "/neg", "Mul", [cur + "/negpart", alpha], {"T": f32})
-                    add(cur + "/Prelu", "AddV2", [cur + "/pos", cur + "/neg"], {"T": f32})
-                    cur = cur + "/Prelu"
-                else:
-                    raise ValueError(f"{nd.name}: unsupported fused activation {act}")
-            add(nd.name, "Identity", [cur], {"T": f32})
-            continue
-        if op == "Prelu":
-            x, alpha = nd.input
-            add(nd.name + "/pos", "Relu", [x], {"T": f32})
-            add(nd.name + "/zero", "Const", [], {
-                "dtype": f32, "value": tf.compat.v1.AttrValue(tensor=tf.make_tensor_proto(np.float32(0)))})
-            add(nd.name + "/negpart", "Minimum", [x, nd.name + "/zero"], {"T": f32})
-            add(nd.name + "/neg", "Mul", [nd.name + "/negpart", alpha], {"T": f32})
-            add(nd.name, "AddV2", [nd.name + "/pos", nd.name + "/neg"], {"T": f32})
-            continue
-        gd.node.append(nd)
+        elif op in FUSED_OPS:
+            _add_unfused(add, nd, op, f32)
+        elif op == "Prelu":
+            _add_prelu(add, nd, f32)
+        else:
+            gd.node.append(nd)
     return fuse_relu6(gd)
+
+
+def _add_unfused(add: AddNode, nd: Any, op: str, f32: Any) -> None:
+    """One fused TF.js node as its plain parts: the base op (Conv2D, DepthwiseConv2dNative or MatMul), then
+    BiasAdd and the activation if fused, and an Identity under the node's own name."""
+    fused = [s.decode() for s in nd.attr["fused_ops"].list.s]
+    num_args = nd.attr["num_args"].i
+    x, w, *args = list(nd.input)
+    base_op = {"_FusedConv2D": "Conv2D", "_FusedMatMul": "MatMul"}.get(op, "DepthwiseConv2dNative")
+    keep = {"_FusedMatMul": ("T", "transpose_a", "transpose_b")}.get(
+        op, ("T", "strides", "padding", "explicit_paddings", "data_format", "dilations")
+    )
+    attrs = {k: nd.attr[k] for k in keep if k in nd.attr}
+    if base_op == "Conv2D" and "use_cudnn_on_gpu" in nd.attr:
+        attrs["use_cudnn_on_gpu"] = nd.attr["use_cudnn_on_gpu"]
+    if base_op == "DepthwiseConv2dNative" and "explicit_paddings" in attrs and \
+            not attrs["explicit_paddings"].list.i:
+        del attrs["explicit_paddings"]
+    cur = nd.name + "/unfused_" + base_op
+    add(cur, base_op, [x, w], attrs)
+    ops = list(fused)
+    if ops and ops[0] == "BiasAdd":
+        bias_attrs = {"T": f32}
+        if "data_format" in nd.attr and base_op != "MatMul":
+            bias_attrs["data_format"] = nd.attr["data_format"]
+        add(cur + "/BiasAdd", "BiasAdd", [cur, args[0]], bias_attrs)
+        cur = cur + "/BiasAdd"
+        ops = ops[1:]
+    elif ops:
+        raise ValueError(f"{nd.name}: unsupported fused ops {fused}")
+    extra = args[num_args:] if ops and ops[0] in ("Prelu",) else args[1:]
+    if ops:
+        cur = _add_fused_activation(add, nd, cur, ops[0], args, extra, f32)
+    add(nd.name, "Identity", [cur], {"T": f32})
+
+
+def _add_fused_activation(add: AddNode, nd: Any, cur: str, act: str, args: list[str], extra: list[str],
+                          f32: Any) -> str:
+    """The fused activation `act` of node `nd` applied to `cur`; returns the name of its output node."""
+    import tensorflow as tf
+
+    if act in ("Relu", "Relu6", "Elu", "Sigmoid", "Tanh"):
+        add(cur + "/" + act, act, [cur], {"T": f32})
+        return cur + "/" + act
+    if act == "LeakyRelu":
+        add(cur + "/LeakyRelu", "LeakyRelu", [cur],
+            {"T": f32, "alpha": tf.compat.v1.AttrValue(f=nd.attr["leakyrelu_alpha"].f)})
+        return cur + "/LeakyRelu"
+    if act == "Prelu":
+        alpha = extra[0] if extra else args[1]
+        add(cur + "/pos", "Relu", [cur], {"T": f32})
+        add(cur + "/negpart", "Minimum", [cur, cur + "/zero"], {"T": f32})
+        add(cur + "/zero", "Const", [], {
+            "dtype": f32, "value": tf.compat.v1.AttrValue(tensor=tf.make_tensor_proto(np.float32(0)))})
+        add(cur + "/neg", "Mul", [cur + "/negpart", alpha], {"T": f32})
+        add(cur + "/Prelu", "AddV2", [cur + "/pos", cur + "/neg"], {"T": f32})
+        return cur + "/Prelu"
+    raise ValueError(f"{nd.name}: unsupported fused activation {act}")
+
+
+def _add_prelu(add: AddNode, nd: Any, f32: Any) -> None:
+    """A TF.js Prelu node as relu(x) + alpha · min(x, 0), under the node's own name."""
+    import tensorflow as tf
+
+    x, alpha = nd.input
+    add(nd.name + "/pos", "Relu", [x], {"T": f32})
+    add(nd.name + "/zero", "Const", [], {
+        "dtype": f32, "value": tf.compat.v1.AttrValue(tensor=tf.make_tensor_proto(np.float32(0)))})
+    add(nd.name + "/negpart", "Minimum", [x, nd.name + "/zero"], {"T": f32})
+    add(nd.name + "/neg", "Mul", [nd.name + "/negpart", alpha], {"T": f32})
+    add(nd.name, "AddV2", [nd.name + "/pos", nd.name + "/neg"], {"T": f32})
 
 
 def fuse_relu6(gd: Any) -> Any:
@@ -409,7 +433,8 @@ def run_tflite(interp: Any, chips: np.ndarray) -> np.ndarray:
     return np.stack(res).astype(np.float32)
 
 
-def run_tfjs(package: Path, cand: Candidate, chips: np.ndarray, node_modules: Path, tmp: Path) -> tuple[np.ndarray, str]:
+def run_tfjs(package: Path, cand: Candidate, chips: np.ndarray, node_modules: Path,
+             tmp: Path) -> tuple[np.ndarray, str]:
     """The original TF.js graph (plain tfjs, CPU backend) on the chips in its own input units."""
     x = (chips.astype(np.float32) * np.float32(cand.input_scale)).astype(np.float32)
     fin, fout = tmp / "tfjs_in.f32", tmp / "tfjs_out.f32"
@@ -518,7 +543,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    for p in g["paths"]},
                 "output_node": cand.output, "input_scale": cand.input_scale, "note": cand.note,
                 "data": {"calib_dirs": [str(p) for p in args.calib_dir], "chips": int(len(cs.chips)),
-                         "held_out": int(h.sum()), "calibration_sources": [s for s, x in zip(cs.sources, h) if not x],
+                         "held_out": int(h.sum()),
+                         "calibration_sources": [s for s, x in zip(cs.sources, h, strict=True) if not x],
                          "holdout_rule": f"every {HOLDOUT_EVERY}th identity (sorted dir:identity)"},
             }
             sm = export_saved_model(args.package, cand, tmpdir)

@@ -228,12 +228,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     report["int8_vs_float32_calibration"] = parity(ref[~held], q[~held])
     flip_ref = run_tflite(f32, chips[held][:, :, ::-1].astype(np.float32))
     flip_q = run_tflite(int8_path, chips[held][:, :, ::-1])
-    a = ref[held] / np.linalg.norm(ref[held], axis=1, keepdims=True) + flip_ref / np.linalg.norm(flip_ref, axis=1, keepdims=True)
-    b = q[held] / np.linalg.norm(q[held], axis=1, keepdims=True) + flip_q / np.linalg.norm(flip_q, axis=1, keepdims=True)
+    a = (ref[held] / np.linalg.norm(ref[held], axis=1, keepdims=True)
+         + flip_ref / np.linalg.norm(flip_ref, axis=1, keepdims=True))
+    b = (q[held] / np.linalg.norm(q[held], axis=1, keepdims=True)
+         + flip_q / np.linalg.norm(flip_q, axis=1, keepdims=True))
     c = cosines(a, b)
-    report["int8_vs_float32_held_out_flip_averaged"] = {"cosine_min": float(c.min()), "cosine_median": float(np.median(c))}
+    report["int8_vs_float32_held_out_flip_averaged"] = {"cosine_min": float(c.min()),
+                                                        "cosine_median": float(np.median(c))}
     for name, path in (("mobilefacenet_float32", args.out / "mobilefacenet_float32.tflite"),
-                       ("mobilefacenet_int8", int8_path), ("mtcnn_onet_float32", args.out / "mtcnn_onet_float32.tflite")):
+                       ("mobilefacenet_int8", int8_path),
+                       ("mtcnn_onet_float32", args.out / "mtcnn_onet_float32.tflite")):
         report[name] = tensor_info(path)
         report[name]["latency"] = latency(path, 48 if "onet" in name else 112)
     text = json.dumps(report, indent=2)

@@ -169,7 +169,7 @@ def collect(dirs: list[Path], limit: int, cache: Path) -> None:
 def _detections(z: dict) -> list:
     from edge.types import Detection
 
-    return [Detection(tuple(b), 1.0, k.astype(np.float32)) for b, k in zip(z["box"], z["keypoints"])]
+    return [Detection(tuple(b), 1.0, k.astype(np.float32)) for b, k in zip(z["box"], z["keypoints"], strict=True)]
 
 
 def fit_rect(cache: Path) -> None:
@@ -178,7 +178,7 @@ def fit_rect(cache: Path) -> None:
 
     z = dict(np.load(cache))
     feats, centre, side = [], [], []
-    for det, r in zip(_detections(z), z["rect"].astype(np.float64)):
+    for det, r in zip(_detections(z), z["rect"].astype(np.float64), strict=True):
         eyes, f, w = rect_features(det)
         feats.append(f)
         centre.append((np.array([(r[0] + r[2]) / 2, (r[1] + r[3]) / 2]) - eyes) / w)
@@ -187,7 +187,7 @@ def fit_rect(cache: Path) -> None:
     rc = np.linalg.lstsq(f, np.array(centre), rcond=None)[0].T
     rs = np.linalg.lstsq(f, np.array(side), rcond=None)[0]
     g, pc, ps = [], [], []
-    for pts, r in zip(z["points"].astype(np.float64), z["rect"].astype(np.float64)):
+    for pts, r in zip(z["points"].astype(np.float64), z["rect"].astype(np.float64), strict=True):
         mid, gf, d = points_features(pts)
         g.append(gf)
         pc.append((np.array([(r[0] + r[2]) / 2, (r[1] + r[3]) / 2]) - mid) / d)
@@ -225,7 +225,7 @@ def evaluate(cache: Path, npz: Path) -> None:
             "t_predict", "t_chip", "chip_identical")
     stats: dict[str, list] = {k: [] for k in keys}
     last, rgb = "", np.zeros((1, 1, 3), np.uint8)
-    for path, det, want, rect in zip(z["path"], _detections(z), z["points"].astype(np.float64), z["rect"]):
+    for path, det, want, rect in zip(z["path"], _detections(z), z["points"].astype(np.float64), z["rect"], strict=True):
         if path != last:
             last, rgb = path, read_image(path)
         eye_distance = float(np.linalg.norm(want[0:2].mean(axis=0) - want[2:4].mean(axis=0)))

@@ -3,7 +3,8 @@
 Nothing here is shipped; it writes outside the repo (the dev data must never be committed). Stages:
 
     python tools/devset.py detect --data ../shared/data --out /work/cache/dets.npz
-    python tools/devset.py embed  --dets /work/cache/dets.npz --data ../shared/data --variant blaze --out /work/cache/blaze.npz
+    python tools/devset.py embed  --dets /work/cache/dets.npz --data ../shared/data --variant blaze \
+        --out /work/cache/blaze.npz
 
 `detect` keeps every detection of every photo (box, score, 6 keypoints). `embed` cuts the chip of the photo's
 subject face (the dominant face, `edge.vision.quality.subject_face`) the variant's way, measures its quality figures
@@ -13,7 +14,8 @@ ArcFace template; the landmark source is the variant: `onet` (MTCNN ONet's five 
 points through a fixed mapping) or `blaze_arc` (BlazeFace's keypoints through a fixed mapping); the mappings are
 fitted by `fit-arc` (mean positions on ONet-aligned chips of a sample of the dev photos: tuned on the dev set):
 
-    python tools/devset.py fit-arc --dets /work/cache/dets.npz --data ../shared/data --out /work/cache/arc_templates.json
+    python tools/devset.py fit-arc --dets /work/cache/dets.npz --data ../shared/data \
+        --out /work/cache/arc_templates.json
     python tools/devset.py embed --dets /work/cache/dets.npz --data ../shared/data --variant onet_flip \
         --embedder mobilefacenet_int8 --out /work/cache/mfn_onet_flip.npz
 """

@@ -19,6 +19,7 @@ import hashlib
 import json
 import sys
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +60,7 @@ def split(c, half: str | None = None, sets: set[str] | None = None) -> dict[str,
     """Indices of gallery photos, mated probes and non-mated probes (+ gallery identity per gallery index)."""
     by_id: dict[str, list[int]] = defaultdict(list)
     utk = []
-    for i, (ident, s) in enumerate(zip(c["identity"], c["set"])):
+    for i, (ident, s) in enumerate(zip(c["identity"], c["set"], strict=True)):
         if half and half_of(str(ident) or str(c["path"][i])) != half:
             continue
         if sets and s not in sets:
@@ -192,8 +193,9 @@ def clean_impostor_pairs(c, half: str, facehash: np.ndarray | None,
     pairs of a first fit were Nick Jonas and Jim Parsons under two labels each) — except UTKFace chips of children
     (under `CHILD_AGE` by the set's own age label) against labelled faces: the celebrity sets hold almost no children,
     so such a pair is almost surely two people, and without them the tail misses what a first held-back check found
-    (one-year-olds all scoring ~0.7 against one CelebA baby: infants look alike to the embedder); (3) near-duplicate photos (`NEAR_DUPLICATE`) are left out; (4) known aliases are merged (`devset.ALIASES`,
-    already applied to the cache's identities). `gated`: only the comparisons a deployed list makes — both faces
+    (one-year-olds all scoring ~0.7 against one CelebA baby: infants look alike to the embedder); (3) near-duplicate
+    photos (`NEAR_DUPLICATE`) are left out; (4) known aliases are merged (`devset.ALIASES`, already applied to the
+    cache's identities). `gated`: only the comparisons a deployed list makes — both faces
     pass the enrollment gate (a template) and at least one passes the device's gate (the probe)."""
     from edge.vision.quality import ENROLLMENT_LIMITS
 
@@ -238,10 +240,161 @@ def limits(args) -> QualityThresholds:
     return QualityThresholds(args.min_eye, args.min_sharpness, args.max_yaw, args.max_roll, 0.5)
 
 
-def main(argv: list[str] | None = None) -> None:
+def cmd_write_split(args: argparse.Namespace, c: dict) -> None:
+    """The same split as CSVs for `edge eval openset` (paths relative to the data root)."""
+    sp = split(c, args.half, set(args.sets.split(",")) if args.sets else None)
+    args.out.mkdir(parents=True, exist_ok=True)
+    with open(args.out / "gallery.csv", "w") as g, open(args.out / "probes.csv", "w") as pr:
+        g.write("path,identity\n")
+        pr.write("path,identity,in_watchlist\n")
+        for i in sp["gallery"]:
+            g.write(f"{c['path'][i]},{c['identity'][i]}\n")
+        for i, flag in [(i, 1) for i in sp["mated"]] + [(i, 0) for i in sp["nonmated"]]:
+            pr.write(f"{c['path'][i]},{c['identity'][i] or 'utk:' + str(c['path'][i])},{flag}\n")
+    print(f"{args.out}: {len(sp['gallery'])} gallery photos, {len(sp['mated'])} mated, "
+          f"{len(sp['nonmated'])} non-mated")
+
+
+def cmd_gate(args: argparse.Namespace, c: dict) -> None:
+    """Per dev set: how many photos the quality gate (the --min-*/--max-* limits) rejects, and why."""
+    r = gate_reasons(c, limits(args))
+    for s in np.unique(c["set"]):
+        m = c["set"] == s
+        cnt = Counter(r[m])
+        print(f"{s}: {m.sum()} photos, rejected {m.sum() - cnt['']} ({100 * (1 - cnt[''] / m.sum()):.2f} %): "
+              + ", ".join(f"{k} {v}" for k, v in cnt.most_common() if k))
+
+
+def cmd_openset(args: argparse.Namespace, c: dict) -> None:
+    """`openset` on the split (with --fuse, fused with a second cache), printed as one JSON line."""
+    fuse = None
+    if args.fuse:
+        f = dict(np.load(args.fuse))
+        imp = np.concatenate(impostors_by_probe(c, "fit", 3000))
+        imp2 = np.concatenate(impostors_by_probe(f, "fit", 3000))
+        f["norm"] = (float(imp.mean()), float(imp.std()), float(imp2.mean()), float(imp2.std()))
+        fuse = f
+    print(json.dumps(openset(c, args, fuse)))
+
+
+def cmd_fit_tail(args: argparse.Namespace, c: dict) -> None:
+    """Fit the impostor tail on the half's probe × template impostor comparisons (`impostors_by_probe`); with
+    --manifest-entry, also store it in models/manifest.json."""
+    groups = impostors_by_probe(c, args.half)
+    model = fit_tail(groups, source=f"{args.cache.name}, half {args.half}")
+    args.out.write_text(json.dumps(model.to_json()))
+    if args.manifest_entry:
+        mpath = Path(__file__).resolve().parent.parent / "models" / "manifest.json"
+        manifest = json.loads(mpath.read_text())
+        entry = model.to_json()
+        entry["source"] = (f"dev set (../shared/data; tuned on it): {model.n:,} real impostor comparisons, half "
+                           f"'{args.half}' of the identities (hash split), {model.n_probes:,} probes (CelebA "
+                           "in-the-wild + low-res, UTKFace chips, the small sets) x one template per CelebA "
+                           f"identity; pipeline: {args.pipeline}; tools/devset_eval.py fit-tail")
+        manifest["models"][args.manifest_entry]["impostor_tail"] = entry
+        manifest["models"][args.manifest_entry].pop("impostor_cosine", None)
+        mpath.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+        print(f"stored as models/manifest.json {args.manifest_entry}.impostor_tail")
+    print(f"{model.n:,} comparisons from {model.n_probes} probes: u {model.u:.4f}, zeta {model.zeta:.2e}, "
+          f"sigma {model.sigma:.5f}, xi {model.xi:.3f}; max {max(g.max() for g in groups):.4f}")
+
+
+def cmd_fit_tail_pairs(args: argparse.Namespace, c: dict) -> None:
+    """Fit the impostor tail on every clean impostor pair of the half (tens of millions); with --manifest-entry,
+    also store it in models/manifest.json."""
+    fh = np.load(args.facehash)["hash"] if args.facehash else None
+    groups, removed = clean_impostor_pairs(c, args.half, fh, args.gated)
+    print(json.dumps({"pairs": removed}))
+    model = fit_tail(groups, min_exceedances=args.min_exceedances,
+                     source=f"{args.cache.name}, half {args.half}, all clean pairs")
+    entry = model.to_json()
+    entry["cleaning"] = removed
+    args.out.write_text(json.dumps(entry))
+    if args.manifest_entry:
+        mpath = Path(__file__).resolve().parent.parent / "models" / "manifest.json"
+        manifest = json.loads(mpath.read_text())
+        entry["source"] = (f"dev set (../shared/data; tuned on it): {model.n:,} real impostor pairs = every pair "
+                           f"of different identities within one identity namespace among the "
+                           f"{removed['faces']:,} faces of half '{args.half}' of the identities (hash split): "
+                           f"CelebA in-the-wild + low-res, the small sets, UTKFace children under {CHILD_AGE}; "
+                           f"cleaned without looking at scores: {removed['cross_namespace_or_unlabelled']:,} pairs "
+                           "across identity namespaces or with an unlabelled adult UTKFace chip (one celebrity can "
+                           f"carry two labels across web-scraped sets; UTKFace children under {CHILD_AGE} are kept "
+                           "against every labelled face) and "
+                           f"{removed['near_duplicate']:,} near-duplicate photo pairs (face "
+                           f"thumbnails correlating >= {NEAR_DUPLICATE}) left out"
+                           + ("; only faces passing the enrollment gate, at least one of each pair passing the "
+                              "device's gate (the comparisons a deployed list makes)" if args.gated else "")
+                           + f"; resolution 1/{model.n:,} = "
+                           f"{1 / model.n:.1e} per comparison, GPD above u (exceeded by {args.min_exceedances:,}); "
+                           f"pipeline: {args.pipeline}; tools/devset_eval.py fit-tail-pairs")
+        manifest["models"][args.manifest_entry]["impostor_tail"] = entry
+        mpath.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+        print(f"stored as models/manifest.json {args.manifest_entry}.impostor_tail")
+    print(f"{model.n:,} comparisons from {model.n_probes} probes: u {model.u:.4f}, zeta {model.zeta:.2e}, "
+          f"sigma {model.sigma:.5f}, xi {model.xi:.3f}; max {max(g.max() for g in groups):.4f}")
+
+
+def cmd_check_fmr(args: argparse.Namespace, c: dict) -> None:
+    """Predicted vs measured per-comparison FMR on the other half's clean pairs."""
+    model = TailModel.from_json(json.loads(args.tail.read_text()))
+    fh = np.load(args.facehash)["hash"] if args.facehash else None
+    groups, removed = clean_impostor_pairs(c, args.half, fh, args.gated)
+    allv = np.sort(np.concatenate(groups))[::-1]
+    rows = []
+    for fmr in (1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 3e-8):
+        t = model._threshold(fmr, model.zeta, model.sigma, model.xi)
+        measured = float(np.searchsorted(-allv, -t, side="right")) / len(allv)
+        rows.append({"predicted_fmr": fmr, "threshold": round(t, 5), "measured_fmr": float(f"{measured:.3e}"),
+                     "measured_count": int(round(measured * len(allv))),
+                     "ratio": round(measured / fmr, 3)})
+    print(json.dumps({"pairs": removed, "check": rows}))
+
+
+def cmd_check_tail(args: argparse.Namespace, c: dict) -> None:
+    """Predicted (--tail) vs measured FPIR at several watchlist sizes and FPIR targets on the half's gallery and
+    non-mated probes."""
+    model = TailModel.from_json(json.loads(args.tail.read_text()))
+    sp = split(c, args.half)
+    g = np.array([i for i in sp["gallery"] if c["chosen"][i] >= 0])
+    nonm = np.array([i for i in sp["nonmated"] if c["chosen"][i] >= 0])
+    rng = np.random.default_rng(0)
+    for n in (len(g), 500, 100):
+        # Smaller galleries: 20 random draws of n templates (the FPIR of one small gallery depends on which
+        # templates it holds), measured FPIR averaged over the draws.
+        draws = [g] if n == len(g) else [rng.choice(g, n, replace=False) for _ in range(20)]
+        tops = [np.concatenate([(c["emb"][nonm[b:b + 2000]] @ c["emb"][gg].T).max(axis=1)
+                                for b in range(0, len(nonm), 2000)]) for gg in draws]
+        for fpir in (0.003, 0.01, 0.03):
+            th = model.threshold_for(n, fpir)
+            measured = [float((t >= th["match"]).mean()) for t in tops]
+            print(json.dumps({"n_templates": n, "draws": len(draws), "nonmated": len(nonm), "fpir_target": fpir,
+                              "predicted_threshold": th["match"], "point_threshold": th["point"],
+                              "predicted_fpir": th["predicted_fpir"],
+                              "measured_fpir_at_predicted": round(float(np.mean(measured)), 5),
+                              "measured_range": [round(min(measured), 5), round(max(measured), 5)],
+                              "measured_fpir_at_point": round(
+                                  float(np.mean([(t >= th["point"]).mean() for t in tops])), 5),
+                              "empirical_threshold": round(
+                                  float(np.mean([threshold_at_fpir(t, fpir) for t in tops])), 4)}))
+
+
+#: devset_eval.py <command> → what runs it (with the parsed arguments and the loaded cache)
+COMMANDS: dict[str, Callable[[argparse.Namespace, dict], None]] = {
+    "openset": cmd_openset,
+    "fit-tail": cmd_fit_tail,
+    "check-tail": cmd_check_tail,
+    "gate": cmd_gate,
+    "write-split": cmd_write_split,
+    "fit-tail-pairs": cmd_fit_tail_pairs,
+    "check-fmr": cmd_check_fmr,
+}
+
+
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for name in ("openset", "fit-tail", "check-tail", "gate", "write-split", "fit-tail-pairs", "check-fmr"):
+    for name in COMMANDS:
         p = sub.add_parser(name)
         p.add_argument("--cache", type=Path, required=True)
         p.add_argument("--half", choices=("fit", "check"))
@@ -257,129 +410,23 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--shortlist", type=int, default=50)
         p.add_argument("--tail", type=Path)
         p.add_argument("--out", type=Path)
-        p.add_argument("--manifest-entry", help="fit-tail: also store the tail in models/manifest.json under this model")
-        p.add_argument("--pipeline", default="BlazeFace-keypoint chips, no flip", help="fit-tail: how the cache was made")
+        p.add_argument("--manifest-entry",
+                       help="fit-tail: also store the tail in models/manifest.json under this model")
+        p.add_argument("--pipeline", default="BlazeFace-keypoint chips, no flip",
+                       help="fit-tail: how the cache was made")
         p.add_argument("--fpir", type=float, default=0.003)
         p.add_argument("--facehash", type=Path, help="fit-tail-pairs / check-fmr: fingerprints from devset.py facehash")
         p.add_argument("--min-exceedances", type=int, default=2000)
         p.add_argument("--gated", action="store_true", help="fit-tail-pairs / check-fmr: only pairs of enrollable "
                        "faces of which at least one passes the device's gate")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     c = dict(np.load(args.cache))
     c["ndet"] = np.load(args.cache.parent / "dets.npz")["ndet"]  # same photo order (tools/devset.py)
-    if args.cmd == "write-split":  # the same split as CSVs for `edge eval openset` (paths relative to the data root)
-        sp = split(c, args.half, set(args.sets.split(",")) if args.sets else None)
-        args.out.mkdir(parents=True, exist_ok=True)
-        with open(args.out / "gallery.csv", "w") as g, open(args.out / "probes.csv", "w") as pr:
-            g.write("path,identity\n")
-            pr.write("path,identity,in_watchlist\n")
-            for i in sp["gallery"]:
-                g.write(f"{c['path'][i]},{c['identity'][i]}\n")
-            for i, flag in [(i, 1) for i in sp["mated"]] + [(i, 0) for i in sp["nonmated"]]:
-                pr.write(f"{c['path'][i]},{c['identity'][i] or 'utk:' + str(c['path'][i])},{flag}\n")
-        print(f"{args.out}: {len(sp['gallery'])} gallery photos, {len(sp['mated'])} mated, {len(sp['nonmated'])} non-mated")
-    elif args.cmd == "gate":
-        r = gate_reasons(c, limits(args))
-        for s in np.unique(c["set"]):
-            m = c["set"] == s
-            cnt = Counter(r[m])
-            print(f"{s}: {m.sum()} photos, rejected {m.sum() - cnt['']} ({100 * (1 - cnt[''] / m.sum()):.2f} %): "
-                  + ", ".join(f"{k} {v}" for k, v in cnt.most_common() if k))
-    elif args.cmd == "openset":
-        fuse = None
-        if args.fuse:
-            f = dict(np.load(args.fuse))
-            imp = np.concatenate(impostors_by_probe(c, "fit", 3000))
-            imp2 = np.concatenate(impostors_by_probe(f, "fit", 3000))
-            f["norm"] = (float(imp.mean()), float(imp.std()), float(imp2.mean()), float(imp2.std()))
-            fuse = f
-        print(json.dumps(openset(c, args, fuse)))
-    elif args.cmd == "fit-tail":
-        groups = impostors_by_probe(c, args.half)
-        model = fit_tail(groups, source=f"{args.cache.name}, half {args.half}")
-        args.out.write_text(json.dumps(model.to_json()))
-        if args.manifest_entry:
-            mpath = Path(__file__).resolve().parent.parent / "models" / "manifest.json"
-            manifest = json.loads(mpath.read_text())
-            entry = model.to_json()
-            entry["source"] = (f"dev set (../shared/data; tuned on it): {model.n:,} real impostor comparisons, half "
-                               f"'{args.half}' of the identities (hash split), {model.n_probes:,} probes (CelebA "
-                               "in-the-wild + low-res, UTKFace chips, the small sets) x one template per CelebA "
-                               f"identity; pipeline: {args.pipeline}; tools/devset_eval.py fit-tail")
-            manifest["models"][args.manifest_entry]["impostor_tail"] = entry
-            manifest["models"][args.manifest_entry].pop("impostor_cosine", None)
-            mpath.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
-            print(f"stored as models/manifest.json {args.manifest_entry}.impostor_tail")
-        print(f"{model.n:,} comparisons from {model.n_probes} probes: u {model.u:.4f}, zeta {model.zeta:.2e}, "
-              f"sigma {model.sigma:.5f}, xi {model.xi:.3f}; max {max(g.max() for g in groups):.4f}")
-    elif args.cmd == "fit-tail-pairs":  # every clean impostor pair of the half (tens of millions)
-        fh = np.load(args.facehash)["hash"] if args.facehash else None
-        groups, removed = clean_impostor_pairs(c, args.half, fh, args.gated)
-        print(json.dumps({"pairs": removed}))
-        model = fit_tail(groups, min_exceedances=args.min_exceedances,
-                         source=f"{args.cache.name}, half {args.half}, all clean pairs")
-        entry = model.to_json()
-        entry["cleaning"] = removed
-        args.out.write_text(json.dumps(entry))
-        if args.manifest_entry:
-            mpath = Path(__file__).resolve().parent.parent / "models" / "manifest.json"
-            manifest = json.loads(mpath.read_text())
-            entry["source"] = (f"dev set (../shared/data; tuned on it): {model.n:,} real impostor pairs = every pair of "
-                               f"different identities within one identity namespace among the {removed['faces']:,} faces "
-                               f"of half '{args.half}' of the identities (hash split): CelebA in-the-wild + low-res, the "
-                               f"small sets, UTKFace children under {CHILD_AGE}; "
-                               f"cleaned without looking at scores: {removed['cross_namespace_or_unlabelled']:,} pairs "
-                               "across identity namespaces or with an unlabelled adult UTKFace chip (one celebrity can "
-                               f"carry two labels across web-scraped sets; UTKFace children under {CHILD_AGE} are kept "
-                               "against every labelled face) and "
-                               f"{removed['near_duplicate']:,} near-duplicate photo pairs (face "
-                               f"thumbnails correlating >= {NEAR_DUPLICATE}) left out"
-                               + ("; only faces passing the enrollment gate, at least one of each pair passing the "
-                                  "device's gate (the comparisons a deployed list makes)" if args.gated else "")
-                               + f"; resolution 1/{model.n:,} = "
-                               f"{1 / model.n:.1e} per comparison, GPD above u (exceeded by {args.min_exceedances:,}); "
-                               f"pipeline: {args.pipeline}; tools/devset_eval.py fit-tail-pairs")
-            manifest["models"][args.manifest_entry]["impostor_tail"] = entry
-            mpath.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
-            print(f"stored as models/manifest.json {args.manifest_entry}.impostor_tail")
-        print(f"{model.n:,} comparisons from {model.n_probes} probes: u {model.u:.4f}, zeta {model.zeta:.2e}, "
-              f"sigma {model.sigma:.5f}, xi {model.xi:.3f}; max {max(g.max() for g in groups):.4f}")
-    elif args.cmd == "check-fmr":  # predicted vs measured per-comparison FMR on the other half's clean pairs
-        model = TailModel.from_json(json.loads(args.tail.read_text()))
-        fh = np.load(args.facehash)["hash"] if args.facehash else None
-        groups, removed = clean_impostor_pairs(c, args.half, fh, args.gated)
-        allv = np.sort(np.concatenate(groups))[::-1]
-        rows = []
-        for fmr in (1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 3e-8):
-            t = model._threshold(fmr, model.zeta, model.sigma, model.xi)
-            measured = float(np.searchsorted(-allv, -t, side="right")) / len(allv)
-            rows.append({"predicted_fmr": fmr, "threshold": round(t, 5), "measured_fmr": float(f"{measured:.3e}"),
-                         "measured_count": int(round(measured * len(allv))),
-                         "ratio": round(measured / fmr, 3)})
-        print(json.dumps({"pairs": removed, "check": rows}))
-    elif args.cmd == "check-tail":
-        model = TailModel.from_json(json.loads(args.tail.read_text()))
-        sp = split(c, args.half)
-        g = np.array([i for i in sp["gallery"] if c["chosen"][i] >= 0])
-        nonm = np.array([i for i in sp["nonmated"] if c["chosen"][i] >= 0])
-        rng = np.random.default_rng(0)
-        for n in (len(g), 500, 100):
-            # Smaller galleries: 20 random draws of n templates (the FPIR of one small gallery depends on which
-            # templates it holds), measured FPIR averaged over the draws.
-            draws = [g] if n == len(g) else [rng.choice(g, n, replace=False) for _ in range(20)]
-            tops = [np.concatenate([(c["emb"][nonm[b:b + 2000]] @ c["emb"][gg].T).max(axis=1)
-                                    for b in range(0, len(nonm), 2000)]) for gg in draws]
-            for fpir in (0.003, 0.01, 0.03):
-                th = model.threshold_for(n, fpir)
-                measured = [float((t >= th["match"]).mean()) for t in tops]
-                print(json.dumps({"n_templates": n, "draws": len(draws), "nonmated": len(nonm), "fpir_target": fpir,
-                                  "predicted_threshold": th["match"], "point_threshold": th["point"],
-                                  "predicted_fpir": th["predicted_fpir"],
-                                  "measured_fpir_at_predicted": round(float(np.mean(measured)), 5),
-                                  "measured_range": [round(min(measured), 5), round(max(measured), 5)],
-                                  "measured_fpir_at_point": round(float(np.mean([(t >= th["point"]).mean() for t in tops])), 5),
-                                  "empirical_threshold": round(float(np.mean([threshold_at_fpir(t, fpir) for t in tops])), 4)}))
-
+    COMMANDS[args.cmd](args, c)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -27,7 +27,7 @@ import dlib
 import face_recognition_models
 import numpy as np
 
-from edge.vision.align import align_face, similarity_transform
+from edge.vision.align import align_face
 from edge.vision.detector import FaceDetector, iou
 from edge.vision.runtime import load_model
 
@@ -40,7 +40,8 @@ def photos(data: Path) -> list[tuple[Path, str]]:
     for name in SETS:
         with open(data / name / "manifest.csv", newline="") as fh:
             for row in csv.DictReader(fh):
-                if row.get("faces", "single") != "single" or row.get("byte_duplicate_of") or row.get("kind", "raw") != "raw":
+                if (row.get("faces", "single") != "single" or row.get("byte_duplicate_of")
+                        or row.get("kind", "raw") != "raw"):
                     continue
                 out.append((data / name / row["path"], row["identity"]))
     return out
@@ -105,7 +106,8 @@ def main() -> None:
     # Sanity check of the mapping: dlib's chip vs our warp of the same rectangle.
     s0 = samples[0]
     ours = cv2.warpAffine(s0["rgb"], s0["map"], (150, 150), flags=cv2.INTER_LINEAR)
-    print(f"mapping check: mean |dlib chip − warp| = {np.abs(ours.astype(float) - s0['dlib_chip']).mean():.2f} grey levels")
+    print(f"mapping check: mean |dlib chip − warp| = {np.abs(ours.astype(float) - s0['dlib_chip']).mean():.2f} "
+          "grey levels")
 
     fit = samples[0::2]
     held = samples[1::2]

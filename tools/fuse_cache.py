@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     c1, c2 = dict(np.load(args.primary)), dict(np.load(args.secondary))
     assert (c1["path"] == c2["path"]).all()
-    fit = np.array([de.half_of(str(i) or str(p)) == "fit" for i, p in zip(c2["identity"], c2["path"])]) & (c2["chosen"] >= 0)
+    fit = np.array([de.half_of(str(i) or str(p)) == "fit"
+                    for i, p in zip(c2["identity"], c2["path"], strict=True)]) & (c2["chosen"] >= 0)
     x = c2["emb"][fit].astype(np.float64)
     mean = x.mean(axis=0)
     w, u = np.linalg.eigh(np.cov(x - mean, rowvar=False))

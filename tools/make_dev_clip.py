@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     c = np.load(args.cache)
     d = np.load(args.cache.parent / "dets.npz")
     good = defaultdict(list)
-    for i, (s, ident) in enumerate(zip(c["set"], c["identity"])):
+    for i, (s, ident) in enumerate(zip(c["set"], c["identity"], strict=True)):
         if s == "celeba_wild" and c["chosen"][i] == 0 and d["ndet"][i] == 1 and c["eye"][i] >= 35 \
                 and abs(c["yaw"][i]) < 0.25 and c["sharp"][i] >= 0.5:
             good[str(ident)].append(i)
@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> None:
         i = good[ident][1]  # a different photo from the gallery's (good[ident][0])
         rgb = read_image(args.data / str(c["path"][i]))
         scale = min(1.2, 90.0 / float(c["eye"][i]))  # eye distance ≤ 90 px, never upscaled more than 1.2×
-        sprite = cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
+        sprite = cv2.resize(rgb, None, fx=scale, fy=scale,
+                            interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
         schedule.append({"identity": ident, "listed": is_listed, "photo": str(c["path"][i]),
                          "visible_s": [round(t, 2), round(t + args.seconds_each, 2)],
                          "eye_distance_px": round(float(c["eye"][i]) * scale, 1)})
@@ -78,7 +79,8 @@ def main(argv: list[str] | None = None) -> None:
     gallery = [f"{args.data / str(c['path'][good[p][0]])}={p}" for p in listed]
     (args.out / "schedule.json").write_text(json.dumps({"gallery": gallery, "appearances": schedule}, indent=2))
     print(f"{args.out / 'clip.mp4'}: {len(actors)} appearances ({args.present} listed of {len(listed)}), {n} frames")
-    print("edge demo --video " + shlex.quote(str(args.out / "clip.mp4")) + " --gallery " + " ".join(map(shlex.quote, gallery)))
+    print("edge demo --video " + shlex.quote(str(args.out / "clip.mp4")) + " --gallery "
+          + " ".join(map(shlex.quote, gallery)))
 
 
 if __name__ == "__main__":

@@ -31,7 +31,8 @@ def main() -> None:
     for name in SETS:
         with open(args.data / name / "manifest.csv", newline="") as fh:
             for row in csv.DictReader(fh):
-                if row.get("faces", "single") != "single" or row.get("byte_duplicate_of") or row.get("kind", "raw") != "raw":
+                if (row.get("faces", "single") != "single" or row.get("byte_duplicate_of")
+                        or row.get("kind", "raw") != "raw"):
                     continue
                 ident = f"{name}:{row['identity']}"
                 photos[ALIASES.get(ident, ident)].append(f"{name}/{row['path']}")

@@ -19,7 +19,8 @@ def main() -> None:
     ap.add_argument("summary", type=Path)
     ap.add_argument("--model", required=True, help="embedder entry of models/manifest.json")
     ap.add_argument("--data", required=True, help="what the faces and their labels are (provenance)")
-    ap.add_argument("--manifest", type=Path, default=Path(__file__).resolve().parent.parent / "models" / "manifest.json")
+    ap.add_argument("--manifest", type=Path,
+                    default=Path(__file__).resolve().parent.parent / "models" / "manifest.json")
     args = ap.parse_args()
     summary = json.loads(args.summary.read_text())
     if not {"thresholds", "groups"} <= summary.keys():

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -38,6 +39,12 @@ _TENSOR_DTYPES: dict[int, np.dtype] = {
 }
 _OP_NAMES: dict[int, str] = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
 _PADDING = {schema.Padding.SAME: "SAME", schema.Padding.VALID: "VALID"}
+#: elementwise binary operators with a fused activation
+_BINARY_OPS: dict[str, Callable[[tf.Tensor, tf.Tensor], tf.Tensor]] = {
+    "ADD": tf.add,
+    "SUB": tf.subtract,
+    "MUL": tf.multiply,
+}
 
 
 @dataclass(frozen=True)
@@ -312,45 +319,11 @@ class TFLiteGraph:
         o = op.options
         ins = op.inputs
         if op.name == "CONV_2D":
-            w = self.constants[ins[1]].astype(np.float32)  # [O, kh, kw, I]
-            b = (
-                self.constants[ins[2]].astype(np.float32)
-                if len(ins) > 2 and ins[2] >= 0
-                else np.zeros(w.shape[0], np.float32)
-            )
-            y = tf.nn.conv2d(
-                v[ins[0]],
-                tf.constant(np.transpose(w, (1, 2, 3, 0))),
-                strides=[1, o.strideH, o.strideW, 1],
-                padding=_PADDING[o.padding],
-                dilations=[1, o.dilationHFactor, o.dilationWFactor, 1],
-            )
-            y = tf.nn.bias_add(y, tf.constant(b))
-            y = _activation(y, o.fusedActivationFunction)
-            if head is not None:
-                y = tf.minimum(tf.maximum(y, head.lo), head.hi)
-            return y
+            return self._conv_2d(o, ins, v, head)
         if op.name == "DEPTHWISE_CONV_2D":
-            w = self.constants[ins[1]].astype(np.float32)  # [1, kh, kw, C*mult]
-            c_in = self.tensors[ins[0]].shape[-1]
-            mult = int(o.depthMultiplier) or w.shape[-1] // c_in
-            kernel = w[0].reshape(w.shape[1], w.shape[2], c_in, mult)
-            if o.dilationHFactor != 1 or o.dilationWFactor != 1:
-                raise NotImplementedError("dilated depthwise conv")
-            y = tf.nn.depthwise_conv2d(
-                v[ins[0]],
-                tf.constant(kernel),
-                strides=[1, o.strideH, o.strideW, 1],
-                padding=_PADDING[o.padding],
-            )
-            if len(ins) > 2 and ins[2] >= 0:
-                y = tf.nn.bias_add(y, tf.constant(self.constants[ins[2]].astype(np.float32)))
-            return _activation(y, o.fusedActivationFunction)
-        if op.name == "ADD":
-            return _activation(tf.add(v[ins[0]], v[ins[1]]), o.fusedActivationFunction)
-        if op.name in ("SUB", "MUL"):
-            f = tf.subtract if op.name == "SUB" else tf.multiply
-            return _activation(f(v[ins[0]], v[ins[1]]), o.fusedActivationFunction)
+            return self._depthwise_conv_2d(o, ins, v)
+        if op.name in _BINARY_OPS:
+            return _activation(_BINARY_OPS[op.name](v[ins[0]], v[ins[1]]), o.fusedActivationFunction)
         if op.name == "ABS":
             return tf.abs(v[ins[0]])
         if op.name == "PRELU":
@@ -376,13 +349,7 @@ class TFLiteGraph:
         if op.name == "PAD":
             return tf.pad(v[ins[0]], tf.constant(self.constants[ins[1]].astype(np.int32)))
         if op.name == "RESHAPE":
-            if len(ins) > 1 and ins[1] in self.constants:
-                shape = [int(s) for s in self.constants[ins[1]]]
-            else:
-                shape = [int(s) for s in o.newShape]
-            if free_batch and shape and shape[0] == self.tensors[self.inputs[0]].shape[0]:
-                shape[0] = -1
-            return tf.reshape(v[ins[0]], shape)
+            return self._reshape(o, ins, v, free_batch)
         if op.name == "CONCATENATION":
             y = tf.concat([v[i] for i in ins], axis=int(o.axis))
             return _activation(y, o.fusedActivationFunction)
@@ -396,6 +363,57 @@ class TFLiteGraph:
             )
         raise NotImplementedError(f"op {op.name} not supported")
 
+    def _conv_2d(
+        self, o: Any, ins: tuple[int, ...], v: dict[int, tf.Tensor], head: HeadTransform | None
+    ) -> tf.Tensor:
+        """CONV_2D: convolution, bias (zeros when absent), fused activation, then the head's clamp if any."""
+        w = self.constants[ins[1]].astype(np.float32)  # [O, kh, kw, I]
+        b = (
+            self.constants[ins[2]].astype(np.float32)
+            if len(ins) > 2 and ins[2] >= 0
+            else np.zeros(w.shape[0], np.float32)
+        )
+        y = tf.nn.conv2d(
+            v[ins[0]],
+            tf.constant(np.transpose(w, (1, 2, 3, 0))),
+            strides=[1, o.strideH, o.strideW, 1],
+            padding=_PADDING[o.padding],
+            dilations=[1, o.dilationHFactor, o.dilationWFactor, 1],
+        )
+        y = tf.nn.bias_add(y, tf.constant(b))
+        y = _activation(y, o.fusedActivationFunction)
+        if head is not None:
+            y = tf.minimum(tf.maximum(y, head.lo), head.hi)
+        return y
+
+    def _depthwise_conv_2d(self, o: Any, ins: tuple[int, ...], v: dict[int, tf.Tensor]) -> tf.Tensor:
+        """DEPTHWISE_CONV_2D (undilated): convolution, bias if present, fused activation."""
+        w = self.constants[ins[1]].astype(np.float32)  # [1, kh, kw, C*mult]
+        c_in = self.tensors[ins[0]].shape[-1]
+        mult = int(o.depthMultiplier) or w.shape[-1] // c_in
+        kernel = w[0].reshape(w.shape[1], w.shape[2], c_in, mult)
+        if o.dilationHFactor != 1 or o.dilationWFactor != 1:
+            raise NotImplementedError("dilated depthwise conv")
+        y = tf.nn.depthwise_conv2d(
+            v[ins[0]],
+            tf.constant(kernel),
+            strides=[1, o.strideH, o.strideW, 1],
+            padding=_PADDING[o.padding],
+        )
+        if len(ins) > 2 and ins[2] >= 0:
+            y = tf.nn.bias_add(y, tf.constant(self.constants[ins[2]].astype(np.float32)))
+        return _activation(y, o.fusedActivationFunction)
+
+    def _reshape(self, o: Any, ins: tuple[int, ...], v: dict[int, tf.Tensor], free_batch: bool) -> tf.Tensor:
+        """RESHAPE to the constant shape input (else the options' newShape); with `free_batch`, a first dimension
+        equal to the source graph's batch size becomes -1."""
+        if len(ins) > 1 and ins[1] in self.constants:
+            shape = [int(s) for s in self.constants[ins[1]]]
+        else:
+            shape = [int(s) for s in o.newShape]
+        if free_batch and shape and shape[0] == self.tensors[self.inputs[0]].shape[0]:
+            shape[0] = -1
+        return tf.reshape(v[ins[0]], shape)
 
 def keep_key(index: int) -> str:
     """Result key of an intermediate tensor requested via ``build(keep=...)``."""

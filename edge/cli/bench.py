@@ -19,8 +19,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if not (args.device_key and args.operator_key):
             raise EdgeError("--bundle needs --device-key and --operator-key")
         bundle = (args.bundle, args.device_key, args.operator_key)
-    report = run_bench(analyzer_from_args(args), args.video, args.photos or samples_dir(), args.pace, args.watchlist_size,
-                       args.max_seconds, bundle)
+    report = run_bench(analyzer_from_args(args), args.video, args.photos or samples_dir(), args.pace,
+                       args.watchlist_size, args.max_seconds, bundle)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -42,7 +42,8 @@ def add_parsers(sub: argparse._SubParsersAction, vision: argparse.ArgumentParser
                        description="Run the real pipeline over a video (default: the demo clip) and report fps, "
                                    "per-stage p50/p99 latency, CPU use and RSS.")
     p.add_argument("--video", type=Path, help="video file (default: the generated demo clip)")
-    p.add_argument("--photos", type=Path, help="bundled photos for the demo clip and gallery (default tests/data/faces)")
+    p.add_argument("--photos", type=Path,
+                   help="bundled photos for the demo clip and gallery (default tests/data/faces)")
     p.add_argument("--pace", choices=["fast", "realtime"], default="fast",
                    help="fast: unthrottled (default); realtime: at the file's frame rate")
     p.add_argument("--watchlist-size", type=int, default=2, help="templates in the watchlist (demo people + random)")

@@ -35,26 +35,12 @@ def run_demo(analyzer: Any, photos: Path, workdir: Path | None = None, video: Pa
     """Run the demo; returns a summary (events received, frames, fps, broker used, per-appearance explanations).
     broker_kind: "auto" (mosquitto if installed, else amqtt) or "amqtt" (the embedded broker even if mosquitto is
     there). console: called with (work dir, subject names, print) once the events are stored (`serve_console`)."""
-    from edge import keys
     from edge.audit import AuditLog
     from edge.device.capture.opencv import OpenCVSource
-    from edge.messaging.delivery import EventConsumer, EventPublisher
-    from edge.operator.event_store import EventStore
     from edge.device.health import Health
-    from edge.device.wiring import build_pipeline, watchlist_loader
-    from edge.messaging.mqtt import MqttClient, MqttSettings
-    from edge.evaluation.calibration import scoring_tail
+    from edge.device.wiring import build_pipeline
     from edge.messaging.outbox import Outbox
     from edge.messaging.topics import Topics
-    from edge.cli.watchlist import embedder_info
-    from edge.durable import private_dir
-    from edge.messaging.payloads import encode_status, encode_watchlist_state
-    from edge.messaging.topics import operator_filter
-    from edge.watchlist.build import GalleryEntry, enroll, payload_of, write_build
-    from edge.watchlist.bundle import seal
-    from edge.watchlist.payload import pack
-    from edge.watchlist.references import ReferenceSpool
-    from edge.watchlist.store import WatchlistStore
 
     tmp = tempfile.TemporaryDirectory(prefix="edge-demo-") if workdir is None else None
     work = Path(tmp.name) if tmp else Path(workdir)
@@ -62,57 +48,12 @@ def run_demo(analyzer: Any, photos: Path, workdir: Path | None = None, video: Pa
     device_id = "demo-cam"
     try:
         # 1. Watchlist: enroll, seal for the device, install through the verifying store.
-        gallery = gallery or {photos / name: label for name, label in DEMO_GALLERY.items()}
-        entries = [GalleryEntry(p, p.name, label, "demo", None) for p, label in gallery.items()]
-        spool = ReferenceSpool(work / "build")
-        t_enroll = time.perf_counter()
-        try:
-            enrollment = enroll(entries, analyzer, on_template=spool.add)
-            if not enrollment.vectors:
-                raise EdgeError("no gallery photo could be enrolled: "
-                                + "; ".join(r["reason"] for r in enrollment.rejected))
-            payload = payload_of(enrollment, analyzer.fusion_meta)
-            write_build(work / "build", payload, enrollment, embedder_info(analyzer),
-                        time.perf_counter() - t_enroll, force=True, references=spool)
-        finally:
-            spool.discard()
-        thresholds = scoring_tail(analyzer.embedder_info.info, analyzer.fusion).threshold_for(len(enrollment.vectors),
-                                                                                              0.003)
-        # The operator's evidence key pair: the device gets the public half, the console keeps the private one.
-        evidence_key = keys.generate_device_key()  # X25519
-        keys.save_private_key(private_dir(work / "operator") / "evidence.key", evidence_key, force=True)
-        operator, device_key = keys.generate_operator_key(), keys.generate_device_key()
-        embedder_id = analyzer.embedder_id
-        bundle = seal(pack(payload),
-                      watchlist_id="demo", version=1, device_id=device_id, device_public=device_key.public_key(),
-                      signing_key=operator, embedder_id=embedder_id, embedder_sha256=analyzer.embedder_info.sha256,
-                      dim=analyzer.embedder.dim, n_items=len(enrollment.vectors), n_subjects=len(enrollment.subjects),
-                      thresholds={**{k: thresholds[k] for k in ("match", "fpir_target", "predicted_fpir",
-                                                                "calibrated_for_n")}, "margin": 0.02},
-                      expires=datetime.now(timezone.utc) + timedelta(days=1))
-        store = WatchlistStore(work / "state", device_id, device_key,
-                               {keys.key_id(operator.public_key()): operator.public_key()}, embedder_id,
-                               analyzer.embedder_info.sha256,
-                               watchlist_loader)
-        store.start()
-        result = store.install(bundle)
-        if not result.ok:
-            raise EdgeError(f"demo watchlist was rejected: {result.message}")
-        print_fn(f"watchlist v1: {len(enrollment.subjects)} listed people "
-                 f"({', '.join(s['label'] for s in enrollment.subjects)}), match threshold {thresholds['match']:.3f} "
-                 f"(FPIR 0.003 at {len(enrollment.vectors)} templates), sealed and installed")
-        print_fn(f"evidence: each event carries the track's best face chip(s) as JPEG sealed to the operator's "
-                 f"evidence key {keys.key_id(evidence_key.public_key())} (X25519; private half "
-                 f"{work / 'operator' / 'evidence.key'}); the console shows them beside the enrolled faces kept in "
-                 f"{work / 'build' / 'references'} (operator side only, never sent to a device)")
+        enrollment, store, evidence_key = _install_watchlist(analyzer, photos, gallery, work, device_id, print_fn)
         # 2. The clip.
         schedule = None
         if video is None:
             video = work / "demo.mp4"
-            schedule = make_clip(video, photos, analyzer)
-            print_fn(f"clip: {video} — " + ", ".join(
-                f"{a['photo']} ({'listed' if a['listed_as'] else 'not listed'}, {a['visible_s'][0]}–{a['visible_s'][1]} s)"
-                for a in schedule))
+            schedule = _make_demo_clip(video, photos, analyzer, print_fn)
         # 3. Broker, device publisher, central consumer.
         broker = LocalBroker(work, prefer_mosquitto=broker_kind != "amqtt")
         have_broker = broker.start()
@@ -125,17 +66,14 @@ def run_demo(analyzer: Any, photos: Path, workdir: Path | None = None, video: Pa
         def show(ev: dict) -> None:
             with lock:
                 received.append(ev)
-            print_fn(f"EVENT {ev['device_id']} #{ev['seq']} at {ev['captured_at'] - clock['start']:.1f} s: "
-                     f"{names.get(ev['subject_id'], ev['subject_id'])} — similarity "
-                     f"{ev['similarity']:.3f} ≥ {ev['threshold']:.3f}, margin {ev['margin']:.3f}, track {ev['track_id']},"
-                     f" {ev['chips_used']} chips — candidate for human review (review_required={ev['review_required']})")
+            print_fn(_event_line(ev, names, clock["start"]))
 
         outbox = Outbox(work / "outbox.db")
         audit = AuditLog(work / "audit.log")
         topics = Topics(device_id)
         from edge.device.event_writer import EventWriter
 
-        writer = EventWriter(device_id, outbox, audit, embedder_id, on_event=None if have_broker else show,
+        writer = EventWriter(device_id, outbox, audit, analyzer.embedder_id, on_event=None if have_broker else show,
                              thumbnail_key=evidence_key.public_key())
         health = Health()
         pipeline = build_pipeline(OpenCVSource(video, pace="realtime"), analyzer, lambda: store.current()[0], writer,
@@ -143,77 +81,17 @@ def run_demo(analyzer: Any, photos: Path, workdir: Path | None = None, video: Pa
         trace: list[dict] = []
         pipeline.trace = trace.append  # what happened to each chip: the per-appearance explanation below
         stop = threading.Event()
-        threads = []
-        if have_broker:
-            print_fn(f"broker: {broker.kind} on 127.0.0.1:{broker.port} (loopback, demo only; production config: "
-                     "firmware-config/mosquitto/edge.conf)")
-            dev_client = MqttClient(MqttSettings(port=broker.port, client_id=device_id), [(topics.events_ack, 1)])
-            op_client = MqttClient(MqttSettings(port=broker.port, client_id="operator"),
-                                   [(operator_filter(kind), 1) for kind in ("events", "status", "watchlist_state")])
-            for c in (dev_client, op_client):
-                c.start()
-                c.wait_connected(5)
-            publisher = EventPublisher(outbox, dev_client, topics, resend_after=2.0)
-            events_store = EventStore(work / "events.db")
-            consumer = EventConsumer(
-                op_client, events_store, on_event=show,
-                on_status=lambda d, st: events_store.device_status(d, st.state == "online", st.health),
-                on_watchlist=lambda d, w: events_store.device_watchlist(d, w.installed_version, w.state, w.reason))
-
-            def heartbeat() -> None:  # what a device's control loop publishes (retained), every second here
-                status = {**health.snapshot(), "reported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                          "watchlist": store.state(), "outbox_depth": outbox.depth()}
-                status["gauges"] = {**status["gauges"], "outbox_depth": outbox.depth()}
-                dev_client.publish(topics.status, encode_status("online", status), 1, True)
-
-            dev_client.publish(topics.watchlist_state, encode_watchlist_state(1, "installed"), 1, True)
-
-            def pump() -> None:
-                next_beat = 0.0
-                while not stop.is_set():
-                    if time.monotonic() >= next_beat:
-                        heartbeat()
-                        next_beat = time.monotonic() + 1.0
-                    publisher.pump()
-                    while not dev_client.inbox.empty():
-                        publisher.on_ack(dev_client.inbox.get().payload)
-                    consumer.poll(0.05)
-
-            threads.append(threading.Thread(target=pump, daemon=True))
-        else:
+        if not have_broker:
             raise EdgeError("the demo runs over MQTT and found no broker: install mosquitto (sudo apt-get install"
                             " mosquitto) or the embedded one (pip install -e '.[demo]')")
-        for t in threads:
-            t.start()
-        t0 = time.monotonic()
-        clock["start"] = time.time()
-        pipeline.start()
-        pipeline.wait()
-        pipeline.stop()
-        deadline = time.monotonic() + 5
-        while have_broker and outbox.depth() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(1.2)  # one more heartbeat after the last event, with the final figures
-        stop.set()
-        for t in threads:
-            t.join(2)
-        if have_broker:
-            dev_client.stop()
-            op_client.stop()
+        print_fn(f"broker: {broker.kind} on 127.0.0.1:{broker.port} (loopback, demo only; production config: "
+                 "firmware-config/mosquitto/edge.conf)")
+        clients, pump = _connect_over_mqtt(broker.port, work, device_id, topics, outbox, health, store, show, stop)
+        t0 = _play(pipeline, threading.Thread(target=pump, daemon=True), outbox, stop, clock)
+        for c in clients:
+            c.stop()
         broker.stop()
-        snap = health.snapshot()
-        summary = {"events": len(received), "labels": sorted({names.get(e["subject_id"], e["subject_id"])
-                                                              for e in received}),
-                   "frames": snap["counters"].get("frames_captured", 0), "seconds": round(time.monotonic() - t0, 1),
-                   "broker": broker.kind, "outbox_depth": outbox.depth(),
-                   "stage_ms": snap.get("stage_ms", {})}
-        counters = snap["counters"]
-        refused = {k.split(".", 1)[1]: v for k, v in counters.items() if k.startswith("quality_reject.")}
-        summary["gate"] = {"embedded": counters.get("embeddings", 0), "refused": refused}
-        print_fn(f"done: {summary['frames']} frames in {summary['seconds']} s, {summary['events']} event(s) "
-                 f"received: {', '.join(summary['labels']) or 'none'}; outbox depth {summary['outbox_depth']}")
-        print_fn(f"quality gate: {summary['gate']['embedded']} chips embedded; refused: "
-                 + (", ".join(f"{k} {v}" for k, v in sorted(refused.items(), key=lambda kv: -kv[1])) or "none"))
+        summary = _summarize(health.snapshot(), received, names, t0, broker.kind, outbox.depth(), print_fn)
         if schedule is not None:
             from edge.evaluation.appearances import explain
 
@@ -228,6 +106,172 @@ def run_demo(analyzer: Any, photos: Path, workdir: Path | None = None, video: Pa
     finally:
         if tmp:
             tmp.cleanup()
+
+
+def _install_watchlist(analyzer: Any, photos: Path, gallery: dict[Path, str] | None, work: Path, device_id: str,
+                       print_fn: Callable[[str], None]) -> tuple[Any, Any, Any]:
+    """Step 1: enroll the gallery into an operator build (work/build), make the operator's evidence key pair, seal
+    the watchlist for a fresh demo device key and install it through the device's verifying store.
+    Returns (enrollment, the started store, the evidence private key)."""
+    from edge import keys
+    from edge.cli.watchlist import embedder_info
+    from edge.device.wiring import watchlist_loader
+    from edge.durable import private_dir
+    from edge.evaluation.calibration import scoring_tail
+    from edge.watchlist.build import GalleryEntry, enroll, payload_of, write_build
+    from edge.watchlist.bundle import seal
+    from edge.watchlist.payload import pack
+    from edge.watchlist.references import ReferenceSpool
+    from edge.watchlist.store import WatchlistStore
+
+    gallery = gallery or {photos / name: label for name, label in DEMO_GALLERY.items()}
+    entries = [GalleryEntry(p, p.name, label, "demo", None) for p, label in gallery.items()]
+    spool = ReferenceSpool(work / "build")
+    t_enroll = time.perf_counter()
+    try:
+        enrollment = enroll(entries, analyzer, on_template=spool.add)
+        if not enrollment.vectors:
+            raise EdgeError("no gallery photo could be enrolled: "
+                            + "; ".join(r["reason"] for r in enrollment.rejected))
+        payload = payload_of(enrollment, analyzer.fusion_meta)
+        write_build(work / "build", payload, enrollment, embedder_info(analyzer),
+                    time.perf_counter() - t_enroll, force=True, references=spool)
+    finally:
+        spool.discard()
+    thresholds = scoring_tail(analyzer.embedder_info.info, analyzer.fusion).threshold_for(len(enrollment.vectors),
+                                                                                          0.003)
+    # The operator's evidence key pair: the device gets the public half, the console keeps the private one.
+    evidence_key = keys.generate_device_key()  # X25519
+    keys.save_private_key(private_dir(work / "operator") / "evidence.key", evidence_key, force=True)
+    operator, device_key = keys.generate_operator_key(), keys.generate_device_key()
+    embedder_id = analyzer.embedder_id
+    bundle = seal(pack(payload),
+                  watchlist_id="demo", version=1, device_id=device_id, device_public=device_key.public_key(),
+                  signing_key=operator, embedder_id=embedder_id, embedder_sha256=analyzer.embedder_info.sha256,
+                  dim=analyzer.embedder.dim, n_items=len(enrollment.vectors), n_subjects=len(enrollment.subjects),
+                  thresholds={**{k: thresholds[k] for k in ("match", "fpir_target", "predicted_fpir",
+                                                            "calibrated_for_n")}, "margin": 0.02},
+                  expires=datetime.now(timezone.utc) + timedelta(days=1))
+    store = WatchlistStore(work / "state", device_id, device_key,
+                           {keys.key_id(operator.public_key()): operator.public_key()}, embedder_id,
+                           analyzer.embedder_info.sha256,
+                           watchlist_loader)
+    store.start()
+    result = store.install(bundle)
+    if not result.ok:
+        raise EdgeError(f"demo watchlist was rejected: {result.message}")
+    print_fn(f"watchlist v1: {len(enrollment.subjects)} listed people "
+             f"({', '.join(s['label'] for s in enrollment.subjects)}), match threshold {thresholds['match']:.3f} "
+             f"(FPIR 0.003 at {len(enrollment.vectors)} templates), sealed and installed")
+    print_fn(f"evidence: each event carries the track's best face chip(s) as JPEG sealed to the operator's "
+             f"evidence key {keys.key_id(evidence_key.public_key())} (X25519; private half "
+             f"{work / 'operator' / 'evidence.key'}); the console shows them beside the enrolled faces kept in "
+             f"{work / 'build' / 'references'} (operator side only, never sent to a device)")
+    return enrollment, store, evidence_key
+
+
+def _make_demo_clip(video: Path, photos: Path, analyzer: Any, print_fn: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Step 2: write the generated clip to `video` and say who appears when; returns its schedule."""
+    schedule = make_clip(video, photos, analyzer)
+    print_fn(f"clip: {video} — " + ", ".join(
+        f"{a['photo']} ({'listed' if a['listed_as'] else 'not listed'}, "
+        f"{a['visible_s'][0]}–{a['visible_s'][1]} s)"
+        for a in schedule))
+    return schedule
+
+
+def _event_line(ev: dict[str, Any], names: dict[str, str], start: float) -> str:
+    """One received event as the demo prints it (`start`: wall-clock time the clip started)."""
+    return (f"EVENT {ev['device_id']} #{ev['seq']} at {ev['captured_at'] - start:.1f} s: "
+            f"{names.get(ev['subject_id'], ev['subject_id'])} — similarity "
+            f"{ev['similarity']:.3f} ≥ {ev['threshold']:.3f}, margin {ev['margin']:.3f}, "
+            f"track {ev['track_id']}, {ev['chips_used']} chips — candidate for human review "
+            f"(review_required={ev['review_required']})")
+
+
+def _connect_over_mqtt(port: int, work: Path, device_id: str, topics: Any, outbox: Any, health: Any, store: Any,
+                       show: Callable[[dict[str, Any]], None],
+                       stop: threading.Event) -> tuple[tuple[Any, Any], Callable[[], None]]:
+    """Step 3's wiring on the local broker: the device's client and publisher (events, retained status heartbeat
+    and watchlist state), the operator's client and consumer (into work/events.db, each event to `show`).
+    Returns ((device client, operator client), the loop that pumps both until `stop`)."""
+    from edge.messaging.delivery import EventConsumer, EventPublisher
+    from edge.messaging.mqtt import MqttClient, MqttSettings
+    from edge.messaging.payloads import encode_status, encode_watchlist_state
+    from edge.messaging.topics import operator_filter
+    from edge.operator.event_store import EventStore
+
+    dev_client = MqttClient(MqttSettings(port=port, client_id=device_id), [(topics.events_ack, 1)])
+    op_client = MqttClient(MqttSettings(port=port, client_id="operator"),
+                           [(operator_filter(kind), 1) for kind in ("events", "status", "watchlist_state")])
+    for c in (dev_client, op_client):
+        c.start()
+        c.wait_connected(5)
+    publisher = EventPublisher(outbox, dev_client, topics, resend_after=2.0)
+    events_store = EventStore(work / "events.db")
+    consumer = EventConsumer(
+        op_client, events_store, on_event=show,
+        on_status=lambda d, st: events_store.device_status(d, st.state == "online", st.health),
+        on_watchlist=lambda d, w: events_store.device_watchlist(d, w.installed_version, w.state, w.reason))
+
+    def heartbeat() -> None:  # what a device's control loop publishes (retained), every second here
+        status = {**health.snapshot(), "reported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                  "watchlist": store.state(), "outbox_depth": outbox.depth()}
+        status["gauges"] = {**status["gauges"], "outbox_depth": outbox.depth()}
+        dev_client.publish(topics.status, encode_status("online", status), 1, True)
+
+    dev_client.publish(topics.watchlist_state, encode_watchlist_state(1, "installed"), 1, True)
+
+    def pump() -> None:
+        next_beat = 0.0
+        while not stop.is_set():
+            if time.monotonic() >= next_beat:
+                heartbeat()
+                next_beat = time.monotonic() + 1.0
+            publisher.pump()
+            while not dev_client.inbox.empty():
+                publisher.on_ack(dev_client.inbox.get().payload)
+            consumer.poll(0.05)
+
+    return (dev_client, op_client), pump
+
+
+def _play(pipeline: Any, pumping: threading.Thread, outbox: Any, stop: threading.Event,
+          clock: dict[str, float]) -> float:
+    """Run the pipeline over the clip with `pumping` alongside, let the outbox drain (≤ 5 s) and one more heartbeat
+    go out, then stop the pump. Sets clock["start"] (wall clock); returns the monotonic start."""
+    pumping.start()
+    t0 = time.monotonic()
+    clock["start"] = time.time()
+    pipeline.start()
+    pipeline.wait()
+    pipeline.stop()
+    deadline = time.monotonic() + 5
+    while outbox.depth() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.2)  # one more heartbeat after the last event, with the final figures
+    stop.set()
+    pumping.join(2)
+    return t0
+
+
+def _summarize(snap: dict[str, Any], received: list[dict[str, Any]], names: dict[str, str], t0: float,
+               broker_kind: str | None, outbox_depth: int, print_fn: Callable[[str], None]) -> dict[str, Any]:
+    """The run's summary (events, labels, frames, seconds, broker, outbox depth, stage latencies, quality gate),
+    printed in two lines."""
+    summary = {"events": len(received), "labels": sorted({names.get(e["subject_id"], e["subject_id"])
+                                                          for e in received}),
+               "frames": snap["counters"].get("frames_captured", 0), "seconds": round(time.monotonic() - t0, 1),
+               "broker": broker_kind, "outbox_depth": outbox_depth,
+               "stage_ms": snap.get("stage_ms", {})}
+    counters = snap["counters"]
+    refused = {k.split(".", 1)[1]: v for k, v in counters.items() if k.startswith("quality_reject.")}
+    summary["gate"] = {"embedded": counters.get("embeddings", 0), "refused": refused}
+    print_fn(f"done: {summary['frames']} frames in {summary['seconds']} s, {summary['events']} event(s) "
+             f"received: {', '.join(summary['labels']) or 'none'}; outbox depth {summary['outbox_depth']}")
+    print_fn(f"quality gate: {summary['gate']['embedded']} chips embedded; refused: "
+             + (", ".join(f"{k} {v}" for k, v in sorted(refused.items(), key=lambda kv: -kv[1])) or "none"))
+    return summary
 
 
 def serve_console(work: Path, names: dict, print_fn: Callable[[str], None], listen: str = "127.0.0.1:8080",

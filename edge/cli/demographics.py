@@ -46,8 +46,9 @@ def _thresholds(args: argparse.Namespace, analyzer) -> list[dict]:
         try:
             with open(args.bundle, "rb") as fh:  # the header is enough (as the device's store reads it)
                 m = peek_manifest(fh.read(HEADER_BYTES))
-            return [{"threshold": float(m["thresholds"]["match"]), "why": f"bundle {args.bundle.name} v{m.get('version')} "
-                     f"(calibrated for {m['thresholds'].get('calibrated_for_n', '?')} templates)"}]
+            return [{"threshold": float(m["thresholds"]["match"]),
+                     "why": f"bundle {args.bundle.name} v{m.get('version')} "
+                            f"(calibrated for {m['thresholds'].get('calibrated_for_n', '?')} templates)"}]
         except (OSError, BundleError, KeyError, TypeError, ValueError) as err:
             raise DataError(f"cannot read the threshold of {args.bundle}: {err}") from None
     from edge.evaluation.calibration import scoring_tail
@@ -57,7 +58,8 @@ def _thresholds(args: argparse.Namespace, analyzer) -> list[dict]:
     for n in args.size:
         point, bound, _ = tail.thresholds(n, args.fpir)
         if bound <= tail.max_score:
-            out.append({"threshold": round(bound, 5), "why": f"{n:,} templates at FPIR {args.fpir} (the bound seal applies)"})
+            out.append({"threshold": round(bound, 5),
+                        "why": f"{n:,} templates at FPIR {args.fpir} (the bound seal applies)"})
         else:
             out.append({"threshold": round(point, 5), "why": f"{n:,} templates at FPIR {args.fpir}: the bound "
                         f"{bound:.4f} is out of reach, the point estimate instead"})
@@ -114,14 +116,16 @@ def cmd_eval_demographics(args: argparse.Namespace) -> int:
         for name, g in sorted(r["within"].items()):
             f = g["fmr"]
             val = f"{f['rate']:.2e}" if f["estimable"] else "too few"
-            print(f"  {name:28s} {g['faces']:6d} {f['pairs']:15,d} {val:>11s}  [{f['low'] or 0:.1e}, {f['high'] or 0:.1e}]"
+            print(f"  {name:28s} {g['faces']:6d} {f['pairs']:15,d} {val:>11s}  "
+                  f"[{f['low'] or 0:.1e}, {f['high'] or 0:.1e}]"
                   + ("" if f["estimable"] else "  (no false match: not estimable at this threshold)"))
         a = r["across"]
         print(f"  {'across groups':28s} {'':6s} {a['pairs']:15,d} "
               f"{(format(a['rate'], '.2e') if a['estimable'] else 'too few'):>11s}")
         ratio = r["max_min_ratio"]
-        print("  highest / lowest within-group FMR: " + (f"{ratio['value']}× ({ratio['highest']} / {ratio['lowest']})"
-                                                        if ratio else "not estimable (fewer than two estimable groups)"))
+        print("  highest / lowest within-group FMR: "
+              + (f"{ratio['value']}× ({ratio['highest']} / {ratio['lowest']})"
+                 if ratio else "not estimable (fewer than two estimable groups)"))
     return 0
 
 
@@ -147,7 +151,8 @@ def add_parser(eval_sub: argparse._SubParsersAction, vision: argparse.ArgumentPa
     p.add_argument("--save-summary", type=Path, metavar="JSON", help="write the per-group counts on a threshold grid "
                    "(what `watchlist seal --demographics` and the model manifest's summary hold)")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--plot", type=Path, metavar="PNG", help="FMR against threshold per group, DET where genuine pairs exist")
+    p.add_argument("--plot", type=Path, metavar="PNG",
+                   help="FMR against threshold per group, DET where genuine pairs exist")
     p.set_defaults(func=cmd_eval_demographics)
 
 

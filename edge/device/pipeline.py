@@ -31,6 +31,9 @@ if TYPE_CHECKING:  # hints only: the pipeline is given its source and governor
 
 log = logging.getLogger("edge.device.pipeline")
 
+#: the quality gate when none is given (frozen, so one shared instance is safe)
+DEFAULT_QUALITY = QualityThresholds()
+
 
 class LatestSlot:
     """A one-item mailbox: `put` overwrites (counting the frame it replaced), `get` waits for a new item.
@@ -86,7 +89,7 @@ class Pipeline:
 
     def __init__(self, source: FrameSource, detector: Detector, embedder: Embedder, tracker: Tracker,
                  policy: DecisionPolicy, matches: MatchContext, sink: EventSink, health: Health | None = None,
-                 quality: QualityThresholds = QualityThresholds(), event_queue_size: int = 256,
+                 quality: QualityThresholds = DEFAULT_QUALITY, event_queue_size: int = 256,
                  lossless: bool = False, track_templates: bool = True,
                  embed_face: Callable[[np.ndarray, Detection], Face] | None = None,
                  governor: ThermalGovernor | None = None) -> None:
@@ -125,7 +128,7 @@ class Pipeline:
                     break
                 self.health.inc("frames_captured")
                 self.slot.put(frame)
-        except Exception as err:  # a camera that raises is reported, and the pipeline winds down
+        except Exception as err:  # noqa: BLE001 - a camera that raises is reported, and the pipeline winds down
             self.error = err
             log.error("capture stopped: %s", err)
         finally:

@@ -24,6 +24,9 @@ from typing import Any
 from edge.config import PolicyConfig  # the `policy:` section is the policy's settings
 from edge.types import Candidate, Decision, Match
 
+#: the settings when none are given (frozen, so one shared instance is safe)
+DEFAULT_CONFIG = PolicyConfig()
+
 
 @dataclass(frozen=True)
 class _Vote:
@@ -50,7 +53,7 @@ class DecisionPolicy:
 
     last_outcome: dict[str, Any] | None = None
 
-    def __init__(self, config: PolicyConfig = PolicyConfig()) -> None:
+    def __init__(self, config: PolicyConfig = DEFAULT_CONFIG) -> None:
         self.config = config
         self._tracks: dict[int, _TrackState] = {}
         self._last_decided: dict[str, float] = {}  # subject_id → `now` of its last decision that fired
@@ -108,7 +111,8 @@ class DecisionPolicy:
         own decides. Counted in `template_observed` / `template_decisions`; not part of the k-of-n window."""
         self.template_observed += 1
         state, threshold, margin_required, top = self._prepare(track_id, result, now, first_seen)
-        if top is None or top.similarity < threshold or result.margin < margin_required or top.subject_id in state.settled:
+        if (top is None or top.similarity < threshold or result.margin < margin_required
+                or top.subject_id in state.settled):
             return None  # the per-chip outcome already traced stands
         vote = _Vote(top.subject_id, top, float(result.margin))
         decision = self._fire(track_id, state, top.subject_id, top, [vote], threshold, margin_required, now, quality,

@@ -6,7 +6,6 @@ the quality gate, never detected)."""
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from typing import Any
 
 
 def _actor_at(schedule: list[dict], t: float, x: float) -> int | None:

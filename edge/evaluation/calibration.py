@@ -84,7 +84,7 @@ class TailModel:
     def fmr(self, t: float) -> float:
         """Modelled FMR of one comparison at cosine threshold t (point estimate)."""
         if t <= self.u:
-            xs, ys = zip(*self.curve)
+            xs, ys = zip(*self.curve, strict=True)
             return float(np.exp(np.interp(t, xs, np.log(ys))))
         return float(self.zeta * gpd_survival(t - self.u, self.sigma, self.xi))
 
@@ -102,7 +102,7 @@ class TailModel:
 
     def _threshold(self, fmr: float, zeta: float, sigma: float, xi: float) -> float:
         if fmr >= zeta:
-            xs, ys = zip(*self.curve)
+            xs, ys = zip(*self.curve, strict=True)
             return float(np.interp(math.log(fmr), np.log(ys)[::-1], np.array(xs)[::-1]))
         return self.u + gpd_quantile(fmr / zeta, sigma, xi)
 
@@ -125,9 +125,9 @@ class TailModel:
             endpoint = f"ends at {self.u - self.sigma / self.xi:.4f}" if self.xi < 0 else "is unbounded"
             raise DataError(
                 f"this embedder cannot reach FPIR {fpir} with {n_templates} templates: its impostor tail "
-                f"({self.n:,} real comparisons) needs a threshold of {bound:.4f} > {self.max_score:g} at {self.confidence:.0%} "
-                f"confidence (per-comparison FMR {fmr:.2e}; the modelled tail {endpoint}). Shrink the watchlist, "
-                "accept a higher --fpir, or set --threshold and report the FPIR it implies")
+                f"({self.n:,} real comparisons) needs a threshold of {bound:.4f} > {self.max_score:g} "
+                f"at {self.confidence:.0%} confidence (per-comparison FMR {fmr:.2e}; the modelled tail {endpoint}). "
+                "Shrink the watchlist, accept a higher --fpir, or set --threshold and report the FPIR it implies")
         return {"match": round(bound, 5), "point": round(point, 5), "fpir_target": fpir,
                 "calibrated_for_n": n_templates, "fmr_per_comparison": float(f"{fmr:.3e}"),
                 "predicted_fpir": round(self.fpir(bound, n_templates), 6)}
@@ -171,7 +171,7 @@ def fit_tail(sims_per_probe: list[np.ndarray], min_exceedances: int = 2000, tail
     asc = desc[::-1]
     fmrs = np.geomspace(0.5, zeta, CURVE_POINTS)
     xs = [float(np.quantile(asc, 1 - f)) for f in fmrs]
-    curve = tuple((x, float(f)) for x, f in zip(xs, fmrs))
+    curve = tuple((x, float(f)) for x, f in zip(xs, fmrs, strict=True))
     rng = np.random.default_rng(seed)
     exc = [g[g > u] - u for g in groups]
     sizes = np.array([len(g) for g in groups])
@@ -205,5 +205,6 @@ def scoring_tail(embedder_info: dict[str, Any], fusion: "Fusion | None" = None) 
     if fusion is None:
         return embedder_tail(embedder_info)
     if not fusion.tail:
-        raise DataError("the model manifest's fusion section has no impostor tail: pass --impostors FILE or --threshold")
+        raise DataError("the model manifest's fusion section has no impostor tail: "
+                        "pass --impostors FILE or --threshold")
     return TailModel.from_json(dict(fusion.tail, max_score=fusion.max_score))

@@ -3,7 +3,8 @@
 NIST FRTE identification terms: a *mated* search has its subject in the gallery; a *non-mated* one has not.
 FPIR(T) = share of non-mated searches whose top candidate scores ≥ T. FNIR(T) = share of mated searches whose
 mate is not the top candidate with a score ≥ T. Because a non-mated search is compared with every one of the N
-gallery templates, FPIR ≈ 1 − (1 − FMR)^N: the threshold must rise with the watchlist size (`edge.evaluation.calibration`).
+gallery templates, FPIR ≈ 1 − (1 − FMR)^N: the threshold must rise with the watchlist size
+(`edge.evaluation.calibration`).
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ def openset_report(mated_top: np.ndarray, mated_correct: np.ndarray, nonmated_to
     }
 
 
-def det_points(mated_top: np.ndarray, mated_correct: np.ndarray, nonmated_top: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def det_points(mated_top: np.ndarray, mated_correct: np.ndarray,
+               nonmated_top: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(FPIR, FNIR) over all thresholds, for the DET plot."""
     ts = np.unique(np.concatenate([mated_top[np.isfinite(mated_top)], nonmated_top]))
     fpir = np.array([(nonmated_top >= t).mean() for t in ts])

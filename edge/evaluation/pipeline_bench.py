@@ -29,7 +29,8 @@ def _seal_synthetic(analyzer: Any, photos: Path, size: int, tmp: Path) -> tuple[
     from edge.evaluation.clip import DEMO_GALLERY
     from edge.watchlist.build import GalleryEntry, enroll
 
-    enrollment = enroll([GalleryEntry(photos / n, n, label, "demo", None) for n, label in DEMO_GALLERY.items()], analyzer)
+    enrollment = enroll([GalleryEntry(photos / n, n, label, "demo", None) for n, label in DEMO_GALLERY.items()],
+                        analyzer)
     arrays = {"vectors": np.stack(enrollment.vectors), "items": np.array(enrollment.item_subject)}
     if analyzer.fusion is not None:
         arrays["vectors2"] = np.stack(enrollment.vectors2)

@@ -312,7 +312,8 @@ def run_sync_bench(devices: int, size: int, change: int = 500, parallel: int = 2
                     raise DataError(f"{full_retained['missing']} announced chunks are not retained on the broker")
                 progress("publishing v2: the delta and the full bundle")
                 t1 = time.time()
-                messages = (offer_messages(d2, source, 2, chunk_bytes=chunk_bytes, base=1, recipients=sorted(recipients))
+                messages = (offer_messages(d2, source, 2, chunk_bytes=chunk_bytes, base=1,
+                                           recipients=sorted(recipients))
                             + offer_messages(v2, source, 2, chunk_bytes=chunk_bytes, recipients=sorted(recipients)))
                 pub.publish_confirmed(messages, retain=True)
                 delta_events = lines.wait(devices, lambda e: e.get("version") == 2, timeout)
@@ -337,8 +338,9 @@ def run_sync_bench(devices: int, size: int, change: int = 500, parallel: int = 2
             "retained_after_v2": {"bytes": both_retained["bytes"], "offers": both_retained["offers"],
                                   "chunks": both_retained["chunks"],
                                   "note": "v2's full bundle (for devices without v1) and its delta; v1 cleared"},
-            "per_device_install_seconds": {"full_median": round(statistics.median(e["install_s"] for e in full_events), 2),
-                                           "delta_median": round(statistics.median(e["install_s"] for e in delta_events), 2)},
+            "per_device_install_seconds": {
+                "full_median": round(statistics.median(e["install_s"] for e in full_events), 2),
+                "delta_median": round(statistics.median(e["install_s"] for e in delta_events), 2)},
             "devices_via_delta": via_delta, "change": {"added": change, "removed": change},
             "parallel_installs": parallel, "chunk_bytes": chunk_bytes,
             "note": f"{devices} device processes share this machine's cores; at most {parallel} install at once"}

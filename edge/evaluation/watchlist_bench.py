@@ -25,7 +25,8 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 
-def distractor_sampler(real: np.ndarray, impostor_mean: float, rng: np.random.Generator) -> tuple[Callable[[int], np.ndarray], float]:
+def distractor_sampler(real: np.ndarray, impostor_mean: float,
+                       rng: np.random.Generator) -> tuple[Callable[[int], np.ndarray], float]:
     """A function drawing n unit vectors whose cosine to real faces averages `impostor_mean`; returns (fn, α)."""
     m = real.mean(axis=0)
     centred = real - m
@@ -145,7 +146,8 @@ def run_watchlist_bench(analyzer: Any, gallery: Path, root: Path, probes: Path, 
             nonmated2.append(face.embedding2)
     mated_a, nonmated_a = np.array(mated), np.array(nonmated)
     measured_imp = (nonmated_a @ real.T).ravel()
-    genuine = np.array([float((real[real_subject == s] @ v).max()) for v, s in zip(mated_a, mated_subject)])
+    genuine = np.array([float((real[real_subject == s] @ v).max())
+                        for v, s in zip(mated_a, mated_subject, strict=True)])
     draw, alpha = distractor_sampler(np.concatenate([real, mated_a, nonmated_a]), float(measured_imp.mean()), rng)
     n_distractors = size - len(enrollment.subjects)
     t0 = time.perf_counter()
@@ -177,7 +179,7 @@ def run_watchlist_bench(analyzer: Any, gallery: Path, root: Path, probes: Path, 
     if fusion is not None:  # the second embedding's distractors and probes, drawn the same way from its own data
         real2, m2, n2 = np.stack(enrollment.vectors2), np.array(mated2), np.array(nonmated2)
         imp2 = (n2 @ real2.T).ravel()
-        gen2 = np.array([float((real2[real_subject == s] @ v).max()) for v, s in zip(m2, mated_subject)])
+        gen2 = np.array([float((real2[real_subject == s] @ v).max()) for v, s in zip(m2, mated_subject, strict=True)])
         draw2, _ = distractor_sampler(np.concatenate([real2, m2, n2]), float(imp2.mean()), rng)
         vectors2 = np.concatenate([real2, draw2(n_distractors)]).astype(np.float32)
         queries2 = np.concatenate([m2, mated_probes(vectors2[picks], float(np.median(gen2)), rng)])
@@ -195,8 +197,9 @@ def run_watchlist_bench(analyzer: Any, gallery: Path, root: Path, probes: Path, 
         del payload
         t0 = time.perf_counter()
         data = seal(plaintext, watchlist_id="bench", version=1, device_id="bench-device",
-                    device_public=device.public_key(), signing_key=operator, embedder_id="bench", embedder_sha256="0" * 64,
-                    dim=int(vectors.shape[1]), n_items=len(vectors), n_subjects=size, thresholds={"match": 0.95},
+                    device_public=device.public_key(), signing_key=operator, embedder_id="bench",
+                    embedder_sha256="0" * 64, dim=int(vectors.shape[1]), n_items=len(vectors), n_subjects=size,
+                    thresholds={"match": 0.95},
                     expires=datetime.now(timezone.utc) + timedelta(days=1))
         seal_s = time.perf_counter() - t0
         del plaintext
@@ -222,13 +225,14 @@ def run_watchlist_bench(analyzer: Any, gallery: Path, root: Path, probes: Path, 
             run = {"n_trees": n_trees, "search_k": watchlist.search_k, "build_seconds": round(build_s, 2),
                    "seal_seconds": round(seal_s, 2), "bundle_bytes": len(data), "index_bytes_in_memfd": index_bytes,
                    "verify_decrypt_seconds": round(verify_s, 2), "verify_decrypt_load_seconds": round(load_s, 2),
-                   "rss_mb_fresh_process_after_load": rss, "rss_mb_after_queries": rss_q, "query_ms": percentile_ms(times),
+                   "rss_mb_fresh_process_after_load": rss, "rss_mb_after_queries": rss_q,
+                   "query_ms": percentile_ms(times),
                    "n_queries": len(queries), "recall_at_1_vs_exact": round(float((top_index == exact).mean()), 5),
                    "rank1_vs_truth": round(float((top_index == expected).mean()), 5)}
             report["runs"].append(run)
             log(f"trees {n_trees} search_k {watchlist.search_k}: build {run['build_seconds']} s, bundle "
-                  f"{len(data) / 2**20:.1f} MiB, verify+decrypt+load {run['verify_decrypt_load_seconds']} s, RSS {rss} MiB "
-                  f"({rss_q} after the queries),"
+                  f"{len(data) / 2**20:.1f} MiB, verify+decrypt+load {run['verify_decrypt_load_seconds']} s, "
+                  f"RSS {rss} MiB ({rss_q} after the queries),"
                   f" query p50 {run['query_ms']['p50']} ms p99 {run['query_ms']['p99']} ms, recall@1 vs exact "
                   f"{run['recall_at_1_vs_exact']}")
         del watchlist, data

@@ -78,7 +78,7 @@ class LocalBroker:
             self._amqtt = Broker(config, loop=self._loop)
             try:
                 self._loop.run_until_complete(self._amqtt.start())
-            except Exception:  # a broker that cannot listen: the demo says so and runs without one
+            except Exception:  # noqa: BLE001 - a broker that cannot listen: the demo says so and runs without one
                 self._amqtt = None
                 return
             finally:
@@ -97,7 +97,7 @@ class LocalBroker:
 
             try:
                 asyncio.run_coroutine_threadsafe(self._amqtt.shutdown(), self._loop).result(5)
-            except Exception:  # shutting the demo's broker down must not hide the demo's result
+            except Exception:  # noqa: BLE001 - shutting the demo's broker down must not hide the demo's result
                 pass
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._amqtt = None

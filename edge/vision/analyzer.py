@@ -173,7 +173,8 @@ class FaceAnalyzer:
             return arcface_chip(rgb, self.onet.landmarks(rgb, detection), size)
         if self.landmarks is None:
             if _template(self.embedder_info) == "arcface":
-                return align_face(rgb, detection.keypoints, size, ARCFACE_KEYPOINT_TEMPLATE * (CHIP_SIZE / ARCFACE_SIZE))
+                return align_face(rgb, detection.keypoints, size,
+                                  ARCFACE_KEYPOINT_TEMPLATE * (CHIP_SIZE / ARCFACE_SIZE))
             return align_face(rgb, detection.keypoints, size)
         return dlib_chip(rgb, detection_landmarks(self.landmarks, rgb, detection), size, self.chip_padding)
 

@@ -17,7 +17,7 @@ def annotate(rgb: np.ndarray, detections: list[Detection], labels: list[str] | N
     for i, det in enumerate(detections):
         x0, y0, x1, y1 = (int(round(v)) for v in det.box)
         cv2.rectangle(out, (x0, y0), (x1, y1), (0, 220, 0), thick)
-        for (x, y), colour in zip(det.keypoints, _KEYPOINT_COLOURS):
+        for (x, y), colour in zip(det.keypoints, _KEYPOINT_COLOURS, strict=True):
             cv2.circle(out, (int(round(x)), int(round(y))), thick + 1, colour, -1)
         text = labels[i] if labels else f"{det.score:.2f}"
         cv2.putText(out, text, (x0, max(12, y0 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thick, (0, 220, 0), thick)

@@ -164,13 +164,15 @@ class FaceDetector:
         self.anchors = make_anchors(self.spec)
         size = self.spec.input_size
         if model.input_shape != (1, size, size, 3):
-            raise ModelError(f"detector model {model.name} has input {model.input_shape}; {variant} needs (1, {size}, {size}, 3)")
+            raise ModelError(f"detector model {model.name} has input {model.input_shape}; "
+                             f"{variant} needs (1, {size}, {size}, 3)")
         shapes = model.output_shapes
         try:
             self._reg_idx = next(i for i, s in enumerate(shapes) if s[-1] == 16)
             self._score_idx = next(i for i, s in enumerate(shapes) if s[-1] == 1)
         except StopIteration:
-            raise ModelError(f"detector model {model.name} outputs {shapes}; expected (1, N, 16) and (1, N, 1)") from None
+            raise ModelError(
+                f"detector model {model.name} outputs {shapes}; expected (1, N, 16) and (1, N, 1)") from None
         if shapes[self._reg_idx][1] != len(self.anchors):
             raise ModelError(
                 f"detector model {model.name} has {shapes[self._reg_idx][1]} anchors; {variant} has {len(self.anchors)}"
@@ -193,6 +195,7 @@ class FaceDetector:
             b = ((box.reshape(2, 2) * size - offset) / lb.scale).reshape(-1)
             k = (kps * size - offset) / lb.scale
             detections.append(
-                Detection(box=(float(b[0]), float(b[1]), float(b[2]), float(b[3])), score=score, keypoints=k.astype(np.float32))
+                Detection(box=(float(b[0]), float(b[1]), float(b[2]), float(b[3])), score=score,
+                          keypoints=k.astype(np.float32))
             )
         return detections

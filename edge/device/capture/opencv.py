@@ -248,7 +248,7 @@ class OpenCVSource(SourceBase):
                 return False, None, ""
             try:
                 ok, bgr = cap.read()
-            except Exception as err:  # cv2.error from a vanished device: a failure like any other
+            except Exception as err:  # noqa: BLE001 - cv2.error from a vanished device: a failure like any other
                 return False, None, str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
         if ok and bgr is not None and bgr.size:
             return True, bgr, ""
@@ -287,7 +287,7 @@ class OpenCVSource(SourceBase):
                 self.stats.last_error = f"{self.describe()} could not be reopened: {err}"
                 log.info("%s (attempt %d; next in %.1f s)", self.stats.last_error, attempts, self._backoff)
                 continue
-            except Exception as err:  # an unexpected backend error must not kill a live source either
+            except Exception as err:  # noqa: BLE001 - an unexpected backend error must not kill a live source either
                 self.stats.last_error = f"{self.describe()} could not be reopened: {err}"
                 continue
             with self._lock:

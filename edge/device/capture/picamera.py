@@ -82,7 +82,7 @@ class PiCameraSource(SourceBase):
         self._stop.clear()
         try:
             cam = Picamera2(self.camera_num)
-        except Exception as err:  # RuntimeError / IndexError when no camera is connected or it is busy
+        except Exception as err:  # noqa: BLE001 - RuntimeError / IndexError when no camera is connected or it is busy
             raise CameraError(f"{self.describe()} could not be opened: {err} (is the ribbon cable seated, the camera "
                               f"detected by `rpicam-hello --list-cameras`, and not used by another process?)") from None
         try:
@@ -100,10 +100,10 @@ class PiCameraSource(SourceBase):
             # picamera2 may align the requested sizes to what the ISP supports: convert at the size it chose.
             self._lores_size = tuple(config["lores"]["size"])
             cam.start()
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - whatever the driver raises, the camera could not be configured
             try:
                 cam.close()
-            except Exception:
+            except Exception:  # noqa: BLE001 - best effort: the configure error is the one reported
                 pass
             raise CameraError(f"{self.describe()} could not be configured for {self.width}x{self.height} + lores "
                               f"{self.lores_width}x{self.lores_height} at {self.fps:g} fps: {err}") from None
@@ -125,7 +125,7 @@ class PiCameraSource(SourceBase):
                         (yuv, main), _metadata = cam.capture_arrays(["lores", "main"])
                     else:
                         yuv, main = cam.capture_array("lores"), None
-                except Exception as err:
+                except Exception as err:  # noqa: BLE001 - any driver failure is a read failure, as a CameraError
                     self.stats.read_failures += 1
                     self.stats.last_error = f"{self.describe()} stopped delivering frames: {err}"
                     raise CameraError(self.stats.last_error) from None
