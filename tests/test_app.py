@@ -56,7 +56,8 @@ def provision(state: Path, analyzer, device_id: str = DEVICE, install: bool = Tr
     if install:  # as the device's own store installs it: the bundle and its authenticated install record
         from edge.watchlist.store import WatchlistStore
 
-        store = WatchlistStore(state, device_id, device_key, {keys.key_id(operator.public_key()): operator.public_key()},
+        trust = {keys.key_id(operator.public_key()): operator.public_key()}
+        store = WatchlistStore(state, device_id, device_key, trust,
                                analyzer.embedder_id, analyzer.embedder_info.sha256, lambda opened: True)
         assert store.install(bundle).ok
     return bundle

@@ -76,7 +76,8 @@ def test_bad_kind_and_unencodable_data_write_nothing(tmp_path):
     with AuditLog(path) as log:
         with pytest.raises(AuditError, match=r"unknown audit record kind 'recovered'; expected one of: match, "):
             log.append("recovered", {})
-        with pytest.raises(AuditError, match=r"audit record of kind 'match' cannot be encoded as JSON: Out of range float values"):
+        with pytest.raises(AuditError, match=r"audit record of kind 'match' cannot be encoded as JSON: Out of range"
+                                             r" float values"):
             log.append("match", {"similarity": float("nan")})
         with pytest.raises(AuditError, match="cannot be encoded as JSON: Object of type bytes"):
             log.append("config", {"blob": b"x"})

@@ -1,4 +1,5 @@
-"""The committed broker config (firmware-config/mosquitto/) against a real mosquitto, through edge.messaging.mqtt.MqttClient.
+"""The committed broker config (firmware-config/mosquitto/) against a real mosquitto, through
+edge.messaging.mqtt.MqttClient.
 
 Each device reads and writes only its own subtree, the operator reads every device's events, status and watchlist
 state and writes acks and watchlists, identities come from client certificates of our CA only, and a device cannot

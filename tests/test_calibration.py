@@ -68,7 +68,8 @@ def test_json_round_trip_gives_the_same_answers():
     again = TailModel.from_json(json.loads(json.dumps(model.to_json())))
     for t in (0.8, 0.9, 0.95, 0.97):
         assert again.fmr(t) == pytest.approx(model.fmr(t), rel=1e-3)
-    assert again.threshold_for(1000, 0.003)["match"] == pytest.approx(model.threshold_for(1000, 0.003)["match"], abs=1e-4)
+    want = model.threshold_for(1000, 0.003)["match"]
+    assert again.threshold_for(1000, 0.003)["match"] == pytest.approx(want, abs=1e-4)
     with pytest.raises(DataError, match="malformed"):
         TailModel.from_json({"u": 0.9})
 

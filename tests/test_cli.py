@@ -22,13 +22,15 @@ def run(capsys, *argv):
 
 
 def test_detect_json_contract_and_annotation(capsys, tmp_path):
-    code, out, _ = run(capsys, "detect", FACES / "astronaut.jpg", FACES / "coffee.jpg", "--json", "--annotate", tmp_path)
+    code, out, _ = run(capsys, "detect", FACES / "astronaut.jpg", FACES / "coffee.jpg", "--json", "--annotate",
+                       tmp_path)
     assert code == 0
     images = json.loads(out)["images"]
     assert [len(i["faces"]) for i in images] == [1, 0]
     face = images[0]["faces"][0]
     assert set(face) == {"box", "score", "keypoints"} and len(face["box"]) == 4 and 0.5 <= face["score"] <= 1
-    assert set(face["keypoints"]) == {"right_eye", "left_eye", "nose_tip", "mouth_center", "right_ear_tragion", "left_ear_tragion"}
+    assert set(face["keypoints"]) == {"right_eye", "left_eye", "nose_tip", "mouth_center", "right_ear_tragion",
+                                      "left_ear_tragion"}
     assert (tmp_path / "astronaut.annotated.jpg").stat().st_size > 1000
 
 
@@ -37,7 +39,8 @@ def test_detect_reports_an_unreadable_image_and_keeps_going(capsys, tmp_path):
     broken.write_bytes((FACES / "obama.jpg").read_bytes()[:40])
     code, out, _ = run(capsys, "detect", broken, FACES / "biden.jpg", tmp_path / "missing.png")
     assert code == 1
-    assert f"{broken}: error: image {broken} cannot be decoded: not an image, or a corrupt/truncated file (40 bytes)" in out
+    assert (f"{broken}: error: image {broken} cannot be decoded: not an image, or a corrupt/truncated file"
+            " (40 bytes)") in out
     assert f"image not found: {tmp_path / 'missing.png'}" in out
     assert "biden.jpg: 1 face(s)" in out
 
@@ -72,10 +75,12 @@ def test_eval_pairs_on_bundled_photos(capsys, tmp_path):
         "obama.jpg,obama2.jpg,1\nobama.jpg,obama3.jpg,1\nobama2.jpg,obama3.jpg,1\n"
         "obama.jpg,biden.jpg,0\nbiden.jpg,astronaut.jpg,0\nobama3.jpg,astronaut.jpg,0\ncoffee.jpg,obama.jpg,0\n")
     plot = tmp_path / "roc.png"
-    code, out, _ = run(capsys, "eval", "pairs", "--pairs", tmp_path / "pairs.csv", "--root", tmp_path, "--json", "--plot", plot)
+    code, out, _ = run(capsys, "eval", "pairs", "--pairs", tmp_path / "pairs.csv", "--root", tmp_path, "--json",
+                       "--plot", plot)
     assert code == 0
     report = json.loads(out)
-    for key in ("n_pairs", "n_failed_detect", "accuracy", "accuracy_10fold_mean", "tar_at_far_1e-3", "threshold", "seconds"):
+    for key in ("n_pairs", "n_failed_detect", "accuracy", "accuracy_10fold_mean", "tar_at_far_1e-3", "threshold",
+                "seconds"):
         assert key in report
     assert report["n_pairs"] == 7 and report["n_failed_detect"] == 1 and report["accuracy"] == 1.0
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -253,7 +253,8 @@ def test_two_different_reviewers_must_confirm(console):
     assert decide(bob, b_csrf, eid, "reject").json()["error"] == f"event {eid} is already confirmed"
     decisions = bob.get(f"/api/events/{eid}/decisions").json()
     assert decisions["status"] == "confirmed" and decisions["confirmations"] == 2
-    assert [(d["reviewer"], d["decision"]) for d in decisions["decisions"]] == [("alice", "confirm"), ("bob", "confirm")]
+    assert [(d["reviewer"], d["decision"]) for d in decisions["decisions"]] == [("alice", "confirm"),
+                                                                                ("bob", "confirm")]
     page = bob.get(f"/events/{eid}").text
     assert 'class="status status-confirmed">confirmed<' in page and "it has left the queue" in page
 

@@ -13,7 +13,7 @@ import threading
 import pytest
 
 from edge.audit import AuditLog, tail
-from edge.audit_seal import SealedAuditLog, SealError, Sealer, check_seals, load_verify_key, new_keys
+from edge.audit_seal import SealedAuditLog, Sealer, check_seals, load_verify_key, new_keys
 from edge.cli import main
 from edge.operator.event_store import EventStore
 from test_attacks import _rewrite as rewrite  # the attacker's re-chaining, shared with the attack suite

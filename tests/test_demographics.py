@@ -53,7 +53,8 @@ def test_counts_within_and_across_groups_at_known_scores():
 
 def test_wilson_interval_and_rate():
     low, high = wilson(0, 1000)
-    assert low == pytest.approx(0, abs=1e-12) and high == pytest.approx(3.84 / 1003.84, rel=0.01)  # about the rule of three
+    # about the rule of three
+    assert low == pytest.approx(0, abs=1e-12) and high == pytest.approx(3.84 / 1003.84, rel=0.01)
     low, high = wilson(50, 1000)
     assert low < 0.05 < high and high - low < 0.03
     r = rate(5, 100_000)

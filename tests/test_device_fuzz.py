@@ -17,7 +17,8 @@ from fakes import FakeStore, FakeTransport
 
 TOPICS = Topics("cam-a")
 JSONISH = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-                       lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner, max_size=5),
+                       lambda inner: st.lists(inner, max_size=5)
+                       | st.dictionaries(st.text(max_size=10), inner, max_size=5),
                        max_leaves=20)
 
 

@@ -81,7 +81,7 @@ def test_events_fired_while_the_disk_is_full_are_all_stored_in_order_once_space_
     assert writer.held == 40 and len(stored(outbox)) == 3 and len(audited(audit.path)) == 3
     assert any(r.getMessage().startswith("disk full: ") for r in caplog.records), caplog.text
     assert not any("power cut" in r.getMessage() for r in caplog.records)
-    assert outbox.due(1e12, 0) == [(e["seq"], p) for e, (_, p) in zip(stored(outbox), outbox.pending())]
+    assert outbox.due(1e12, 0) == [(e["seq"], p) for e, (_, p) in zip(stored(outbox), outbox.pending(), strict=True)]
     assert writer.retry() == 40  # still full: nothing moves, nothing is lost
     filler.unlink()
     assert writer.retry() == 0

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from edge.errors import DataError
-from edge.evaluation.pairs import best_threshold, default_folds, kfold_accuracy, read_pairs, tar_at_far, verification_report
+from edge.evaluation.pairs import (best_threshold, default_folds, kfold_accuracy, read_pairs, tar_at_far,
+                                   verification_report)
 
 
 def test_best_threshold_separable():

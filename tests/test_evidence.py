@@ -18,7 +18,8 @@ def chip(seed: int, size: int = 112, noise: float = 30.0) -> np.ndarray:
 
 
 def decision(**kw) -> Decision:
-    fields = dict(track_id=4, subject_id="obama", label=None, category=None, similarity=0.71, threshold=0.62, margin=0.2, chips_used=2,
+    fields = dict(track_id=4, subject_id="obama", label=None, category=None, similarity=0.71, threshold=0.62,
+                  margin=0.2, chips_used=2,
                   similarities=(0.7, 0.71), margin_required=0.02, first_seen=0.0, decided_at=1.0,
                   quality={"eye_distance_px": 48.3, "sharpness": 0.6, "yaw": -0.1, "roll_deg": 7.0})
     fields.update(kw)

@@ -303,7 +303,8 @@ def sealed(pki, tmp_path_factory):
     (tmp / "g1.csv").write_text("path,identity,label,category\nfaces/obama.jpg,obama,Barack Obama,test\n"
                                 "faces/biden.jpg,biden,Joe Biden,test\n")
     (tmp / "g2.csv").write_text("path,identity,label,category\nfaces/obama.jpg,obama,Barack Obama,test\n"
-                                "faces/biden.jpg,biden,Joseph Biden,test\nfaces/astronaut.jpg,collins,Eileen Collins,test\n")
+                                "faces/biden.jpg,biden,Joseph Biden,test\n"
+                                "faces/astronaut.jpg,collins,Eileen Collins,test\n")
     for n in ("1", "2"):
         assert main(["watchlist", "build", "--gallery", str(tmp / f"g{n}.csv"), "--root", str(DATA), "--out",
                      str(tmp / f"b{n}"), "--json"]) == 0

@@ -219,9 +219,9 @@ def test_sigkill_during_delta_install_leaves_old_or_new(tmp_path):
     files = {}
     for version, data in deltas.items():
         files[version] = tmp_path / f"v{version}.delta"
-        files[version].write_bytes(seal(data, version=version, base={"version": version - 1,
-                                                                     "content_sha256": content_sha256(fulls[version - 1])},
-                                        content=content_sha256(fulls[version]), **common))
+        base = {"version": version - 1, "content_sha256": content_sha256(fulls[version - 1])}
+        files[version].write_bytes(seal(data, version=version, base=base, content=content_sha256(fulls[version]),
+                                        **common))
     state = tmp_path / "state"
 
     def fresh_store():
