@@ -43,7 +43,7 @@ def run_demo(analyzer: Any, photos: Path, workdir: Path | None = None, video: Pa
     from edge.messaging.topics import Topics
 
     tmp = tempfile.TemporaryDirectory(prefix="edge-demo-") if workdir is None else None
-    work = Path(tmp.name) if tmp else Path(workdir)
+    work = Path(tmp.name) if tmp is not None else Path(str(workdir))
     work.mkdir(parents=True, exist_ok=True)
     device_id = "demo-cam"
     try:

@@ -35,7 +35,7 @@ def make_clip(path: Path, photos: Path, analyzer: Any, seconds: float = 8.5, fps
               size: tuple[int, int] = (1280, 720)) -> list[dict]:
     """Write an mp4 of the demo actors; returns the actor schedule (who is listed, when visible)."""
     width, height = size
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), fps, (width, height))
     if not writer.isOpened():
         raise EdgeError(f"cannot write the demo clip {path} (OpenCV has no mp4v encoder?)")
     sprites, schedule = [], []

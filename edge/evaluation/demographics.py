@@ -11,7 +11,7 @@ score interval; with no false match at all the rate is not estimable at that thr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -87,9 +87,9 @@ def pair_counts(emb: np.ndarray, groups: Sequence[str], identities: Sequence[str
 def report_at(within: dict[str, Counts], across: Counts, index: int, threshold: float) -> dict:
     """The JSON report at thresholds[index]: per group within-group FMR (and FNMR where genuine pairs exist),
     the across-group FMR and the ratio of the highest to the lowest estimable within-group FMR."""
-    groups = {}
+    groups: dict[str, dict[str, Any]] = {}
     for name, c in within.items():
-        entry = {"faces": c.faces, "fmr": rate(c.false[index], c.pairs)}
+        entry: dict[str, Any] = {"faces": c.faces, "fmr": rate(c.false[index], c.pairs)}
         if c.genuine:
             entry["fnmr"] = {**rate(c.missed[index], c.genuine), "genuine_pairs": c.genuine}
         groups[name] = entry
@@ -142,10 +142,10 @@ def plot(path, within: dict[str, Counts], thresholds: Sequence[float], marks: Se
         ax2 = axes[0][1]
         for name in with_genuine:
             c = within[name]
-            f = np.asarray(c.false, np.float64) / max(c.pairs, 1)
-            m = np.asarray(c.missed, np.float64) / c.genuine
-            keep = f > 0
-            ax2.plot(f[keep], m[keep], label=name)
+            fmr = np.asarray(c.false, np.float64) / max(c.pairs, 1)
+            fnmr = np.asarray(c.missed, np.float64) / c.genuine
+            keep = fmr > 0
+            ax2.plot(fmr[keep], fnmr[keep], label=name)
         if any((np.asarray(within[n].false) > 0).any() for n in with_genuine):
             ax2.set_xscale("log")
         ax2.set_xlabel("FMR")

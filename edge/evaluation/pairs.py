@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -152,7 +152,7 @@ def eval_pairs(
     if not len(sims_a) or same_a.all() or not same_a.any():
         raise EdgeError(f"too few scorable pairs ({len(sims_a)} of {len(pairs)}; {failed} without a face) to evaluate")
     fold_arr = None if any(f is None for f in folds) else np.array(folds)
-    report = {"n_pairs": len(pairs), "n_failed_detect": failed, "n_images": len(paths),
+    report: dict[str, Any] = {"n_pairs": len(pairs), "n_failed_detect": failed, "n_images": len(paths),
               "n_images_no_face": sum(v is None for v in cache.values())}
     report.update(verification_report(sims_a, same_a, fold_arr))
     # Failed detections count as "different" decisions here: the figure a user of the whole pipeline sees.

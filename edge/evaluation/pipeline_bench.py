@@ -31,7 +31,7 @@ def _seal_synthetic(analyzer: Any, photos: Path, size: int, tmp: Path) -> tuple[
 
     enrollment = enroll([GalleryEntry(photos / n, n, label, "demo", None) for n, label in DEMO_GALLERY.items()],
                         analyzer)
-    arrays = {"vectors": np.stack(enrollment.vectors), "items": np.array(enrollment.item_subject)}
+    arrays: dict[str, Any] = {"vectors": np.stack(enrollment.vectors), "items": np.array(enrollment.item_subject)}
     if analyzer.fusion is not None:
         arrays["vectors2"] = np.stack(enrollment.vectors2)
     np.savez(tmp / "enrolled.npz", **arrays)

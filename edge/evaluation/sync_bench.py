@@ -23,7 +23,7 @@ import threading
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import IO, Any, Callable
 
 import numpy as np
 
@@ -77,7 +77,7 @@ class _Slots:
 
     def __init__(self, folder: Path, n: int) -> None:
         self.paths = [folder / f"slot-{i}" for i in range(n)]
-        self.fd = None
+        self.fd: IO[str] | None = None
 
     def __enter__(self) -> "_Slots":
         while True:
@@ -92,8 +92,10 @@ class _Slots:
             time.sleep(0.01)
 
     def __exit__(self, *exc: object) -> None:
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
-        self.fd.close()
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            self.fd.close()
+            self.fd = None
 
 
 def device_main(argv: list[str]) -> int:
@@ -163,7 +165,8 @@ def _retained_bytes(broker: LoopbackBroker, pki, window: int = 8, quiet: float =
     client.wait_connected(10)
 
     def drain(want: set[str]) -> dict[str, int]:
-        got, last = {}, time.monotonic()
+        got: dict[str, int] = {}
+        last = time.monotonic()
         while want - set(got) and time.monotonic() - last < quiet:
             try:
                 msg = client.inbox.get(timeout=0.1)
@@ -214,7 +217,7 @@ class _Lines:
             threading.Thread(target=self._read, args=(i, p), daemon=True).start()
 
     def _read(self, i: int, p: subprocess.Popen) -> None:
-        for line in p.stdout:
+        for line in p.stdout or ():
             self.q.put((i, line))
         self.q.put((i, None))
 
@@ -268,7 +271,7 @@ def run_sync_bench(devices: int, size: int, change: int = 500, parallel: int = 2
             fleet.add(d, keys.raw_public(device_keys[d].public_key()), [GROUP])
             keys.save_private_key(tmp / f"{d}.x25519", device_keys[d])
         recipients = {d: device_keys[d].public_key() for d in ids}
-        common = dict(watchlist_id="bench", group=GROUP, recipients=recipients, signing_key=operator,
+        common: dict[str, Any] = dict(watchlist_id="bench", group=GROUP, recipients=recipients, signing_key=operator,
                       embedder_id="bench", embedder_sha256="0" * 64, dim=128, n_items=size, n_subjects=size,
                       thresholds={"match": 0.6}, expires=datetime.now(timezone.utc) + timedelta(days=1))
         progress("sealing")
@@ -300,7 +303,7 @@ def run_sync_bench(devices: int, size: int, change: int = 500, parallel: int = 2
                                                   stdin=subprocess.DEVNULL))
             lines = _Lines(procs)
             try:
-                lines.wait(devices, lambda e: e.get("ready"), 120)
+                lines.wait(devices, lambda e: bool(e.get("ready")), 120)
                 progress("publishing the full v1")
                 t0 = time.time()
                 v1_messages = offer_messages(v1, source, 1, chunk_bytes=chunk_bytes, recipients=sorted(recipients))

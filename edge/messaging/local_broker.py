@@ -52,6 +52,8 @@ class LocalBroker:
 
     def _start_mosquitto(self) -> bool:
         self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        if self.binary is None:
+            return False
         self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
         if self._wait():

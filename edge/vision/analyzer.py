@@ -153,7 +153,7 @@ class FaceAnalyzer:
             landmarks = load_shape_predictor(lm.path)
         secondary = sec_info = fusion = None
         section = manifest.fusion
-        if landmarks is not None and _fuses(options, manifest, emb_info):
+        if section is not None and landmarks is not None and _fuses(options, manifest, emb_info):
             sec_info = manifest.get(section.get("secondary", ""), "embedder")
             secondary = FaceEmbedder(sec_info.load(RuntimeOptions(options.threads, options.backend)), flip=False)
             fusion = load_fusion(section, manifest.directory, sha256_file)

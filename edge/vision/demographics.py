@@ -6,6 +6,7 @@ functions shared by `edge watchlist seal`, the review console and `edge eval dem
 from __future__ import annotations
 
 import math
+from typing import Any
 
 #: Two-sided 95 % normal quantile.
 Z95 = 1.959964
@@ -25,7 +26,7 @@ def rate(k: int, n: int) -> dict:
         return {"rate": None, "low": None, "high": None, "count": 0, "pairs": 0, "estimable": False,
                 "note": "no pairs in this group"}
     low, high = wilson(k, n)
-    out = {"rate": float(f"{k / n:.4g}") if k else None, "low": float(f"{low:.4g}"), "high": float(f"{high:.4g}"),
+    out: dict[str, Any] = {"rate": float(f"{k / n:.4g}") if k else None, "low": float(f"{low:.4g}"), "high": float(f"{high:.4g}"),
            "count": k, "pairs": n, "estimable": k > 0}
     if not k:
         out["note"] = f"no false match in {n:,} pairs: too few to estimate at this threshold (95 % bound {high:.2g})"

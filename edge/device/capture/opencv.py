@@ -260,7 +260,7 @@ class OpenCVSource(SourceBase):
             ok, bgr, error = self._grab()
             if self._stop.is_set():
                 return None
-            if ok:
+            if ok and bgr is not None:
                 self._backoff = self.reconnect_min_s
                 return self._make_frame(to_rgb(bgr))
             if had_cap:
@@ -306,7 +306,7 @@ class OpenCVSource(SourceBase):
             ok, bgr, error = self._grab()
             if self._stop.is_set():
                 return None
-            if ok:
+            if ok and bgr is not None:
                 self._pass_frames += 1
                 return self._make_frame(to_rgb(bgr))
             if self._pass_frames == 0:
