@@ -35,8 +35,8 @@ def provision(state: Path, analyzer, device_id: str = DEVICE, install: bool = Tr
     """Device and operator keys under state/keys, and obama.jpg enrolled and sealed for the device; returns the
     bundle, which (install) is placed where WatchlistStore.start() finds it."""
     from edge.evaluation.calibration import scoring_tail
-    from edge.watchlist.build import GalleryEntry, enroll, payload_of
-    from edge.watchlist.bundle import seal
+    from edge.watchlist.operator.build import GalleryEntry, enroll, payload_of
+    from edge.watchlist.operator.seal import seal
     from edge.watchlist.payload import pack
 
     operator, device_key = keys.generate_operator_key(), keys.generate_device_key()
@@ -52,7 +52,7 @@ def provision(state: Path, analyzer, device_id: str = DEVICE, install: bool = Tr
                   thresholds={"match": thresholds["match"], "margin": 0.02},
                   expires=datetime.now(timezone.utc) + timedelta(days=1))
     if install:  # as the device's own store installs it: the bundle and its authenticated install record
-        from edge.watchlist.store import WatchlistStore
+        from edge.watchlist.device.store import WatchlistStore
 
         store = WatchlistStore(state, device_id, device_key, {keys.key_id(operator.public_key()): operator.public_key()},
                                analyzer.embedder_id, analyzer.embedder_info.sha256, lambda opened: True)

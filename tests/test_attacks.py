@@ -30,8 +30,8 @@ from edge.errors import DataError
 from edge.messaging.payloads import PayloadError, decode_watchlist_state, make_event
 from edge.messaging.sync import WatchlistSync, offer_messages
 from edge.messaging.topics import Topics, WatchlistTopics
-from edge.watchlist.bundle import seal
-from edge.watchlist.store import WatchlistStore
+from edge.watchlist.operator.seal import seal
+from edge.watchlist.device.store import WatchlistStore
 
 DEVICE = "cam-f"
 NOW = datetime.now(timezone.utc)
@@ -84,7 +84,7 @@ class Store:
         return self.install(Path(path).read_bytes())
 
     def install(self, data):
-        from edge.watchlist.store import InstallResult
+        from edge.watchlist.device.store import InstallResult
 
         self.installed.append(data)
         self.version = 7
@@ -228,7 +228,7 @@ def test_sync_survives_1000_hostile_offers_on_a_real_broker_then_installs(broker
 
 def _watchlist_payload(version):
     """A real (one-subject) watchlist payload, so that `watchlist verify` loads it."""
-    from edge.watchlist.build import make_payload
+    from edge.watchlist.operator.build import make_payload
     from edge.watchlist.payload import pack
 
     subject = {"id": f"v{version}-s0", "label": None, "category": None, "expires": None}
@@ -554,7 +554,7 @@ def test_row10_seal_refuses_a_corrupt_index_and_an_existing_out(build_dir, seal_
 
 @pytest.mark.parametrize("expires, message", [("not-a-date", "is not a date"), ("2001-01-01", "is in the past")])
 def test_row10_build_refuses_gallery_expiry_that_is_not_a_future_date(tmp_path, expires, message):
-    from edge.watchlist.build import read_gallery
+    from edge.watchlist.operator.build import read_gallery
 
     (tmp_path / "g.csv").write_text(f"path,identity,expires\nfaces/obama.jpg,obama,{expires}\n")
     with pytest.raises(DataError, match=message):
@@ -848,7 +848,7 @@ from edge.keys import TrustStore, generate_device_key, generate_operator_key
 from edge.messaging.payloads import encode_offer
 from edge.messaging.sync import WatchlistSync
 from edge.messaging.topics import Topics
-from edge.watchlist.store import WatchlistStore
+from edge.watchlist.device.store import WatchlistStore
 
 state, mib = Path(sys.argv[1]), int(sys.argv[2])
 class Transport:

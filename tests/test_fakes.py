@@ -150,7 +150,7 @@ class FakeStore:
         return self.install(Path(path).read_bytes())
 
     def install(self, data):
-        from edge.watchlist.store import InstallResult
+        from edge.watchlist.device.store import InstallResult
 
         if not self.accept:
             return InstallResult(False, "bad_signature", 2, "signature does not verify")

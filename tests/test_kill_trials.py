@@ -23,8 +23,9 @@ import pytest
 
 from edge import keys
 from edge.messaging.outbox import Outbox
-from edge.watchlist.bundle import open_bundle, seal
-from edge.watchlist.store import WatchlistStore
+from edge.watchlist.device.unseal import open_bundle
+from edge.watchlist.operator.seal import seal
+from edge.watchlist.device.store import WatchlistStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kill_child import EMBEDDER  # noqa: E402
@@ -173,7 +174,8 @@ def _chain(n_versions: int, seed: int):
     import numpy as np
 
     from edge.watchlist import delta as D
-    from edge.watchlist.build import make_payload
+    from edge.watchlist.operator.diff import diff
+    from edge.watchlist.operator.build import make_payload
     from edge.watchlist.payload import pack
 
     rng = np.random.default_rng(seed)
@@ -198,7 +200,7 @@ def _chain(n_versions: int, seed: int):
         if base is None:
             full = new
         else:
-            deltas[version] = D.diff(base, new)
+            deltas[version] = diff(base, new)
             full = D.apply(base, deltas[version])
         fulls[version] = pack(full)
         base = full

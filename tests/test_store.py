@@ -13,8 +13,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from edge.keys import TrustStore, generate_device_key, generate_operator_key
-from edge.watchlist.bundle import seal
-from edge.watchlist.store import InstallResult, WatchlistStore
+from edge.watchlist.operator.seal import seal
+from edge.watchlist.device.store import InstallResult, WatchlistStore
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=timezone.utc)
 EXPIRES = NOW + timedelta(days=30)

@@ -13,11 +13,13 @@ import pytest
 from edge.canonical import canonical_json
 from edge.keys import TrustStore, generate_device_key, generate_operator_key
 from edge.watchlist import delta as D
-from edge.watchlist.bundle import LOCAL_MAGIC, MAGIC, seal, sign_wipe
-from edge.watchlist.build import make_payload
-from edge.watchlist.index import Watchlist
+from edge.watchlist.operator.diff import diff
+from edge.watchlist.frame import LOCAL_MAGIC, MAGIC
+from edge.watchlist.operator.seal import seal, sign_wipe
+from edge.watchlist.operator.build import make_payload
+from edge.watchlist.device.matcher import Watchlist
 from edge.watchlist.payload import SUBJECT_FIELDS, content_sha256, pack, unpack
-from edge.watchlist.store import WatchlistStore
+from edge.watchlist.device.store import WatchlistStore
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=timezone.utc)
 EMBEDDER = ("dlib_resnet_v1_int8", hashlib.sha256(b"embedder").hexdigest())
@@ -74,7 +76,7 @@ def full_bundle(keys, version, packed, group=None, **overrides):
 def delta_bundle(keys, version, base_version, base_packed, new_packed, group=None, **overrides):
     """(delta bundle, the full packed payload it makes), the way `edge watchlist seal --base` makes them."""
     base = unpack(base_packed)
-    delta = D.diff(base, unpack(new_packed))
+    delta = diff(base, unpack(new_packed))
     full = pack(D.apply(base, delta))
     overrides = dict(dict(base={"version": base_version, "content_sha256": delta.base_content_sha256},
                           content=content_sha256(full)), **overrides)
@@ -172,7 +174,7 @@ def test_a_restart_serves_v2_from_the_local_bundle_and_takes_the_next_delta(keys
 def test_a_delta_on_another_version_is_base_missing_and_changes_nothing(keys, on_v1, contents):
     store, state = on_v1
     before, live_before = files(state), store.current()
-    full_v2 = pack(D.apply(unpack(contents["v1"]), D.diff(unpack(contents["v1"]), unpack(contents["v2"]))))
+    full_v2 = pack(D.apply(unpack(contents["v1"]), diff(unpack(contents["v1"]), unpack(contents["v2"]))))
     data, _ = delta_bundle(keys, 3, 2, full_v2, contents["v3"])
     result = store.install(data, now=NOW)
     assert (result.ok, result.reason, result.version) == (False, "base_missing", 3)

@@ -13,11 +13,11 @@ from edge.cli import main
 from edge.messaging.mqtt import MqttClient
 from edge.messaging.sync import WatchlistSync, offer_messages
 from edge.messaging.topics import Topics
-from edge.watchlist.build import make_payload
-from edge.watchlist.bundle import seal
-from edge.watchlist.index import Watchlist
+from edge.watchlist.operator.build import make_payload
+from edge.watchlist.operator.seal import seal
+from edge.watchlist.device.matcher import Watchlist
 from edge.watchlist.payload import pack
-from edge.watchlist.store import WatchlistStore
+from edge.watchlist.device.store import WatchlistStore
 
 DEVICE = "cam-a"
 TOPICS = Topics(DEVICE)

@@ -50,11 +50,11 @@ def run_demo(analyzer: Any, photos: Path, workdir: Path | None = None, video: Pa
     from edge.durable import private_dir
     from edge.messaging.payloads import encode_status, encode_watchlist_state
     from edge.messaging.topics import operator_filter
-    from edge.watchlist.build import GalleryEntry, enroll, payload_of, write_build
-    from edge.watchlist.bundle import seal
+    from edge.watchlist.operator.build import GalleryEntry, enroll, payload_of, write_build
+    from edge.watchlist.operator.seal import seal
     from edge.watchlist.payload import pack
-    from edge.watchlist.references import ReferenceSpool
-    from edge.watchlist.store import WatchlistStore
+    from edge.watchlist.operator.references import ReferenceSpool
+    from edge.watchlist.device.store import WatchlistStore
 
     tmp = tempfile.TemporaryDirectory(prefix="edge-demo-") if workdir is None else None
     work = Path(tmp.name) if tmp else Path(workdir)
@@ -244,7 +244,7 @@ def serve_console(work: Path, names: dict, print_fn: Callable[[str], None], list
     from edge.operator.accounts import Accounts
     from edge.operator.console import create_app, server
     from edge.operator.event_store import EventStore
-    from edge.watchlist.references import References
+    from edge.watchlist.operator.references import References
 
     host, _, port_text = listen.rpartition(":")
     port = int(port_text)

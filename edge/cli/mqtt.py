@@ -247,7 +247,8 @@ def cmd_events_consume(args: argparse.Namespace) -> int:
 
 
 def _read_bundle(path: Path, trust, kind: str) -> tuple[bytes, dict]:
-    from edge.watchlist.bundle import MAX_BUNDLE_BYTES, BundleError, verify_bundle
+    from edge.watchlist.device.verify import verify_bundle
+    from edge.watchlist.frame import MAX_BUNDLE_BYTES, BundleError
 
     try:
         if path.stat().st_size > MAX_BUNDLE_BYTES:

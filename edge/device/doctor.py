@@ -237,8 +237,9 @@ def check_watchlist(config: Any) -> str:
 
 
 def check_clock(config: Any | None = None, now: datetime | None = None) -> str:
-    from edge.watchlist.bundle import parse_time, peek_manifest
-    from edge.watchlist.store import INSTALLED
+    from edge.watchlist.frame import peek_manifest
+    from edge.watchlist.manifest import parse_time
+    from edge.watchlist.device.store import INSTALLED
 
     now = now or datetime.now(timezone.utc)
     shown = now.strftime("%Y-%m-%dT%H:%M:%SZ")

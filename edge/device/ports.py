@@ -50,7 +50,7 @@ class Analyzer(Protocol):
 
 
 class Matcher(Protocol):
-    """A loaded watchlist (`edge.watchlist.index.Watchlist`): read-only, shared by threads."""
+    """A loaded watchlist (`edge.watchlist.device.matcher.Watchlist`): read-only, shared by threads."""
 
     def match(self, embedding: np.ndarray, *, embedding2: np.ndarray | None = None) -> Match:
         """The evidence for one probe (a unit vector; embedding2: its fused second embedding, or None)."""
@@ -58,7 +58,7 @@ class Matcher(Protocol):
 
 
 class InstalledWatchlist(Protocol):
-    """The device's installed watchlist as the running device uses it (`edge.watchlist.store.WatchlistStore`)."""
+    """The device's installed watchlist as the running device uses it (`edge.watchlist.device.store.WatchlistStore`)."""
 
     def start(self) -> None:
         """(Re-)load the persisted bundle from disk, re-verifying it; never raises for a bad or missing file."""

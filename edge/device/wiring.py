@@ -38,9 +38,9 @@ if TYPE_CHECKING:  # hints only: each builder imports its module when it runs (p
     from edge.messaging.outbox import Outbox
     from edge.messaging.sync import WatchlistSync
     from edge.messaging.topics import Topics
-    from edge.watchlist.bundle import OpenedBundle
-    from edge.watchlist.index import Watchlist
-    from edge.watchlist.store import WatchlistStore
+    from edge.watchlist.frame import OpenedBundle
+    from edge.watchlist.device.matcher import Watchlist
+    from edge.watchlist.device.store import WatchlistStore
 
 log = logging.getLogger("edge.device.wiring")
 T = TypeVar("T")
@@ -114,7 +114,7 @@ def load_trust(trusted: Path | list[Path]) -> keys.TrustStore:
 
 def watchlist_loader(bundle: OpenedBundle) -> Watchlist:
     """A verified, opened bundle → the live `Watchlist` (the store's loader on every device)."""
-    from edge.watchlist.index import Watchlist
+    from edge.watchlist.device.matcher import Watchlist
 
     return Watchlist.from_payload(bundle.payload, bundle.manifest["thresholds"], bundle.manifest)
 
@@ -123,7 +123,7 @@ def watchlist_store(c: Config, embedder_id: str, embedder_sha256: str,
                     loader: Callable[[OpenedBundle], T]) -> WatchlistStore[T]:
     """The device's started `WatchlistStore`: the installed bundle verified, then made the live object by `loader`
     (`watchlist_loader` on a running device; `edge doctor`'s only verifies)."""
-    from edge.watchlist.store import WatchlistStore
+    from edge.watchlist.device.store import WatchlistStore
 
     w = c.watchlist
     if w.device_key is None or w.trusted_keys is None:  # never: the Config fills both in under device.state_dir

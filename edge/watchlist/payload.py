@@ -110,7 +110,7 @@ def split_templates(templates: Any, n: int, dim: int, copy: bool = True) -> tupl
 
 
 _CONTENT_DOMAIN = b"edge-wl-content/1\x00"
-#: Domain of the content hash of a plaintext that is not a watchlist payload (`edge.watchlist.bundle.content_of`).
+#: Domain of the content hash of a plaintext that is not a watchlist payload (`edge.watchlist.frame.content_of`).
 OPAQUE_DOMAIN = b"edge-wl-opaque/1\x00"
 
 

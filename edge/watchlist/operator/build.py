@@ -24,10 +24,10 @@ from edge.errors import DataError, EdgeError
 from edge.tables import read_csv
 from edge.imageio import read_image
 from edge.vision.quality import ENROLLMENT_LIMITS, QualityThresholds, SubjectRule, assess, subject_face
-from edge.watchlist.index import build_index
+from edge.watchlist.index import index_for
 from edge.canonical import canonical_json
-from edge.watchlist.references import ReferenceSpool
-from edge.watchlist.payload import Payload, quantize_templates, split_templates, subject_columns, template_dim
+from edge.watchlist.operator.references import ReferenceSpool
+from edge.watchlist.payload import Payload, quantize_templates, subject_columns
 
 #: Annoy trees: chosen from `edge watchlist bench` at 300,000 fused templates (8 trees: recall@1 vs exact 99.97 %, query
 #: p99 1.16 ms, device RSS 293 MiB; 16 trees: 99.96 %, 1.20 ms, 300 MiB — README).
@@ -157,12 +157,6 @@ def fit_pca(vectors: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
     return mean.astype(np.float32), comp.astype(np.float32)
 
 
-def project(vectors: np.ndarray, mean: np.ndarray, components: np.ndarray) -> np.ndarray:
-    """PCA projection of (N, D) or (D,) vectors, rows re-normalised to unit length (Annoy's angular metric)."""
-    p = (np.asarray(vectors, np.float32) - mean) @ components.T
-    return p / np.maximum(np.linalg.norm(p, axis=-1, keepdims=True), 1e-12)
-
-
 def make_payload(vectors: np.ndarray, item_subject: list[int], subjects: list[dict], n_trees: int = DEFAULT_TREES,
                  thresholds: dict | None = None, stage1_dim: int = STAGE1_DIM, vectors2: np.ndarray | None = None,
                  fusion: dict | None = None) -> Payload:
@@ -184,19 +178,6 @@ def make_payload(vectors: np.ndarray, item_subject: list[int], subjects: list[di
         rows = np.concatenate([vectors, np.asarray(vectors2, np.float32)], axis=1)
     templates = quantize_templates(rows)
     return Payload(index_for(meta, templates), meta, templates)
-
-
-def index_for(meta: dict, templates: bytes) -> bytes:
-    """The Annoy shortlist index of a payload's content, built from its int8 templates (the primary embedding's
-    columns, projected by `meta["stage1"]` when present) with one thread and a fixed seed, so that the operator's
-    full build and a device applying a delta build the same index from the same content."""
-    n, dim = len(meta["items"]), int(meta["dim"])
-    q, scale = split_templates(templates, n, template_dim(meta))
-    vectors = q[:, :dim].astype(np.float32) * scale[:, None]
-    stage1 = meta.get("stage1")
-    if stage1:
-        vectors = project(vectors, np.array(stage1["mean"], np.float32), np.array(stage1["components"], np.float32))
-    return build_index(vectors, int(meta["n_trees"]))
 
 
 def payload_of(enrollment: "Enrollment", fusion: dict | None, n_trees: int = DEFAULT_TREES) -> Payload:

@@ -1,6 +1,6 @@
 """The device's install record: the highest watchlist version it accepted and that version's content hash (or
 "wiped"), MAC'd with a key derived from the device key, so a rollback of installed.bundle while the service is
-stopped is caught at start (`edge.watchlist.store`), and the rule for what may be installed over it."""
+stopped is caught at start (`edge.watchlist.device.store`), and the rule for what may be installed over it."""
 
 from __future__ import annotations
 

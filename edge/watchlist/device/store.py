@@ -32,11 +32,14 @@ from typing import Any, Callable, Generic, Mapping, TypeVar, Union
 
 from edge.durable import atomic_write, move_into_place, private_dir
 from edge.keys import PrivateKey, PublicKey, TrustStore
-from edge.watchlist.bundle import (BundleError, OpenedBundle, open_bundle, open_bundle_file, parse_time,
-                                   peek_manifest, seal_local, verify_wipe)
+from edge.watchlist.device.local import seal_local
+from edge.watchlist.device.unseal import open_bundle, open_bundle_file
+from edge.watchlist.device.verify import verify_wipe
+from edge.watchlist.frame import BundleError, OpenedBundle, peek_manifest
+from edge.watchlist.manifest import parse_time
 from edge.watchlist.delta import DeltaError, WrongBase, apply_bytes
 from edge.watchlist.payload import PayloadError, content_sha256
-from edge.watchlist.record import RECORD, WIPED, InstallRecord, RecordError, record_conflict  # noqa: F401
+from edge.watchlist.device.record import RECORD, WIPED, InstallRecord, RecordError, record_conflict  # noqa: F401
 
 log = logging.getLogger(__name__)
 
