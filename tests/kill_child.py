@@ -23,7 +23,7 @@ def install(state: Path, keys_dir: Path, bundle: Path) -> None:
                            lambda opened: opened.payload)
     store.start()
     data = bundle.read_bytes()
-    print("READY", store.state()["version"], flush=True)
+    print("READY", store.state().version, flush=True)
     result = store.install(data)
     print("DONE", result.reason, result.version, flush=True)
 

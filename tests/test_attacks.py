@@ -28,7 +28,8 @@ from edge.audit_seal import Sealer, new_keys
 from edge.cli import main
 from edge.errors import DataError
 from edge.messaging.payloads import PayloadError, decode_watchlist_state, make_event
-from edge.messaging.sync import WatchlistSync, offer_messages
+from edge.messaging.offers import offer_messages
+from edge.messaging.sync import WatchlistSync
 from edge.messaging.topics import Topics, WatchlistTopics
 from edge.watchlist.operator.seal import seal
 from edge.watchlist.device.store import WatchlistStore
@@ -76,7 +77,9 @@ class Store:
         return None, ({"version": self.version} if self.version else None)
 
     def state(self):
-        return {"version": self.version, "state": "ok" if self.version else "none"}
+        from edge.install_state import InstalledState
+
+        return InstalledState("ok" if self.version else "none", self.version)
 
     def install_file(self, path):
         from pathlib import Path
@@ -84,7 +87,7 @@ class Store:
         return self.install(Path(path).read_bytes())
 
     def install(self, data):
-        from edge.watchlist.device.store import InstallResult
+        from edge.install_state import InstallResult
 
         self.installed.append(data)
         self.version = 7
@@ -219,7 +222,7 @@ def test_sync_survives_1000_hostile_offers_on_a_real_broker_then_installs(broker
         dev.run_until(lambda d: d.sync.stats.malformed + d.sync.stats.offers >= 1, timeout=20)
         publish(broker, offer_messages(make_bundle(crypto, 3), "cam-a", 3, chunk_bytes=8192))
         dev.run_until(lambda d: d.version() == 3, timeout=30)
-        assert dev.store.state()["state"] == "ok"
+        assert dev.store.state().state == "ok"
     finally:
         dev.stop()
 
@@ -262,7 +265,7 @@ def test_row2_an_older_bundle_swapped_in_while_stopped_is_refused_at_start(insta
     state, operator, device, v2, v3 = installed_v3
     (state / "installed.bundle").write_bytes(v2)  # the attacker, while the service is stopped
     store = _store(state, operator, device)
-    s = store.state()
+    s = store.state().to_dict()
     assert s["state"] == "none" and s["last_rejection"]["reason"] == "rollback"
     assert "older than v3" in s["last_rejection"]["message"] and store.current() == (None, None)
     assert store.install(v2).reason == "rollback"  # and the floor holds for installs
@@ -277,7 +280,7 @@ def test_row2_the_install_record_cannot_be_removed_or_edited_to_allow_a_rollback
     state, operator, device, v2, _ = installed_v3
     (state / "installed.bundle").write_bytes(v2)
     tamper(state / "installed.version")
-    s = _store(state, operator, device).state()
+    s = _store(state, operator, device).state().to_dict()
     assert s["state"] == "none" and s["last_rejection"]["reason"] == reason
 
 

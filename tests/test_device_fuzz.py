@@ -37,7 +37,9 @@ class FakeStore:
         raise AssertionError("a malformed offer must never reach install")
 
     def state(self):
-        return {"version": 4, "state": "ok"}
+        from edge.install_state import InstalledState
+
+        return InstalledState("ok", 4)
 
 
 class Recorder:

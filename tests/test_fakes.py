@@ -10,7 +10,8 @@ from edge.device.pipeline import MatchContext, Pipeline
 from edge.device.policy import DecisionPolicy, PolicyConfig
 from edge.device.track import Tracker
 from edge.messaging.payloads import decode_watchlist_state, encode_offer
-from edge.messaging.sync import WatchlistSync, offer_messages
+from edge.messaging.offers import offer_messages
+from edge.messaging.sync import WatchlistSync
 from edge.messaging.topics import Topics
 from edge.types import Candidate, Detection, Frame, MatchResult, PendingEvent
 from edge.vision.quality import QualityThresholds
@@ -142,7 +143,9 @@ class FakeStore:
         return (None, {"version": self.version} if self.version else None)
 
     def state(self):
-        return {"version": self.version, "state": "ok" if self.version else "none"}
+        from edge.install_state import InstalledState
+
+        return InstalledState("ok" if self.version else "none", self.version)
 
     def install_file(self, path):
         from pathlib import Path
@@ -150,7 +153,7 @@ class FakeStore:
         return self.install(Path(path).read_bytes())
 
     def install(self, data):
-        from edge.watchlist.device.store import InstallResult
+        from edge.install_state import InstallResult
 
         if not self.accept:
             return InstallResult(False, "bad_signature", 2, "signature does not verify")

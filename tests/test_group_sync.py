@@ -231,7 +231,7 @@ def test_one_group_payload_deltas_catch_up_and_wipe(broker, crypto, tmp_path, ca
         keys.save_private_key(signing, crypto["operator"])
         cli(broker, capsys, "fleet", "wipe", "--group", GROUP, "--upto", "3", "--signing-key", str(signing))
         members = [d for d in online if d.id != "cam-d"]
-        run_until(members, lambda: all(d.store.state()["state"] == "wiped" for d in members))
+        run_until(members, lambda: all(d.store.state().state == "wiped" for d in members))
         for d in members:
             assert not (tmp_path / d.id / "installed.bundle").exists() and d.store.current() == (None, None)
         status = cli(broker, capsys, "fleet", "status", "--fleet", str(tmp_path / "fleet.json"), "--wait", "2")
@@ -247,7 +247,7 @@ def test_one_group_payload_deltas_catch_up_and_wipe(broker, crypto, tmp_path, ca
         run_until([restarted], lambda: restarted.sync.stats.offers >= 1)
         time.sleep(0.3)
         restarted.pump()
-        assert restarted.version() == 4 and restarted.store.state()["last_rejection"]["reason"] == "replayed_wipe"
+        assert restarted.version() == 4 and restarted.store.state().last_rejection.reason == "replayed_wipe"
     finally:
         for d in online:
             d.stop()

@@ -116,8 +116,8 @@ def test_sigkill_during_watchlist_install_leaves_old_or_new(tmp_path):
             problems.append(f"serves version {version}, expected {installed} or {target}")
         elif live != bundles[version][1] or on_disk != bundles[version][0]:
             problems.append(f"v{version}: live payload or installed.bundle differs from the v{version} bundle")
-        if store.state()["last_rejection"] is not None:
-            problems.append(f"start() rejected the installed file: {store.state()['last_rejection']}")
+        if store.state().last_rejection is not None:
+            problems.append(f"start() rejected the installed file: {store.state().last_rejection}")
         try:
             open_bundle(on_disk, device, trust, expected_device_id="cam-k")
         except Exception as exc:  # noqa: BLE001 - recorded as a corrupt install
@@ -250,8 +250,8 @@ def test_sigkill_during_delta_install_leaves_old_or_new(tmp_path):
             problems.append(f"serves version {version}, expected {installed} or {target}")
         elif live != fulls[version]:
             problems.append(f"v{version}: the live payload is not the full content of v{version}")
-        if store.state()["last_rejection"] is not None:
-            problems.append(f"start() rejected the installed file: {store.state()['last_rejection']}")
+        if store.state().last_rejection is not None:
+            problems.append(f"start() rejected the installed file: {store.state().last_rejection}")
         leftovers = sorted(p.name for p in state.iterdir() if p.name not in ("installed.bundle", "installed.version"))
         if leftovers:
             problems.append(f"files left after start(): {leftovers}")

@@ -140,7 +140,7 @@ def test_a_delta_on_v1_installs_the_full_v2_content(keys, on_v2_by_delta, conten
     first_d = d.meta["items"].index(d.meta["subjects"]["id"].index("d"))
     q = np.frombuffer(d.templates, np.int8, DIM, offset=first_d * DIM).astype(np.float32)
     assert watchlist.match(q / np.linalg.norm(q)).top.subject_id == "d"
-    assert store.state(now=NOW)["version"] == 2 and store.read_record() == (2, content_sha256(full_v2))
+    assert store.state(now=NOW).version == 2 and store.read_record() == (2, content_sha256(full_v2))
 
 
 def test_the_delta_result_is_kept_as_a_private_local_bundle_without_plaintext(on_v2_by_delta, contents):
@@ -161,7 +161,7 @@ def test_a_restart_serves_v2_from_the_local_bundle_and_takes_the_next_delta(keys
     restarted = new_store(keys, state)
     restarted.start(now=NOW)
     assert live_payload(restarted) == full_v2
-    assert restarted.state(now=NOW) == {"version": 2, "watchlist_id": "wl", "state": "ok",
+    assert restarted.state(now=NOW).to_dict() == {"version": 2, "watchlist_id": "wl", "state": "ok",
                                         "expires": "2025-07-01T12:00:00Z", "last_rejection": None,
                                         "n_items": 7, "n_subjects": 3, "sealed_for": {"match": 0.9}}
     data, full_v3 = delta_bundle(keys, 3, 2, full_v2, contents["v3"])  # a delta on the rebuilt v2
@@ -180,7 +180,7 @@ def test_a_delta_on_another_version_is_base_missing_and_changes_nothing(keys, on
     assert (result.ok, result.reason, result.version) == (False, "base_missing", 3)
     assert "it is a delta on v2 and this device holds v1" in result.message
     assert files(state) == before and store.current() == live_before
-    assert store.state(now=NOW)["last_rejection"]["reason"] == "base_missing"
+    assert store.state(now=NOW).last_rejection.reason == "base_missing"
     # The sync's fallback: the full version installs.
     result = store.install(full_bundle(keys, 3, contents["v3"]), now=NOW)
     assert (result.ok, result.reason) == (True, "installed")
@@ -244,7 +244,7 @@ def test_a_tampered_local_bundle_is_refused_at_start(keys, on_v2_by_delta, where
     restarted = new_store(keys, state)
     restarted.start(now=NOW)
     assert restarted.current() == (None, None)
-    assert restarted.state(now=NOW)["last_rejection"]["reason"] == reason
+    assert restarted.state(now=NOW).last_rejection.reason == reason
     assert restarted.floor == 2  # the version it claims stays the rollback floor
     # The operator re-sends v2 (the full bundle): the device is repaired.
     result = restarted.install(full_bundle(keys, 2, full_v2), now=NOW)
@@ -260,7 +260,7 @@ def test_a_device_wipe_drops_memory_and_disk_and_sets_the_floor(keys, on_v2_by_d
     assert (result.ok, result.reason, result.version) == (True, "wiped", 2)
     assert store.current() == (None, None)
     assert not (state / "installed.bundle").exists() and sorted(files(state)) == ["installed.version"]
-    assert store.state(now=NOW)["state"] == "wiped" and store.read_record() == (2, "wiped")
+    assert store.state(now=NOW).state == "wiped" and store.read_record() == (2, "wiped")
     assert CANARY.encode() not in (state / "installed.version").read_bytes()
     # Versions up to the wiped one never come back; a newer one installs.
     assert store.install(full_bundle(keys, 1, contents["v1"]), now=NOW).reason == "rollback"
@@ -269,7 +269,7 @@ def test_a_device_wipe_drops_memory_and_disk_and_sets_the_floor(keys, on_v2_by_d
     assert store.current() == (None, None) and not (state / "installed.bundle").exists()
     result = store.install(full_bundle(keys, 3, contents["v3"]), now=NOW)
     assert (result.ok, result.reason) == (True, "installed")
-    assert live_payload(store) == contents["v3"] and store.state(now=NOW)["state"] == "ok"
+    assert live_payload(store) == contents["v3"] and store.state(now=NOW).state == "ok"
 
 
 def test_a_wipe_beyond_the_installed_version_raises_the_floor(keys, on_v1, contents):
@@ -289,7 +289,7 @@ def test_a_replayed_wipe_after_a_newer_install_changes_nothing(keys, on_v1, cont
     before, live = files(state), store.current()
     result = store.wipe(wipe, now=NOW)
     assert (result.ok, result.reason) == (False, "replayed_wipe")
-    assert files(state) == before and store.current() == live and store.state(now=NOW)["state"] == "ok"
+    assert files(state) == before and store.current() == live and store.state(now=NOW).state == "ok"
 
 
 def test_a_replayed_wipe_while_wiped_is_refused(keys, on_v1):
@@ -320,7 +320,7 @@ def test_an_unsigned_or_foreign_wipe_is_refused_and_changes_nothing(keys, on_v2_
     result = store.wipe(data, now=NOW)
     assert (result.ok, result.reason) == (False, reason)
     assert files(state) == before and live_payload(store) == full_v2
-    assert store.state(now=NOW)["state"] == "ok" and store.floor == 2
+    assert store.state(now=NOW).state == "ok" and store.floor == 2
 
 
 def test_a_group_wipe_applies_only_to_a_list_from_that_group(keys, tmp_path, contents):
@@ -354,7 +354,7 @@ def test_the_floor_survives_a_restart_after_a_wipe(keys, on_v2_by_delta, content
     restarted.start(now=NOW)
     assert not (state / "installed.bundle").exists() and restarted.read_record() == (2, "wiped")
     assert restarted.current() == (None, None) and restarted.floor == 2
-    assert restarted.state(now=NOW)["state"] == "wiped"
+    assert restarted.state(now=NOW).state == "wiped"
     assert restarted.install(full_bundle(keys, 1, contents["v1"]), now=NOW).reason == "rollback"
     assert restarted.install(full_bundle(keys, 2, full_v2), now=NOW).reason == "same_version_different_content"
     assert restarted.wipe(sign_wipe(keys["operator"], "device:cam1", 2, issued=NOW), now=NOW).reason == \

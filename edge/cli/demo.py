@@ -162,7 +162,7 @@ def run_demo(analyzer: Any, photos: Path, workdir: Path | None = None, video: Pa
 
             def heartbeat() -> None:  # what a device's control loop publishes (retained), every second here
                 status = {**health.snapshot(), "reported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                          "watchlist": store.state(), "outbox_depth": outbox.depth()}
+                          "watchlist": store.state().to_dict(), "outbox_depth": outbox.depth()}
                 status["gauges"] = {**status["gauges"], "outbox_depth": outbox.depth()}
                 dev_client.publish(topics.status, encode_status("online", status), 1, True)
 

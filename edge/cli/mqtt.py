@@ -283,7 +283,7 @@ def _current_offers(args: argparse.Namespace, source) -> list:
 
 def cmd_watchlist_publish(args: argparse.Namespace) -> int:
     from edge import keys
-    from edge.messaging.sync import clear_messages, offer_messages
+    from edge.messaging.offers import clear_messages, offer_messages
     from edge.messaging.topics import TopicError, WatchlistTopics
 
     trust = keys.TrustStore([keys.load_public_key(p, "operator") for p in args.operator_key])

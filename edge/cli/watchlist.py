@@ -159,7 +159,8 @@ def cmd_watchlist_verify(args: argparse.Namespace) -> int:
 
 def _against_install_record(args: argparse.Namespace, opened: Any, device: Any, result: dict) -> None:
     """--state-dir: the bundle against that device's authenticated install record (no rollback, no swap)."""
-    from edge.watchlist.device.record import RecordError, record_conflict
+    from edge.watchlist.device.policy import record_conflict
+    from edge.watchlist.device.record import RecordError
     from edge.watchlist.device.store import WatchlistStore
 
     store = WatchlistStore(args.state_dir, result["device_id"], device, {}, "", "", lambda b: b)

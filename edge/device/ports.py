@@ -11,6 +11,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
+from edge.install_state import InstalledState
 from edge.types import Decision, Detection, Face, Frame, Match
 
 
@@ -68,8 +69,8 @@ class InstalledWatchlist(Protocol):
         """The live watchlist and its manifest, or (None, None) when none is served."""
         ...
 
-    def state(self) -> dict[str, Any]:
-        """For status and audit: "state" ("ok", "stale", "none" or "wiped"), "version", "watchlist_id", "expires"…"""
+    def state(self) -> InstalledState:
+        """For status and audit: what is served (ok, stale, none or wiped), the version, its expiry…"""
         ...
 
 

@@ -131,7 +131,8 @@ def check_install_record(config: Any) -> str:
     from edge import keys
     from edge.device.doctor import need
     from edge.watchlist.frame import BundleError, peek_manifest
-    from edge.watchlist.device.record import RECORD, WIPED, InstallRecord, RecordError, record_conflict
+    from edge.watchlist.device.policy import WIPED, record_conflict
+    from edge.watchlist.device.record import RECORD, InstallRecord, RecordError
     from edge.watchlist.device.store import INSTALLED
 
     state = _state(config)

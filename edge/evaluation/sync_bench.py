@@ -246,7 +246,7 @@ def run_sync_bench(devices: int, size: int, change: int = 500, parallel: int = 2
     from edge import keys
     from edge.messaging.mqtt import MqttClient, MqttSettings
     from edge.messaging.payloads import parse_offer
-    from edge.messaging.sync import clear_messages, offer_messages
+    from edge.messaging.offers import clear_messages, offer_messages
     from edge.operator.fleet import Fleet, acl_text
     from edge.watchlist.operator.seal import seal
     from edge.watchlist.payload import content_sha256

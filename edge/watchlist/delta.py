@@ -6,8 +6,8 @@ A delta from base content B to new content N lists the subject ids removed, the 
 templates), the subjects whose metadata changed (label, category, expiry), and the new payload thresholds. Applying
 it to B gives, deterministically: B's subjects minus the removed ones, in B's order, with the updates applied, then
 the added ones in N's order; the items (templates) follow their subjects in the same order; B's stage-1 projection
-and Annoy settings are kept and the index is rebuilt from the templates (`edge.watchlist.index.index_for`). A subject whose
-templates changed is removed and added again. The operator seals the result's content hash in the signed
+and Annoy settings are kept and the index is rebuilt from the templates (`edge.watchlist.index.index_for`). A
+subject whose templates changed is removed and added again. The operator seals the result's content hash in the signed
 manifest, so a device proves it rebuilt exactly the content a full bundle of that version carries.
 
 Layout: b"EWLDLT1\\n" | u64 BE header length | canonical JSON header | u64 BE added-templates length | templates

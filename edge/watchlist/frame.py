@@ -40,6 +40,7 @@ from typing import Any, Mapping, Union
 
 from edge.canonical import canonical_json
 from edge.errors import EdgeError
+from edge.install_state import InstallReason
 from edge.watchlist import manifest as M
 from edge.watchlist.payload import OPAQUE_DOMAIN, MappedPayload, PayloadError, content_sha256
 
@@ -63,7 +64,8 @@ Plaintext = Union[bytes, MappedPayload]
 
 
 class BundleError(EdgeError):
-    """A bundle was refused. `reason` is a stable short code; `str(err)` names the cause for a person.
+    """A bundle was refused. `reason` is a stable short code (an `InstallReason`); `str(err)` names the cause for a
+    person.
 
     Codes: bad_magic, truncated, oversized, bad_signature, unknown_key, malformed_manifest, unsupported_format,
     not_recipient, expired, payload_mismatch, unwrap_failed, decrypt_failed, content_mismatch, bad_wipe.
@@ -71,7 +73,7 @@ class BundleError(EdgeError):
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
-        self.reason = reason
+        self.reason = InstallReason(reason)
 
 
 @dataclass(frozen=True)

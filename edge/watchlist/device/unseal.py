@@ -26,6 +26,9 @@ from edge.watchlist.frame import (LOCAL_MAGIC, MAX_BUNDLE_BYTES, MAX_HEADER_BYTE
                                   binding_hash, check_content, keywrap_info, split)
 from edge.watchlist.payload import PayloadError, PayloadSink
 
+#: A device's private key: X25519, the key its bundles' content keys are wrapped to.
+DeviceKey = X25519PrivateKey
+
 
 def unwrap_content_key(manifest: Mapping[str, Any], device_id: str, device_private: X25519PrivateKey) -> bytes:
     """The content key from `device_id`'s wrap in a validated manifest, or BundleError not_recipient/unwrap_failed."""
