@@ -109,7 +109,7 @@ class WatchlistSync:
         self.set_aside: dict[tuple[str, int, str], float] = {}  # offers given up on → when they may be tried again
         self._progress = self.clock()
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="edge-install") if background else None
-        self._pending: tuple[Future, Callable[[Any], None]] | None = None
+        self._pending: tuple[Future[Any], Callable[[Any], None]] | None = None
 
     @property
     def busy(self) -> bool:
@@ -191,7 +191,8 @@ class WatchlistSync:
                 self.offers[(source.audience, offer.base is not None)] = (source, offer)
                 self._choose()
             elif parsed.kind in ("watchlist_chunk", "watchlist_delta_chunk"):
-                self._on_chunk(source, parsed.kind == "watchlist_delta_chunk", *parsed.extra, payload)
+                version, n = parsed.extra
+                self._on_chunk(source, parsed.kind == "watchlist_delta_chunk", version, n, payload)
             elif parsed.kind == "watchlist_wipe":
                 if payload:
                     self._on_wipe(payload)
@@ -253,6 +254,8 @@ class WatchlistSync:
     def _request_more(self) -> None:
         """Subscribe to the next missing chunks, keeping at most `window` outstanding."""
         d = self.download
+        if d is None:
+            return
         for n in sorted(d.missing - d.requested):
             if len(d.requested) >= self.window:
                 break

@@ -51,7 +51,7 @@ class Delta:
     base_content_sha256: str
     removed: list[str]
     updated: dict[str, dict[str, Any]]
-    added: dict[str, list]
+    added: dict[str, list[Any]]
     added_items: list[int]
     templates: bytes
     thresholds: dict[str, Any]

@@ -9,9 +9,10 @@ Payloads without templates (format v1) rank by Annoy's own exact distance, as be
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
+import numpy.typing as npt
 
 from edge.errors import EdgeError
 from edge.types import Candidate, MatchResult  # the vocabulary of a search (edge.types)
@@ -33,7 +34,7 @@ class StringColumn:
     table, many (ids, labels) as one UTF-8 blob with int64 offsets — 300,000 ids cost ~6 MB instead of ~25 MB of
     Python str objects. `column[i]` gives str ("" for None)."""
 
-    def __init__(self, values: list) -> None:
+    def __init__(self, values: list[Any]) -> None:
         self._n = len(values)
         distinct = sorted({v or "" for v in values})
         if len(distinct) <= max(16, self._n // 8):
@@ -64,7 +65,8 @@ class Watchlist:
     """
 
     def __init__(self, ann: Any, meta: dict[str, Any], thresholds: dict[str, float] | None = None,
-                 search_k: int = DEFAULT_SEARCH_K, manifest: dict | None = None, templates: bytes = b"") -> None:
+                 search_k: int = DEFAULT_SEARCH_K, manifest: dict[str, Any] | None = None,
+                 templates: bytes = b"") -> None:
         self.ann = ann
         # The per-subject and per-item lists become compact columns; `meta` keeps only the small scalars.
         self.meta = {k: v for k, v in meta.items() if k not in ("subjects", "items", "stage1")}
@@ -81,7 +83,7 @@ class Watchlist:
         self.search_k = search_k
         self.shortlist = SHORTLIST
         self._tq = self._ts = self._mean = self._comp = None
-        self.fusion: dict | None = meta.get("fusion") or None
+        self.fusion: dict[str, Any] | None = meta.get("fusion") or None
         if len(templates):
             # views into a mapped payload's templates (no copy), or copies out of bytes
             self._tq, self._ts = split_templates(templates, len(self.item_subject), template_dim(meta),
@@ -99,8 +101,8 @@ class Watchlist:
                 raise IndexLoadError("watchlist payload has a shortlist projection but no templates to re-score with")
 
     @classmethod
-    def from_payload(cls, data: "bytes | Payload | MappedPayload", thresholds: dict | None = None,
-                     manifest: dict | None = None, search_k: int = DEFAULT_SEARCH_K) -> "Watchlist":
+    def from_payload(cls, data: bytes | Payload | MappedPayload, thresholds: dict[str, Any] | None = None,
+                     manifest: dict[str, Any] | None = None, search_k: int = DEFAULT_SEARCH_K) -> Watchlist:
         """Build from decrypted payload bytes (or a parsed Payload), loading the index through a memfd; or from a
         `MappedPayload` (decrypted straight into memfds): Annoy maps its index memfd, the templates stay mapped."""
         if isinstance(data, MappedPayload):
@@ -132,9 +134,11 @@ class Watchlist:
         (v1 payloads: Annoy's own exact distance d of the best `n_items`, cosine = 1 − d²/2.)
         """
         e = np.asarray(embedding, np.float32)
-        if self._tq is not None:
-            q = e
-            if self._comp is not None:
+        pairs: Iterable[tuple[int, float]]
+        tq, ts = self._tq, self._ts
+        if tq is not None and ts is not None:
+            q: npt.NDArray[np.floating[Any]] = e
+            if self._comp is not None and self._mean is not None:
                 q = (e - self._mean) @ self._comp.T
                 q = q / max(float(np.linalg.norm(q)), 1e-12)
             ids = self.ann.get_nns_by_vector(q.tolist(), max(n_items or 0, self.shortlist), self.search_k)
@@ -145,9 +149,9 @@ class Watchlist:
                 if embedding2 is None:
                     raise EdgeError("this watchlist fuses a second embedder's scores; the probe has no second embedding")
                 q_full = fused_query(e, embedding2, self.fusion)
-                sims = (self._tq[items].astype(np.float32) @ q_full) * self._ts[items] + float(self.fusion["offset"])
+                sims = (tq[items].astype(np.float32) @ q_full) * ts[items] + float(self.fusion["offset"])
             else:
-                sims = (self._tq[items].astype(np.float32) @ e) * self._ts[items]
+                sims = (tq[items].astype(np.float32) @ e) * ts[items]
             sims = np.clip(sims, -1.0, 1.0)  # int8 rounding may overshoot a perfect match; scores stay cosine-like
             order = np.argsort(-sims, kind="stable")
             pairs = zip(items[order].tolist(), sims[order].tolist())

@@ -289,7 +289,8 @@ class WatchlistStore(Generic[T]):
             manifest, rejection, wiped = self._manifest, self._last_rejection, self._content == WIPED
         if manifest is None:
             return InstalledState(Serving.WIPED if wiped else Serving.NONE, last_rejection=rejection)
-        thresholds = manifest.get("thresholds") if isinstance(manifest.get("thresholds"), dict) else {}
+        given = manifest.get("thresholds")
+        thresholds: dict[str, Any] = given if isinstance(given, dict) else {}
         return InstalledState(
             Serving.STALE if self._expired(manifest, now) else Serving.OK, version=manifest["version"],
             watchlist_id=manifest["watchlist_id"], expires=manifest["expires"], last_rejection=rejection,
