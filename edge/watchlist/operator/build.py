@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -97,15 +97,15 @@ class Enrollment:
 
     vectors: list[np.ndarray]
     item_subject: list[int]
-    subjects: list[dict]
-    rejected: list[dict]
-    qualities: list[dict]
-    warnings: list[dict]
+    subjects: list[dict[str, Any]]
+    rejected: list[dict[str, Any]]
+    qualities: list[dict[str, Any]]
+    warnings: list[dict[str, Any]]
     vectors2: list[np.ndarray]
 
 
-def enroll(entries: list[GalleryEntry], analyzer, limits: QualityThresholds | None = ENROLLMENT_LIMITS,
-           progress: Callable[[Iterable], Iterable] = lambda it: it,
+def enroll(entries: list[GalleryEntry], analyzer: Any, limits: QualityThresholds | None = ENROLLMENT_LIMITS,
+           progress: Callable[[Iterable[GalleryEntry]], Iterable[GalleryEntry]] = lambda it: it,
            subject: SubjectRule = SubjectRule(),
            on_template: Callable[[int, np.ndarray | None], None] | None = None) -> Enrollment:
     """Detect, check, align and embed each gallery photo: its subject face (`subject_face`: the only face, or the
@@ -157,9 +157,9 @@ def fit_pca(vectors: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
     return mean.astype(np.float32), comp.astype(np.float32)
 
 
-def make_payload(vectors: np.ndarray, item_subject: list[int], subjects: list[dict], n_trees: int = DEFAULT_TREES,
-                 thresholds: dict | None = None, stage1_dim: int = STAGE1_DIM, vectors2: np.ndarray | None = None,
-                 fusion: dict | None = None) -> Payload:
+def make_payload(vectors: np.ndarray, item_subject: list[int], subjects: list[dict[str, Any]],
+                 n_trees: int = DEFAULT_TREES, thresholds: dict[str, Any] | None = None, stage1_dim: int = STAGE1_DIM,
+                 vectors2: np.ndarray | None = None, fusion: dict[str, Any] | None = None) -> Payload:
     """Index + templates + metadata for a set of unit-vector templates: the Annoy shortlist index is built on a
     PCA projection (`stage1_dim`) when the list is large enough, the int8 templates re-score its candidates.
     vectors2 / fusion: the fused second embedder's templates and `Fusion.meta()` (both or neither)."""
@@ -180,7 +180,7 @@ def make_payload(vectors: np.ndarray, item_subject: list[int], subjects: list[di
     return Payload(index_for(meta, templates), meta, templates)
 
 
-def payload_of(enrollment: "Enrollment", fusion: dict | None, n_trees: int = DEFAULT_TREES) -> Payload:
+def payload_of(enrollment: "Enrollment", fusion: dict[str, Any] | None, n_trees: int = DEFAULT_TREES) -> Payload:
     """The payload of an enrollment (fused when `fusion`, i.e. the analyzer's `fusion_meta`, is given)."""
     vectors2 = np.stack(enrollment.vectors2) if fusion is not None else None
     return make_payload(np.stack(enrollment.vectors), enrollment.item_subject, enrollment.subjects, n_trees,
@@ -193,8 +193,8 @@ def check_out_dir(out_dir: Path, force: bool = False) -> None:
         raise DataError(f"{out_dir} already holds a watchlist build; pass --force to replace it")
 
 
-def write_build(out_dir: Path, payload: Payload, enrollment: Enrollment, embedder: dict, seconds: float,
-                force: bool = False, references: ReferenceSpool | None = None) -> dict:
+def write_build(out_dir: Path, payload: Payload, enrollment: Enrollment, embedder: dict[str, Any], seconds: float,
+                force: bool = False, references: ReferenceSpool | None = None) -> dict[str, Any]:
     """Write index.ann, templates.bin, meta.json and report.json into `out_dir` (mode 0700: it holds names and
     templates in clear), and move the spooled reference chips in as references/ (operator side only: never in a
     bundle); refuses to overwrite an existing build unless `force`. Returns the report."""
@@ -216,7 +216,7 @@ def write_build(out_dir: Path, payload: Payload, enrollment: Enrollment, embedde
     return report
 
 
-def load_build(build_dir: Path) -> tuple[Payload, dict]:
+def load_build(build_dir: Path) -> tuple[Payload, dict[str, Any]]:
     """Read a build directory back: (payload, embedder info)."""
     try:
         index = (build_dir / "index.ann").read_bytes()

@@ -101,7 +101,7 @@ class References:
             return
         read_build_meta(build_dir, self._index)
 
-    def _index(self, meta: dict) -> None:
+    def _index(self, meta: dict[str, Any]) -> None:
         """Subject id → its first `PER_SUBJECT` template indexes, from the build's items."""
         ids = meta["subjects"]["id"]
         for template, subject in enumerate(meta["items"]):
