@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edge.install_state import InstalledState
+
 
 class FakeTransport:
     """What `WatchlistSync` and the publishers talk to instead of an MQTT client: the topics subscribed now
@@ -38,15 +40,15 @@ class FakeStore:
     def current(self):
         return None, ({"version": self.version} if self.version else None)
 
-    def state(self) -> dict:
-        return {"version": self.version, "state": "ok" if self.version else "none"}
+    def state(self) -> InstalledState:
+        return InstalledState("ok" if self.version else "none", self.version)
 
     def install_file(self, path: Path):
         """The sync's way in: the download assembled on disk."""
         return self.install(Path(path).read_bytes())
 
     def install(self, data: bytes):
-        from edge.watchlist.store import InstallResult
+        from edge.install_state import InstallResult
 
         self.attempts += 1
         if not self.accept:

@@ -16,14 +16,14 @@ EMBEDDER = ("kill-trial-embedder", "0" * 64)
 
 def install(state: Path, keys_dir: Path, bundle: Path) -> None:
     from edge import keys
-    from edge.watchlist.store import WatchlistStore
+    from edge.watchlist.device.store import WatchlistStore
 
     store = WatchlistStore(state, "cam-k", keys.load_private_key(keys_dir / "device.key", "device"),
                            keys.TrustStore.load(keys_dir / "operators.json"), EMBEDDER[0], EMBEDDER[1],
                            lambda opened: opened.payload)
     store.start()
     data = bundle.read_bytes()
-    print("READY", store.state()["version"], flush=True)
+    print("READY", store.state().version, flush=True)
     result = store.install(data)
     print("DONE", result.reason, result.version, flush=True)
 

@@ -37,8 +37,8 @@ def provision(state: Path, analyzer, device_id: str = DEVICE, install: bool = Tr
     """Device and operator keys under state/keys, and obama.jpg enrolled and sealed for the device; returns the
     bundle, which (install) is placed where WatchlistStore.start() finds it."""
     from edge.evaluation.calibration import scoring_tail
-    from edge.watchlist.build import GalleryEntry, enroll, payload_of
-    from edge.watchlist.bundle import seal
+    from edge.watchlist.operator.build import GalleryEntry, enroll, payload_of
+    from edge.watchlist.operator.seal import seal
     from edge.watchlist.payload import pack
 
     operator, device_key = keys.generate_operator_key(), keys.generate_device_key()
@@ -54,7 +54,7 @@ def provision(state: Path, analyzer, device_id: str = DEVICE, install: bool = Tr
                   thresholds={"match": thresholds["match"], "margin": 0.02},
                   expires=datetime.now(timezone.utc) + timedelta(days=1))
     if install:  # as the device's own store installs it: the bundle and its authenticated install record
-        from edge.watchlist.store import WatchlistStore
+        from edge.watchlist.device.store import WatchlistStore
 
         trust = {keys.key_id(operator.public_key()): operator.public_key()}
         store = WatchlistStore(state, device_id, device_key, trust,
@@ -131,7 +131,7 @@ def test_finite_video_yields_one_match_event_and_a_verified_audit_log(tmp_path, 
     from edge.device.app import App
 
     app = App(load_config(write_config(tmp_path / "edge.yaml", device, clip)), tmp_path / "edge.yaml")
-    assert app.store.state()["version"] == 1
+    assert app.store.state().version == 1
     thread, result = run_in_thread(app)
     thread.join(30)
     assert not thread.is_alive(), "a finite source must stop the app by itself"
@@ -201,7 +201,7 @@ def test_mqtt_watchlist_sync_event_delivery_and_status(tmp_path, analyzer, clip,
     from edge.messaging.delivery import EventConsumer
     from edge.operator.event_store import EventStore
     from edge.messaging.mqtt import MqttClient
-    from edge.messaging.sync import offer_messages
+    from edge.messaging.offers import offer_messages
 
     state = tmp_path / "state"
     bundle = provision(state, analyzer, "cam-a", install=False)
@@ -217,14 +217,14 @@ def test_mqtt_watchlist_sync_event_delivery_and_status(tmp_path, analyzer, clip,
         operator.publish(topic, payload, qos=1, retain=True)
     consumer = EventConsumer(operator, EventStore(tmp_path / "events.db"))
     app = App(load_config(cfg), cfg)
-    assert app.store.state()["version"] is None
+    assert app.store.state().version is None
     thread, result = run_in_thread(app)
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not (consumer.stats.stored and app.outbox.depth() == 0):
             consumer.poll(0.1)
         assert consumer.stats.stored == 1 and app.outbox.depth() == 0
-        assert app.store.state()["version"] == 1
+        assert app.store.state().version == 1
         time.sleep(0.6)  # one more heartbeat (status_interval_s 0.5) after the install
         online = retained_status(broker)
         assert online.state == "online" and online.health["watchlist"]["version"] == 1

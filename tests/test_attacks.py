@@ -28,10 +28,11 @@ from edge.audit_seal import Sealer, new_keys
 from edge.cli import main
 from edge.errors import DataError
 from edge.messaging.payloads import PayloadError, decode_watchlist_state, make_event
-from edge.messaging.sync import WatchlistSync, offer_messages
+from edge.messaging.offers import offer_messages
+from edge.messaging.sync import WatchlistSync
 from edge.messaging.topics import Topics, WatchlistTopics
-from edge.watchlist.bundle import seal
-from edge.watchlist.store import WatchlistStore
+from edge.watchlist.device.store import WatchlistStore
+from edge.watchlist.operator.seal import seal
 from fakes import FakeStore, FakeTransport
 
 DEVICE = "cam-f"
@@ -180,7 +181,7 @@ def test_sync_survives_1000_hostile_offers_on_a_real_broker_then_installs(broker
         dev.run_until(lambda d: d.sync.stats.malformed + d.sync.stats.offers >= 1, timeout=20)
         publish(broker, offer_messages(make_bundle(crypto, 3), "cam-a", 3, chunk_bytes=8192))
         dev.run_until(lambda d: d.version() == 3, timeout=30)
-        assert dev.store.state()["state"] == "ok"
+        assert dev.store.state().state == "ok"
     finally:
         dev.stop()
 
@@ -189,7 +190,7 @@ def test_sync_survives_1000_hostile_offers_on_a_real_broker_then_installs(broker
 
 def _watchlist_payload(version):
     """A real (one-subject) watchlist payload, so that `watchlist verify` loads it."""
-    from edge.watchlist.build import make_payload
+    from edge.watchlist.operator.build import make_payload
     from edge.watchlist.payload import pack
 
     subject = {"id": f"v{version}-s0", "label": None, "category": None, "expires": None}
@@ -223,7 +224,7 @@ def test_row2_an_older_bundle_swapped_in_while_stopped_is_refused_at_start(insta
     state, operator, device, v2, v3 = installed_v3
     (state / "installed.bundle").write_bytes(v2)  # the attacker, while the service is stopped
     store = _store(state, operator, device)
-    s = store.state()
+    s = store.state().to_dict()
     assert s["state"] == "none" and s["last_rejection"]["reason"] == "rollback"
     assert "older than v3" in s["last_rejection"]["message"] and store.current() == (None, None)
     assert store.install(v2).reason == "rollback"  # and the floor holds for installs
@@ -238,7 +239,7 @@ def test_row2_the_install_record_cannot_be_removed_or_edited_to_allow_a_rollback
     state, operator, device, v2, _ = installed_v3
     (state / "installed.bundle").write_bytes(v2)
     tamper(state / "installed.version")
-    s = _store(state, operator, device).state()
+    s = _store(state, operator, device).state().to_dict()
     assert s["state"] == "none" and s["last_rejection"]["reason"] == reason
 
 
@@ -517,7 +518,7 @@ def test_row10_seal_refuses_a_corrupt_index_and_an_existing_out(build_dir, seal_
 
 @pytest.mark.parametrize("expires, message", [("not-a-date", "is not a date"), ("2001-01-01", "is in the past")])
 def test_row10_build_refuses_gallery_expiry_that_is_not_a_future_date(tmp_path, expires, message):
-    from edge.watchlist.build import read_gallery
+    from edge.watchlist.operator.build import read_gallery
 
     (tmp_path / "g.csv").write_text(f"path,identity,expires\nfaces/obama.jpg,obama,{expires}\n")
     with pytest.raises(DataError, match=message):
@@ -813,7 +814,7 @@ from edge.keys import TrustStore, generate_device_key, generate_operator_key
 from edge.messaging.payloads import encode_offer
 from edge.messaging.sync import WatchlistSync
 from edge.messaging.topics import Topics
-from edge.watchlist.store import WatchlistStore
+from edge.watchlist.device.store import WatchlistStore
 
 state, mib = Path(sys.argv[1]), int(sys.argv[2])
 class Transport:

@@ -21,10 +21,17 @@ from hypothesis import strategies as st
 from edge.errors import EdgeError
 from edge.canonical import canonical_json
 from edge.keys import TrustStore, generate_device_key, generate_operator_key, key_id
-from edge.watchlist import bundle as B
+from edge.watchlist import frame as F
+from edge.watchlist import wipe as W
+from edge.watchlist.device import unseal as U
+from edge.watchlist.device import verify as V
+from edge.watchlist.operator import seal as S
 from edge.watchlist import manifest as M
-from edge.watchlist.bundle import (BundleError, open_bundle, open_local, peek_manifest, seal, seal_local, sign_wipe,
-                                   verify_wipe)
+from edge.watchlist.device.local import open_local, seal_local
+from edge.watchlist.device.unseal import open_bundle
+from edge.watchlist.device.verify import verify_wipe
+from edge.watchlist.frame import BundleError, peek_manifest
+from edge.watchlist.operator.seal import seal, sign_wipe
 from edge.watchlist.payload import Payload, content_sha256, pack
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=timezone.utc)
@@ -33,7 +40,7 @@ PAYLOAD = b"annoy-index-bytes" * 200 + b"subject: CANARY-label"
 #: v2 as a delta on v1 and the full result a device rebuilds from it (opaque bytes: this layer does not apply deltas).
 DELTA_V2 = b"delta: +1 subject"
 FULL_V2 = PAYLOAD + b", subject: CANARY-2"
-BASE_V1 = {"version": 1, "content_sha256": B.content_of(PAYLOAD)}
+BASE_V1 = {"version": 1, "content_sha256": F.content_of(PAYLOAD)}
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +84,7 @@ def parts(data):
 
 def frame(manifest_raw, signature, payload, sig_len=None):
     sig_len = len(signature) if sig_len is None else sig_len
-    return B.MAGIC + struct.pack(">I", len(manifest_raw)) + manifest_raw + struct.pack(">H", sig_len) + signature \
+    return F.MAGIC + struct.pack(">I", len(manifest_raw)) + manifest_raw + struct.pack(">H", sig_len) + signature \
         + payload
 
 
@@ -109,7 +116,7 @@ def test_round_trip(keys, pinned, good):
     assert m["format"] == "edge-watchlist/2" and m["audience"] == "device:cam1" and m["metric"] == "angular"
     assert "device_id" not in m and "key_wrap" not in m
     assert m["kind"] == opened.kind == "full" and m["base"] is None
-    assert m["content_sha256"] == opened.content_sha256 == B.content_of(PAYLOAD)
+    assert m["content_sha256"] == opened.content_sha256 == F.content_of(PAYLOAD)
     assert m["embedder"] == {"id": "dlib_resnet_v1_int8", "sha256": EMBEDDER_SHA}
     assert m["created"] == "2025-05-31T12:00:00Z" and m["expires"] == "2025-07-01T12:00:00Z"
     assert m["payload"]["length"] == len(ciphertext) == len(PAYLOAD) + 16
@@ -124,7 +131,7 @@ def test_a_watchlist_payloads_content_hash_is_its_content_sha256(keys, pinned):
     packed = pack(Payload(b"annoy-index", {"dim": 4, "metric": "angular", "items": [], "subjects": {}}, b""))
     opened = open_bundle(make(keys, payload=packed), keys["cam1"], pinned, expected_device_id="cam1", now=NOW)
     assert opened.payload == packed and opened.content_sha256 == content_sha256(packed)
-    assert B.content_of(PAYLOAD) != hashlib.sha256(PAYLOAD).hexdigest()  # opaque bytes: domain-separated
+    assert F.content_of(PAYLOAD) != hashlib.sha256(PAYLOAD).hexdigest()  # opaque bytes: domain-separated
 
 
 def test_without_a_device_id_the_recipient_whose_wrap_the_key_opens_is_used(keys, pinned, good):
@@ -132,7 +139,7 @@ def test_without_a_device_id_the_recipient_whose_wrap_the_key_opens_is_used(keys
     group = make_group(keys)
     assert open_bundle(good, keys["cam1"], pinned, now=NOW).payload == PAYLOAD
     assert open_bundle(group, keys["cam2"], pinned, now=NOW).payload == PAYLOAD
-    assert B.find_recipient(json.loads(parts(group)[0]), keys["cam2"]) == "cam2"
+    assert U.find_recipient(json.loads(parts(group)[0]), keys["cam2"]) == "cam2"
     for data, audience in ((good, "device:cam1"), (group, "group:patrol")):
         err = refused(data, keys, pinned, device="cam3", expected_device_id=None)
         assert err.reason == "not_recipient"
@@ -151,8 +158,8 @@ def test_each_seal_uses_a_fresh_content_key(keys):
     a, b = make(keys), make(keys)
     assert parts(a)[2] != parts(b)[2]
     assert json.loads(parts(a)[0])["recipients"] != json.loads(parts(b)[0])["recipients"]
-    ka = B.unwrap_content_key(json.loads(parts(a)[0]), "cam1", keys["cam1"])
-    kb = B.unwrap_content_key(json.loads(parts(b)[0]), "cam1", keys["cam1"])
+    ka = U.unwrap_content_key(json.loads(parts(a)[0]), "cam1", keys["cam1"])
+    kb = U.unwrap_content_key(json.loads(parts(b)[0]), "cam1", keys["cam1"])
     assert len(ka) == len(kb) == 32 and ka != kb
 
 
@@ -209,7 +216,7 @@ def test_manifest_edited_after_signing(keys, pinned, good, edit):
 def test_manifest_naming_another_key_than_the_one_that_signed(keys, good):
     manifest = json.loads(parts(good)[0])
     manifest["signing"]["key_id"] = key_id(keys["stranger"].public_key())
-    data = B.assemble(manifest, keys["operator"], parts(good)[2])
+    data = S.assemble(manifest, keys["operator"], parts(good)[2])
     both = {"a": keys["operator"].public_key(), "b": keys["stranger"].public_key()}
     err = refused(data, keys, both)
     assert err.reason == "bad_signature"
@@ -227,7 +234,7 @@ def test_bad_magic(keys, pinned, good):
 
 
 def test_a_format_1_file_is_unsupported_and_says_to_reseal(keys, pinned, good):
-    assert B.OLD_MAGIC == b"EDGEWL1\n"
+    assert F.OLD_MAGIC == b"EDGEWL1\n"
     # A format-1 file as it was laid out (one device_id and key_wrap, the old signature domain), and any other bytes
     # after the old magic however short: the magic alone decides, before any length or signature is read.
     old_manifest = {k: v for k, v in json.loads(parts(good)[0]).items() if k not in ("recipients", "key_wrap_alg",
@@ -235,15 +242,15 @@ def test_a_format_1_file_is_unsupported_and_says_to_reseal(keys, pinned, good):
                                                                                         "content_sha256")}
     old_manifest.update(format="edge-watchlist/1", device_id="cam1", key_wrap={"alg": "X25519-HKDF-SHA256/AES-256-GCM"})
     raw = canonical_json(old_manifest)
-    format_1 = (B.OLD_MAGIC + struct.pack(">I", len(raw)) + raw + struct.pack(">H", 64)
+    format_1 = (F.OLD_MAGIC + struct.pack(">I", len(raw)) + raw + struct.pack(">H", 64)
                 + keys["operator"].sign(b"edge-watchlist-manifest/1\x00" + raw) + parts(good)[2])
     message = ("bundle format 1 (sealed for one device) is no longer accepted: re-seal the watchlist with this"
                " version's `edge watchlist seal` (format 2)")
-    for data in (format_1, B.OLD_MAGIC + good[8:], B.OLD_MAGIC, B.OLD_MAGIC + b"\xff" * 3):
+    for data in (format_1, F.OLD_MAGIC + good[8:], F.OLD_MAGIC, F.OLD_MAGIC + b"\xff" * 3):
         err = refused(data, keys, pinned)
         assert (err.reason, str(err)) == ("unsupported_format", message)
         with pytest.raises(BundleError) as verr:
-            B.verify_bundle(data, pinned, expected_device_id="cam1", now=NOW)
+            V.verify_bundle(data, pinned, expected_device_id="cam1", now=NOW)
         assert verr.value.reason == "unsupported_format" and "re-seal" in str(verr.value)
         with pytest.raises(BundleError) as perr:  # not even displayed as if it were a format-2 manifest
             peek_manifest(data)
@@ -282,17 +289,17 @@ def test_trailing_bytes(keys, pinned, good):
 
 
 def test_oversized_manifest_length_field(keys, pinned, good):
-    data = good[:8] + struct.pack(">I", B.MAX_MANIFEST_BYTES + 1) + good[12:]
+    data = good[:8] + struct.pack(">I", F.MAX_MANIFEST_BYTES + 1) + good[12:]
     err = refused(data, keys, pinned)
     assert err.reason == "oversized"
-    assert B.MAX_MANIFEST_BYTES == 1024 * 1024
+    assert F.MAX_MANIFEST_BYTES == 1024 * 1024
     assert str(err) == "bundle manifest length field says 1048577 bytes; the limit is 1048576 bytes"
     err = refused(good[:8] + b"\xff\xff\xff\xff" + good[12:], keys, pinned)
     assert err.reason == "oversized"
 
 
 def test_oversized_bundle(keys, pinned, good, monkeypatch):
-    monkeypatch.setattr(B, "MAX_BUNDLE_BYTES", len(good) - 1)
+    monkeypatch.setattr(F, "MAX_BUNDLE_BYTES", len(good) - 1)
     err = refused(good, keys, pinned)
     assert err.reason == "oversized"
     assert str(err) == f"bundle is {len(good)} bytes; the limit is {len(good) - 1} bytes"
@@ -335,7 +342,7 @@ def test_any_single_bit_flip_is_refused(keys, pinned, good, data):
 @given(junk=st.binary(max_size=300))
 def test_arbitrary_bytes_are_refused_with_a_bundle_error(junk):
     device, op = generate_device_key(), generate_operator_key()
-    for data in (junk, B.MAGIC + junk):
+    for data in (junk, F.MAGIC + junk):
         with pytest.raises(BundleError):
             open_bundle(data, device, {"k": op.public_key()}, expected_device_id="cam1", now=NOW)
 
@@ -362,7 +369,7 @@ def test_wrong_device_id(keys, pinned, good):
                         " recipient")
     # verify_bundle (no device key: publish, verify) applies the same rule
     with pytest.raises(BundleError) as verr:
-        B.verify_bundle(good, pinned, expected_device_id="cam2", now=NOW)
+        V.verify_bundle(good, pinned, expected_device_id="cam2", now=NOW)
     assert (verr.value.reason, str(verr.value)) == (err.reason, str(err))
 
 
@@ -403,7 +410,7 @@ def _resigned(keys, source, **changes):
 
 def test_key_wrap_from_another_version_does_not_unwrap(keys, pinned, good):
     manifest = _resigned(keys, good, version=2)
-    err = refused(B.assemble(manifest, keys["operator"], parts(good)[2]), keys, pinned)
+    err = refused(S.assemble(manifest, keys["operator"], parts(good)[2]), keys, pinned)
     assert err.reason == "unwrap_failed"
     assert "bundle wl-main v2's wrap for device cam1 was not made for this device's key" in str(err)
 
@@ -411,11 +418,11 @@ def test_key_wrap_from_another_version_does_not_unwrap(keys, pinned, good):
 def test_ciphertext_from_another_version_fails_authentication(keys, pinned, good):
     # Even with the right content key re-wrapped for v2, v1's ciphertext is bound to v1 by its AAD.
     v1 = json.loads(parts(good)[0])
-    content_key = B.unwrap_content_key(v1, "cam1", keys["cam1"])
+    content_key = U.unwrap_content_key(v1, "cam1", keys["cam1"])
     manifest = _resigned(keys, good, version=2)
-    manifest["recipients"] = {"cam1": B.wrap_content_key(content_key, keys["cam1"].public_key(), "cam1", 2,
-                                                         B.binding_hash(manifest))}
-    err = refused(B.assemble(manifest, keys["operator"], parts(good)[2]), keys, pinned)
+    manifest["recipients"] = {"cam1": S.wrap_content_key(content_key, keys["cam1"].public_key(), "cam1", 2,
+                                                         F.binding_hash(manifest))}
+    err = refused(S.assemble(manifest, keys["operator"], parts(good)[2]), keys, pinned)
     assert err.reason == "decrypt_failed"
     assert str(err) == ("bundle wl-main v2: payload authentication failed: the encrypted payload does not belong to"
                         " this manifest (version, audience or model differ)")
@@ -427,12 +434,12 @@ def test_ciphertext_from_another_version_fails_authentication(keys, pinned, good
                                     {"thresholds": {"match": 0.9, "margin": 0.05}}])
 def test_ciphertext_moved_under_another_binding_fails_authentication(keys, pinned, good, change):
     v1 = json.loads(parts(good)[0])
-    content_key = B.unwrap_content_key(v1, "cam1", keys["cam1"])
+    content_key = U.unwrap_content_key(v1, "cam1", keys["cam1"])
     manifest = _resigned(keys, good, **change)
     device = "cam2" if manifest["audience"] == "device:cam2" else "cam1"
-    manifest["recipients"] = {device: B.wrap_content_key(content_key, keys[device].public_key(), device, 1,
-                                                         B.binding_hash(manifest))}
-    err = refused(B.assemble(manifest, keys["operator"], parts(good)[2]), keys, pinned, device=device)
+    manifest["recipients"] = {device: S.wrap_content_key(content_key, keys[device].public_key(), device, 1,
+                                                         F.binding_hash(manifest))}
+    err = refused(S.assemble(manifest, keys["operator"], parts(good)[2]), keys, pinned, device=device)
     assert err.reason == "decrypt_failed"
     assert "payload authentication failed" in str(err)
 
@@ -448,12 +455,12 @@ def test_a_full_payload_that_does_not_match_its_content_hash_is_refused(keys, pi
     manifest["content_sha256"] = "0" * 64
     key = AESGCM.generate_key(bit_length=256)
     nonce = os.urandom(12)
-    ciphertext = AESGCM(key).encrypt(nonce, PAYLOAD, B.binding_hash(manifest))
+    ciphertext = AESGCM(key).encrypt(nonce, PAYLOAD, F.binding_hash(manifest))
     manifest["payload"] = {**manifest["payload"], "length": len(ciphertext), "nonce": base64.b64encode(nonce).decode(),
                            "sha256": hashlib.sha256(ciphertext).hexdigest()}
-    manifest["recipients"] = {"cam1": B.wrap_content_key(key, keys["cam1"].public_key(), "cam1", 1,
-                                                         B.binding_hash(manifest))}
-    err = refused(B.assemble(manifest, keys["operator"], ciphertext), keys, pinned)
+    manifest["recipients"] = {"cam1": S.wrap_content_key(key, keys["cam1"].public_key(), "cam1", 1,
+                                                         F.binding_hash(manifest))}
+    err = refused(S.assemble(manifest, keys["operator"], ciphertext), keys, pinned)
     assert err.reason == "content_mismatch"
     assert str(err) == ("bundle wl-main v1: the decrypted watchlist does not match the content hash in its signed"
                         " manifest")
@@ -475,13 +482,13 @@ def test_a_group_bundle_opens_for_each_member_and_for_no_one_else(keys, pinned, 
         assert opened.payload == PAYLOAD and opened.manifest == manifest
     # encrypted once: one ciphertext, one content key wrapped twice
     assert len(parts(group)[2]) == len(PAYLOAD) + 16
-    assert B.unwrap_content_key(manifest, "cam1", keys["cam1"]) == B.unwrap_content_key(manifest, "cam2",
+    assert U.unwrap_content_key(manifest, "cam1", keys["cam1"]) == U.unwrap_content_key(manifest, "cam2",
                                                                                         keys["cam2"])
     err = refused(group, keys, pinned, device="cam3")
     assert err.reason == "not_recipient"
     assert str(err) == "bundle wl-main v1 is for group:patrol and does not list this device ('cam3') as a recipient"
     with pytest.raises(BundleError) as uerr:
-        B.unwrap_content_key(manifest, "cam3", keys["cam3"])
+        U.unwrap_content_key(manifest, "cam3", keys["cam3"])
     assert uerr.value.reason == "not_recipient"
     assert str(uerr.value) == ("bundle wl-main v1 for group:patrol does not list device 'cam3' as a recipient"
                                " (removed from the fleet or group?)")
@@ -505,7 +512,7 @@ def test_a_device_bundle_whose_recipients_name_another_or_an_extra_device_is_mal
              "cam2": json.loads(parts(group)[0])["recipients"]["cam2"]}
     manifest = json.loads(parts(good)[0])
     manifest["recipients"] = {d: wraps[d] for d in listed}
-    data = B.assemble(manifest, keys["operator"], parts(good)[2])
+    data = S.assemble(manifest, keys["operator"], parts(good)[2])
     for device in ("cam1", "cam2"):
         err = refused(data, keys, pinned, device=device)
         assert err.reason == "malformed_manifest"
@@ -520,19 +527,19 @@ def test_a_wrap_moved_to_another_device_id_does_not_unwrap(keys, pinned, group):
     message = ("cannot unwrap the content key: bundle wl-main v1's wrap for device {} was not made for this device's"
                " key (or was altered)")
 
-    copied = B.assemble(dict(manifest, recipients={"cam1": w1, "cam2": w1}), keys["operator"], parts(group)[2])
+    copied = S.assemble(dict(manifest, recipients={"cam1": w1, "cam2": w1}), keys["operator"], parts(group)[2])
     err = refused(copied, keys, pinned, device="cam2")
     assert (err.reason, str(err)) == ("unwrap_failed", message.format("cam2"))
     assert open_bundle(copied, keys["cam1"], pinned, expected_device_id="cam1", now=NOW).payload == PAYLOAD
 
-    swapped = B.assemble(dict(manifest, recipients={"cam1": w2, "cam2": w1}), keys["operator"], parts(group)[2])
+    swapped = S.assemble(dict(manifest, recipients={"cam1": w2, "cam2": w1}), keys["operator"], parts(group)[2])
     for device in ("cam1", "cam2"):
         err = refused(swapped, keys, pinned, device=device)
         assert (err.reason, str(err)) == ("unwrap_failed", message.format(device))
 
     # cam1's wrap re-addressed to id cam9: even cam1's own key does not open it under that id (the device id is in
     # the key-wrap KDF info, not only the public key it was made for)
-    renamed = B.assemble(dict(manifest, recipients={"cam9": w1, "cam2": w2}), keys["operator"], parts(group)[2])
+    renamed = S.assemble(dict(manifest, recipients={"cam9": w1, "cam2": w2}), keys["operator"], parts(group)[2])
     err = refused(renamed, keys, pinned, device="cam1", expected_device_id="cam9")
     assert (err.reason, str(err)) == ("unwrap_failed", message.format("cam9"))
     assert refused(renamed, keys, pinned, device="cam1").reason == "not_recipient"
@@ -556,7 +563,7 @@ def test_recipients_edited_after_signing_fail_at_the_signature(keys, pinned, gro
         assert err.reason == "bad_signature"
         assert "the manifest was altered after signing" in str(err)
     with pytest.raises(BundleError) as err:  # and publish/verify, which hold no device key, see it too
-        B.verify_bundle(data, pinned, now=NOW)
+        V.verify_bundle(data, pinned, now=NOW)
     assert err.value.reason == "bad_signature"
 
 
@@ -564,7 +571,7 @@ def test_a_wrap_from_an_older_version_replayed_into_a_newer_manifest_does_not_un
     v1, v2 = make(keys, version=1), make(keys, version=2)
     m1, m2 = json.loads(parts(v1)[0]), json.loads(parts(v2)[0])
     m2["recipients"] = {"cam1": m1["recipients"]["cam1"]}
-    err = refused(B.assemble(m2, keys["operator"], parts(v2)[2]), keys, pinned)
+    err = refused(S.assemble(m2, keys["operator"], parts(v2)[2]), keys, pinned)
     assert err.reason == "unwrap_failed"
     assert str(err) == ("cannot unwrap the content key: bundle wl-main v2's wrap for device cam1 was not made for"
                         " this device's key (or was altered)")
@@ -572,18 +579,18 @@ def test_a_wrap_from_an_older_version_replayed_into_a_newer_manifest_does_not_un
     g1, g2 = make_group(keys, version=1), make_group(keys, version=2)
     mg1, mg2 = json.loads(parts(g1)[0]), json.loads(parts(g2)[0])
     mg2["recipients"]["cam2"] = mg1["recipients"]["cam2"]
-    data = B.assemble(mg2, keys["operator"], parts(g2)[2])
+    data = S.assemble(mg2, keys["operator"], parts(g2)[2])
     assert refused(data, keys, pinned, device="cam2").reason == "unwrap_failed"
     assert open_bundle(data, keys["cam1"], pinned, expected_device_id="cam1", now=NOW).version == 2
 
 
 def test_a_wrap_of_the_full_bundle_replayed_into_the_delta_of_the_same_version_does_not_unwrap(keys, pinned):
     full = make(keys, version=2, payload=FULL_V2)
-    delta = make(keys, version=2, payload=DELTA_V2, base=BASE_V1, content=B.content_of(FULL_V2))
+    delta = make(keys, version=2, payload=DELTA_V2, base=BASE_V1, content=F.content_of(FULL_V2))
     md = json.loads(parts(delta)[0])
     assert md["content_sha256"] == json.loads(parts(full)[0])["content_sha256"]  # same version, same content
     md["recipients"] = json.loads(parts(full)[0])["recipients"]
-    err = refused(B.assemble(md, keys["operator"], parts(delta)[2]), keys, pinned)
+    err = refused(S.assemble(md, keys["operator"], parts(delta)[2]), keys, pinned)
     assert err.reason == "unwrap_failed"
     assert "bundle wl-main v2 (delta on v1)'s wrap for device cam1 was not made for this device's key" in str(err)
 
@@ -593,7 +600,7 @@ def test_a_group_bundle_can_list_the_most_recipients_with_the_longest_ids_within
     shared = keys["cam3"].public_key()  # one key for all: the wraps still differ (fresh ephemeral key, id in info)
     data = make_group(keys, recipients={d: shared for d in ids})
     (manifest_len,) = struct.unpack(">I", data[8:12])
-    assert manifest_len <= B.MAX_MANIFEST_BYTES
+    assert manifest_len <= F.MAX_MANIFEST_BYTES
     assert open_bundle(data, keys["cam3"], pinned, expected_device_id=ids[-1], now=NOW).payload == PAYLOAD
     with pytest.raises(BundleError) as err:
         make_group(keys, recipients={d: shared for d in ids + ["one-too-many"]})
@@ -605,7 +612,7 @@ def test_a_group_bundle_can_list_the_most_recipients_with_the_longest_ids_within
 
 
 def _signed_raw(keys, raw, payload=b"\x00" * 32):
-    return frame(raw, keys["operator"].sign(B.SIGNATURE_DOMAIN + raw), payload)
+    return frame(raw, keys["operator"].sign(F.SIGNATURE_DOMAIN + raw), payload)
 
 
 def test_unknown_format_is_unsupported(keys, pinned, good):
@@ -732,7 +739,7 @@ def test_peek_manifest_reads_without_verifying(keys, good):
 
 @pytest.fixture(scope="module")
 def delta_v2(keys):
-    return make(keys, version=2, payload=DELTA_V2, base=BASE_V1, content=B.content_of(FULL_V2))
+    return make(keys, version=2, payload=DELTA_V2, base=BASE_V1, content=F.content_of(FULL_V2))
 
 
 @pytest.fixture(scope="module")
@@ -757,8 +764,8 @@ def _local_open(data, keys, pinned, device="cam1", **kwargs):
 def test_a_delta_opens_to_the_delta_and_its_local_bundle_to_the_full_result(keys, pinned, delta_v2, local_v2):
     opened = open_bundle(delta_v2, keys["cam1"], pinned, expected_device_id="cam1", now=NOW)
     assert opened.kind == "delta" and opened.payload == DELTA_V2 and opened.manifest["base"] == BASE_V1
-    assert opened.content_sha256 == B.content_of(FULL_V2)  # the content of the full result, checked on rebuild
-    assert local_v2.startswith(B.LOCAL_MAGIC) and b"CANARY" not in local_v2
+    assert opened.content_sha256 == F.content_of(FULL_V2)  # the content of the full result, checked on rebuild
+    assert local_v2.startswith(F.LOCAL_MAGIC) and b"CANARY" not in local_v2
     for opener in (open_local, open_bundle):  # open_bundle recognises a local bundle
         back = opener(local_v2, keys["cam1"], pinned, expected_device_id="cam1", now=NOW)
         assert back.payload == FULL_V2 and back.version == 2 and back.header == opened.header
@@ -771,7 +778,7 @@ def test_every_bit_flip_in_a_local_bundle_after_its_magic_is_refused(keys, pinne
     body_at = 12 + n_header
     rng = random.Random(3)
     seen = {"length": set(), "header": set(), "body": set()}
-    for pos in range(len(B.LOCAL_MAGIC), len(local_v2)):
+    for pos in range(len(F.LOCAL_MAGIC), len(local_v2)):
         data = bytearray(local_v2)
         data[pos] ^= 1 << rng.randrange(8)
         err = _local_open(bytes(data), keys, pinned)
@@ -786,14 +793,14 @@ def test_every_bit_flip_in_a_local_bundle_after_its_magic_is_refused(keys, pinne
 
 
 def test_a_local_bundle_with_a_flipped_magic_is_refused_through_open_bundle(keys, pinned, local_v2):
-    for pos in range(len(B.LOCAL_MAGIC)):
+    for pos in range(len(F.LOCAL_MAGIC)):
         data = bytearray(local_v2)
         data[pos] ^= 0x10
         assert refused(bytes(data), keys, pinned).reason == "bad_magic"
 
 
 def test_open_local_itself_refuses_a_flipped_magic(keys, pinned, local_v2):
-    for pos in range(len(B.LOCAL_MAGIC)):
+    for pos in range(len(F.LOCAL_MAGIC)):
         data = bytearray(local_v2)
         data[pos] ^= 0x10
         assert _local_open(bytes(data), keys, pinned).reason == "bad_magic"
@@ -833,7 +840,7 @@ def test_a_local_bundle_header_swapped_for_another_versions_does_not_decrypt(key
     v3 = make(keys, version=3, payload=FULL_V2)
     header = _header(v3)
     (n_header,) = struct.unpack(">I", local_v2[8:12])
-    data = B.LOCAL_MAGIC + struct.pack(">I", len(header)) + header + local_v2[12 + n_header:]
+    data = F.LOCAL_MAGIC + struct.pack(">I", len(header)) + header + local_v2[12 + n_header:]
     assert _local_open(data, keys, pinned).reason == "decrypt_failed"
 
 
@@ -849,7 +856,7 @@ def test_a_local_bundle_needs_a_pinned_signer_a_clean_header_the_right_content_a
     assert _local_open(local_v2, keys, {}).reason == "unknown_key"
     err = _local_open(seal_local(header + b"x", FULL_V2, keys["cam1"]), keys, pinned)
     assert (err.reason, str(err)) == ("malformed_manifest", "local bundle header has trailing bytes")
-    old = seal_local(B.OLD_MAGIC + header[8:], FULL_V2, keys["cam1"])
+    old = seal_local(F.OLD_MAGIC + header[8:], FULL_V2, keys["cam1"])
     assert _local_open(old, keys, pinned).reason == "unsupported_format"
     later = NOW + timedelta(days=31)
     assert _local_open(local_v2, keys, pinned, now=later).reason == "expired"
@@ -866,7 +873,7 @@ def wipe(keys):
 
 
 def test_a_signed_wipe_round_trips(keys, pinned, wipe):
-    assert len(wipe) <= B.MAX_WIPE_BYTES
+    assert len(wipe) <= W.MAX_WIPE_BYTES
     assert verify_wipe(wipe, pinned) == {"format": "edge-wl-wipe/1", "audience": "group:patrol", "upto_version": 3,
                                          "issued": "2025-06-01T12:00:00Z",
                                          "key_id": key_id(keys["operator"].public_key())}
@@ -885,7 +892,7 @@ def _wipe_edit(wipe, **statement_changes):
 def _signed_wipe_raw(keys, raw):
     import base64
 
-    signature = base64.b64encode(keys["operator"].sign(B.WIPE_DOMAIN + raw)).decode()
+    signature = base64.b64encode(keys["operator"].sign(W.WIPE_DOMAIN + raw)).decode()
     return canonical_json({"statement": raw.decode("ascii", "replace"), "signature": signature})
 
 
@@ -905,7 +912,7 @@ NOT_PINNED = "wipe statement is not signed by a pinned operator key"
     (lambda k, w: _wipe_edit(w, upto_version=99), "bad_signature", NOT_PINNED),
     (lambda k, w: _wipe_edit(w, audience="device:cam9"), "bad_signature", NOT_PINNED),
     (lambda k, w: _wipe_edit(w, issued="2030-01-01T00:00:00Z"), "bad_signature", NOT_PINNED),
-    (lambda k, w: w + b" " * (B.MAX_WIPE_BYTES + 1 - len(w)), "bad_wipe", "wipe statement exceeds 4096 bytes"),
+    (lambda k, w: w + b" " * (W.MAX_WIPE_BYTES + 1 - len(w)), "bad_wipe", "wipe statement exceeds 4096 bytes"),
     (lambda k, w: b"\xff\xfe not json", "bad_wipe", UNSIGNED),
     (lambda k, w: b"", "bad_wipe", UNSIGNED),
     (lambda k, w: b"[]", "bad_wipe", UNSIGNED),
@@ -942,7 +949,7 @@ def test_a_bundle_signature_is_not_a_wipe_signature(keys, pinned, good):
         verify_wipe(doc, pinned)
     assert (err.value.reason, str(err.value)) == ("bad_signature", NOT_PINNED)
     with pytest.raises(BundleError) as err:  # and the other way round: a wipe is no bundle
-        B.verify_bundle(sign_wipe(keys["operator"], "device:cam1", 1), pinned)
+        V.verify_bundle(sign_wipe(keys["operator"], "device:cam1", 1), pinned)
     assert err.value.reason == "bad_magic"
 
 

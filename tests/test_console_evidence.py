@@ -13,7 +13,7 @@ import numpy as np
 from edge.keys import generate_device_key
 from edge.messaging.thumbnail import encrypt_thumbnail, evidence_context
 from edge.operator.views import quality_words, score_bar
-from edge.watchlist.references import References
+from edge.watchlist.operator.references import References
 import test_console
 from test_console import make_console, new_event, session
 
@@ -157,7 +157,7 @@ def test_a_build_with_hostile_files_shows_no_face_from_them_and_a_broken_meta_is
     import pytest
 
     from edge.errors import DataError
-    from edge.watchlist.references import MAX_REFERENCE_BYTES
+    from edge.watchlist.operator.references import MAX_REFERENCE_BYTES
 
     refs = build_dir(tmp_path, {"subj-1": [jpeg(1), jpeg(2)], "subj-2": [jpeg(3)]})
     (refs.dir / "0000000.jpg").write_bytes(b"GIF89a not a jpeg")  # not a JPEG: skipped

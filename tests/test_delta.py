@@ -11,8 +11,10 @@ from hypothesis import strategies as st
 
 from edge.canonical import canonical_json
 from edge.watchlist import delta as D
-from edge.watchlist.build import PCA_MIN_ITEMS, index_for, make_payload
-from edge.watchlist.index import Watchlist
+from edge.watchlist.operator.diff import diff
+from edge.watchlist.index import index_for
+from edge.watchlist.operator.build import PCA_MIN_ITEMS, make_payload
+from edge.watchlist.device.matcher import Watchlist
 from edge.watchlist.payload import (SUBJECT_FIELDS, Payload, content_sha256, pack, split_templates, template_dim,
                                     unpack)
 
@@ -80,7 +82,7 @@ def pair(pair_entries):
 
 def test_diff_lists_removed_added_updated_and_carries_thresholds(pair):
     base, new = pair
-    d = D.diff(base, new)
+    d = diff(base, new)
     assert d.base_content_sha256 == content_sha256(pack(base))
     # Gone subjects first (in base order), then those whose templates changed (removed and added again).
     assert d.removed == ["s1", "s3"]
@@ -97,14 +99,14 @@ def test_a_metadata_only_change_is_an_update_and_moves_no_templates(pair):
     cols = base.meta["subjects"]
     meta = dict(base.meta, subjects=dict(cols, label=["Other" if s == "s0" else lab
                                                       for s, lab in zip(cols["id"], cols["label"])]))
-    d = D.diff(base, Payload(base.index, meta, base.templates))
+    d = diff(base, Payload(base.index, meta, base.templates))
     assert (d.removed, d.updated, d.added_items, d.templates) == ([], {"s0": {"label": "Other"}}, [], b"")
     assert d.added == {f: [] for f in SUBJECT_FIELDS}
 
 
 def test_apply_holds_exactly_the_new_content(pair):
     base, new = pair
-    full = D.apply(base, D.diff(base, new))
+    full = D.apply(base, diff(base, new))
     assert by_subject(full) == by_subject(new)
     assert full.meta["thresholds"] == new.meta["thresholds"]
     # Deterministic order: the kept base subjects in base order, then the added ones in new's order.
@@ -117,7 +119,7 @@ def test_apply_of_a_fused_watchlist_keeps_both_embeddings(pair_entries):
     base_entries, new_entries = pair_entries
     base, new = build(base_entries, fused=True), build(new_entries, {"match": 0.7}, fused=True)
     assert template_dim(base.meta) == DIM + FUSION["dim2"]
-    d = D.diff(base, new)
+    d = diff(base, new)
     assert d.removed == ["s1", "s3"] and set(d.updated) == {"s2", "s4"}  # unchanged subjects keep both embeddings
     assert len(d.templates) == 6 * (DIM + FUSION["dim2"] + 4)
     full = unpack(D.apply_bytes(pack(base), D.pack_delta(d)))
@@ -127,14 +129,14 @@ def test_apply_of_a_fused_watchlist_keeps_both_embeddings(pair_entries):
 
 def test_an_empty_delta_rebuilds_the_base_byte_for_byte(pair):
     base, _ = pair
-    d = D.diff(base, base)
+    d = diff(base, base)
     assert (d.removed, d.updated, d.n_added) == ([], {}, 0)
     assert pack(D.apply(base, d)) == pack(base)  # the device's rebuild is the operator's build
 
 
 def test_pack_unpack_round_trip_and_apply_bytes(pair):
     base, new = pair
-    d = D.diff(base, new)
+    d = diff(base, new)
     packed = D.pack_delta(d)
     assert packed.startswith(D.MAGIC)
     assert D.unpack_delta(packed) == d
@@ -144,7 +146,7 @@ def test_pack_unpack_round_trip_and_apply_bytes(pair):
 
 def test_two_applies_give_byte_identical_payloads(pair):
     base, new = pair
-    d1, d2 = D.diff(base, new), D.diff(base, new)
+    d1, d2 = diff(base, new), diff(base, new)
     assert D.pack_delta(d1) == D.pack_delta(d2)
     a, b = pack(D.apply(base, d1)), D.apply_bytes(pack(base), D.pack_delta(d2))
     assert a == b and content_sha256(a) == content_sha256(b)
@@ -155,7 +157,7 @@ def test_two_applies_give_byte_identical_payloads(pair):
 
 def test_apply_on_the_wrong_base_is_refused(pair):
     base, new = pair
-    d = D.diff(base, new)
+    d = diff(base, new)
     with pytest.raises(D.DeltaError, match="not the version it was made from"):
         D.apply(new, d)
     with pytest.raises(D.DeltaError, match="not the version it was made from"):
@@ -168,7 +170,7 @@ def test_apply_on_the_wrong_base_is_refused(pair):
 
 def test_apply_refuses_a_delta_naming_unknown_subjects_or_duplicates(pair):
     base, new = pair
-    d = D.diff(base, new)
+    d = diff(base, new)
     sha = d.base_content_sha256
     fields = dict(added=d.added, added_items=d.added_items, templates=d.templates, thresholds={})
     with pytest.raises(D.DeltaError, match="names 1 subject"):
@@ -184,7 +186,7 @@ def test_apply_refuses_a_delta_naming_unknown_subjects_or_duplicates(pair):
 
 def test_apply_bytes_refuses_templates_of_the_wrong_length(pair):
     base, new = pair
-    d = D.diff(base, new)
+    d = diff(base, new)
     short = D.Delta(d.base_content_sha256, d.removed, d.updated, d.added, d.added_items, d.templates[:-1],
                     d.thresholds)
     with pytest.raises(D.DeltaError, match="templates hold"):
@@ -200,9 +202,9 @@ def test_a_layout_change_is_refused_at_diff(pair, change, what):
     else:
         other = build([(_subject("s0"), _unit(rng, 1))], fused=True)
     with pytest.raises(D.DeltaError, match=f"differ in {what}.*seal a full version"):
-        D.diff(base, other)
+        diff(base, other)
     with pytest.raises(D.DeltaError, match=f"differ in {what}"):
-        D.diff(other, base)
+        diff(other, base)
 
 
 def _frame(header, templates=b"", n_templates=None, raw_header=None):
@@ -269,7 +271,7 @@ def test_the_malformed_table_is_built_around_a_valid_delta():
 
 def test_unpack_delta_refuses_every_truncation(pair):
     base, new = pair
-    packed = D.pack_delta(D.diff(base, new))
+    packed = D.pack_delta(diff(base, new))
     for n in range(len(packed)):
         with pytest.raises(D.DeltaError):
             D.unpack_delta(packed[:n])
@@ -326,9 +328,9 @@ def large():
                             _unit(rng, 2, dim) if s in retemplate else v))
     new_entries += [(_subject(s), v) for s, v in added.items()]
     new = build(new_entries, {"match": 0.8, "margin": 0.02}, n_trees=4, dim=dim)
-    delta = D.diff(base, new)
+    delta = diff(base, new)
     device = D.apply_bytes(pack(base), D.pack_delta(delta))  # what the store runs
-    operator = pack(D.apply(base, D.diff(base, new)))  # what `edge watchlist seal --base` seals as the full bundle
+    operator = pack(D.apply(base, diff(base, new)))  # what `edge watchlist seal --base` seals as the full bundle
     return dict(rng=rng, base=base, new=new, delta=delta, device=device, operator=operator, gone=gone,
                 relabel=relabel, retemplate=retemplate, added=added, dim=dim)
 

@@ -150,8 +150,8 @@ def _bundle(operator, device, version: int) -> bytes:
 
     import numpy as np
 
-    from edge.watchlist.build import make_payload
-    from edge.watchlist.bundle import seal
+    from edge.watchlist.operator.build import make_payload
+    from edge.watchlist.operator.seal import seal
     from edge.watchlist.payload import pack
 
     subject = {"id": f"v{version}-s0", "label": None, "category": None, "expires": None}
@@ -168,7 +168,7 @@ def _provisioned(tmp_path: Path) -> tuple[Path, Path]:
     from edge.audit_seal import Sealer, new_keys
     from edge.messaging.outbox import Outbox
     from edge.messaging.payloads import make_event
-    from edge.watchlist.store import WatchlistStore
+    from edge.watchlist.device.store import WatchlistStore
 
     config = _device(tmp_path)
     state = tmp_path / "state"

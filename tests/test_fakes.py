@@ -10,7 +10,8 @@ from edge.device.pipeline import MatchContext, Pipeline
 from edge.device.policy import DecisionPolicy, PolicyConfig
 from edge.device.track import Tracker
 from edge.messaging.payloads import decode_watchlist_state, encode_offer
-from edge.messaging.sync import WatchlistSync, offer_messages
+from edge.messaging.offers import offer_messages
+from edge.messaging.sync import WatchlistSync
 from edge.messaging.topics import Topics
 from edge.types import Candidate, Detection, Frame, MatchResult, PendingEvent
 from edge.vision.quality import QualityThresholds

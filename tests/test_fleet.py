@@ -20,10 +20,10 @@ from edge.keys import TrustStore, generate_device_key
 from edge.messaging.payloads import encode_status, encode_watchlist_state
 from edge.operator.fleet import MAX_FLEET_BYTES, Fleet, acl_text, load_fleet, save_fleet
 from edge.operator.rollout import render, rollout
-from edge.watchlist.bundle import open_bundle
-from edge.watchlist.build import load_build
+from edge.watchlist.device.unseal import open_bundle
+from edge.watchlist.operator.build import load_build
 from edge.watchlist.payload import content_sha256, unpack
-from edge.watchlist.store import WatchlistStore
+from edge.watchlist.device.store import WatchlistStore
 
 REPO = Path(__file__).resolve().parent.parent
 COMMITTED_ACL = REPO / "firmware-config" / "mosquitto" / "acl"
@@ -424,7 +424,7 @@ def _tiny_build(out):
     import numpy as np
 
     from edge.canonical import canonical_json
-    from edge.watchlist.build import make_payload
+    from edge.watchlist.operator.build import make_payload
 
     v = np.random.default_rng(0).normal(size=(2, 8)).astype(np.float32)
     p = make_payload(v / np.linalg.norm(v, axis=1, keepdims=True), [0, 1],

@@ -17,11 +17,12 @@ from edge.messaging.mqtt import MqttClient
 from edge.messaging.sync import WatchlistSync
 from edge.operator.fleet import Fleet, acl_text
 from edge.watchlist import delta as D
-from edge.watchlist.build import make_payload
-from edge.watchlist.bundle import seal, sign_wipe
-from edge.watchlist.index import Watchlist
+from edge.watchlist.operator.diff import diff
+from edge.watchlist.operator.build import make_payload
+from edge.watchlist.operator.seal import seal, sign_wipe
+from edge.watchlist.device.matcher import Watchlist
 from edge.watchlist.payload import content_sha256, pack
-from edge.watchlist.store import WatchlistStore
+from edge.watchlist.device.store import WatchlistStore
 
 EMBEDDER = ("test", "0" * 64)
 GROUP = "patrol"
@@ -60,9 +61,9 @@ def versions(n_versions: int, n: int = 300, change: int = 20):
         ids = list(subjects)
         new = make_payload(np.stack([subjects[s] for s in ids]), list(range(len(ids))),
                            [{"id": s, "label": None, "category": None, "expires": None} for s in ids], n_trees=2)
-        full = new if base is None else D.apply(base, D.diff(base, new))
+        full = new if base is None else D.apply(base, diff(base, new))
         if base is not None:
-            deltas[version] = D.pack_delta(D.diff(base, new))
+            deltas[version] = D.pack_delta(diff(base, new))
         fulls[version], base = pack(full), full
     return fulls, deltas
 
@@ -230,7 +231,7 @@ def test_one_group_payload_deltas_catch_up_and_wipe(broker, crypto, tmp_path, ca
         keys.save_private_key(signing, crypto["operator"])
         cli(broker, capsys, "fleet", "wipe", "--group", GROUP, "--upto", "3", "--signing-key", str(signing))
         members = [d for d in online if d.id != "cam-d"]
-        run_until(members, lambda: all(d.store.state()["state"] == "wiped" for d in members))
+        run_until(members, lambda: all(d.store.state().state == "wiped" for d in members))
         for d in members:
             assert not (tmp_path / d.id / "installed.bundle").exists() and d.store.current() == (None, None)
         status = cli(broker, capsys, "fleet", "status", "--fleet", str(tmp_path / "fleet.json"), "--wait", "2")
@@ -246,7 +247,7 @@ def test_one_group_payload_deltas_catch_up_and_wipe(broker, crypto, tmp_path, ca
         run_until([restarted], lambda: restarted.sync.stats.offers >= 1)
         time.sleep(0.3)
         restarted.pump()
-        assert restarted.version() == 4 and restarted.store.state()["last_rejection"]["reason"] == "replayed_wipe"
+        assert restarted.version() == 4 and restarted.store.state().last_rejection.reason == "replayed_wipe"
     finally:
         for d in online:
             d.stop()

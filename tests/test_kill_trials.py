@@ -23,8 +23,9 @@ import pytest
 
 from edge import keys
 from edge.messaging.outbox import Outbox
-from edge.watchlist.bundle import open_bundle, seal
-from edge.watchlist.store import WatchlistStore
+from edge.watchlist.device.unseal import open_bundle
+from edge.watchlist.operator.seal import seal
+from edge.watchlist.device.store import WatchlistStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kill_child import EMBEDDER  # noqa: E402
@@ -115,8 +116,8 @@ def test_sigkill_during_watchlist_install_leaves_old_or_new(tmp_path):
             problems.append(f"serves version {version}, expected {installed} or {target}")
         elif live != bundles[version][1] or on_disk != bundles[version][0]:
             problems.append(f"v{version}: live payload or installed.bundle differs from the v{version} bundle")
-        if store.state()["last_rejection"] is not None:
-            problems.append(f"start() rejected the installed file: {store.state()['last_rejection']}")
+        if store.state().last_rejection is not None:
+            problems.append(f"start() rejected the installed file: {store.state().last_rejection}")
         try:
             open_bundle(on_disk, device, trust, expected_device_id="cam-k")
         except Exception as exc:  # noqa: BLE001 - recorded as a corrupt install
@@ -173,7 +174,8 @@ def _chain(n_versions: int, seed: int):
     import numpy as np
 
     from edge.watchlist import delta as D
-    from edge.watchlist.build import make_payload
+    from edge.watchlist.operator.diff import diff
+    from edge.watchlist.operator.build import make_payload
     from edge.watchlist.payload import pack
 
     rng = np.random.default_rng(seed)
@@ -198,7 +200,7 @@ def _chain(n_versions: int, seed: int):
         if base is None:
             full = new
         else:
-            deltas[version] = D.diff(base, new)
+            deltas[version] = diff(base, new)
             full = D.apply(base, deltas[version])
         fulls[version] = pack(full)
         base = full
@@ -248,8 +250,8 @@ def test_sigkill_during_delta_install_leaves_old_or_new(tmp_path):
             problems.append(f"serves version {version}, expected {installed} or {target}")
         elif live != fulls[version]:
             problems.append(f"v{version}: the live payload is not the full content of v{version}")
-        if store.state()["last_rejection"] is not None:
-            problems.append(f"start() rejected the installed file: {store.state()['last_rejection']}")
+        if store.state().last_rejection is not None:
+            problems.append(f"start() rejected the installed file: {store.state().last_rejection}")
         leftovers = sorted(p.name for p in state.iterdir() if p.name not in ("installed.bundle", "installed.version"))
         if leftovers:
             problems.append(f"files left after start(): {leftovers}")

@@ -27,7 +27,10 @@ ALLOWED = {
 OWNERS = {
     "paho": {"messaging/mqtt.py"},
     "annoy": {"watchlist/index.py"},
-    "cryptography": {"keys.py", "watchlist/bundle.py", "device/provision.py"},
+    # the watchlist bundle: device-side verify/unseal/local bundles, the operator's seal (edge/watchlist/frame.py, the
+    # format they share, has no cryptography)
+    "cryptography": {"keys.py", "device/provision.py", "watchlist/device/verify.py", "watchlist/device/unseal.py",
+                     "watchlist/device/local.py", "watchlist/operator/seal.py"},
     "picamera2": {"device/capture/picamera.py"},
     "libcamera": {"device/capture/picamera.py"},
     "ai_edge_litert": {"vision/runtime.py"},
@@ -38,7 +41,12 @@ OWNERS = {
     "starlette": {"operator/console/"},
     "jinja2": {"operator/console/app.py", "operator/console/base.py"},
     "uvicorn": {"operator/console/app.py"},
+    # OpenCV: the vision stack and the capture sources; besides them only image files (ground, for the CLI, tools
+    # and the replay source) and the demo's clip
+    "cv2": {"vision/", "device/capture/", "imageio.py", "evaluation/clip.py"},
 }
+#: The device's side of the watchlist, and the operator's: the device side never imports the operator side.
+DEVICE_WATCHLIST, OPERATOR_WATCHLIST = "watchlist/device/", "watchlist/operator/"
 
 
 def _package(rel: str) -> str:
@@ -63,6 +71,67 @@ def _imports(path: Path) -> frozenset[str]:
 
 
 MODULES = sorted(p.relative_to(EDGE).as_posix() for p in EDGE.rglob("*.py"))
+
+
+def _file(module: str) -> str | None:
+    """edge/-relative path of an `edge.…` module (a package: its __init__.py), None if it is not one."""
+    parts = module.split(".")
+    if parts[0] != "edge":
+        return None
+    path = EDGE.joinpath(*parts[1:])
+    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+        if len(parts) > 1 and candidate.is_file():
+            return candidate.relative_to(EDGE).as_posix()
+    return "__init__.py" if len(parts) == 1 else None
+
+
+def _top_level(body: list[ast.stmt]):
+    """The import statements that run when a module is imported: not in functions, not under TYPE_CHECKING."""
+    for node in body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield node
+        elif isinstance(node, ast.If):
+            test = node.test
+            if getattr(test, "id", None) != "TYPE_CHECKING" and getattr(test, "attr", None) != "TYPE_CHECKING":
+                yield from _top_level(node.body)
+            yield from _top_level(node.orelse)
+        elif isinstance(node, ast.Try):
+            for block in (node.body, node.orelse, node.finalbody, *(h.body for h in node.handlers)):
+                yield from _top_level(block)
+        elif isinstance(node, (ast.With, ast.ClassDef)):
+            yield from _top_level(node.body)
+
+
+@lru_cache(maxsize=None)
+def _module_level(rel: str) -> frozenset[str]:
+    """The modules `edge/<rel>` imports when it is imported (`from pkg import mod` names the submodule)."""
+    found = set()
+    for node in _top_level(ast.parse((EDGE / rel).read_text()).body):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names if _file(f"{node.module}.{a.name}"))
+    return frozenset(found)
+
+
+def _loads(rel: str, every_import: bool = False) -> tuple[set[str], set[str]]:
+    """(the edge modules, the other top-level packages) importing `edge/<rel>` loads, transitively: at import time
+    (module level), or with `every_import` through function-local imports too (whatever it may ever load)."""
+    edge, other, todo = set(), set(), [rel]
+    while todo:
+        current = todo.pop()
+        if current in edge:
+            continue
+        edge.add(current)
+        names = _imports(EDGE / current) if every_import else _module_level(current)
+        for name in names:
+            parts = name.split(".")
+            if parts[0] != "edge":
+                other.add(parts[0])
+            # importing a.b.c runs a/__init__, a/b/__init__ and a/b/c
+            todo.extend(f for i in range(1, len(parts) + 1) if (f := _file(".".join(parts[:i]))) is not None)
+    return edge, other
 
 
 def _target(module: str) -> str | None:
@@ -140,7 +209,7 @@ def _module_name(rel: str) -> str:
 NAMES = {_module_name(rel): rel for rel in MODULES}
 
 
-def _module_level(tree: ast.Module):
+def _runtime_imports(tree: ast.Module):
     """The import statements that run when the module is imported: top level, and inside top-level `if`/`try`
     blocks, but not `if TYPE_CHECKING:` (never runs) nor function or class bodies' functions (run when called)."""
     stack = list(tree.body)
@@ -173,7 +242,7 @@ def _graph(module_level_only: bool) -> dict[str, frozenset[str]]:
     graph = {}
     for name, rel in NAMES.items():
         tree = ast.parse((EDGE / rel).read_text(), rel)
-        nodes = _module_level(tree) if module_level_only else ast.walk(tree)
+        nodes = _runtime_imports(tree) if module_level_only else ast.walk(tree)
         graph[name] = frozenset(t for n in nodes if isinstance(n, (ast.Import, ast.ImportFrom))
                                 for t in _edge_targets(n) if t != name)
     return graph
@@ -268,3 +337,39 @@ def test_the_commands_that_touch_no_image_run_without_opencv(tmp_path):
                      "assert sys.modules['cv2'] is None\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+DEVICE_RUNTIME = [rel for rel in MODULES if rel.startswith((DEVICE_WATCHLIST, "device/", "messaging/"))]
+
+
+@pytest.mark.parametrize("rel", DEVICE_RUNTIME)
+def test_the_device_never_loads_the_operators_watchlist_code(rel):
+    """Whatever a device-side module may ever import (function-local imports too) holds no module of
+    edge/watchlist/operator/ (enrollment, sealing, releases, diffs)."""
+    loaded, _ = _loads(rel, every_import=True)
+    operator = sorted(m for m in loaded if m.startswith(OPERATOR_WATCHLIST))
+    assert not operator, f"edge/{rel} loads the operator's watchlist code: {operator}"
+
+
+@pytest.mark.parametrize("rel", DEVICE_RUNTIME)
+def test_the_device_loads_opencv_only_through_vision_and_capture(rel):
+    """Importing a device-side module loads OpenCV only through edge/vision or edge/device/capture (the analyzer
+    needs it); the watchlist's device side and messaging never load it at all."""
+    loaded, _ = _loads(rel)
+    through = sorted(m for m in loaded if "cv2" in _module_level(m))
+    assert all(m.startswith(("vision/", "device/capture/")) for m in through), f"edge/{rel} loads cv2 via {through}"
+    if rel.startswith((DEVICE_WATCHLIST, "messaging/")):
+        assert not through, f"edge/{rel} loads cv2 via {through}"
+
+
+def test_the_watchlist_device_side_imports_nothing_of_the_operator_side_or_opencv():
+    """The same for the watchlist's device side as a whole, function-local imports included, and the closure is
+    not vacuous: it reaches the store's whole chain (verify, unseal, policy, the delta, the index)."""
+    loaded, other = set(), set()
+    for rel in MODULES:
+        if rel.startswith(DEVICE_WATCHLIST):
+            edge, libs = _loads(rel, every_import=True)
+            loaded, other = loaded | edge, other | libs
+    assert {"watchlist/device/unseal.py", "watchlist/device/policy.py", "watchlist/delta.py",
+            "watchlist/index.py", "install_state.py"} <= loaded
+    assert not {m for m in loaded if m.startswith(OPERATOR_WATCHLIST)} and "cv2" not in other

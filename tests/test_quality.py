@@ -7,7 +7,7 @@ from conftest import FACES
 from edge.imageio import read_image, write_image
 from edge.types import Detection
 from edge.vision.quality import QualityThresholds, SubjectRule, assess, laplacian_variance, pose, subject_face
-from edge.watchlist.build import GalleryEntry, enroll
+from edge.watchlist.operator.build import GalleryEntry, enroll
 
 
 def _face(analyzer, name="obama.jpg"):

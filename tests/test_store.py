@@ -13,8 +13,9 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from edge.keys import TrustStore, generate_device_key, generate_operator_key
-from edge.watchlist.bundle import seal
-from edge.watchlist.store import InstallResult, WatchlistStore
+from edge.watchlist.operator.seal import seal
+from edge.install_state import InstallResult
+from edge.watchlist.device.store import WatchlistStore
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=timezone.utc)
 EXPIRES = NOW + timedelta(days=30)
@@ -66,7 +67,7 @@ def test_install_persists_encrypted_bundle_with_mode_0600(installed):
     assert sorted(p.name for p in state.iterdir()) == ["installed.bundle", "installed.version"]  # no temp files left
     live, manifest = store.current()
     assert live == b"watchlist v2" and manifest["version"] == 2
-    assert store.state(now=NOW) == {"version": 2, "watchlist_id": "wl-main", "state": "ok",
+    assert store.state(now=NOW).to_dict() == {"version": 2, "watchlist_id": "wl-main", "state": "ok",
                                     "expires": "2025-07-01T12:00:00Z", "last_rejection": None,
                                     "n_items": 3, "n_subjects": 2, "sealed_for": {"match": 0.42}}
 
@@ -118,7 +119,7 @@ def test_every_rejection_keeps_the_installed_watchlist(keys, installed, attack):
     assert (state / "installed.bundle").read_bytes() == v2
     assert sorted(p.name for p in state.iterdir()) == ["installed.bundle", "installed.version"]
     assert store.current()[0] == b"watchlist v2"
-    st = store.state(now=NOW)
+    st = store.state(now=NOW).to_dict()
     assert (st["version"], st["state"]) == (2, "ok")
     assert st["last_rejection"] == {"reason": reason, "message": result.message, "at": "2025-06-01T12:00:00Z"}
 
@@ -147,11 +148,11 @@ def test_newer_version_swaps_and_survives_a_restart(keys, installed):
     assert (state / "installed.bundle").read_bytes() == v3
 
     restarted = new_store(keys, state)
-    assert restarted.current() == (None, None) and restarted.state()["state"] == "none"
+    assert restarted.current() == (None, None) and restarted.state().state == "none"
     restarted.start(now=NOW)
     live, manifest = restarted.current()
     assert live == b"watchlist v3" and manifest["version"] == 3
-    assert restarted.state(now=NOW)["state"] == "ok"
+    assert restarted.state(now=NOW).state == "ok"
     # The restarted store still refuses rollbacks.
     assert restarted.install(make(keys, 2), now=NOW).reason == "rollback"
 
@@ -163,16 +164,16 @@ def test_expired_on_restart_is_served_as_stale(keys, installed):
     restarted.start(now=later)
     assert restarted.current()[0] == b"watchlist v2"
     st = restarted.state(now=later)
-    assert (st["version"], st["state"], st["last_rejection"]) == (2, "stale", None)
+    assert (st.version, st.state, st.last_rejection) == (2, "stale", None)
     # The running store notices expiry too.
-    assert store.state(now=later)["state"] == "stale"
+    assert store.state(now=later).state == "stale"
 
 
 def test_start_with_nothing_installed(keys, tmp_path):
     store = new_store(keys, tmp_path / "absent")
     store.start(now=NOW)
     assert store.current() == (None, None)
-    assert store.state(now=NOW) == {"version": None, "watchlist_id": None, "state": "none", "expires": None,
+    assert store.state(now=NOW).to_dict() == {"version": None, "watchlist_id": None, "state": "none", "expires": None,
                                     "last_rejection": None}
 
 
@@ -185,7 +186,7 @@ def test_corrupted_installed_file_serves_nothing_but_keeps_the_rollback_floor(ke
     restarted = new_store(keys, state)
     restarted.start(now=NOW)  # must not raise
     assert restarted.current() == (None, None)
-    st = restarted.state(now=NOW)
+    st = restarted.state(now=NOW).to_dict()
     assert st["state"] == "none"
     assert st["last_rejection"]["reason"] == "payload_mismatch"
     assert st["last_rejection"]["message"].startswith(f"installed watchlist {path} no longer verifies: bundle wl-main")
@@ -205,9 +206,9 @@ def test_loader_failure_on_restart_serves_nothing(keys, installed):
     restarted = new_store(keys, state, load=broken)
     restarted.start(now=NOW)
     assert restarted.current() == (None, None)
-    rejection = restarted.state(now=NOW)["last_rejection"]
-    assert rejection["reason"] == "load_failed"
-    assert "could not be loaded: annoy: cannot map index" in rejection["message"]
+    rejection = restarted.state(now=NOW).last_rejection
+    assert rejection.reason == "load_failed"
+    assert "could not be loaded: annoy: cannot map index" in rejection.message
 
 
 def test_current_is_not_blocked_by_a_slow_loader(keys, installed):

@@ -13,11 +13,13 @@ import pytest
 from edge.canonical import canonical_json
 from edge.keys import TrustStore, generate_device_key, generate_operator_key
 from edge.watchlist import delta as D
-from edge.watchlist.bundle import LOCAL_MAGIC, MAGIC, seal, sign_wipe
-from edge.watchlist.build import make_payload
-from edge.watchlist.index import Watchlist
+from edge.watchlist.operator.diff import diff
+from edge.watchlist.frame import LOCAL_MAGIC, MAGIC
+from edge.watchlist.operator.seal import seal, sign_wipe
+from edge.watchlist.operator.build import make_payload
+from edge.watchlist.device.matcher import Watchlist
 from edge.watchlist.payload import SUBJECT_FIELDS, content_sha256, pack, unpack
-from edge.watchlist.store import WatchlistStore
+from edge.watchlist.device.store import WatchlistStore
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=timezone.utc)
 EMBEDDER = ("dlib_resnet_v1_int8", hashlib.sha256(b"embedder").hexdigest())
@@ -74,7 +76,7 @@ def full_bundle(keys, version, packed, group=None, **overrides):
 def delta_bundle(keys, version, base_version, base_packed, new_packed, group=None, **overrides):
     """(delta bundle, the full packed payload it makes), the way `edge watchlist seal --base` makes them."""
     base = unpack(base_packed)
-    delta = D.diff(base, unpack(new_packed))
+    delta = diff(base, unpack(new_packed))
     full = pack(D.apply(base, delta))
     overrides = dict(dict(base={"version": base_version, "content_sha256": delta.base_content_sha256},
                           content=content_sha256(full)), **overrides)
@@ -138,7 +140,7 @@ def test_a_delta_on_v1_installs_the_full_v2_content(keys, on_v2_by_delta, conten
     first_d = d.meta["items"].index(d.meta["subjects"]["id"].index("d"))
     q = np.frombuffer(d.templates, np.int8, DIM, offset=first_d * DIM).astype(np.float32)
     assert watchlist.match(q / np.linalg.norm(q)).top.subject_id == "d"
-    assert store.state(now=NOW)["version"] == 2 and store.read_record() == (2, content_sha256(full_v2))
+    assert store.state(now=NOW).version == 2 and store.read_record() == (2, content_sha256(full_v2))
 
 
 def test_the_delta_result_is_kept_as_a_private_local_bundle_without_plaintext(on_v2_by_delta, contents):
@@ -159,7 +161,7 @@ def test_a_restart_serves_v2_from_the_local_bundle_and_takes_the_next_delta(keys
     restarted = new_store(keys, state)
     restarted.start(now=NOW)
     assert live_payload(restarted) == full_v2
-    assert restarted.state(now=NOW) == {"version": 2, "watchlist_id": "wl", "state": "ok",
+    assert restarted.state(now=NOW).to_dict() == {"version": 2, "watchlist_id": "wl", "state": "ok",
                                         "expires": "2025-07-01T12:00:00Z", "last_rejection": None,
                                         "n_items": 7, "n_subjects": 3, "sealed_for": {"match": 0.9}}
     data, full_v3 = delta_bundle(keys, 3, 2, full_v2, contents["v3"])  # a delta on the rebuilt v2
@@ -172,13 +174,13 @@ def test_a_restart_serves_v2_from_the_local_bundle_and_takes_the_next_delta(keys
 def test_a_delta_on_another_version_is_base_missing_and_changes_nothing(keys, on_v1, contents):
     store, state = on_v1
     before, live_before = files(state), store.current()
-    full_v2 = pack(D.apply(unpack(contents["v1"]), D.diff(unpack(contents["v1"]), unpack(contents["v2"]))))
+    full_v2 = pack(D.apply(unpack(contents["v1"]), diff(unpack(contents["v1"]), unpack(contents["v2"]))))
     data, _ = delta_bundle(keys, 3, 2, full_v2, contents["v3"])
     result = store.install(data, now=NOW)
     assert (result.ok, result.reason, result.version) == (False, "base_missing", 3)
     assert "it is a delta on v2 and this device holds v1" in result.message
     assert files(state) == before and store.current() == live_before
-    assert store.state(now=NOW)["last_rejection"]["reason"] == "base_missing"
+    assert store.state(now=NOW).last_rejection.reason == "base_missing"
     # The sync's fallback: the full version installs.
     result = store.install(full_bundle(keys, 3, contents["v3"]), now=NOW)
     assert (result.ok, result.reason) == (True, "installed")
@@ -242,7 +244,7 @@ def test_a_tampered_local_bundle_is_refused_at_start(keys, on_v2_by_delta, where
     restarted = new_store(keys, state)
     restarted.start(now=NOW)
     assert restarted.current() == (None, None)
-    assert restarted.state(now=NOW)["last_rejection"]["reason"] == reason
+    assert restarted.state(now=NOW).last_rejection.reason == reason
     assert restarted.floor == 2  # the version it claims stays the rollback floor
     # The operator re-sends v2 (the full bundle): the device is repaired.
     result = restarted.install(full_bundle(keys, 2, full_v2), now=NOW)
@@ -258,7 +260,7 @@ def test_a_device_wipe_drops_memory_and_disk_and_sets_the_floor(keys, on_v2_by_d
     assert (result.ok, result.reason, result.version) == (True, "wiped", 2)
     assert store.current() == (None, None)
     assert not (state / "installed.bundle").exists() and sorted(files(state)) == ["installed.version"]
-    assert store.state(now=NOW)["state"] == "wiped" and store.read_record() == (2, "wiped")
+    assert store.state(now=NOW).state == "wiped" and store.read_record() == (2, "wiped")
     assert CANARY.encode() not in (state / "installed.version").read_bytes()
     # Versions up to the wiped one never come back; a newer one installs.
     assert store.install(full_bundle(keys, 1, contents["v1"]), now=NOW).reason == "rollback"
@@ -267,7 +269,7 @@ def test_a_device_wipe_drops_memory_and_disk_and_sets_the_floor(keys, on_v2_by_d
     assert store.current() == (None, None) and not (state / "installed.bundle").exists()
     result = store.install(full_bundle(keys, 3, contents["v3"]), now=NOW)
     assert (result.ok, result.reason) == (True, "installed")
-    assert live_payload(store) == contents["v3"] and store.state(now=NOW)["state"] == "ok"
+    assert live_payload(store) == contents["v3"] and store.state(now=NOW).state == "ok"
 
 
 def test_a_wipe_beyond_the_installed_version_raises_the_floor(keys, on_v1, contents):
@@ -287,7 +289,7 @@ def test_a_replayed_wipe_after_a_newer_install_changes_nothing(keys, on_v1, cont
     before, live = files(state), store.current()
     result = store.wipe(wipe, now=NOW)
     assert (result.ok, result.reason) == (False, "replayed_wipe")
-    assert files(state) == before and store.current() == live and store.state(now=NOW)["state"] == "ok"
+    assert files(state) == before and store.current() == live and store.state(now=NOW).state == "ok"
 
 
 def test_a_replayed_wipe_while_wiped_is_refused(keys, on_v1):
@@ -318,7 +320,7 @@ def test_an_unsigned_or_foreign_wipe_is_refused_and_changes_nothing(keys, on_v2_
     result = store.wipe(data, now=NOW)
     assert (result.ok, result.reason) == (False, reason)
     assert files(state) == before and live_payload(store) == full_v2
-    assert store.state(now=NOW)["state"] == "ok" and store.floor == 2
+    assert store.state(now=NOW).state == "ok" and store.floor == 2
 
 
 def test_a_group_wipe_applies_only_to_a_list_from_that_group(keys, tmp_path, contents):
@@ -352,7 +354,7 @@ def test_the_floor_survives_a_restart_after_a_wipe(keys, on_v2_by_delta, content
     restarted.start(now=NOW)
     assert not (state / "installed.bundle").exists() and restarted.read_record() == (2, "wiped")
     assert restarted.current() == (None, None) and restarted.floor == 2
-    assert restarted.state(now=NOW)["state"] == "wiped"
+    assert restarted.state(now=NOW).state == "wiped"
     assert restarted.install(full_bundle(keys, 1, contents["v1"]), now=NOW).reason == "rollback"
     assert restarted.install(full_bundle(keys, 2, full_v2), now=NOW).reason == "same_version_different_content"
     assert restarted.wipe(sign_wipe(keys["operator"], "device:cam1", 2, issued=NOW), now=NOW).reason == \

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 
 from edge import keys
-from edge.watchlist.build import make_payload
-from edge.watchlist.bundle import BundleError, open_bundle, open_bundle_file, seal
-from edge.watchlist.index import Watchlist
+from edge.watchlist.operator.build import make_payload
+from edge.watchlist.device.unseal import open_bundle, open_bundle_file
+from edge.watchlist.frame import BundleError
+from edge.watchlist.operator.seal import seal
+from edge.watchlist.device.matcher import Watchlist
 from edge.watchlist.payload import MappedPayload, PayloadError, PayloadSink, pack
 
 NOW = datetime.now(timezone.utc)

@@ -11,13 +11,14 @@ import pytest
 from edge import keys
 from edge.cli import main
 from edge.messaging.mqtt import MqttClient
-from edge.messaging.sync import WatchlistSync, offer_messages
+from edge.messaging.offers import offer_messages
+from edge.messaging.sync import WatchlistSync
 from edge.messaging.topics import Topics
-from edge.watchlist.build import make_payload
-from edge.watchlist.bundle import seal
-from edge.watchlist.index import Watchlist
+from edge.watchlist.operator.build import make_payload
+from edge.watchlist.operator.seal import seal
+from edge.watchlist.device.matcher import Watchlist
 from edge.watchlist.payload import pack
-from edge.watchlist.store import WatchlistStore
+from edge.watchlist.device.store import WatchlistStore
 
 DEVICE = "cam-a"
 TOPICS = Topics(DEVICE)
@@ -156,7 +157,7 @@ def test_an_offer_that_does_not_verify_is_rejected_and_reported(broker, crypto, 
     publish(broker, offer_messages(bytes(forged), DEVICE, 5, chunk_bytes=4096))
     dev.run_until(lambda d: d.sync.stats.rejections == 1)
     assert dev.version() == 0
-    state = dev.store.state()
+    state = dev.store.state().to_dict()
     assert state["last_rejection"]["reason"] in ("bad_signature", "malformed_manifest")
     dev.stop()
 

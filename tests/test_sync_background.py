@@ -7,7 +7,9 @@ import time
 from types import SimpleNamespace
 
 from edge.messaging.payloads import decode_watchlist_state
-from edge.messaging.sync import WatchlistSync, offer_messages
+from edge.install_state import InstalledState
+from edge.messaging.offers import offer_messages
+from edge.messaging.sync import WatchlistSync
 from fakes import FakeTransport
 
 
@@ -24,7 +26,7 @@ class SlowStore:
     floor = None
 
     def state(self):
-        return {"version": self.version, "state": "ok" if self.version else "none"}
+        return InstalledState("ok" if self.version else "none", self.version)
 
     def install_file(self, path):
         from pathlib import Path
@@ -86,7 +88,7 @@ class FlooredStore(SlowStore):
         self.floor, self._state = 5, state
 
     def state(self):
-        return {"version": None, "state": self._state}
+        return InstalledState(self._state)
 
 
 def test_a_refused_install_can_be_repaired_with_the_same_version_but_a_wiped_one_cannot(tmp_path):

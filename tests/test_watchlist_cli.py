@@ -13,8 +13,8 @@ from conftest import DATA, FACES
 from edge import keys
 from edge.cli import main
 from edge.imageio import read_image
-from edge.watchlist.index import Watchlist
-from edge.watchlist.store import WatchlistStore
+from edge.watchlist.device.matcher import Watchlist
+from edge.watchlist.device.store import WatchlistStore
 
 pytestmark = pytest.mark.models  # enrollment and the open-set evaluation load the models
 
@@ -77,8 +77,8 @@ def test_build_seal_verify(operator_flow, capsys):
     chips = sorted(refs.iterdir())
     assert [p.name for p in chips] == ["0000000.jpg", "0000001.jpg"]
     assert all(stat.S_IMODE(os.stat(p).st_mode) == 0o600 and p.read_bytes()[:3] == b"\xff\xd8\xff" for p in chips)
-    from edge.watchlist.bundle import open_bundle
-    from edge.watchlist.references import References
+    from edge.watchlist.device.unseal import open_bundle
+    from edge.watchlist.operator.references import References
 
     opened = open_bundle((tmp / "v3.bundle").read_bytes(), keys.load_private_key(tmp / "dev" / "device.key", "device"),
                          {keys.key_id(keys.load_public_key(tmp / "op" / "operator.pub", "operator")):

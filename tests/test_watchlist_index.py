@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from edge.evaluation.openset import openset_report, threshold_at_fpir
-from edge.watchlist.build import make_payload
-from edge.watchlist.index import Watchlist
+from edge.watchlist.operator.build import make_payload
+from edge.watchlist.device.matcher import Watchlist
 from edge.watchlist.payload import Payload, PayloadError, pack, unpack
 
 
@@ -88,7 +88,7 @@ def test_threshold_at_fpir_and_report():
 def test_large_lists_shortlist_on_a_pca_projection_and_rescore_exactly():
     """From PCA_MIN_ITEMS templates on, Annoy indexes a 64-D projection; the int8 templates give the exact cosine,
     so the best template is found and scored as an exact search would (within int8 rounding)."""
-    from edge.watchlist.build import PCA_MIN_ITEMS, STAGE1_DIM
+    from edge.watchlist.operator.build import PCA_MIN_ITEMS, STAGE1_DIM
 
     rng = np.random.default_rng(3)
     n, dim = PCA_MIN_ITEMS + 500, 128

@@ -141,7 +141,7 @@ def cmd_console(args: argparse.Namespace) -> int:
     from edge.operator.labels import labels_from_build
 
     url = _need_store(args)
-    from edge.watchlist.references import References
+    from edge.watchlist.operator.references import References
 
     labels = labels_from_build(args.watchlist) if args.watchlist else {}
     references = References(args.watchlist) if args.watchlist else None

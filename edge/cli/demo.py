@@ -118,11 +118,11 @@ def _install_watchlist(analyzer: Any, photos: Path, gallery: dict[Path, str] | N
     from edge.device.wiring import watchlist_loader
     from edge.durable import private_dir
     from edge.evaluation.calibration import scoring_tail
-    from edge.watchlist.build import GalleryEntry, enroll, payload_of, write_build
-    from edge.watchlist.bundle import seal
+    from edge.watchlist.operator.build import GalleryEntry, enroll, payload_of, write_build
+    from edge.watchlist.operator.seal import seal
     from edge.watchlist.payload import pack
-    from edge.watchlist.references import ReferenceSpool
-    from edge.watchlist.store import WatchlistStore
+    from edge.watchlist.device.store import WatchlistStore
+    from edge.watchlist.operator.references import ReferenceSpool
 
     gallery = gallery or {photos / name: label for name, label in DEMO_GALLERY.items()}
     entries = [GalleryEntry(p, p.name, label, "demo", None) for p, label in gallery.items()]
@@ -216,7 +216,7 @@ def _connect_over_mqtt(port: int, work: Path, device_id: str, topics: Any, outbo
 
     def heartbeat() -> None:  # what a device's control loop publishes (retained), every second here
         status = {**health.snapshot(), "reported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                  "watchlist": store.state(), "outbox_depth": outbox.depth()}
+                  "watchlist": store.state().to_dict(), "outbox_depth": outbox.depth()}
         status["gauges"] = {**status["gauges"], "outbox_depth": outbox.depth()}
         dev_client.publish(topics.status, encode_status("online", status), 1, True)
 
@@ -288,7 +288,7 @@ def serve_console(work: Path, names: dict, print_fn: Callable[[str], None], list
     from edge.operator.accounts import Accounts
     from edge.operator.console import create_app, server
     from edge.operator.event_store import EventStore
-    from edge.watchlist.references import References
+    from edge.watchlist.operator.references import References
 
     host, _, port_text = listen.rpartition(":")
     port = int(port_text)

@@ -41,7 +41,7 @@ def _thresholds(args: argparse.Namespace, analyzer) -> list[dict]:
     if args.threshold:
         return [{"threshold": t, "why": "--threshold"} for t in args.threshold]
     if args.bundle:
-        from edge.watchlist.bundle import BundleError, peek_manifest
+        from edge.watchlist.frame import BundleError, peek_manifest
 
         try:
             with open(args.bundle, "rb") as fh:  # the header is enough (as the device's store reads it)

@@ -90,7 +90,7 @@ def cmd_fleet_wipe(args: argparse.Namespace) -> int:
     from edge import keys
     from edge.durable import atomic_write
     from edge.messaging.topics import TopicError, WatchlistTopics
-    from edge.watchlist.bundle import sign_wipe
+    from edge.watchlist.operator.seal import sign_wipe
     from edge.watchlist.manifest import SchemaError, audience_of
 
     try:

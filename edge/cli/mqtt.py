@@ -213,7 +213,8 @@ def cmd_events_consume(args: argparse.Namespace) -> int:
 
 def _read_bundle(path: Path, trust, kind: str) -> tuple[bytes, dict]:
     from edge.files import read_file
-    from edge.watchlist.bundle import MAX_BUNDLE_BYTES, BundleError, verify_bundle
+    from edge.watchlist.device.verify import verify_bundle
+    from edge.watchlist.frame import MAX_BUNDLE_BYTES, BundleError
 
     data = read_file(path, "bundle", MAX_BUNDLE_BYTES, DataError)
     try:  # a truncated, bit-flipped or foreign bundle never replaces the good retained offer
@@ -242,7 +243,7 @@ def _current_offers(args: argparse.Namespace, source) -> list:
 
 def cmd_watchlist_publish(args: argparse.Namespace) -> int:
     from edge import keys
-    from edge.messaging.sync import clear_messages, offer_messages
+    from edge.messaging.offers import clear_messages, offer_messages
     from edge.messaging.topics import TopicError, WatchlistTopics
 
     trust = keys.TrustStore([keys.load_public_key(p, "operator") for p in args.operator_key])

@@ -138,11 +138,12 @@ def _recipients(args: argparse.Namespace) -> dict:
 def cmd_watchlist_seal(args: argparse.Namespace) -> int:
     from edge import keys
     from edge.watchlist import delta as D
-    from edge.watchlist.build import load_build
-    from edge.watchlist.bundle import seal
-    from edge.watchlist.index import Watchlist
+    from edge.watchlist.operator.diff import diff
+    from edge.watchlist.operator.build import load_build
+    from edge.watchlist.operator.seal import seal
+    from edge.watchlist.device.matcher import Watchlist
     from edge.watchlist.payload import pack, unpack
-    from edge.watchlist.releases import load_release, save_release
+    from edge.watchlist.operator.releases import load_release, save_release
 
     _check_seal_args(args)
     new, embedder = load_build(args.input)
@@ -153,7 +154,7 @@ def cmd_watchlist_seal(args: argparse.Namespace) -> int:
     if args.base is not None:
         base = unpack(load_release(releases, args.watchlist_id, args.base))
         try:
-            delta = D.diff(base, new)
+            delta = diff(base, new)
             full = D.apply(base, delta)
         except D.DeltaError as err:
             raise DataError(f"cannot seal v{args.version} as a delta on v{args.base}: {err}") from None

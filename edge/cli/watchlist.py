@@ -72,8 +72,8 @@ def _gate(args: argparse.Namespace):
 
 
 def cmd_watchlist_build(args: argparse.Namespace) -> int:
-    from edge.watchlist.build import check_out_dir, enroll, payload_of, read_gallery, write_build
-    from edge.watchlist.references import ReferenceSpool
+    from edge.watchlist.operator.build import check_out_dir, enroll, payload_of, read_gallery, write_build
+    from edge.watchlist.operator.references import ReferenceSpool
 
     entries = read_gallery(args.gallery, args.root)
     check_out_dir(args.out, args.force)
@@ -107,9 +107,11 @@ def cmd_watchlist_build(args: argparse.Namespace) -> int:
 def cmd_watchlist_verify(args: argparse.Namespace) -> int:
     from edge import keys
     from edge.files import read_file
-    from edge.watchlist.bundle import MAX_BUNDLE_BYTES, BundleError, find_recipient, open_bundle, verify_bundle
+    from edge.watchlist.device.unseal import find_recipient, open_bundle
+    from edge.watchlist.device.verify import verify_bundle
+    from edge.watchlist.frame import MAX_BUNDLE_BYTES, BundleError
     from edge.watchlist.delta import DeltaError, unpack_delta
-    from edge.watchlist.index import Watchlist
+    from edge.watchlist.device.matcher import Watchlist
 
     data = read_file(args.file, "bundle", MAX_BUNDLE_BYTES, DataError)
     device = keys.load_private_key(args.device_key, "device")
@@ -155,7 +157,9 @@ def cmd_watchlist_verify(args: argparse.Namespace) -> int:
 
 def _against_install_record(args: argparse.Namespace, opened: Any, device: Any, result: dict) -> None:
     """--state-dir: the bundle against that device's authenticated install record (no rollback, no swap)."""
-    from edge.watchlist.store import RecordError, WatchlistStore, record_conflict
+    from edge.watchlist.device.policy import record_conflict
+    from edge.watchlist.device.record import RecordError
+    from edge.watchlist.device.store import WatchlistStore
 
     store = WatchlistStore(args.state_dir, result["device_id"], device, {}, "", "", lambda b: b)
     try:
@@ -218,7 +222,7 @@ def cmd_eval_openset(args: argparse.Namespace) -> int:
     from edge.evaluation.calibration import fit_tail
     from edge.evaluation.openset import (calibration_check, det_points, openset_report, plot_det, projection, read_probes,
                                          search_probes)
-    from edge.watchlist.build import enroll, read_gallery
+    from edge.watchlist.operator.build import enroll, read_gallery
 
     t0 = time.perf_counter()
     entries = read_gallery(args.gallery, args.root)

@@ -52,7 +52,7 @@ class App:
 
         def opening_records(audit: AuditLog, store: InstalledWatchlist) -> None:
             audit.append("start", {"device_id": config.device.id, "version": __version__, "pid": os.getpid(),
-                                   "watchlist": store.state()})
+                                   "watchlist": store.state().to_dict()})
             audit.append("config", {"path": str(self.config_path) if self.config_path else None,
                                     "sha256": wiring.file_sha256(self.config_path), "reload": False})
 
@@ -102,7 +102,7 @@ class App:
         self._started = True
         self.control.start()
         log.info("running: device %s, %s, watchlist %s", self.config.device.id, self.device.source.describe(),
-                 self.store.state()["state"])
+                 self.store.state().state)
         sd_notify("READY=1")
 
     def run(self) -> int:

@@ -60,7 +60,7 @@ class Control:
         """The retained status's health figures: counters, stages, watchlist state, outbox depth, audit head, and
         the wall-clock time of the report (UTC, for the operator's "last seen")."""
         return {**self.health.snapshot(), "reported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "watchlist": self.store.state(), "outbox_depth": self.outbox.depth(),
+                "watchlist": self.store.state().to_dict(), "outbox_depth": self.outbox.depth(),
                 "audit_head": self.audit.head(), "audit_seal": self.sealer.last if self.sealer else None}
 
     def summary(self) -> str:
@@ -71,7 +71,7 @@ class Control:
         mqtt = "" if self.client is None else f", mqtt {'up' if self.client.connected else 'down'}"
         return (f"health: {s['fps']:.1f} fps, frames {n.get('frames_captured', 0)} (dropped "
                 f"{self.pipeline.slot.dropped}), faces {n.get('faces', 0)}, events {n.get('events', 0)}, outbox "
-                f"{self.outbox.depth()}, watchlist {'v%s ' % wl['version'] if wl['version'] else ''}{wl['state']}"
+                f"{self.outbox.depth()}, watchlist {'v%s ' % wl.version if wl.version else ''}{wl.state}"
                 f"{mqtt}" + (f"; {stages}" if stages else ""))
 
     def seal(self) -> None:

@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 from edge.device import wiring
 from edge.device.state_checks import STATE_CHECKS
+from edge.install_state import Serving
 
 #: Seconds allowed for the camera to deliver a frame and for the broker to accept the connection.
 CAMERA_TIMEOUT_S = 10.0
@@ -226,19 +227,20 @@ def check_watchlist(config: Any) -> str:
     store = wiring.watchlist_store(config, *embedder_identity(wiring.vision_options(config)),
                                    loader=lambda bundle: True)  # verify and decrypt only; no index is built
     state = store.state()
-    rejection = state.get("last_rejection")
-    why = f" ({rejection.get('message') or rejection.get('reason')})" if rejection else ""
-    if state["state"] == "none":
+    rejection = state.last_rejection
+    why = f" ({rejection.message or rejection.reason})" if rejection else ""
+    if state.state is Serving.NONE:
         raise RuntimeError(f"none: no watchlist is installed in {config.device.state_dir}{why}")
-    label = f"{state['watchlist_id']} v{state['version']}"
-    if state["state"] == "stale":
-        raise RuntimeError(f"stale: watchlist {label} expired at {state['expires']}")
-    return f"ok: watchlist {label}, expires {state['expires']}"
+    label = f"{state.watchlist_id} v{state.version}"
+    if state.state is Serving.STALE:
+        raise RuntimeError(f"stale: watchlist {label} expired at {state.expires}")
+    return f"ok: watchlist {label}, expires {state.expires}"
 
 
 def check_clock(config: Any | None = None, now: datetime | None = None) -> str:
-    from edge.watchlist.bundle import parse_time, peek_manifest
-    from edge.watchlist.store import INSTALLED
+    from edge.watchlist.frame import peek_manifest
+    from edge.watchlist.manifest import parse_time
+    from edge.watchlist.device.store import INSTALLED
 
     now = now or datetime.now(timezone.utc)
     shown = now.strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -46,14 +46,13 @@ JPEG_QUALITIES = (85, 75, 60, 45, 30)
 def evidence_jpeg(chip: np.ndarray, limit: int = EVIDENCE_BYTES) -> bytes | None:
     """An aligned face chip (RGB uint8, any size) as a JPEG of at most `limit` bytes: quality lowered until it
     fits, then (a grainy chip) at 96×96 pixels; None when even that does not fit."""
-    import cv2
+    from edge.vision.jpeg import encode_jpeg
 
-    bgr = cv2.cvtColor(np.ascontiguousarray(chip, np.uint8), cv2.COLOR_RGB2BGR)
-    for image in (bgr, cv2.resize(bgr, (96, 96), interpolation=cv2.INTER_AREA)):
+    for size in (None, (96, 96)):
         for quality in JPEG_QUALITIES:
-            ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
-            if ok and len(jpeg) <= limit:
-                return jpeg.tobytes()
+            jpeg = encode_jpeg(chip, quality, size)
+            if jpeg is not None and len(jpeg) <= limit:
+                return jpeg
     return None
 
 

@@ -11,6 +11,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
+from edge.install_state import InstalledState
 from edge.types import Decision, Detection, Face, Frame, Match
 
 
@@ -50,7 +51,7 @@ class Analyzer(Protocol):
 
 
 class Matcher(Protocol):
-    """A loaded watchlist (`edge.watchlist.index.Watchlist`): read-only, shared by threads."""
+    """A loaded watchlist (`edge.watchlist.device.matcher.Watchlist`): read-only, shared by threads."""
 
     def match(self, embedding: np.ndarray, *, embedding2: np.ndarray | None = None) -> Match:
         """The evidence for one probe (a unit vector; embedding2: its fused second embedding, or None)."""
@@ -58,7 +59,7 @@ class Matcher(Protocol):
 
 
 class InstalledWatchlist(Protocol):
-    """The device's installed watchlist as the running device uses it (`edge.watchlist.store.WatchlistStore`)."""
+    """The device's installed watchlist as the running device uses it (`edge.watchlist.device.store.WatchlistStore`)."""
 
     def start(self) -> None:
         """(Re-)load the persisted bundle from disk, re-verifying it; never raises for a bad or missing file."""
@@ -68,8 +69,8 @@ class InstalledWatchlist(Protocol):
         """The live watchlist and its manifest, or (None, None) when none is served."""
         ...
 
-    def state(self) -> dict[str, Any]:
-        """For status and audit: "state" ("ok", "stale", "none" or "wiped"), "version", "watchlist_id", "expires"…"""
+    def state(self) -> InstalledState:
+        """For status and audit: what is served (ok, stale, none or wiped), the version, its expiry…"""
         ...
 
 

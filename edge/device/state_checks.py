@@ -130,9 +130,10 @@ def check_install_record(config: Any) -> str:
     """installed.version verifies with the device key and names the installed bundle's version and content."""
     from edge import keys
     from edge.device.doctor import need
-    from edge.watchlist.bundle import BundleError, peek_manifest
-    from edge.watchlist.record import RECORD, WIPED, InstallRecord, RecordError, record_conflict
-    from edge.watchlist.store import INSTALLED
+    from edge.watchlist.frame import BundleError, peek_manifest
+    from edge.watchlist.device.policy import WIPED, record_conflict
+    from edge.watchlist.device.record import RECORD, InstallRecord, RecordError
+    from edge.watchlist.device.store import INSTALLED
 
     state = _state(config)
     if state is None:

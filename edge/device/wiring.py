@@ -23,6 +23,7 @@ from edge.device.ports import Analyzer, EventSink, InstalledWatchlist, Matcher
 from edge.device.track import Tracker
 from edge.durable import private_dir
 from edge.errors import EdgeError
+from edge.install_state import InstallReason, InstallResult, Serving
 from edge.vision.analyzer import FaceAnalyzer, VisionOptions
 from edge.vision.quality import QualityThresholds
 
@@ -38,9 +39,9 @@ if TYPE_CHECKING:  # hints only: each builder imports its module when it runs (p
     from edge.messaging.outbox import Outbox
     from edge.messaging.sync import WatchlistSync
     from edge.messaging.topics import Topics
-    from edge.watchlist.bundle import OpenedBundle
-    from edge.watchlist.index import Watchlist
-    from edge.watchlist.store import WatchlistStore
+    from edge.watchlist.device.matcher import Watchlist
+    from edge.watchlist.device.store import WatchlistStore
+    from edge.watchlist.frame import OpenedBundle
 
 log = logging.getLogger("edge.device.wiring")
 T = TypeVar("T")
@@ -114,7 +115,7 @@ def load_trust(trusted: Path | list[Path]) -> keys.TrustStore:
 
 def watchlist_loader(bundle: OpenedBundle) -> Watchlist:
     """A verified, opened bundle → the live `Watchlist` (the store's loader on every device)."""
-    from edge.watchlist.index import Watchlist
+    from edge.watchlist.device.matcher import Watchlist
 
     return Watchlist.from_payload(bundle.payload, bundle.manifest["thresholds"], bundle.manifest)
 
@@ -123,7 +124,7 @@ def watchlist_store(c: Config, embedder_id: str, embedder_sha256: str,
                     loader: Callable[[OpenedBundle], T]) -> WatchlistStore[T]:
     """The device's started `WatchlistStore`: the installed bundle verified, then made the live object by `loader`
     (`watchlist_loader` on a running device; `edge doctor`'s only verifies)."""
-    from edge.watchlist.store import WatchlistStore
+    from edge.watchlist.device.store import WatchlistStore
 
     w = c.watchlist
     if w.device_key is None or w.trusted_keys is None:  # never: the Config fills both in under device.state_dir
@@ -258,7 +259,7 @@ def build(c: Config, audit_factory: Callable[[Path], AuditLog],
 
         def live_watchlist() -> Matcher | None:
             live, _ = store.current()
-            if live is not None and c.watchlist.stale_after_expiry == "stop" and store.state()["state"] == "stale":
+            if live is not None and c.watchlist.stale_after_expiry == "stop" and store.state().state is Serving.STALE:
                 return None
             return live
 
@@ -267,7 +268,7 @@ def build(c: Config, audit_factory: Callable[[Path], AuditLog],
                                   quality=quality_thresholds(c), governor=governor)
         health.watch("outbox_depth", outbox.depth)
         health.watch("event_queue", pipeline.events.qsize)
-        health.watch("watchlist_version", lambda: store.state()["version"])
+        health.watch("watchlist_version", lambda: store.state().version)
         topics = Topics(c.device.id, c.device.topic_prefix)
         client: MqttClient | None = None
         publisher: EventPublisher | None = None
@@ -315,15 +316,16 @@ def _messaging(c: Config, topics: Topics, outbox: Outbox, store: WatchlistStore[
     from edge.messaging.delivery import EventPublisher
     from edge.messaging.mqtt import MqttClient
     from edge.messaging.payloads import encode_status
-    from edge.messaging.sync import WatchlistSync, watchlist_filters
+    from edge.messaging.sync import WatchlistSync
+    from edge.messaging.topics import watchlist_filters
 
     settings = mqtt_settings(c, will_topic=topics.status, will_payload=encode_status("offline", {}))
     client = MqttClient(settings, [(topics.events_ack, 1)]
                         + [(t, 1) for t in watchlist_filters(c.device.id, c.device.topic_prefix)])
 
-    def audit_install(result: Any, sha256: str) -> None:
-        if result.reason != "already_installed":
-            kind = "watchlist_wipe" if result.reason == "wiped" else "watchlist_install"
+    def audit_install(result: InstallResult, sha256: str) -> None:
+        if result.reason is not InstallReason.ALREADY_INSTALLED:
+            kind = "watchlist_wipe" if result.reason is InstallReason.WIPED else "watchlist_install"
             audit.append(kind if result.ok else "watchlist_reject",
                          {"version": result.version, "reason": result.reason, "message": result.message,
                           "sha256": sha256})

@@ -99,8 +99,8 @@ def search_probes(analyzer: Any, enrollment: Any, probes: list[Probe], trees: in
                   progress: Callable[[str], Callable[[Iterable], Iterable]] = lambda what: lambda it: it) -> Searches:
     """Search every probe photo in a watchlist built from `enrollment` with the device's two-stage search."""
     from edge.imageio import read_image
-    from edge.watchlist.build import payload_of
-    from edge.watchlist.index import Watchlist
+    from edge.watchlist.operator.build import payload_of
+    from edge.watchlist.device.matcher import Watchlist
 
     gallery = np.stack(enrollment.vectors)
     fusion = analyzer.fusion

@@ -27,7 +27,7 @@ def _seal_synthetic(analyzer: Any, photos: Path, size: int, tmp: Path) -> tuple[
     import sys
 
     from edge.evaluation.clip import DEMO_GALLERY
-    from edge.watchlist.build import GalleryEntry, enroll
+    from edge.watchlist.operator.build import GalleryEntry, enroll
 
     enrollment = enroll([GalleryEntry(photos / n, n, label, "demo", None) for n, label in DEMO_GALLERY.items()],
                         analyzer)
@@ -51,8 +51,8 @@ def _seal_child(tmp: Path) -> None:
     from datetime import datetime, timedelta, timezone
 
     from edge import keys
-    from edge.watchlist.build import make_payload
-    from edge.watchlist.bundle import seal
+    from edge.watchlist.operator.build import make_payload
+    from edge.watchlist.operator.seal import seal
     from edge.watchlist.payload import pack
 
     spec = json.loads((tmp / "enrolled.json").read_text())
@@ -100,7 +100,7 @@ def _watchlist_from_bundle(bundle: Path, device_key: Path, operator_key: Path):
 
     from edge import keys
     from edge.device.wiring import watchlist_loader
-    from edge.watchlist.bundle import open_bundle_file
+    from edge.watchlist.device.unseal import open_bundle_file
 
     operator = keys.load_public_key(operator_key, "operator")
     opened = open_bundle_file(bundle, keys.load_private_key(device_key, "device"), {keys.key_id(operator): operator},

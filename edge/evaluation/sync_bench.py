@@ -49,7 +49,8 @@ def synthetic_versions(size: int, change: int, seed: int = 0):
     """(full v1, full v2, delta v2 on v1) packed: `size` subjects of one random unit 128-d template each, then
     `change` removed and `change` added."""
     from edge.watchlist import delta as D
-    from edge.watchlist.build import make_payload
+    from edge.watchlist.operator.diff import diff
+    from edge.watchlist.operator.build import make_payload
     from edge.watchlist.payload import pack
 
     rng = np.random.default_rng(seed)
@@ -64,7 +65,7 @@ def synthetic_versions(size: int, change: int, seed: int = 0):
     rows2 = list(range(change, size + change))
     base = make_payload(v[rows1], list(range(size)), subjects(rows1))
     new = make_payload(v[rows2], list(range(size)), subjects(rows2))
-    delta = D.diff(base, new)
+    delta = diff(base, new)
     full2 = D.apply(base, delta)
     return pack(base), pack(full2), D.pack_delta(delta)
 
@@ -103,8 +104,8 @@ def device_main(argv: list[str]) -> int:
     from edge import keys
     from edge.messaging.mqtt import MqttClient, MqttSettings
     from edge.messaging.sync import WatchlistSync
-    from edge.watchlist.index import Watchlist
-    from edge.watchlist.store import WatchlistStore
+    from edge.watchlist.device.matcher import Watchlist
+    from edge.watchlist.device.store import WatchlistStore
 
     cfg = json.loads(argv[0])
     device = keys.load_private_key(cfg["device_key"], "device")
@@ -248,9 +249,9 @@ def run_sync_bench(devices: int, size: int, change: int = 500, parallel: int = 2
     from edge import keys
     from edge.messaging.mqtt import MqttClient, MqttSettings
     from edge.messaging.payloads import parse_offer
-    from edge.messaging.sync import clear_messages, offer_messages
+    from edge.messaging.offers import clear_messages, offer_messages
     from edge.operator.fleet import Fleet, acl_text
-    from edge.watchlist.bundle import seal
+    from edge.watchlist.operator.seal import seal
     from edge.watchlist.payload import content_sha256
 
     if not 1 <= devices <= 200:

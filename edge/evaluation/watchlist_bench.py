@@ -121,9 +121,10 @@ def run_watchlist_bench(analyzer: Any, gallery: Path, root: Path, probes: Path, 
     from edge.evaluation.calibration import scoring_tail
     from edge.evaluation.openset import read_probes
     from edge.imageio import read_image
-    from edge.watchlist.build import enroll, make_payload, read_gallery
-    from edge.watchlist.bundle import open_bundle, seal
-    from edge.watchlist.index import Watchlist
+    from edge.watchlist.operator.build import enroll, make_payload, read_gallery
+    from edge.watchlist.device.unseal import open_bundle
+    from edge.watchlist.operator.seal import seal
+    from edge.watchlist.device.matcher import Watchlist
     from edge.watchlist.payload import pack
 
     rng = np.random.default_rng(seed)
@@ -265,8 +266,8 @@ def main(argv: list[str]) -> None:
     import gc
 
     from edge import keys
-    from edge.watchlist.bundle import open_bundle
-    from edge.watchlist.index import Watchlist
+    from edge.watchlist.device.unseal import open_bundle
+    from edge.watchlist.device.matcher import Watchlist
 
     bundle, dkey, okey, q, q2, shortlist, search_k = argv
     device, operator = keys.load_private_key(dkey, "device"), keys.load_public_key(okey, "operator")

@@ -1,12 +1,7 @@
-"""Watchlist sync over MQTT, both ends of the chunk protocol (no paho here: a transport is injected).
+"""Watchlist sync over MQTT, the device's end of the chunk protocol (no paho here: a transport is injected; the
+operator's end, `offer_messages`, is `edge.messaging.offers`).
 
-Operator: `offer_messages(bundle, source, …)` → retained chunks on `<source>/chunk/<version>/<n>` (a delta's on
-`<source>/delta/chunk/…`) and the retained *offer* that announces them on `<source>/manifest` (`delta/manifest`):
-version, base, bundle sha256 and size, chunk size, every chunk's sha256, the recipients. A source is a device's own
-watchlist subtree or a group's (`WatchlistTopics`); a group's bundle is published once for all its members.
-Retained messages let a device that was offline catch up on reconnect without the broker's bounded offline queue.
-
-Device (`WatchlistSync`): listens to its own subtree and to every group subtree the broker lets it read. Of the
+`WatchlistSync` listens to its own subtree and to every group subtree the broker lets it read. Of the
 offers that list it and are newer than the installed version, it takes the newest version, as a delta when that
 delta builds on exactly the installed version (and has not failed), else as the full bundle. It subscribes to each
 chunk it does not hold yet (a window at a time), stores every chunk whose sha256 matches the offer (ciphertext
@@ -18,20 +13,21 @@ forged one can only waste bandwidth). A delta refused for a missing base makes i
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from edge.durable import atomic_write, private_dir
-from edge.errors import DataError, EdgeError
-from edge.messaging.payloads import MAX_CHUNKS, Offer, PayloadError, encode_offer, encode_watchlist_state, parse_offer
-from edge.messaging.topics import TopicError, Topics, WatchlistTopics, group_filter
+from edge.errors import DataError
+from edge.install_state import InstalledState, InstallReason, InstallResult, Serving
+from edge.messaging.download import ASSEMBLED, Download, assemble
+from edge.messaging.offers import SyncError
+from edge.messaging.payloads import Offer, PayloadError, encode_watchlist_state, parse_offer
+from edge.messaging.topics import TopicError, Topics, WatchlistTopics, watchlist_filters
 
-DEFAULT_CHUNK_BYTES = 1 << 20
 #: Chunks requested at a time: the broker queues retained copies for a new subscription, and mosquitto drops
 #: what exceeds its per-client queue (max_queued_bytes), so the device asks for a few MiB at a time.
 WINDOW = 8
@@ -45,32 +41,6 @@ STALL_AFTER = 10.0
 GIVE_UP_AFTER = 60.0
 
 
-#: The file a complete download is assembled into, inside its version's folder in `incoming/`.
-ASSEMBLED = "bundle"
-
-
-def assemble(folder: Path, n_chunks: int, block: int = 1 << 20) -> str:
-    """Concatenate the chunk files `0 … n_chunks-1` in `folder` into `folder/bundle` (0600) and return its sha256
-    (hex). Streamed `block` bytes at a time and each chunk deleted once copied, so a bundle never sits in memory
-    and costs at most its size (plus one chunk) on disk; symbolic links are refused (OSError ELOOP)."""
-    digest = hashlib.sha256()
-    fd = os.open(folder / ASSEMBLED, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        for n in range(n_chunks):
-            part = folder / str(n)
-            with os.fdopen(os.open(part, os.O_RDONLY | os.O_NOFOLLOW), "rb") as f:
-                while piece := f.read(block):
-                    digest.update(piece)
-                    out.write(piece)
-            part.unlink()
-        out.flush()
-    return digest.hexdigest()
-
-
-class SyncError(EdgeError):
-    """A malformed offer or chunk."""
-
-
 class Transport(Protocol):
     """What sync needs from the MQTT client."""
 
@@ -79,39 +49,19 @@ class Transport(Protocol):
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> Any: ...
 
 
-def offer_messages(bundle: bytes, source: WatchlistTopics | str, version: int, prefix: str = "edge",
-                   chunk_bytes: int = DEFAULT_CHUNK_BYTES, base: int | None = None,
-                   recipients: list[str] | None = None) -> list[tuple[str, bytes]]:
-    """(topic, payload) pairs to publish retained: the chunks first, then the offer that announces them.
-    source: the subtree (a device id is taken as that device's own). base: a delta's base version."""
-    if isinstance(source, str):
-        source = WatchlistTopics.for_device(source, prefix)
-    delta = base is not None
-    chunks = [bundle[i:i + chunk_bytes] for i in range(0, len(bundle), chunk_bytes)]
-    if len(chunks) > MAX_CHUNKS:
-        raise SyncError(f"bundle of {len(bundle)} bytes needs {len(chunks)} chunks; raise the chunk size")
-    try:
-        offer = encode_offer(source.audience, version, hashlib.sha256(bundle).hexdigest(), len(bundle), chunk_bytes,
-                             [hashlib.sha256(c).hexdigest() for c in chunks], base, recipients)
-    except PayloadError as err:
-        raise SyncError(str(err)) from None
-    messages = [(source.chunk(version, n, delta), c) for n, c in enumerate(chunks)]
-    messages.append((source.offer(delta), offer))
-    return messages
+class Installer(Protocol):
+    """What sync needs from the device's `WatchlistStore` (edge.watchlist.device.store)."""
+
+    @property
+    def floor(self) -> int | None: ...
+    def current(self) -> tuple[Any, dict[str, Any] | None]: ...
+    def state(self) -> InstalledState: ...
+    def install_file(self, path: Path) -> InstallResult: ...
+    def wipe(self, data: bytes) -> InstallResult: ...
 
 
-def clear_messages(source: WatchlistTopics, offer: Offer) -> list[tuple[str, bytes]]:
-    """Empty retained messages that delete an old offer's chunks from the broker (publish after the new offer)."""
-    delta = offer.base is not None
-    return [(source.chunk(offer.version, n, delta), b"") for n in range(len(offer.chunks))]
-
-
-def watchlist_filters(device_id: str, prefix: str = "edge") -> list[str]:
-    """Every filter a device listens to for watchlists: its own offers and wipe, and every group's (the broker's
-    ACL delivers only its groups'). Deltas first, so a retained delta is known before the full offer."""
-    own = WatchlistTopics.for_device(device_id, prefix)
-    groups = [group_filter(k, prefix) for k in ("watchlist_delta", "watchlist_manifest", "watchlist_wipe")]
-    return [own.offer(True), own.offer(), own.wipe] + groups
+#: What a store's state is reported as on watchlist/state when nothing was refused.
+REPORTED = {Serving.OK: "installed", Serving.STALE: "stale", Serving.NONE: "none", Serving.WIPED: "wiped"}
 
 
 @dataclass
@@ -129,21 +79,6 @@ class SyncStats:
     last_reason: str | None = None
 
 
-@dataclass
-class _Download:
-    source: WatchlistTopics
-    offer: Offer
-    missing: set[int] = field(default_factory=set)
-    requested: set[int] = field(default_factory=set)
-
-    @property
-    def delta(self) -> bool:
-        return self.offer.base is not None
-
-    def topic(self, n: int) -> str:
-        return self.source.chunk(self.offer.version, n, self.delta)
-
-
 class WatchlistSync:
     """Device side. `handle(topic, payload)` is called from the control thread for every message under the
     device's watchlist subtree and the group subtrees. `store` is a started `WatchlistStore`.
@@ -155,9 +90,9 @@ class WatchlistSync:
     and feeding the watchdog meanwhile); `tick()` then collects the outcome. Off, they run inside `handle`.
     """
 
-    def __init__(self, store: Any, transport: Transport, device_id: str, incoming_dir: Path, prefix: str = "edge",
+    def __init__(self, store: Installer, transport: Transport, device_id: str, incoming_dir: Path, prefix: str = "edge",
                  window: int = WINDOW, stall_after: float = STALL_AFTER,
-                 on_result: Callable[[Any, str], None] | None = None,
+                 on_result: Callable[[InstallResult, str], None] | None = None,
                  clock: Callable[[], float] = time.monotonic, background: bool = False,
                  max_bundle_bytes: int = MAX_BUNDLE_BYTES, give_up_after: float = GIVE_UP_AFTER) -> None:
         self.store, self.transport, self.on_result, self.clock = store, transport, on_result, clock
@@ -169,12 +104,12 @@ class WatchlistSync:
         self.stats = SyncStats()
         self.offers: dict[tuple[str, bool], tuple[WatchlistTopics, Offer]] = {}
         self.failed: set[tuple[str, int, str]] = set()  # (audience, version, bundle sha256) refused by the store
-        self.download: _Download | None = None
+        self.download: Download | None = None
         self._last_chunk = 0.0  # when the running download last got a new chunk (monotonic seconds)
         self.set_aside: dict[tuple[str, int, str], float] = {}  # offers given up on → when they may be tried again
         self._progress = self.clock()
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="edge-install") if background else None
-        self._pending: tuple[Future, Callable[[Any], None]] | None = None
+        self._pending: tuple[Future[Any], Callable[[Any], None]] | None = None
 
     @property
     def busy(self) -> bool:
@@ -216,8 +151,8 @@ class WatchlistSync:
             return int(manifest["version"])
         # Nothing live: after a wipe nothing at or below the wiped version may come back; otherwise (a refused or
         # missing file) the same version may be sent again to repair the device, so everything is wanted.
-        if self.store.state().get("state") == "wiped":
-            return int(getattr(self.store, "floor", None) or 0)
+        if self.store.state().state is Serving.WIPED:
+            return self.store.floor or 0
         return 0
 
     def handle(self, topic: str, payload: bytes) -> None:
@@ -248,7 +183,7 @@ class WatchlistSync:
                 except PayloadError as err:  # told on watchlist/state; the installed list keeps serving
                     self.stats.malformed += 1
                     self.stats.last_reason = str(err)
-                    self.report(reason="malformed_offer", message=str(err)[:1000])
+                    self.report(reason=InstallReason.MALFORMED_OFFER, message=str(err)[:1000])
                     return
                 self.stats.offers += 1
                 if offer.recipients and self.device_id not in offer.recipients:
@@ -256,7 +191,8 @@ class WatchlistSync:
                 self.offers[(source.audience, offer.base is not None)] = (source, offer)
                 self._choose()
             elif parsed.kind in ("watchlist_chunk", "watchlist_delta_chunk"):
-                self._on_chunk(source, parsed.kind == "watchlist_delta_chunk", *parsed.extra, payload)
+                version, n = parsed.extra
+                self._on_chunk(source, parsed.kind == "watchlist_delta_chunk", version, n, payload)
             elif parsed.kind == "watchlist_wipe":
                 if payload:
                     self._on_wipe(payload)
@@ -298,13 +234,13 @@ class WatchlistSync:
         except DataError as err:
             self.stats.malformed += 1
             self.stats.last_reason = str(err)
-            self.report(reason="incoming_refused", message=str(err)[:1000])
+            self.report(reason=InstallReason.INCOMING_REFUSED, message=str(err)[:1000])
             return
         for stale in self.incoming_dir.iterdir():
             if stale != folder:
                 shutil.rmtree(stale, ignore_errors=True)
         held = {int(p.name) for p in folder.iterdir() if p.name.isdigit()}
-        self.download = _Download(source, offer, set(range(len(offer.chunks))) - held)
+        self.download = Download(source, offer, set(range(len(offer.chunks))) - held)
         self._progress = self._last_chunk = self.clock()
         self._request_more()
         self._maybe_install()
@@ -318,6 +254,8 @@ class WatchlistSync:
     def _request_more(self) -> None:
         """Subscribe to the next missing chunks, keeping at most `window` outstanding."""
         d = self.download
+        if d is None:
+            return
         for n in sorted(d.missing - d.requested):
             if len(d.requested) >= self.window:
                 break
@@ -334,10 +272,11 @@ class WatchlistSync:
             self.stats.rejections += 1
             # Set aside, not failed: a real offer whose chunks were held up (a broker down for minutes) is tried
             # again once the others have had their turn.
-            self.set_aside[(d.source.audience, d.offer.version, d.offer.bundle_sha256)] = now + 10 * self.give_up_after
+            self.set_aside[d.key] = now + 10 * self.give_up_after
             self._cancel()
-            self.report(reason="sync_timeout", message=f"no chunk of version {d.offer.version} arrived for "
-                                                       f"{self.give_up_after:g} s: trying the next best offer")
+            self.report(reason=InstallReason.SYNC_TIMEOUT, message=f"no chunk of version {d.offer.version} arrived"
+                                                                   f" for {self.give_up_after:g} s: trying the next"
+                                                                   " best offer")
             self._choose()
             return
         if d is None and self.set_aside:  # a set-aside offer's turn may have come again
@@ -354,18 +293,10 @@ class WatchlistSync:
         if d is None or d.source != source or d.delta != delta or version != d.offer.version or n not in d.missing:
             self.stats.chunks_ignored += 1  # replayed, stale, cleared or already held
             return
-        last = len(d.offer.chunks) - 1
-        want = d.offer.chunk_bytes if n < last else d.offer.bundle_bytes - d.offer.chunk_bytes * last
-        if len(payload) != want:  # checked before hashing: a lying offer costs at most its declared size
+        problem = d.check(n, payload)
+        if problem is not None:
             self.stats.chunks_rejected += 1
-            self.stats.last_reason = (f"chunk {n} of version {version} has {len(payload)} bytes; the offer says"
-                                      f" {want}")
-            self.transport.unsubscribe(d.topic(n))
-            self.transport.subscribe(d.topic(n), 1)
-            return
-        if hashlib.sha256(payload).hexdigest() != d.offer.chunks[n]:
-            self.stats.chunks_rejected += 1
-            self.stats.last_reason = f"chunk {n} of version {version} does not match the offer's sha256"
+            self.stats.last_reason = problem
             # Ask again: re-subscribing makes the broker re-send its retained copy.
             self.transport.unsubscribe(d.topic(n))
             self.transport.subscribe(d.topic(n), 1)
@@ -385,28 +316,28 @@ class WatchlistSync:
             return
         folder = self._dir(d.offer)
         self.download = None
-        key = (d.source.audience, d.offer.version, d.offer.bundle_sha256)
         try:
             digest = assemble(folder, len(d.offer.chunks))
         except OSError as err:  # a full disk, or a chunk file removed under us: fetched again later
-            shutil.rmtree(folder, ignore_errors=True)
-            self.stats.rejections += 1
-            self.set_aside[key] = self.clock() + 10 * self.give_up_after
-            self.report(reason="sync_failed", message=f"version {d.offer.version} could not be assembled in"
-                                                      f" {folder}: {err.strerror or err}")
-            self._choose()
+            self.set_aside[d.key] = self.clock() + 10 * self.give_up_after
+            self._not_installed(folder, InstallReason.SYNC_FAILED, f"version {d.offer.version} could not be"
+                                                                   f" assembled in {folder}: {err.strerror or err}")
             return
         if digest != d.offer.bundle_sha256:
-            shutil.rmtree(folder, ignore_errors=True)
-            self.stats.rejections += 1
-            self.failed.add(key)
-            self.report(reason="sync_mismatch", message="the assembled bundle does not match the offer")
-            self._choose()
+            self.failed.add(d.key)
+            self._not_installed(folder, InstallReason.SYNC_MISMATCH, "the assembled bundle does not match the offer")
             return
         bundle = folder / ASSEMBLED
         self._run(lambda: self.store.install_file(bundle), lambda result: self._installed(result, d, folder))
 
-    def _installed(self, result: Any, d: _Download, folder: Path) -> None:
+    def _not_installed(self, folder: Path, reason: InstallReason, message: str) -> None:
+        """A download that never reached the store: its folder removed, the refusal reported, the next best chosen."""
+        shutil.rmtree(folder, ignore_errors=True)
+        self.stats.rejections += 1
+        self.report(reason=reason, message=message)
+        self._choose()
+
+    def _installed(self, result: InstallResult, d: Download, folder: Path) -> None:
         shutil.rmtree(folder, ignore_errors=True)
         if self.on_result is not None:
             self.on_result(result, d.offer.bundle_sha256)
@@ -414,7 +345,7 @@ class WatchlistSync:
             self.stats.installs += 1
         else:
             self.stats.rejections += 1
-            self.failed.add((d.source.audience, d.offer.version, d.offer.bundle_sha256))
+            self.failed.add(d.key)
         self.report(reason=None if result.ok else result.reason, message=result.message)
         self._choose()  # newer offers may be waiting; a refused delta falls back to the full version
 
@@ -424,24 +355,24 @@ class WatchlistSync:
             self._collect()
         self._run(lambda: self.store.wipe(payload), lambda result: self._wiped(result, payload))
 
-    def _wiped(self, result: Any, payload: bytes) -> None:
+    def _wiped(self, result: InstallResult, payload: bytes) -> None:
         if self.on_result is not None:
             self.on_result(result, hashlib.sha256(payload).hexdigest())
         if result.ok:
             self.stats.wipes += 1
             self._cancel()
             self.report()
-        elif result.reason == "replayed_wipe":  # a retained old statement, re-sent on every reconnect
+        elif result.reason is InstallReason.REPLAYED_WIPE:  # a retained old statement, re-sent on every reconnect
             self.stats.last_reason = result.message
         else:
             self.report(reason=result.reason, message=result.message)
 
-    def report(self, reason: str | None = None, message: str | None = None) -> None:
+    def report(self, reason: InstallReason | None = None, message: str | None = None) -> None:
         """Publish the installed version (and the last rejection) on the retained state topic."""
         state = self.store.state()
-        kind = "rejected" if reason else {"ok": "installed"}.get(state.get("state"), state.get("state") or "none")
+        kind = "rejected" if reason else REPORTED[state.state]
         try:
-            body = encode_watchlist_state(state.get("version"), kind, reason, message)
+            body = encode_watchlist_state(state.version, kind, reason, message)
         except PayloadError:  # a message quoting hostile input the state schema refuses: report without it
-            body = encode_watchlist_state(state.get("version"), kind, reason, None)
+            body = encode_watchlist_state(state.version, kind, reason, None)
         self.transport.publish(self.topics.watchlist_state, body, 1, True)

@@ -218,3 +218,11 @@ def group_filter(kind: str, prefix: str = "edge") -> str:
     if suffix is None:
         raise TopicError(f"no group filter for topic kind {kind!r}")
     return f"{_check_prefix(prefix)}/{GROUPS}/+/{suffix}"
+
+
+def watchlist_filters(device_id: str, prefix: str = "edge") -> list[str]:
+    """Every filter a device listens to for watchlists: its own offers and wipe, and every group's (the broker's
+    ACL delivers only its groups'). Deltas first, so a retained delta is known before the full offer."""
+    own = WatchlistTopics.for_device(device_id, prefix)
+    groups = [group_filter(k, prefix) for k in ("watchlist_delta", "watchlist_manifest", "watchlist_wipe")]
+    return [own.offer(True), own.offer(), own.wipe] + groups

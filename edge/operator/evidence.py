@@ -1,6 +1,6 @@
 """The faces a reviewer compares: the chips a device captured (sealed to the operator's evidence key inside the
 event, opened here with the private key, each bound to its event and slot) and the chips the operator's watchlist
-build enrolled (`edge.watchlist.references`). Plain functions over a stored event row: no web framework.
+build enrolled (`edge.watchlist.operator.references`). Plain functions over a stored event row: no web framework.
 
 Every "no face" has a reason a reviewer can act on (`Unavailable.message`): the device sent none (evidence off
 on it), the console has no key to open it, or no enrolled face is known for the subject."""
@@ -17,7 +17,7 @@ from edge.messaging.thumbnail import decrypt_thumbnail, evidence_context
 
 if TYPE_CHECKING:
     from edge.keys import PrivateKey
-    from edge.watchlist.references import References
+    from edge.watchlist.operator.references import References
 
 #: Evidence slot → the event field carrying that sealed chip (1: the track's best, 2: its second best).
 EVIDENCE_SLOTS = {1: "thumbnail", 2: "thumbnail2"}
@@ -43,7 +43,7 @@ def media_type(image: bytes) -> str:
 
 class Evidence:
     """Opens the faces of stored events. key: the operator's X25519 evidence private key (None: sealed faces stay
-    sealed). references: `edge.watchlist.references.References` of the operator's build, or None."""
+    sealed). references: `edge.watchlist.operator.references.References` of the operator's build, or None."""
 
     def __init__(self, key: PrivateKey | None = None, references: References | None = None) -> None:
         self.key = key

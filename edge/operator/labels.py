@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edge.watchlist.references import read_build_meta
+from edge.watchlist.operator.references import read_build_meta
 
 
 def labels_from_build(build_dir: Path) -> dict[str, str]:

@@ -1,11 +1,13 @@
-"""Delta watchlist versions: the difference between two payloads, and its application (pure: bytes and numpy).
+"""Delta watchlist versions: the format and its application (pure: bytes and numpy), shared — a device applies a
+delta to the version it holds, the operator applies it to seal the full version beside it. Making one (`diff`) is
+the operator's: `edge.watchlist.operator.diff`.
 
 A delta from base content B to new content N lists the subject ids removed, the subjects added (with their
 templates), the subjects whose metadata changed (label, category, expiry), and the new payload thresholds. Applying
 it to B gives, deterministically: B's subjects minus the removed ones, in B's order, with the updates applied, then
 the added ones in N's order; the items (templates) follow their subjects in the same order; B's stage-1 projection
-and Annoy settings are kept and the index is rebuilt from the templates (`build.index_for`). A subject whose
-templates changed is removed and added again. The operator seals the result's content hash in the signed
+and Annoy settings are kept and the index is rebuilt from the templates (`edge.watchlist.index.index_for`). A
+subject whose templates changed is removed and added again. The operator seals the result's content hash in the signed
 manifest, so a device proves it rebuilt exactly the content a full bundle of that version carries.
 
 Layout: b"EWLDLT1\\n" | u64 BE header length | canonical JSON header | u64 BE added-templates length | templates
@@ -22,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from edge.canonical import canonical_json
-from edge.watchlist.build import index_for
+from edge.watchlist.index import index_for
 from edge.watchlist.payload import (SUBJECT_FIELDS, Payload, PayloadError, content_sha256, pack, split_templates,
                                     template_dim, unpack)
 
@@ -49,7 +51,7 @@ class Delta:
     base_content_sha256: str
     removed: list[str]
     updated: dict[str, dict[str, Any]]
-    added: dict[str, list]
+    added: dict[str, list[Any]]
     added_items: list[int]
     templates: bytes
     thresholds: dict[str, Any]
@@ -59,58 +61,14 @@ class Delta:
         return len(self.added["id"])
 
 
-def _rows(p: Payload) -> tuple[np.ndarray, np.ndarray]:
+def template_rows(p: Payload) -> tuple[np.ndarray, np.ndarray]:
+    """A payload's templates as ((N, D) int8 rows, (N,) float32 scales)."""
     return split_templates(p.templates, len(p.meta["items"]), template_dim(p.meta))
 
 
-def _by_subject(p: Payload) -> dict[str, list[int]]:
-    """subject id → its item (row) numbers, in order."""
-    ids = p.meta["subjects"]["id"]
-    out: dict[str, list[int]] = {s: [] for s in ids}
-    for row, subject in enumerate(p.meta["items"]):
-        out[ids[subject]].append(row)
-    return out
-
-
-def _templates(q: np.ndarray, scale: np.ndarray) -> bytes:
+def template_bytes(q: np.ndarray, scale: np.ndarray) -> bytes:
+    """int8 rows and their scales → the payload's templates section."""
     return np.ascontiguousarray(q, np.int8).tobytes() + scale.astype("<f4").tobytes()
-
-
-def diff(base: Payload, new: Payload) -> Delta:
-    """The delta turning `base` into (the content of) `new`; DeltaError if the embedding layouts differ."""
-    for key in FIXED_META:
-        if base.meta.get(key) != new.meta.get(key):
-            raise DeltaError(f"the watchlists differ in {key!r} ({base.meta.get(key)!r} → {new.meta.get(key)!r}):"
-                             " a delta cannot change the embedding layout; seal a full version")
-    b_rows, n_rows = _by_subject(base), _by_subject(new)
-    bq, bs = _rows(base)
-    nq, ns = _rows(new)
-    b_col, n_col = base.meta["subjects"], new.meta["subjects"]
-    b_at = {s: i for i, s in enumerate(b_col["id"])}
-    removed, updated, added_idx = [], {}, []
-    for i, sid in enumerate(n_col["id"]):
-        if sid not in b_at:
-            added_idx.append(i)
-            continue
-        j, br, nr = b_at[sid], b_rows[sid], n_rows[sid]
-        same_templates = len(br) == len(nr) and np.array_equal(bq[br], nq[nr]) and np.array_equal(bs[br], ns[nr])
-        if not same_templates:
-            removed.append(sid)
-            added_idx.append(i)
-            continue
-        change = {f: n_col[f][i] for f in SUBJECT_FIELDS if f != "id" and n_col[f][i] != b_col[f][j]}
-        if change:
-            updated[sid] = change
-    new_ids = set(n_col["id"])
-    removed = [s for s in b_col["id"] if s not in new_ids] + removed
-    added = {f: [n_col[f][i] for i in added_idx] for f in SUBJECT_FIELDS}
-    rows, items = [], []
-    for k, i in enumerate(added_idx):
-        for r in n_rows[n_col["id"][i]]:
-            rows.append(r)
-            items.append(k)
-    return Delta(content_sha256(pack(base)), removed, updated, added, items, _templates(nq[rows], ns[rows]),
-                 dict(new.meta.get("thresholds") or {}))
 
 
 def apply(base: Payload, delta: Delta) -> Payload:
@@ -133,11 +91,11 @@ def apply(base: Payload, delta: Delta) -> Payload:
             subjects[f][position[sid]] = value
     if len(set(subjects["id"])) != len(subjects["id"]):
         raise DeltaError("the delta adds a subject id the base already holds")
-    bq, bs = _rows(base)
+    bq, bs = template_rows(base)
     kept_rows = [r for r, s in enumerate(base.meta["items"]) if s in remap]
     items = [remap[base.meta["items"][r]] for r in kept_rows] + [len(keep) + k for k in delta.added_items]
     aq, as_ = split_templates(delta.templates, len(delta.added_items), template_dim(base.meta))
-    templates = _templates(np.concatenate([bq[kept_rows], aq]), np.concatenate([bs[kept_rows], as_]))
+    templates = template_bytes(np.concatenate([bq[kept_rows], aq]), np.concatenate([bs[kept_rows], as_]))
     meta = dict(base.meta, items=items, subjects=subjects, thresholds=dict(delta.thresholds))
     if not items:  # nobody left: no shortlist projection to re-score with (an empty list loads without one)
         meta.pop("stage1", None)

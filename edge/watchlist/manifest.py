@@ -18,7 +18,7 @@ import binascii
 import json
 import re
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Mapping
 
 from edge.canonical import canonical_json
 
@@ -54,28 +54,28 @@ def _bad(detail: str) -> SchemaError:
     return SchemaError("malformed_manifest", detail)
 
 
-def need_str(obj: dict, key: str, where: str = "") -> str:
+def need_str(obj: dict[str, Any], key: str, where: str = "") -> str:
     value = obj.get(key)
     if not isinstance(value, str) or not value or len(value) > 256:
         raise _bad(f"{where}{key} must be a non-empty string of at most 256 characters")
     return value
 
 
-def need_int(obj: dict, key: str, low: int, where: str = "") -> int:
+def need_int(obj: dict[str, Any], key: str, low: int, where: str = "") -> int:
     value = obj.get(key)
     if type(value) is not int or not low <= value <= MAX_VERSION:
         raise _bad(f"{where}{key} must be an integer ≥ {low}, got {value!r}")
     return value
 
 
-def need_hex(obj: dict, key: str, digits: int, where: str = "") -> str:
+def need_hex(obj: dict[str, Any], key: str, digits: int, where: str = "") -> str:
     value = obj.get(key)
     if not isinstance(value, str) or len(value) != digits or not _HEX_RE.match(value):
         raise _bad(f"{where}{key} must be {digits} lowercase hex digits")
     return value
 
 
-def need_b64(obj: dict, key: str, length: int, where: str = "") -> bytes:
+def need_b64(obj: dict[str, Any], key: str, length: int, where: str = "") -> bytes:
     value = obj.get(key)
     try:
         raw = base64.b64decode(value, validate=True) if isinstance(value, str) else None
@@ -86,14 +86,14 @@ def need_b64(obj: dict, key: str, length: int, where: str = "") -> bytes:
     return raw
 
 
-def need_obj(obj: dict, key: str, fields: set[str], where: str = "") -> dict:
+def need_obj(obj: dict[str, Any], key: str, fields: set[str], where: str = "") -> dict[str, Any]:
     value = obj.get(key)
     if not isinstance(value, dict) or set(value) != fields:
         raise _bad(f"{where}{key} must be an object with exactly the fields {', '.join(sorted(fields))}")
     return value
 
 
-def need_const(obj: dict, key: str, expected: str, where: str = "") -> None:
+def need_const(obj: dict[str, Any], key: str, expected: str, where: str = "") -> None:
     if obj.get(key) != expected:
         raise SchemaError("unsupported_format", f"{where}{key} {obj.get(key)!r} is not supported"
                                                 f" (this device supports {expected!r})")
@@ -129,7 +129,7 @@ def audience_of(device_id: str | None = None, group: str | None = None) -> str:
     return text
 
 
-def validate_binding(m: dict) -> None:
+def validate_binding(m: dict[str, Any]) -> None:
     """Check the binding fields of a manifest (SchemaError naming the first problem)."""
     need_const(m, "format", FORMAT, "bundle ")
     need_str(m, "watchlist_id")
@@ -167,7 +167,7 @@ def validate_binding(m: dict) -> None:
             raise _bad(f"thresholds.{name} must be a finite number, got {value!r}")
 
 
-def validate(m: object) -> dict:
+def validate(m: object) -> dict[str, Any]:
     """The manifest as a dict, or SchemaError naming the first problem."""
     if not isinstance(m, dict):
         raise _bad("the manifest is not a JSON object")
@@ -205,7 +205,7 @@ def validate(m: object) -> dict:
     return m
 
 
-def parse(raw: bytes) -> dict:
+def parse(raw: bytes) -> dict[str, Any]:
     """Parse *verified* manifest bytes, which must be exactly their canonical encoding, and validate them."""
     def no_constants(name: str) -> None:
         raise ValueError(f"{name} is not allowed")
@@ -220,7 +220,7 @@ def parse(raw: bytes) -> dict:
     return validate(manifest)
 
 
-def label(manifest: dict[str, Any]) -> str:
+def label(manifest: Mapping[str, Any]) -> str:
     """"bundle <id> v<version>" (+ " (delta on vN)") for messages."""
     text = f"bundle {manifest['watchlist_id']} v{manifest['version']}"
     return text + (f" (delta on v{manifest['base']['version']})" if manifest.get("kind") == "delta" else "")

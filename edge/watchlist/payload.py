@@ -44,7 +44,7 @@ class Payload:
 SUBJECT_FIELDS = ("id", "label", "category", "expires")
 
 
-def subject_columns(subjects: list[dict]) -> dict[str, list]:
+def subject_columns(subjects: list[dict[str, Any]]) -> dict[str, list[Any]]:
     """Subject records → the payload's column form."""
     return {f: [s.get(f) for s in subjects] for f in SUBJECT_FIELDS}
 
@@ -82,7 +82,7 @@ def unpack(data: bytes) -> Payload:
     return Payload(bytes(index), meta, bytes(templates))
 
 
-def template_dim(meta: dict) -> int:
+def template_dim(meta: dict[str, Any]) -> int:
     """Bytes per template row: the primary dim, plus the fused second embedding's (-1 when malformed)."""
     dim, fusion = meta.get("dim"), meta.get("fusion") or {}
     dim2 = fusion.get("dim2", 0) if isinstance(fusion, dict) else -1
@@ -96,7 +96,7 @@ def quantize_templates(vectors: np.ndarray) -> bytes:
     v = np.asarray(vectors, np.float32)
     scale = np.maximum(np.abs(v).max(axis=1), 1e-12) / 127.0
     q = np.clip(np.rint(v / scale[:, None]), -127, 127).astype(np.int8)
-    return q.tobytes() + scale.astype("<f4").tobytes()
+    return bytes(q.tobytes() + scale.astype("<f4").tobytes())
 
 
 def split_templates(templates: Any, n: int, dim: int, copy: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -110,7 +110,7 @@ def split_templates(templates: Any, n: int, dim: int, copy: bool = True) -> tupl
 
 
 _CONTENT_DOMAIN = b"edge-wl-content/1\x00"
-#: Domain of the content hash of a plaintext that is not a watchlist payload (`edge.watchlist.bundle.content_of`).
+#: Domain of the content hash of a plaintext that is not a watchlist payload (`edge.watchlist.frame.content_of`).
 OPAQUE_DOMAIN = b"edge-wl-opaque/1\x00"
 
 

@@ -22,7 +22,7 @@ from edge.operator.views import utc
 
 if TYPE_CHECKING:
     from edge.keys import PrivateKey
-    from edge.watchlist.references import References
+    from edge.watchlist.operator.references import References
 
 #: Seconds between the queue page's polls of /api/events.
 POLL_S = 3.0
@@ -38,7 +38,7 @@ def create_app(store: EventStore, accounts: Accounts, audit: AuditLog, labels: d
     """The console over `store`. labels: subject id → name (`labels_from_build`); required: confirmations that
     confirm an event (the store's own); retention_days: what the admin's purge deletes (None: no purge).
     thumbnail_key: the operator's X25519 evidence private key; without it, the faces events carry stay sealed.
-    references: the build's enrolled chips (`edge.watchlist.references.References`), shown beside them.
+    references: the build's enrolled chips (`edge.watchlist.operator.references.References`), shown beside them.
     demographics: embedding space → the model's demographic summary (model manifest), for the per-group
     false-match rates the Watchlists page shows at each version's threshold; demographic_bound: the ratio past which
     it warns."""

@@ -1,6 +1,7 @@
 """The device's install record: the highest watchlist version it accepted and that version's content hash (or
 "wiped"), MAC'd with a key derived from the device key, so a rollback of installed.bundle while the service is
-stopped is caught at start (`edge.watchlist.store`), and the rule for what may be installed over it."""
+stopped is caught at start (`edge.watchlist.device.store`; the rule for what may be installed over it is
+`edge.watchlist.device.policy.record_conflict`)."""
 
 from __future__ import annotations
 
@@ -8,31 +9,21 @@ import hashlib
 import hmac
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge.canonical import canonical_json
 from edge.durable import atomic_write
-from edge.keys import PrivateKey, derive_key
+from edge.keys import derive_key
+from edge.watchlist.device.policy import WIPED
+
+if TYPE_CHECKING:
+    from edge.watchlist.device.unseal import DeviceKey
 
 #: The install record: the highest version accepted and its bundle's sha256, MAC'd with a key derived from the
 #: device key, so a rollback of installed.bundle while the service is stopped is caught at start.
 RECORD = "installed.version"
 RECORD_FORMAT = "edge-wl-install-record/2"
-WIPED = "wiped"
 _RECORD_PURPOSE = b"edge-watchlist-install-record/1"
-
-
-def record_conflict(record: tuple[int, str], version: int, content: str) -> tuple[str, str] | None:
-    """(reason, message) when a bundle of `version` with content hash `content` may not be installed over the
-    install record (version, content sha256): older ("rollback"), or the same version with other content (or
-    wiped); None when it may."""
-    floor, sha = record
-    if version < floor:
-        return "rollback", (f"installed watchlist v{version} is older than v{floor}, the highest this device accepted"
-                            " (rolled back while stopped?)")
-    if version == floor and content != sha:
-        return "same_version_different_content", (f"installed watchlist v{floor} is not the bundle this device"
-                                                  " accepted as that version")
-    return None
 
 
 class RecordError(Exception):
@@ -42,7 +33,7 @@ class RecordError(Exception):
 class InstallRecord:
     """The record file at `path` for `device_id`, authenticated with a key derived from `device_private`."""
 
-    def __init__(self, path: Path, device_id: str, device_private: PrivateKey) -> None:
+    def __init__(self, path: Path, device_id: str, device_private: DeviceKey) -> None:
         self.path, self.device_id = Path(path), device_id
         self._key = derive_key(device_private, _RECORD_PURPOSE)
 

@@ -35,13 +35,12 @@ MAX_META_BYTES = 256 * 2**20
 
 def chip_jpeg(chip: np.ndarray, quality: int = QUALITY) -> bytes:
     """An aligned face chip (RGB uint8) as JPEG bytes."""
-    import cv2
+    from edge.vision.jpeg import encode_jpeg
 
-    ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(np.ascontiguousarray(chip, np.uint8), cv2.COLOR_RGB2BGR),
-                            [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:
+    jpeg = encode_jpeg(chip, quality)
+    if jpeg is None:
         raise DataError("a reference chip could not be encoded as JPEG")
-    return jpeg.tobytes()
+    return jpeg
 
 
 def read_build_meta(build_dir: Path, use: Any) -> Any:
@@ -102,7 +101,7 @@ class References:
             return
         read_build_meta(build_dir, self._index)
 
-    def _index(self, meta: dict) -> None:
+    def _index(self, meta: dict[str, Any]) -> None:
         """Subject id → its first `PER_SUBJECT` template indexes, from the build's items."""
         ids = meta["subjects"]["id"]
         for template, subject in enumerate(meta["items"]):

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -24,10 +24,10 @@ from edge.errors import DataError, EdgeError
 from edge.tables import read_csv
 from edge.imageio import read_image
 from edge.vision.quality import ENROLLMENT_LIMITS, QualityThresholds, SubjectRule, assess, subject_face
-from edge.watchlist.index import build_index
+from edge.watchlist.index import index_for
 from edge.canonical import canonical_json
-from edge.watchlist.references import ReferenceSpool
-from edge.watchlist.payload import Payload, quantize_templates, split_templates, subject_columns, template_dim
+from edge.watchlist.operator.references import ReferenceSpool
+from edge.watchlist.payload import Payload, quantize_templates, subject_columns
 
 #: Annoy trees: chosen from `edge watchlist bench` at 300,000 fused templates (8 trees: recall@1 vs exact 99.97 %, query
 #: p99 1.16 ms, device RSS 293 MiB; 16 trees: 99.96 %, 1.20 ms, 300 MiB — README).
@@ -97,15 +97,15 @@ class Enrollment:
 
     vectors: list[np.ndarray]
     item_subject: list[int]
-    subjects: list[dict]
-    rejected: list[dict]
-    qualities: list[dict]
-    warnings: list[dict]
+    subjects: list[dict[str, Any]]
+    rejected: list[dict[str, Any]]
+    qualities: list[dict[str, Any]]
+    warnings: list[dict[str, Any]]
     vectors2: list[np.ndarray]
 
 
-def enroll(entries: list[GalleryEntry], analyzer, limits: QualityThresholds | None = ENROLLMENT_LIMITS,
-           progress: Callable[[Iterable], Iterable] = lambda it: it,
+def enroll(entries: list[GalleryEntry], analyzer: Any, limits: QualityThresholds | None = ENROLLMENT_LIMITS,
+           progress: Callable[[Iterable[GalleryEntry]], Iterable[GalleryEntry]] = lambda it: it,
            subject: SubjectRule = SubjectRule(),
            on_template: Callable[[int, np.ndarray | None], None] | None = None) -> Enrollment:
     """Detect, check, align and embed each gallery photo: its subject face (`subject_face`: the only face, or the
@@ -157,15 +157,9 @@ def fit_pca(vectors: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
     return mean.astype(np.float32), comp.astype(np.float32)
 
 
-def project(vectors: np.ndarray, mean: np.ndarray, components: np.ndarray) -> np.ndarray:
-    """PCA projection of (N, D) or (D,) vectors, rows re-normalised to unit length (Annoy's angular metric)."""
-    p = (np.asarray(vectors, np.float32) - mean) @ components.T
-    return p / np.maximum(np.linalg.norm(p, axis=-1, keepdims=True), 1e-12)
-
-
-def make_payload(vectors: np.ndarray, item_subject: list[int], subjects: list[dict], n_trees: int = DEFAULT_TREES,
-                 thresholds: dict | None = None, stage1_dim: int = STAGE1_DIM, vectors2: np.ndarray | None = None,
-                 fusion: dict | None = None) -> Payload:
+def make_payload(vectors: np.ndarray, item_subject: list[int], subjects: list[dict[str, Any]],
+                 n_trees: int = DEFAULT_TREES, thresholds: dict[str, Any] | None = None, stage1_dim: int = STAGE1_DIM,
+                 vectors2: np.ndarray | None = None, fusion: dict[str, Any] | None = None) -> Payload:
     """Index + templates + metadata for a set of unit-vector templates: the Annoy shortlist index is built on a
     PCA projection (`stage1_dim`) when the list is large enough, the int8 templates re-score its candidates.
     vectors2 / fusion: the fused second embedder's templates and `Fusion.meta()` (both or neither)."""
@@ -186,20 +180,7 @@ def make_payload(vectors: np.ndarray, item_subject: list[int], subjects: list[di
     return Payload(index_for(meta, templates), meta, templates)
 
 
-def index_for(meta: dict, templates: bytes) -> bytes:
-    """The Annoy shortlist index of a payload's content, built from its int8 templates (the primary embedding's
-    columns, projected by `meta["stage1"]` when present) with one thread and a fixed seed, so that the operator's
-    full build and a device applying a delta build the same index from the same content."""
-    n, dim = len(meta["items"]), int(meta["dim"])
-    q, scale = split_templates(templates, n, template_dim(meta))
-    vectors = q[:, :dim].astype(np.float32) * scale[:, None]
-    stage1 = meta.get("stage1")
-    if stage1:
-        vectors = project(vectors, np.array(stage1["mean"], np.float32), np.array(stage1["components"], np.float32))
-    return build_index(vectors, int(meta["n_trees"]))
-
-
-def payload_of(enrollment: "Enrollment", fusion: dict | None, n_trees: int = DEFAULT_TREES) -> Payload:
+def payload_of(enrollment: "Enrollment", fusion: dict[str, Any] | None, n_trees: int = DEFAULT_TREES) -> Payload:
     """The payload of an enrollment (fused when `fusion`, i.e. the analyzer's `fusion_meta`, is given)."""
     vectors2 = np.stack(enrollment.vectors2) if fusion is not None else None
     return make_payload(np.stack(enrollment.vectors), enrollment.item_subject, enrollment.subjects, n_trees,
@@ -212,8 +193,8 @@ def check_out_dir(out_dir: Path, force: bool = False) -> None:
         raise DataError(f"{out_dir} already holds a watchlist build; pass --force to replace it")
 
 
-def write_build(out_dir: Path, payload: Payload, enrollment: Enrollment, embedder: dict, seconds: float,
-                force: bool = False, references: ReferenceSpool | None = None) -> dict:
+def write_build(out_dir: Path, payload: Payload, enrollment: Enrollment, embedder: dict[str, Any], seconds: float,
+                force: bool = False, references: ReferenceSpool | None = None) -> dict[str, Any]:
     """Write index.ann, templates.bin, meta.json and report.json into `out_dir` (mode 0700: it holds names and
     templates in clear), and move the spooled reference chips in as references/ (operator side only: never in a
     bundle); refuses to overwrite an existing build unless `force`. Returns the report."""
@@ -235,7 +216,7 @@ def write_build(out_dir: Path, payload: Payload, enrollment: Enrollment, embedde
     return report
 
 
-def load_build(build_dir: Path) -> tuple[Payload, dict]:
+def load_build(build_dir: Path) -> tuple[Payload, dict[str, Any]]:
     """Read a build directory back: (payload, embedder info)."""
     try:
         index = (build_dir / "index.ann").read_bytes()
