@@ -44,14 +44,14 @@ def make_bundle(crypto, version: int, n: int = 50) -> bytes:
 class Device:
     """The device side: a store, an MQTT client and the sync state machine, driven by `run_until`."""
 
-    def __init__(self, broker, crypto, state_dir):
+    def __init__(self, broker, crypto, state_dir, **sync_options):
         operator, device = crypto
         self.store = WatchlistStore(state_dir, DEVICE, device, {keys.key_id(operator.public_key()): operator.public_key()},
                                     "test", "0" * 64,
                                     lambda b: Watchlist.from_payload(b.payload, b.manifest["thresholds"], b.manifest))
         self.store.start()
         self.client = MqttClient(broker.client_settings(DEVICE))
-        self.sync = WatchlistSync(self.store, self.client, DEVICE, state_dir / "incoming")
+        self.sync = WatchlistSync(self.store, self.client, DEVICE, state_dir / "incoming", **sync_options)
         self.client.start()
         self.client.wait_connected(5)
         self.sync.start()
@@ -167,4 +167,31 @@ def test_malformed_offers_are_counted_not_fatal(broker, crypto, tmp_path):
     publish(broker, [(TOPICS.watchlist_manifest, b"{not json"), (TOPICS.watchlist_manifest, b'{"schema":"x"}')])
     dev.run_until(lambda d: d.sync.stats.malformed >= 1)
     assert "offer" in dev.sync.stats.last_reason
+    dev.stop()
+
+
+@pytest.mark.slow
+def test_a_newest_offer_that_never_completes_gives_way_to_the_newest_completable(broker, crypto, tmp_path):
+    """Issue 22, row 2, through the real broker: a made-up retained offer (v50, 4,096 chunks nobody publishes) must
+    not keep the device from the real v5. The download is given up after `give_up_after` seconds without a chunk
+    and v5 installed; measured from v5's publication to its install."""
+    import hashlib
+
+    from edge.messaging.payloads import encode_offer
+    from edge.messaging.topics import WatchlistTopics
+
+    give_up = 3.0
+    publish(broker, offer_messages(make_bundle(crypto, 4), DEVICE, 4, chunk_bytes=4096))
+    dev = Device(broker, crypto, tmp_path / "state", give_up_after=give_up)
+    dev.run_until(lambda d: d.version() == 4)
+    made_up = [hashlib.sha256(b"%d" % n).hexdigest() for n in range(4096)]
+    fake = encode_offer(f"device:{DEVICE}", 50, "e" * 64, 4096 * 1024, 1024, made_up, base=4)
+    publish(broker, [(WatchlistTopics.for_device(DEVICE).offer(delta=True), fake)])
+    dev.run_until(lambda d: d.sync.offer is not None and d.sync.offer.version == 50)
+    t0 = time.monotonic()
+    publish(broker, offer_messages(make_bundle(crypto, 5), DEVICE, 5, chunk_bytes=4096))
+    dev.run_until(lambda d: d.version() == 5, timeout=give_up + 20)
+    elapsed = time.monotonic() - t0
+    print(f"v5 installed {elapsed:.1f} s after its publication (give_up_after {give_up:g} s)")
+    assert elapsed < give_up + 10 and dev.sync.stats.installs == 2
     dev.stop()
