@@ -153,7 +153,7 @@ def check_models(models_dir: Path | None = None) -> str:
 
     manifest = load_manifest(models_dir)
     bad = []
-    for name, info in sorted(manifest.models.items()):
+    for _name, info in sorted(manifest.models.items()):
         try:
             actual = sha256_file(info.path)
         except OSError as err:

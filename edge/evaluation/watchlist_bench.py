@@ -223,7 +223,8 @@ def run_watchlist_bench(analyzer: Any, gallery: Path, root: Path, probes: Path, 
             times, tops = time_queries(watchlist, queries, queries2=queries2)
             top_index = np.array([int(t.split("-")[1]) + len(enrollment.subjects) if t.startswith("synthetic-")
                                   else ids[t] for t in tops])
-            run: dict[str, Any] = {"n_trees": n_trees, "search_k": watchlist.search_k, "build_seconds": round(build_s, 2),
+            run: dict[str, Any] = {
+                   "n_trees": n_trees, "search_k": watchlist.search_k, "build_seconds": round(build_s, 2),
                    "seal_seconds": round(seal_s, 2), "bundle_bytes": len(data), "index_bytes_in_memfd": index_bytes,
                    "verify_decrypt_seconds": round(verify_s, 2), "verify_decrypt_load_seconds": round(load_s, 2),
                    "rss_mb_fresh_process_after_load": rss, "rss_mb_after_queries": rss_q,
