@@ -123,7 +123,8 @@ def test_doctor_reports_the_brokers_refusal(broker, tmp_path):
 
 
 def test_the_evidence_check_says_whether_faces_leave_and_to_which_key(tmp_path):
-    from edge.device.doctor import Absent, check_thumbnail_key
+    from edge.device.check_kit import Absent
+    from edge.device.doctor import check_thumbnail_key
 
     def config(events: str):
         path = tmp_path / "edge.yaml"
