@@ -197,6 +197,27 @@ def _provisioned(tmp_path: Path) -> tuple[Path, Path]:
     return config, state
 
 
+def test_the_watchlist_check_says_a_wiped_device_serves_nothing(tmp_path):
+    """After a signed wipe the device serves nothing until a newer list arrives: a failure naming the version the
+    wipe covered (never "ok: watchlist None vNone, expires None")."""
+    from edge.device.doctor import check_watchlist, run_check
+    from edge.watchlist.device.store import WatchlistStore
+    from edge.watchlist.operator.seal import sign_wipe
+
+    config = load_config(_device(tmp_path))
+    state = tmp_path / "state"
+    device, operator = keys.load_private_key(state / "keys" / "device.key", "device"), keys.generate_operator_key()
+    keys.TrustStore([operator.public_key()]).save(state / "keys" / "operators.json")
+    store = WatchlistStore(state, "cam-a", device, {keys.key_id(operator.public_key()): operator.public_key()}, "e",
+                           "0" * 64, lambda bundle: True)
+    store.start()
+    assert store.install(_bundle(operator, device, 2)).ok
+    assert store.wipe(sign_wipe(operator, "device:cam-a", 2)).ok
+    assert run_check("watchlist", lambda: check_watchlist(config)) == {
+        "name": "watchlist", "status": "fail",
+        "detail": "wiped: watchlist wiped at v2 (nothing served; versions up to v2 are refused)"}
+
+
 def _state_checks(config: Path) -> dict:
     from edge.device.doctor import run_check
     from edge.device.state_checks import STATE_CHECKS

@@ -217,7 +217,10 @@ def check_watchlist(config: Any) -> str:
     state = store.state()
     rejection = state.last_rejection
     why = f" ({rejection.message or rejection.reason})" if rejection else ""
-    if state.state is Serving.NONE:
+    if state.state is Serving.WIPED:  # a signed wipe dropped the list: nothing is matched until a newer one arrives
+        raise RuntimeError(f"wiped: watchlist wiped at v{store.floor} (nothing served; versions up to v{store.floor}"
+                           f" are refused){why}")
+    if not state.installed:
         raise RuntimeError(f"none: no watchlist is installed in {config.device.state_dir}{why}")
     label = f"{state.watchlist_id} v{state.version}"
     if state.state is Serving.STALE:
