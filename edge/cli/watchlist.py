@@ -130,7 +130,7 @@ def cmd_watchlist_verify(args: argparse.Namespace) -> int:
         opened = open_bundle(data, device, trust, expected_device_id=device_id)
         m = opened.manifest
         if opened.kind == "delta":  # applied only on top of its base: here its structure is checked
-            unpack_delta(opened.payload)
+            unpack_delta(opened.payload_bytes)
             n_items, n_subjects = m["n_items"], m["n_subjects"]
         else:
             watchlist = Watchlist.from_payload(opened.payload, m.get("thresholds"), m)
@@ -238,10 +238,11 @@ def cmd_eval_openset(args: argparse.Namespace) -> int:
     reasons: dict[str, int] = {}
     for r in enrollment.rejected:
         reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
-    report = {"n_gallery": len(enrollment.subjects), "n_templates": len(enrollment.vectors),
-              "n_gallery_rejected": len(enrollment.rejected), "gallery_rejected_reasons": reasons,
-              "n_gallery_warnings": len(enrollment.warnings), "n_mated": len(s.mated_top),
-              "n_nonmated": len(s.nonmated_top), "n_failed_detect": failed}
+    report: dict[str, Any] = {
+        "n_gallery": len(enrollment.subjects), "n_templates": len(enrollment.vectors),
+        "n_gallery_rejected": len(enrollment.rejected), "gallery_rejected_reasons": reasons,
+        "n_gallery_warnings": len(enrollment.warnings), "n_mated": len(s.mated_top),
+        "n_nonmated": len(s.nonmated_top), "n_failed_detect": failed}
     report.update(openset_report(s.mated_top, s.mated_ok, s.nonmated_top, args.fpir))
     report["calibration"] = calibration_check(analyzer, len(enrollment.vectors), args.fpir, s.nonmated_top)
     if args.project_size:
