@@ -6,9 +6,23 @@ bare codes did; `InstalledState.to_dict()` is the dict the status heartbeat and 
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any, Mapping
+
+if sys.version_info >= (3, 11):
+    from enum import StrEnum
+else:  # Python 3.10 (requires-python): enum.StrEnum's behaviour, str() and format() give the value
+    from enum import Enum
+
+    class StrEnum(str, Enum):
+        """`enum.StrEnum` for Python 3.10: members are strings, and str() and f-strings give the bare value."""
+
+        def __str__(self) -> str:
+            return str(self.value)
+
+        def __format__(self, spec: str) -> str:
+            return str(self.value).__format__(spec)
 
 
 class InstallReason(StrEnum):

@@ -546,8 +546,8 @@ def test_row11_user_errors_are_one_line_never_a_traceback(tmp_path, capsys, buil
          "/dev/full"],
         ["detect", FACES / "obama.jpg", "--annotate", "/dev/null"],
         ["watchlist", "build", "--gallery", tmp_path, "--root", DATA, "--out", tmp_path / "b"],  # a directory
-        ["watchlist", "seal", "--in", broken, "--signing-key", tmp_path / "op.key", "--device-key", tmp_path / "dev.pub",
-         "--device-id", "cam-a", "--version", "1", "--out", tmp_path / "x.bundle"],
+        ["watchlist", "seal", "--in", broken, "--signing-key", tmp_path / "op.key", "--device-key",
+         tmp_path / "dev.pub", "--device-id", "cam-a", "--version", "1", "--out", tmp_path / "x.bundle"],
         ["audit", "verify", tmp_path],
         ["run", "--config", tmp_path],
         ["eval", "openset", "--gallery", a_file, "--probes", a_file, "--root", DATA],

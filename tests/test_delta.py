@@ -36,11 +36,12 @@ def build(entries, thresholds=None, n_trees=2, fused=False, dim=DIM, seed=0):
     vectors, items, subjects, second = [], [], [], []
     for s, (subject, vs) in enumerate(entries):
         subjects.append(subject)
-        for k, v in enumerate(vs):
+        for _k, v in enumerate(vs):
             vectors.append(v)
             items.append(s)
             # The second embedding follows from the template (so an unchanged subject keeps both).
-            second.append(_unit(np.random.default_rng([seed, *np.frombuffer(hashlib.sha256(np.asarray(v).tobytes()).digest()[:8], np.uint32)]), 1,
+            digest = hashlib.sha256(np.asarray(v).tobytes()).digest()
+            second.append(_unit(np.random.default_rng([seed, *np.frombuffer(digest[:8], np.uint32)]), 1,
                                 FUSION["dim2"])[0])
     kwargs = dict(vectors2=np.stack(second), fusion=FUSION) if fused else {}
     return make_payload(np.stack(vectors), items, subjects, n_trees=n_trees, thresholds=thresholds or {}, **kwargs)
@@ -98,7 +99,7 @@ def test_a_metadata_only_change_is_an_update_and_moves_no_templates(pair):
     base, _ = pair
     cols = base.meta["subjects"]
     meta = dict(base.meta, subjects=dict(cols, label=["Other" if s == "s0" else lab
-                                                      for s, lab in zip(cols["id"], cols["label"])]))
+                                                      for s, lab in zip(cols["id"], cols["label"], strict=True)]))
     d = diff(base, Payload(base.index, meta, base.templates))
     assert (d.removed, d.updated, d.added_items, d.templates) == ([], {"s0": {"label": "Other"}}, [], b"")
     assert d.added == {f: [] for f in SUBJECT_FIELDS}

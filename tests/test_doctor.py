@@ -123,7 +123,8 @@ def test_doctor_reports_the_brokers_refusal(broker, tmp_path):
 
 
 def test_the_evidence_check_says_whether_faces_leave_and_to_which_key(tmp_path):
-    from edge.device.doctor import Absent, check_thumbnail_key
+    from edge.device.check_kit import Absent
+    from edge.device.doctor import check_thumbnail_key
 
     def config(events: str):
         path = tmp_path / "edge.yaml"
@@ -194,6 +195,27 @@ def _provisioned(tmp_path: Path) -> tuple[Path, Path]:
                                   watchlist_id="wl", watchlist_version=2, embedder_id="e", similarity=0.7,
                                   threshold=0.6, margin=0.1, track_id=i, chips_used=2, quality={"sharpness": 80.0}))
     return config, state
+
+
+def test_the_watchlist_check_says_a_wiped_device_serves_nothing(tmp_path):
+    """After a signed wipe the device serves nothing until a newer list arrives: a failure naming the version the
+    wipe covered (never "ok: watchlist None vNone, expires None")."""
+    from edge.device.doctor import check_watchlist, run_check
+    from edge.watchlist.device.store import WatchlistStore
+    from edge.watchlist.operator.seal import sign_wipe
+
+    config = load_config(_device(tmp_path))
+    state = tmp_path / "state"
+    device, operator = keys.load_private_key(state / "keys" / "device.key", "device"), keys.generate_operator_key()
+    keys.TrustStore([operator.public_key()]).save(state / "keys" / "operators.json")
+    store = WatchlistStore(state, "cam-a", device, {keys.key_id(operator.public_key()): operator.public_key()}, "e",
+                           "0" * 64, lambda bundle: True)
+    store.start()
+    assert store.install(_bundle(operator, device, 2)).ok
+    assert store.wipe(sign_wipe(operator, "device:cam-a", 2)).ok
+    assert run_check("watchlist", lambda: check_watchlist(config)) == {
+        "name": "watchlist", "status": "fail",
+        "detail": "wiped: watchlist wiped at v2 (nothing served; versions up to v2 are refused)"}
 
 
 def _state_checks(config: Path) -> dict:

@@ -21,6 +21,7 @@ from fakes import FakeStore, FakeTransport
 
 RNG = np.random.default_rng(7)
 TEXTURE = RNG.integers(0, 256, (480, 640, 3), dtype=np.uint8)  # sharp everywhere: the blur gate passes
+QUALITY = QualityThresholds()  # the pipeline's default gate
 
 
 def _face(x: float, eye: float = 60.0, score: float = 0.9) -> Detection:
@@ -64,7 +65,7 @@ class FakeWatchlist:
         return MatchResult([top], self.similarity >= 0.6, 0.6, 0.05, 1.0, top)
 
 
-def _pipeline(detections, watchlist, budget=5, quality=QualityThresholds(), k=2):
+def _pipeline(detections, watchlist, budget=5, quality=QUALITY, k=2):
     detector, embedder = FakeDetector(detections), FakeEmbedder()
     sink = []
     pipe = Pipeline(source=None, detector=detector, embedder=embedder,
@@ -90,7 +91,8 @@ def test_process_decides_once_k_chips_agree_and_queues_a_pending_event():
     assert len(decisions) == 1 and decisions[0].subject_id == "s-1" and decisions[0].chips_used == 2
     item = pipe.events.get_nowait()
     assert isinstance(item, PendingEvent) and item.decision is decisions[0] and item.watchlist is wl
-    assert [c.shape for c in item.chips] == [(150, 150, 3)] * 2 and item.frame.index == 1  # both voting chips, best first
+    # both voting chips, best first
+    assert [c.shape for c in item.chips] == [(150, 150, 3)] * 2 and item.frame.index == 1
     assert pipe.events.empty()  # one (track, subject) pair fires once
 
 
@@ -172,7 +174,8 @@ def test_sync_rerequests_a_bad_chunk_and_a_stalled_window_on_its_clock(tmp_path)
 def test_sync_reports_a_rejection_and_ignores_what_is_not_its_own(tmp_path):
     bundle = b"y" * 100
     sync, _, results = _sync(tmp_path, FakeStore(accept=False))
-    other = encode_offer("cam-other", 2, hashlib.sha256(bundle).hexdigest(), 100, 100, [hashlib.sha256(bundle).hexdigest()])
+    sha = hashlib.sha256(bundle).hexdigest()
+    other = encode_offer("cam-other", 2, sha, 100, 100, [sha])
     sync.handle(Topics(DEVICE).watchlist_manifest, other)  # an offer for someone else, on our topic
     sync.handle("edge/cam-other/watchlist/chunk/2/0", bundle)  # another device's topic
     sync.handle("elsewhere/topic", b"{}")
@@ -180,4 +183,4 @@ def test_sync_reports_a_rejection_and_ignores_what_is_not_its_own(tmp_path):
     for topic, payload in offer_messages(bundle, DEVICE, 2, chunk_bytes=100)[::-1]:  # offer first, then the chunk
         sync.handle(topic, payload)
     state = decode_watchlist_state(sync.transport.published[-1][1])
-    assert (state.state, state.reason) == ("rejected", "bad_signature") and results == [("bad_signature", hashlib.sha256(bundle).hexdigest())]
+    assert (state.state, state.reason) == ("rejected", "bad_signature") and results == [("bad_signature", sha)]

@@ -19,7 +19,7 @@ from edge.operator.fleet import Fleet, acl_text
 from edge.watchlist import delta as D
 from edge.watchlist.operator.diff import diff
 from edge.watchlist.operator.build import make_payload
-from edge.watchlist.operator.seal import seal, sign_wipe
+from edge.watchlist.operator.seal import seal
 from edge.watchlist.device.matcher import Watchlist
 from edge.watchlist.payload import content_sha256, pack
 from edge.watchlist.device.store import WatchlistStore
@@ -207,7 +207,7 @@ def test_one_group_payload_deltas_catch_up_and_wipe(broker, crypto, tmp_path, ca
             report = cli(broker, capsys, "watchlist", "publish", "--bundle", str(files[v]), "--delta",
                          str(files[f"d{v}"]), "--group", GROUP, "--operator-key", str(op_pub), "--chunk-bytes", "65536")
             assert report["cleared_chunks"] > 0  # the old version's chunks no longer sit on the broker
-            run_until(online[:2], lambda: all(d.version() == v for d in online[:2]))
+            run_until(online[:2], lambda v=v: all(d.version() == v for d in online[:2]))
         for d in online[:2]:
             assert [r.message.split(" (")[0] for r in d.results][1:] == [
                 "installed watchlist wl v2 from a delta on v1", "installed watchlist wl v3 from a delta on v2"]

@@ -168,14 +168,22 @@ def test_each_library_has_one_owner(library):
     assert not strays, f"{library} imported by {strays}"
 
 
+#: Lines a module may have without a reason, and with one ("Lines: …" in its docstring): no exception above the cap.
+LONG_LINES, MAX_LINES = 420, 450
+
+
 def test_no_module_is_long_without_saying_why():
-    long = []
+    long, too_long = [], []
     for rel in MODULES:
         text = (EDGE / rel).read_text()
         doc = ast.get_docstring(ast.parse(text)) or ""
-        if text.count("\n") > 420 and "lines:" not in doc.lower():
-            long.append(f"{rel} ({text.count(chr(10))} lines)")
-    assert not long, f"modules over ~400 lines need a 'Lines: <reason>' sentence in their docstring: {long}"
+        lines = text.count("\n")
+        if lines > MAX_LINES:
+            too_long.append(f"{rel} ({lines} lines)")
+        elif lines > LONG_LINES and "lines:" not in doc.lower():
+            long.append(f"{rel} ({lines} lines)")
+    assert not too_long, f"modules over {MAX_LINES} lines must be split, whatever their docstring says: {too_long}"
+    assert not long, f"modules over {LONG_LINES} lines need a 'Lines: <reason>' sentence in their docstring: {long}"
 
 
 def test_the_cli_runs_on_a_device_without_the_operator_extras():
@@ -198,7 +206,7 @@ def test_the_cli_runs_on_a_device_without_the_operator_extras():
 
 #: Cycles through function-local imports that are known and owned elsewhere: each entry must still be a cycle (so
 #: the list cannot outlive the cycle it excuses). Module-level cycles are never allowed.
-KNOWN_LOCAL_CYCLES = [{"edge.device.doctor", "edge.device.state_checks"}]
+KNOWN_LOCAL_CYCLES: list[set[str]] = []
 
 
 def _module_name(rel: str) -> str:

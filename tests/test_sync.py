@@ -46,8 +46,8 @@ class Device:
 
     def __init__(self, broker, crypto, state_dir, **sync_options):
         operator, device = crypto
-        self.store = WatchlistStore(state_dir, DEVICE, device, {keys.key_id(operator.public_key()): operator.public_key()},
-                                    "test", "0" * 64,
+        self.store = WatchlistStore(state_dir, DEVICE, device,
+                                    {keys.key_id(operator.public_key()): operator.public_key()}, "test", "0" * 64,
                                     lambda b: Watchlist.from_payload(b.payload, b.manifest["thresholds"], b.manifest))
         self.store.start()
         self.client = MqttClient(broker.client_settings(DEVICE))

@@ -49,7 +49,8 @@ def test_index_loads_from_memory_and_finds_each_template(gallery):
     wl = Watchlist.from_payload(pack(make_payload(vectors, items, subjects, n_trees=8)), {"match": 0.9, "margin": 0.05})
     assert len(wl) == 200
     # The index lives in anonymous memory: every descriptor that names it is a memfd, none is a file on disk.
-    links = [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd") if os.path.exists(f"/proc/self/fd/{fd}")]
+    links = [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
+             if os.path.exists(f"/proc/self/fd/{fd}")]
     named = [link for link in links if "edge-watchlist" in link]
     assert named and all(link.startswith("/memfd:edge-watchlist") for link in named)
     for i in (0, 57, 199):
@@ -103,7 +104,7 @@ def test_large_lists_shortlist_on_a_pca_projection_and_rescore_exactly():
     probes /= np.linalg.norm(probes, axis=1, keepdims=True)
     exact = probes @ vectors.T
     hits = 0
-    for p, row in zip(probes, exact):
+    for p, row in zip(probes, exact, strict=True):
         top = wl.search(p, k=1)[0]
         hits += top.subject_id == f"s{int(row.argmax())}"
         assert top.similarity == pytest.approx(float(row[int(top.subject_id[1:])]), abs=3e-3)
@@ -143,7 +144,8 @@ def test_a_fused_watchlist_scores_the_shortlist_with_both_embeddings():
         q1 /= np.linalg.norm(q1)
         exact = 0.84 * (v1 @ q1) + 0.036 * (v2 @ v2[i]) + 0.124
         top = wl.search(q1, k=1, embedding2=v2[i])[0]
-        assert top.subject_id == f"s{int(exact.argmax())}" and top.similarity == pytest.approx(float(exact.max()), abs=3e-3)
+        assert top.subject_id == f"s{int(exact.argmax())}"
+        assert top.similarity == pytest.approx(float(exact.max()), abs=3e-3)
     assert wl.search(v1[5], k=1, embedding2=v2[5])[0].similarity <= 1.0
     with pytest.raises(EdgeError, match="no second embedding"):
         wl.search(v1[0], k=1)

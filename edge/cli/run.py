@@ -21,7 +21,8 @@ from typing import Any
 
 
 def cmd_check(config: Any, args: argparse.Namespace) -> int:
-    from edge.device.doctor import ABSENT, OK, config_checks, indent
+    from edge.device.check_kit import ABSENT, OK
+    from edge.device.doctor import config_checks, indent
 
     checks = config_checks(config, str(args.config))
     for c in checks:

@@ -45,7 +45,8 @@ def _gate_parent() -> argparse.ArgumentParser:
                    help=f"least detector probability (default {q.min_score:g})")
     g.add_argument("--min-relative-size", type=float, default=r.min_relative, metavar="FRACTION",
                    help="with several faces, those with an eye distance of at least FRACTION × the largest one's are "
-                        f"candidates; the one nearest the centre is enrolled, with a warning (default {r.min_relative:g})")
+                        "candidates; the one nearest the centre is enrolled, with a warning "
+                        f"(default {r.min_relative:g})")
     g.add_argument("--max-offset", type=float, default=r.max_offset, metavar="FRACTION",
                    help="... when it lies within FRACTION of the image size from the centre "
                         f"(default {r.max_offset:g})")
@@ -129,7 +130,7 @@ def cmd_watchlist_verify(args: argparse.Namespace) -> int:
         opened = open_bundle(data, device, trust, expected_device_id=device_id)
         m = opened.manifest
         if opened.kind == "delta":  # applied only on top of its base: here its structure is checked
-            unpack_delta(opened.payload)
+            unpack_delta(opened.payload_bytes)
             n_items, n_subjects = m["n_items"], m["n_subjects"]
         else:
             watchlist = Watchlist.from_payload(opened.payload, m.get("thresholds"), m)
@@ -220,8 +221,8 @@ def cmd_watchlist_bench_sync(args: argparse.Namespace) -> int:
 
 def cmd_eval_openset(args: argparse.Namespace) -> int:
     from edge.evaluation.calibration import fit_tail
-    from edge.evaluation.openset import (calibration_check, det_points, openset_report, plot_det, projection, read_probes,
-                                         search_probes)
+    from edge.evaluation.openset import (calibration_check, det_points, openset_report, plot_det, projection,
+                                         read_probes, search_probes)
     from edge.watchlist.operator.build import enroll, read_gallery
 
     t0 = time.perf_counter()
@@ -237,10 +238,11 @@ def cmd_eval_openset(args: argparse.Namespace) -> int:
     reasons: dict[str, int] = {}
     for r in enrollment.rejected:
         reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
-    report = {"n_gallery": len(enrollment.subjects), "n_templates": len(enrollment.vectors),
-              "n_gallery_rejected": len(enrollment.rejected), "gallery_rejected_reasons": reasons,
-              "n_gallery_warnings": len(enrollment.warnings), "n_mated": len(s.mated_top),
-              "n_nonmated": len(s.nonmated_top), "n_failed_detect": failed}
+    report: dict[str, Any] = {
+        "n_gallery": len(enrollment.subjects), "n_templates": len(enrollment.vectors),
+        "n_gallery_rejected": len(enrollment.rejected), "gallery_rejected_reasons": reasons,
+        "n_gallery_warnings": len(enrollment.warnings), "n_mated": len(s.mated_top),
+        "n_nonmated": len(s.nonmated_top), "n_failed_detect": failed}
     report.update(openset_report(s.mated_top, s.mated_ok, s.nonmated_top, args.fpir))
     report["calibration"] = calibration_check(analyzer, len(enrollment.vectors), args.fpir, s.nonmated_top)
     if args.project_size:
@@ -249,7 +251,8 @@ def cmd_eval_openset(args: argparse.Namespace) -> int:
     if args.save_impostors:
         n = sum(len(g) for g in s.impostors)
         model = fit_tail(s.impostors, min_exceedances=max(10, min(2000, n // 100)),
-                         source=f"edge eval openset: {len(s.impostors)} non-mated probes x {len(enrollment.vectors)} templates")
+                         source=f"edge eval openset: {len(s.impostors)} non-mated probes x"
+                                f" {len(enrollment.vectors)} templates")
         args.save_impostors.write_text(json.dumps({"impostor_tail": model.to_json(),
                                                    "embedder": embedder_info(analyzer)}, indent=2))
     if args.plot:
@@ -258,18 +261,18 @@ def cmd_eval_openset(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(report)
     else:
-        print(f"gallery {report['n_gallery']} subjects ({report['n_templates']} templates); probes: {report['n_mated']} "
-              f"mated, {report['n_nonmated']} non-mated, {failed} without a face")
-        print(f"at FPIR ≤ {args.fpir}: threshold {report['threshold']:.4f}, FPIR {report['fpir']}, FNIR {report['fnir']} "
-              f"(FPIR resolution {report['fpir_resolution']}); rank-1 {report['rank1']}")
+        print(f"gallery {report['n_gallery']} subjects ({report['n_templates']} templates); probes:"
+              f" {report['n_mated']} mated, {report['n_nonmated']} non-mated, {failed} without a face")
+        print(f"at FPIR ≤ {args.fpir}: threshold {report['threshold']:.4f}, FPIR {report['fpir']},"
+              f" FNIR {report['fnir']} (FPIR resolution {report['fpir_resolution']}); rank-1 {report['rank1']}")
         proj = report.get("projection")
         if proj and "error" in proj:
             print(f"projected to {proj['size']:,} templates: {proj['error']}")
         elif proj:
             reach = "" if proj["reachable"] else " (above any score: `seal` refuses this size at this FPIR)"
-            print(f"projected to {proj['size']:,} templates at FPIR {args.fpir}: threshold {proj['threshold_bound']:.4f}"
-                  f"{reach}, point estimate {proj['threshold']:.4f}; FNIR of these mated searches {proj['fnir']} "
-                  f"({proj['fnir_at_point']} at the point estimate)")
+            print(f"projected to {proj['size']:,} templates at FPIR {args.fpir}:"
+                  f" threshold {proj['threshold_bound']:.4f}{reach}, point estimate {proj['threshold']:.4f};"
+                  f" FNIR of these mated searches {proj['fnir']} ({proj['fnir_at_point']} at the point estimate)")
     return 0
 
 
@@ -286,7 +289,8 @@ def add_parsers(sub: argparse._SubParsersAction, vision: argparse.ArgumentParser
                                   "[,label,category,expires]) and build the Annoy index; rejected photos are listed.")
     p.add_argument("--gallery", type=Path, required=True)
     p.add_argument("--root", type=Path, required=True, help="folder the CSV's paths are relative to")
-    p.add_argument("--out", type=Path, required=True, help="build directory (plaintext: keep it on the operator machine)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="build directory (plaintext: keep it on the operator machine)")
     p.add_argument("--trees", type=int, default=8, help="Annoy trees (default 8, see README for the trade-off)")
     p.add_argument("--force", action="store_true", help="replace an existing build in --out")
     p.add_argument("--json", action="store_true")
@@ -297,7 +301,8 @@ def add_parsers(sub: argparse._SubParsersAction, vision: argparse.ArgumentParser
                                   "the fleet file) and sign it with the operator key; --base N makes a delta.")
     p.add_argument("--in", dest="input", type=Path, required=True, help="build directory from `watchlist build`")
     p.add_argument("--signing-key", type=Path, required=True, help="operator private key (Ed25519)")
-    p.add_argument("--device-key", type=Path, help="the device's public key (X25519), for one device not in a fleet file")
+    p.add_argument("--device-key", type=Path,
+                   help="the device's public key (X25519), for one device not in a fleet file")
     p.add_argument("--device-id", help="seal for this one device (its key from --device-key or --fleet)")
     p.add_argument("--group", help="seal for every member of this group of the --fleet file (one payload for all)")
     p.add_argument("--fleet", type=Path, help="fleet file from `edge fleet add` (device keys and groups)")
@@ -309,8 +314,10 @@ def add_parsers(sub: argparse._SubParsersAction, vision: argparse.ArgumentParser
     p.add_argument("--releases", type=Path, help="release archive: every version's full content, for --base "
                    "(plaintext, 0700; default: 'releases' beside --out)")
     p.add_argument("--watchlist-id", default="default", help="watchlist name (default 'default')")
-    p.add_argument("--expires-days", type=float, default=30.0, help="days until the device treats it as stale (default 30)")
-    p.add_argument("--fpir", type=float, default=0.003, help="target false-positive identification rate (default 0.003)")
+    p.add_argument("--expires-days", type=float, default=30.0,
+                   help="days until the device treats it as stale (default 30)")
+    p.add_argument("--fpir", type=float, default=0.003,
+                   help="target false-positive identification rate (default 0.003)")
     p.add_argument("--impostors", type=Path, help="impostor model from `edge eval openset --save-impostors` "
                                                   "(default: the embedder's, measured on the dev set)")
     p.add_argument("--threshold", type=float, help="use this match threshold instead of calibrating one")
@@ -318,7 +325,8 @@ def add_parsers(sub: argparse._SubParsersAction, vision: argparse.ArgumentParser
                    "--save-summary` (default: the embedder's shipped summary) for the per-group rates seal prints")
     p.add_argument("--demographic-bound", type=float, default=3.0, metavar="RATIO", help="warn when the highest "
                    "within-group false-match rate exceeds the lowest by more than RATIO times (default 3)")
-    p.add_argument("--margin", type=float, default=0.02, help="required cosine margin over the next subject (default 0.02)")
+    p.add_argument("--margin", type=float, default=0.02,
+                   help="required cosine margin over the next subject (default 0.02)")
     p.add_argument("--models-dir", type=Path, help="directory with manifest.json (for the default impostor model)")
     p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.add_argument("--json", action="store_true")
@@ -334,8 +342,8 @@ def add_parsers(sub: argparse._SubParsersAction, vision: argparse.ArgumentParser
     p.set_defaults(func=cmd_watchlist_verify)
     p = wl.add_parser("bench", parents=[vision], help="build/seal/load/query a watchlist of N subjects",
                       description="Real enrollments from --gallery padded with synthetic distractors (matched to the "
-                                  "measured impostor distribution) to --size subjects; reports build time, bundle size, "
-                                  "verify+decrypt+load time, RSS, query p50/p99 and recall@1 vs exact search.")
+                                  "measured impostor distribution) to --size subjects; reports build time, bundle "
+                                  "size, verify+decrypt+load time, RSS, query p50/p99 and recall@1 vs exact search.")
     p.add_argument("--gallery", type=Path, required=True, help="real enrollments (path,identity)")
     p.add_argument("--probes", type=Path, required=True, help="real probes (path,identity,in_watchlist)")
     p.add_argument("--root", type=Path, required=True)
@@ -355,8 +363,8 @@ def add_parsers(sub: argparse._SubParsersAction, vision: argparse.ArgumentParser
 
     p = wl.add_parser("bench-sync", help="a group watchlist and a delta to N device processes over a loopback broker",
                       description="Seal a SIZE-subject group watchlist for N device processes, publish it over a "
-                                  "loopback mosquitto running the shipped TLS/ACL config, then a +CHANGE/-CHANGE delta; "
-                                  "report bytes retained, delta bytes and seconds until every device runs each.")
+                                  "loopback mosquitto running the shipped TLS/ACL config, then a +CHANGE/-CHANGE "
+                                  "delta; report bytes retained, delta bytes and seconds until every device runs each.")
     p.add_argument("--devices", type=int, default=20, help="device processes (default 20)")
     p.add_argument("--size", type=int, default=300_000, help="subjects in the watchlist (default 300000)")
     p.add_argument("--change", type=int, default=500, help="subjects removed and added by the delta (default 500)")
@@ -366,15 +374,18 @@ def add_parsers(sub: argparse._SubParsersAction, vision: argparse.ArgumentParser
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_watchlist_bench_sync)
 
-    p = eval_sub.add_parser("openset", parents=[vision, _gate_parent()], help="1:N identification: FNIR at a target FPIR",
-                            description="Enroll the gallery, search every probe (path,identity,in_watchlist) and report "
-                                        "FNIR at the threshold meeting the target FPIR, rank-1 and the DET curve.")
+    p = eval_sub.add_parser("openset", parents=[vision, _gate_parent()],
+                            help="1:N identification: FNIR at a target FPIR",
+                            description="Enroll the gallery, search every probe (path,identity,in_watchlist) and "
+                                        "report FNIR at the threshold meeting the target FPIR, rank-1 and the DET "
+                                        "curve.")
     p.add_argument("--gallery", type=Path, required=True)
     p.add_argument("--probes", type=Path, required=True)
     p.add_argument("--root", type=Path, required=True)
     p.add_argument("--fpir", type=float, default=0.003, help="target FPIR (default 0.003)")
     p.add_argument("--trees", type=int, default=8)
-    p.add_argument("--save-impostors", type=Path, metavar="JSON", help="save the impostor tail fitted on this run's non-mated comparisons (for `watchlist seal --impostors`)")
+    p.add_argument("--save-impostors", type=Path, metavar="JSON", help="save the impostor tail fitted on this run's "
+                   "non-mated comparisons (for `watchlist seal --impostors`)")
     p.add_argument("--project-size", type=_positive_int, metavar="N", help="also report the shipped calibration's "
                    "threshold for a watchlist of N templates at --fpir and this run's FNIR at it (JSON: projection)")
     p.add_argument("--json", action="store_true")

@@ -1,7 +1,8 @@
 """Is this device able to do its job? One check framework for `edge doctor` and `edge run --check`.
 
 A check is a function of the config that returns one line of detail or raises: `Absent` when a device file does
-not exist (yet), anything else for a failure. `run_check` turns it into {name, status: ok|fail|absent, detail}.
+not exist (yet), anything else for a failure (`edge.device.check_kit`, shared with the state directory's checks).
+`run_check` turns it into {name, status: ok|fail|absent, detail}.
 
 `edge run --check` (`config_checks`): the config validates, the models load (checksums verified), the frame source
 builds (not opened), every key and TLS file the config names reads. `edge doctor` (`run_doctor`): without a config
@@ -20,10 +21,12 @@ import os
 import shutil
 import threading
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
 from edge.device import wiring
+from edge.device.check_kit import ABSENT, FAIL, OK, Absent, ConfigCheck, need
 from edge.device.state_checks import STATE_CHECKS
 from edge.install_state import Serving
 
@@ -34,21 +37,6 @@ BROKER_TIMEOUT_S = 5.0
 MIN_FREE_BYTES = 100 * 1024 * 1024
 #: Earliest plausible year for the system clock.
 MIN_YEAR = 2025
-#: Outcomes of one check: passed, failed, or a device file that is absent.
-OK, FAIL, ABSENT = "ok", "fail", "absent"
-
-
-class Absent(Exception):
-    """A file the device needs does not exist (yet)."""
-
-
-def need(*paths: Path | None) -> list[Path]:
-    """The given paths (None skipped) if all exist, else `Absent` naming the missing ones."""
-    present = [Path(p) for p in paths if p is not None]
-    missing = [p for p in present if not p.exists()]
-    if missing:
-        raise Absent(", ".join(str(p) for p in missing) + (" is" if len(missing) == 1 else " are") + " absent")
-    return present
 
 
 def run_check(name: str, fn: Callable[[], str]) -> dict:
@@ -153,7 +141,7 @@ def check_models(models_dir: Path | None = None) -> str:
 
     manifest = load_manifest(models_dir)
     bad = []
-    for name, info in sorted(manifest.models.items()):
+    for _name, info in sorted(manifest.models.items()):
         try:
             actual = sha256_file(info.path)
         except OSError as err:
@@ -229,7 +217,10 @@ def check_watchlist(config: Any) -> str:
     state = store.state()
     rejection = state.last_rejection
     why = f" ({rejection.message or rejection.reason})" if rejection else ""
-    if state.state is Serving.NONE:
+    if state.state is Serving.WIPED:  # a signed wipe dropped the list: nothing is matched until a newer one arrives
+        raise RuntimeError(f"wiped: watchlist wiped at v{store.floor} (nothing served; versions up to v{store.floor}"
+                           f" are refused){why}")
+    if not state.installed:
         raise RuntimeError(f"none: no watchlist is installed in {config.device.state_dir}{why}")
     label = f"{state.watchlist_id} v{state.version}"
     if state.state is Serving.STALE:
@@ -278,17 +269,17 @@ def check_disk(config: Any, min_free: int = MIN_FREE_BYTES) -> str:
 # --- the reports -------------------------------------------------------------------------------------------------
 
 #: `edge run --check`: (name, check) in order, after the config itself.
-CONFIG_CHECKS: list[tuple[str, Callable[[Any], str]]] = [
+CONFIG_CHECKS: list[tuple[str, ConfigCheck]] = [
     ("camera", check_source_builds), ("models", check_loaded_models), ("state_dir", check_state_dir),
     ("device_key", check_device_key), ("trusted_keys", check_trusted_keys), ("mqtt", check_tls_files),
-    ("thumbnail_key", check_thumbnail_key)] + STATE_CHECKS
+    ("thumbnail_key", check_thumbnail_key), *STATE_CHECKS]
 
 
 def config_checks(config: Any, source: str) -> list[dict]:
     """`edge run --check`: [{name, status: ok|fail|absent, detail}] for a config that already validated."""
     out = [{"name": "config", "status": OK, "detail": f"{source}: device {config.device.id}, camera "
                                                       f"{config.camera.source}, state in {config.device.state_dir}"}]
-    return out + [run_check(name, lambda check=check: check(config)) for name, check in CONFIG_CHECKS]
+    return out + [run_check(name, partial(check, config)) for name, check in CONFIG_CHECKS]
 
 
 def run_doctor(config: Any | None = None) -> list[dict]:
@@ -302,7 +293,7 @@ def run_doctor(config: Any | None = None) -> list[dict]:
     if config is not None:
         plan += [("camera", lambda: check_camera(config)), ("keys", lambda: check_keys(config)),
                  ("broker", lambda: check_broker(config)), ("watchlist", lambda: check_watchlist(config))]
-        plan += [(name, lambda check=check: check(config)) for name, check in STATE_CHECKS]
+        plan += [(name, partial(check, config)) for name, check in STATE_CHECKS]
     plan.append(("clock", lambda: check_clock(config)))
     if config is not None:
         plan.append(("disk", lambda: check_disk(config)))

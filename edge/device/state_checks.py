@@ -27,6 +27,8 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from edge.device.check_kit import ConfigCheck, need
+
 #: Most problems shown per check, and most entries walked in the state directory.
 MAX_SHOWN = 20
 MAX_ENTRIES = 20_000
@@ -129,7 +131,6 @@ def check_state_files(config: Any) -> str:
 def check_install_record(config: Any) -> str:
     """installed.version verifies with the device key and names the installed bundle's version and content."""
     from edge import keys
-    from edge.device.doctor import need
     from edge.watchlist.frame import BundleError, peek_manifest
     from edge.watchlist.device.policy import WIPED, record_conflict
     from edge.watchlist.device.record import RECORD, InstallRecord, RecordError
@@ -261,5 +262,6 @@ def check_outbox(config: Any) -> str:
 
 
 #: (name, check) of the state directory, in order: shared by `edge run --check` and `edge doctor --config`.
-STATE_CHECKS = [("state_files", check_state_files), ("install_record", check_install_record),
-                ("audit_log", check_audit_log), ("audit_seal", check_audit_seal), ("outbox", check_outbox)]
+STATE_CHECKS: list[tuple[str, ConfigCheck]] = [
+    ("state_files", check_state_files), ("install_record", check_install_record), ("audit_log", check_audit_log),
+    ("audit_seal", check_audit_seal), ("outbox", check_outbox)]

@@ -12,7 +12,7 @@ import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 from edge import keys
 from edge.config import Config, PolicyConfig
@@ -45,6 +45,8 @@ if TYPE_CHECKING:  # hints only: each builder imports its module when it runs (p
 
 log = logging.getLogger("edge.device.wiring")
 T = TypeVar("T")
+#: The pipeline's default quality gate (`build_pipeline`): QualityThresholds' own defaults.
+DEFAULT_QUALITY = QualityThresholds()
 
 
 # --------------------------------------------------------------------------------------------- config → options
@@ -141,7 +143,7 @@ def watchlist_store(c: Config, embedder_id: str, embedder_sha256: str,
 
 def build_pipeline(source: FrameSource, analyzer: Analyzer, watchlist: Callable[[], Matcher | None], sink: EventSink,
                    health: Health, tracker: Tracker | None = None, policy: DecisionPolicy | None = None,
-                   quality: QualityThresholds = QualityThresholds(), lossless: bool = False,
+                   quality: QualityThresholds = DEFAULT_QUALITY, lossless: bool = False,
                    governor: ThermalGovernor | None = None) -> Pipeline:
     """The capture → vision → match → decision loop over `source` with `analyzer`'s models; `watchlist()` gives
     the live watchlist (or None), `sink(decision, frame, watchlist, chips)` takes each decision."""

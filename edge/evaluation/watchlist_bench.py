@@ -114,14 +114,15 @@ def run_watchlist_bench(analyzer: Any, gallery: Path, root: Path, probes: Path, 
     """The `edge watchlist bench` report: real enrollments of `gallery` padded with synthetic distractors to `size`
     subjects, built with each of `trees` (Annoy trees), sealed, verified, decrypted, loaded (also in a fresh
     process, for its RSS in MiB) and queried at each Annoy `search_k` with `n_queries` probes (the real mated ones
-    first), against exact search. save_bundle: also keep each sealed bundle and its keys there. log: one line per
+    first), against exact search. stage1_dim: the shortlist index's PCA dimensions (None: the build's default,
+    STAGE1_DIM). save_bundle: also keep each sealed bundle and its keys there. log: one line per
     run (the progress of a long job)."""
     from edge import keys
     from edge.errors import DataError
     from edge.evaluation.calibration import scoring_tail
     from edge.evaluation.openset import read_probes
     from edge.imageio import read_image
-    from edge.watchlist.operator.build import enroll, make_payload, read_gallery
+    from edge.watchlist.operator.build import STAGE1_DIM, enroll, make_payload, read_gallery
     from edge.watchlist.device.unseal import open_bundle
     from edge.watchlist.operator.seal import seal
     from edge.watchlist.device.matcher import Watchlist
@@ -190,7 +191,8 @@ def run_watchlist_bench(analyzer: Any, gallery: Path, root: Path, probes: Path, 
     operator, device = keys.generate_operator_key(), keys.generate_device_key()
     for n_trees in trees:
         t0 = time.perf_counter()
-        payload = make_payload(vectors, item_subject.tolist(), subjects, n_trees, stage1_dim=stage1_dim,
+        payload = make_payload(vectors, item_subject.tolist(), subjects, n_trees,
+                               stage1_dim=STAGE1_DIM if stage1_dim is None else stage1_dim,
                                vectors2=vectors2, fusion=analyzer.fusion_meta)
         build_s = time.perf_counter() - t0
         index_bytes = len(payload.index) + len(payload.templates)
@@ -223,7 +225,8 @@ def run_watchlist_bench(analyzer: Any, gallery: Path, root: Path, probes: Path, 
             times, tops = time_queries(watchlist, queries, queries2=queries2)
             top_index = np.array([int(t.split("-")[1]) + len(enrollment.subjects) if t.startswith("synthetic-")
                                   else ids[t] for t in tops])
-            run: dict[str, Any] = {"n_trees": n_trees, "search_k": watchlist.search_k, "build_seconds": round(build_s, 2),
+            run: dict[str, Any] = {
+                   "n_trees": n_trees, "search_k": watchlist.search_k, "build_seconds": round(build_s, 2),
                    "seal_seconds": round(seal_s, 2), "bundle_bytes": len(data), "index_bytes_in_memfd": index_bytes,
                    "verify_decrypt_seconds": round(verify_s, 2), "verify_decrypt_load_seconds": round(load_s, 2),
                    "rss_mb_fresh_process_after_load": rss, "rss_mb_after_queries": rss_q,

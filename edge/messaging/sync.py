@@ -7,7 +7,8 @@ delta builds on exactly the installed version (and has not failed), else as the 
 chunk it does not hold yet (a window at a time), stores every chunk whose sha256 matches the offer (ciphertext
 only) in `incoming/`, so an interrupted sync resumes, assembles the bundle on disk (streamed: a bundle is never
 held in memory) and hands the file to the `WatchlistStore`, which verifies everything (an offer is untrusted; a
-forged one can only waste bandwidth). A delta refused for a missing base makes it fetch the full version. Results, wipes included, go to `<device>/watchlist/state`.
+forged one can only waste bandwidth). A delta refused for a missing base makes it fetch the full version.
+Results, wipes included, go to `<device>/watchlist/state`.
 """
 
 from __future__ import annotations

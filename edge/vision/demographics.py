@@ -26,8 +26,8 @@ def rate(k: int, n: int) -> dict:
         return {"rate": None, "low": None, "high": None, "count": 0, "pairs": 0, "estimable": False,
                 "note": "no pairs in this group"}
     low, high = wilson(k, n)
-    out: dict[str, Any] = {"rate": float(f"{k / n:.4g}") if k else None, "low": float(f"{low:.4g}"), "high": float(f"{high:.4g}"),
-           "count": k, "pairs": n, "estimable": k > 0}
+    out: dict[str, Any] = {"rate": float(f"{k / n:.4g}") if k else None, "low": float(f"{low:.4g}"),
+                           "high": float(f"{high:.4g}"), "count": k, "pairs": n, "estimable": k > 0}
     if not k:
         out["note"] = f"no false match in {n:,} pairs: too few to estimate at this threshold (95 % bound {high:.2g})"
     return out

@@ -162,6 +162,10 @@ class SubjectRule:
     separation: float = 0.1
 
 
+#: The default subject rule (a module-level constant: a frozen dataclass shared as an argument default).
+DEFAULT_SUBJECT_RULE = SubjectRule()
+
+
 def _offset(det: Detection, image_size: tuple[int, int]) -> float:
     """How far a face's eye midpoint lies from the image centre, as a fraction of the image size (Chebyshev)."""
     w, h = image_size
@@ -169,7 +173,8 @@ def _offset(det: Detection, image_size: tuple[int, int]) -> float:
     return float(max(abs(cx - w / 2) / max(w, 1), abs(cy - h / 2) / max(h, 1)))
 
 
-def subject_face(dets: list[Detection], image_size: tuple[int, int], rule: SubjectRule = SubjectRule()) -> SubjectPick:
+def subject_face(dets: list[Detection], image_size: tuple[int, int],
+                 rule: SubjectRule = DEFAULT_SUBJECT_RULE) -> SubjectPick:
     """Pick a photo's subject among its detections (`SubjectRule`); image_size: (width, height) in pixels.
 
     One face: it. Several: the sizeable face nearest the centre, with a warning naming the others; none when the

@@ -109,6 +109,14 @@ class OpenedBundle:
     def content_sha256(self) -> str:
         return str(self.manifest["content_sha256"])
 
+    @property
+    def payload_bytes(self) -> bytes:
+        """The payload as bytes: a delta's, or a full one `open_bundle` decrypted (only `open_bundle_file` maps a
+        full payload into memfds); TypeError for a mapped one."""
+        if isinstance(self.payload, MappedPayload):
+            raise TypeError(f"watchlist {self.watchlist_id} v{self.version}: the payload is mapped, not bytes")
+        return self.payload
+
 
 @dataclass(frozen=True)
 class Frame:

@@ -73,7 +73,8 @@ def build_index(vectors: np.ndarray, n_trees: int = 8, seed: int = 1) -> bytes:
 def project(vectors: np.ndarray, mean: np.ndarray, components: np.ndarray) -> np.ndarray:
     """PCA projection of (N, D) or (D,) vectors, rows re-normalised to unit length (Annoy's angular metric)."""
     p = (np.asarray(vectors, np.float32) - mean) @ components.T
-    return p / np.maximum(np.linalg.norm(p, axis=-1, keepdims=True), 1e-12)  # type: ignore[no-any-return]
+    unit: np.ndarray = p / np.maximum(np.linalg.norm(p, axis=-1, keepdims=True), 1e-12)
+    return unit
 
 
 def index_for(meta: dict[str, Any], templates: bytes) -> bytes:

@@ -52,8 +52,8 @@ def subject_columns(subjects: list[dict[str, Any]]) -> dict[str, list[Any]]:
 def pack(payload: Payload) -> bytes:
     """Serialise a payload to bytes."""
     meta = canonical_json(payload.meta)
-    return b"".join([MAGIC, struct.pack(">Q", len(payload.index)), payload.index, struct.pack(">Q", len(payload.templates)),
-                     payload.templates, struct.pack(">Q", len(meta)), meta])
+    return b"".join([MAGIC, struct.pack(">Q", len(payload.index)), payload.index,
+                     struct.pack(">Q", len(payload.templates)), payload.templates, struct.pack(">Q", len(meta)), meta])
 
 
 def unpack(data: bytes) -> Payload:
@@ -303,7 +303,8 @@ def _check_meta(meta: Any, n_templates: int) -> None:
         if key not in meta:
             raise PayloadError(f"watchlist payload metadata lacks {key!r}")
     subjects = meta["subjects"]
-    if not isinstance(subjects, dict) or set(subjects) != set(SUBJECT_FIELDS) or len({len(v) for v in subjects.values()}) != 1:
+    if (not isinstance(subjects, dict) or set(subjects) != set(SUBJECT_FIELDS)
+            or len({len(v) for v in subjects.values()}) != 1):
         raise PayloadError("watchlist payload subjects must be equal-length columns " + ", ".join(SUBJECT_FIELDS))
     if n_templates:
         n, dim = len(meta["items"]) if isinstance(meta["items"], list) else -1, template_dim(meta)

@@ -78,7 +78,8 @@ class Watchlist:
         self._categories = StringColumn(columns["category"])
         self.item_subject = np.asarray(meta["items"], dtype=np.int32)
         if ann.get_n_items() != len(self.item_subject):
-            raise IndexLoadError(f"watchlist index has {ann.get_n_items()} items but its map has {len(self.item_subject)}")
+            raise IndexLoadError(f"watchlist index has {ann.get_n_items()} items but its map has"
+                                 f" {len(self.item_subject)}")
         self.thresholds = dict(thresholds or meta.get("thresholds") or {})
         self.search_k = search_k
         self.shortlist = SHORTLIST
@@ -147,18 +148,19 @@ class Watchlist:
             items = np.asarray(ids, np.intp)
             if self.fusion:
                 if embedding2 is None:
-                    raise EdgeError("this watchlist fuses a second embedder's scores; the probe has no second embedding")
+                    raise EdgeError("this watchlist fuses a second embedder's scores; the probe has no second"
+                                    " embedding")
                 q_full = fused_query(e, embedding2, self.fusion)
                 sims = (tq[items].astype(np.float32) @ q_full) * ts[items] + float(self.fusion["offset"])
             else:
                 sims = (tq[items].astype(np.float32) @ e) * ts[items]
             sims = np.clip(sims, -1.0, 1.0)  # int8 rounding may overshoot a perfect match; scores stay cosine-like
             order = np.argsort(-sims, kind="stable")
-            pairs = zip(items[order].tolist(), sims[order].tolist())
+            pairs = zip(items[order].tolist(), sims[order].tolist(), strict=True)
         else:
             n_items = n_items or max(20, 4 * k)
             ids, dists = self.ann.get_nns_by_vector(e.tolist(), n_items, self.search_k, include_distances=True)
-            pairs = ((item, 1.0 - d * d / 2.0) for item, d in zip(ids, dists))
+            pairs = ((item, 1.0 - d * d / 2.0) for item, d in zip(ids, dists, strict=True))
         best: dict[int, tuple[float, int]] = {}
         for item, sim in pairs:
             subject = int(self.item_subject[item])

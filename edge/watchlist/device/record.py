@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 from edge.canonical import canonical_json
 from edge.durable import atomic_write
 from edge.keys import derive_key
-from edge.watchlist.device.policy import WIPED
 
 if TYPE_CHECKING:
     from edge.watchlist.device.unseal import DeviceKey

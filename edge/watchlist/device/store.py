@@ -29,7 +29,7 @@ import logging
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Generic, Mapping, TypeVar, cast
+from typing import Any, Callable, Generic, Mapping, TypeVar
 
 from edge.durable import atomic_write, move_into_place, private_dir
 from edge.install_state import InstalledState, InstallReason, InstallResult, Rejection, Serving
@@ -228,7 +228,7 @@ class WatchlistStore(Generic[T]):
             base_opened = open_bundle(self.path.read_bytes(), self._device_private, self._trust,
                                       expected_device_id=self.device_id, now=now, allow_expired=True)
             # open_bundle decrypts into bytes (only open_bundle_file maps a full payload), and a delta is bytes
-            full = apply_bytes(cast(bytes, base_opened.payload), cast(bytes, opened.payload))
+            full = apply_bytes(base_opened.payload_bytes, opened.payload_bytes)
         except (OSError, BundleError) as err:
             return refuse(InstallReason.BASE_MISSING, f"the installed base cannot be used ({err})")
         except (DeltaError, PayloadError) as err:
@@ -374,7 +374,7 @@ class WatchlistStore(Generic[T]):
         if opened.kind == "full":
             persist_full()
         else:
-            full = cast(bytes, opened.payload)  # a delta's result, rebuilt in memory
+            full = opened.payload_bytes  # a delta's result, rebuilt in memory
             atomic_write(self.path, seal_local(opened.header, full, self._device_private), 0o600)
         self._write_record(opened.version, opened.content_sha256)
 

@@ -80,9 +80,9 @@ def open_bundle(
 
     operator_keys: the pinned operator keys (a TrustStore or key id → Ed25519PublicKey). expected_device_id: this
     device's id; its wrap is the one opened (a device always passes it; None, for operator tools and benches,
-    means the recipient whose wrap `device_private` opens). now: the current time (aware; default: the clock). allow_expired:
-    accept a bundle whose `expires` has passed (only to keep serving an installed watchlist, marked stale).
-    A full payload is also checked against the manifest's content hash. A local bundle goes to `open_local`.
+    means the recipient whose wrap `device_private` opens). now: the current time (aware; default: the clock).
+    allow_expired: accept a bundle whose `expires` has passed (only to keep serving an installed watchlist, marked
+    stale). A full payload is also checked against the manifest's content hash. A local bundle goes to `open_local`.
     """
     if bytes(data[:len(LOCAL_MAGIC)]) == LOCAL_MAGIC:
         return open_local(data, device_private, operator_keys, expected_device_id=expected_device_id, now=now,

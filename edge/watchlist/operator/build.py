@@ -23,7 +23,8 @@ from edge.durable import atomic_write, private_dir
 from edge.errors import DataError, EdgeError
 from edge.tables import read_csv
 from edge.imageio import read_image
-from edge.vision.quality import ENROLLMENT_LIMITS, QualityThresholds, SubjectRule, assess, subject_face
+from edge.vision.quality import (DEFAULT_SUBJECT_RULE, ENROLLMENT_LIMITS, QualityThresholds, SubjectRule, assess,
+                                 subject_face)
 from edge.watchlist.index import index_for
 from edge.canonical import canonical_json
 from edge.watchlist.operator.references import ReferenceSpool
@@ -106,7 +107,7 @@ class Enrollment:
 
 def enroll(entries: list[GalleryEntry], analyzer: Any, limits: QualityThresholds | None = ENROLLMENT_LIMITS,
            progress: Callable[[Iterable[GalleryEntry]], Iterable[GalleryEntry]] = lambda it: it,
-           subject: SubjectRule = SubjectRule(),
+           subject: SubjectRule = DEFAULT_SUBJECT_RULE,
            on_template: Callable[[int, np.ndarray | None], None] | None = None) -> Enrollment:
     """Detect, check, align and embed each gallery photo: its subject face (`subject_face`: the only face, or the
     clearly dominant one, with a warning) must pass `limits` (None = no quality gate, for measuring its effect).
@@ -166,8 +167,9 @@ def make_payload(vectors: np.ndarray, item_subject: list[int], subjects: list[di
     vectors = np.asarray(vectors, np.float32)
     if (vectors2 is None) != (fusion is None):
         raise DataError("fused templates need both the second embeddings and the fusion settings")
-    meta = {"dim": int(vectors.shape[1]), "metric": "angular", "n_trees": n_trees, "items": list(map(int, item_subject)),
-            "subjects": subject_columns(subjects), "thresholds": thresholds or {}}
+    meta = {"dim": int(vectors.shape[1]), "metric": "angular", "n_trees": n_trees,
+            "items": list(map(int, item_subject)), "subjects": subject_columns(subjects),
+            "thresholds": thresholds or {}}
     if len(vectors) >= PCA_MIN_ITEMS and vectors.shape[1] > stage1_dim:
         mean, comp = fit_pca(vectors, stage1_dim)
         meta["stage1"] = {"kind": "pca", "dim": stage1_dim, "mean": [float(f"{x:.7g}") for x in mean],
@@ -210,8 +212,8 @@ def write_build(out_dir: Path, payload: Payload, enrollment: Enrollment, embedde
         references.commit(out_dir)
     report = {"n_subjects": len(enrollment.subjects), "n_templates": len(enrollment.vectors),
               "n_references": references.count if references is not None else 0,
-              "rejected": enrollment.rejected, "warnings": enrollment.warnings, "n_trees": payload.meta["n_trees"], "embedder": embedder,
-              "seconds": round(seconds, 2)}
+              "rejected": enrollment.rejected, "warnings": enrollment.warnings, "n_trees": payload.meta["n_trees"],
+              "embedder": embedder, "seconds": round(seconds, 2)}
     atomic_write(out_dir / "report.json", json.dumps(report, indent=2).encode())
     return report
 
@@ -228,8 +230,10 @@ def load_build(build_dir: Path) -> tuple[Payload, dict[str, Any]]:
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise DataError(f"{build_dir}/meta.json is not valid JSON ({type(err).__name__}); rebuild with"
                         " `edge watchlist build`") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("items"), list) or not isinstance(meta.get("subjects"), dict):
-        raise DataError(f"{build_dir}/meta.json is not a watchlist build's metadata; rebuild with `edge watchlist build`")
+    if (not isinstance(meta, dict) or not isinstance(meta.get("items"), list)
+            or not isinstance(meta.get("subjects"), dict)):
+        raise DataError(f"{build_dir}/meta.json is not a watchlist build's metadata; rebuild with"
+                        " `edge watchlist build`")
     embedder = meta.pop("embedder", {})
     for name, data in (("index.ann", index), ("templates.bin", templates)):
         want = (meta.get("files") or {}).get(name)
