@@ -151,3 +151,33 @@ def test_a_fused_watchlist_scores_the_shortlist_with_both_embeddings():
         wl.search(v1[0], k=1)
     with pytest.raises(PayloadError, match="templates hold"):  # rows sized for the primary alone
         unpack(pack(Payload(payload.index, payload.meta, payload.templates[:n * 132])))
+
+
+def test_building_an_index_writes_nothing_to_disk(tmp_path, monkeypatch):
+    """A device applying a delta rebuilds the index: Annoy saves it into an anonymous memory file, never the temp
+    dir, and the bytes are the ones a file save gives (the operator's and the device's builds must agree)."""
+    import tempfile
+
+    from annoy import AnnoyIndex
+
+    from edge.watchlist.index import build_index
+
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(300, 32)).astype(np.float32)
+    def no_temp_files(*args, **kwargs):
+        raise AssertionError("the index was saved through a temporary file")
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", no_temp_files)
+    monkeypatch.setattr(tempfile, "mkstemp", no_temp_files)
+    built = build_index(vectors, n_trees=4, seed=1)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    ann = AnnoyIndex(32, "angular")
+    ann.set_seed(1)
+    for i, v in enumerate(vectors):
+        ann.add_item(i, v)
+    ann.build(4, n_jobs=1)
+    ann.save(str(tmp_path / "file.ann"))
+    ann.unload()
+    assert built == (tmp_path / "file.ann").read_bytes()

@@ -1,8 +1,8 @@
 """The Annoy shortlist index as bytes, both ways — the only annoy importer.
 
 Built (`index_for`) deterministically from a payload's content: the operator's build (`edge.watchlist.operator
-.build`) and a device applying a delta (`edge.watchlist.delta.apply`) get the same bytes from the same templates.
-Loaded (`load_annoy_from_memory`, `load_annoy_fd`) without plaintext touching disk: the index is written into an
+.build`) and a device applying a delta (`edge.watchlist.delta.apply`) get the same bytes from the same templates;
+Annoy saves it into an anonymous memory file, so a device's rebuilt index never rests on disk either. Loaded (`load_annoy_from_memory`, `load_annoy_fd`) without plaintext touching disk: the index is written into an
 anonymous memory file (`os.memfd_create`) and Annoy mmaps it through `/proc/self/fd/N`; the mapping outlives the
 descriptor. Searching it is `edge.watchlist.device.matcher`.
 """
@@ -62,12 +62,29 @@ def build_index(vectors: np.ndarray, n_trees: int = 8, seed: int = 1) -> bytes:
     for i, v in enumerate(vectors):
         ann.add_item(i, v)
     ann.build(n_trees, n_jobs=1)
-    # Annoy saves only to a path: a temporary file. On the operator's machine the build dir holds plaintext anyway;
-    # a device applying a delta comes here too, so the rebuilt index sits in the temp dir for the moment of the save.
-    with tempfile.NamedTemporaryFile(suffix=".ann") as tmp:
-        ann.save(tmp.name)
+    # Annoy saves only to a path. A device applying a delta comes here, so the path is an anonymous memory file
+    # (`/proc/self/fd/N` of a memfd): the rebuilt index never rests on disk. Without memfd (not Linux: the operator's
+    # tools only, never a device) a temporary file.
+    if not hasattr(os, "memfd_create"):
+        with tempfile.NamedTemporaryFile(suffix=".ann") as tmp:
+            ann.save(tmp.name)
+            ann.unload()
+            return Path(tmp.name).read_bytes()
+    fd = os.memfd_create("edge-watchlist-build", os.MFD_CLOEXEC)
+    try:
+        ann.save(f"/proc/self/fd/{fd}")
         ann.unload()
-        return Path(tmp.name).read_bytes()
+        size = os.fstat(fd).st_size
+        out = bytearray(size)
+        view, done = memoryview(out), 0
+        while done < size:
+            n = os.preadv(fd, [view[done:]], done)
+            if n == 0:
+                raise IndexLoadError("the built index shrank while it was read")
+            done += n
+        return bytes(out)
+    finally:
+        os.close(fd)
 
 
 def project(vectors: np.ndarray, mean: np.ndarray, components: np.ndarray) -> np.ndarray:

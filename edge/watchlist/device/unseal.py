@@ -123,9 +123,11 @@ def open_bundle_file(path: str | os.PathLike[str], device_private: X25519Private
                      chunk_bytes: int = 1 << 20) -> OpenedBundle:
     """`open_bundle` for a full bundle on disk without ever holding it, or its plaintext, in Python memory: the
     file is read in chunks twice (its sha256, then AES-GCM decryption into `PayloadSink`, which writes the index and
-    templates into memfds and hashes the content); nothing is parsed before the tag verified. The OpenedBundle's
-    `payload` is a `MappedPayload`. Deltas and local bundles fall back to `open_bundle` (they are small, or
-    already the device's own)."""
+    templates into memfds and hashes the content). The ciphertext's sha256 is checked against the signed manifest
+    before any decryption, so the only fields read before the GCM tag is checked at the end (the payload's section
+    lengths, bounded by the declared length) come from signed bytes; the metadata is parsed after it. The
+    OpenedBundle's `payload` is a `MappedPayload`. Deltas and local bundles fall back to `open_bundle` (they are
+    small, or already the device's own)."""
     path = Path(path)
     with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as f:  # a symbolic link: OSError ELOOP
         size = os.fstat(f.fileno()).st_size
