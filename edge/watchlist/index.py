@@ -2,7 +2,8 @@
 
 Built (`index_for`) deterministically from a payload's content: the operator's build (`edge.watchlist.operator
 .build`) and a device applying a delta (`edge.watchlist.delta.apply`) get the same bytes from the same templates;
-Annoy saves it into an anonymous memory file, so a device's rebuilt index never rests on disk either. Loaded (`load_annoy_from_memory`, `load_annoy_fd`) without plaintext touching disk: the index is written into an
+Annoy saves it into an anonymous memory file, so a device's rebuilt index never rests on disk. Loaded
+(`load_annoy_from_memory`, `load_annoy_fd`) without plaintext touching disk either: the index is written into an
 anonymous memory file (`os.memfd_create`) and Annoy mmaps it through `/proc/self/fd/N`; the mapping outlives the
 descriptor. Searching it is `edge.watchlist.device.matcher`.
 """
