@@ -186,11 +186,18 @@ def test_no_module_is_long_without_saying_why():
     assert not long, f"modules over {LONG_LINES} lines need a 'Lines: <reason>' sentence in their docstring: {long}"
 
 
+def _runs_cleanly(code: str) -> None:
+    """Run `code` in a fresh interpreter (so no module is imported yet) and require exit 0."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
 def test_the_cli_runs_on_a_device_without_the_operator_extras():
     """A unit installs only the core dependencies: `edge --version`, `--help` of every command and `edge doctor`'s
     parser must not import the console's or the PostgreSQL driver's libraries."""
-    import subprocess
-    import sys
 
     code = ("import sys\n"
             "for m in ('argon2', 'fastapi', 'starlette', 'jinja2', 'uvicorn', 'psycopg', 'amqtt', 'playwright'):\n"
@@ -198,8 +205,7 @@ def test_the_cli_runs_on_a_device_without_the_operator_extras():
             "from edge.cli.main import build_parser, main\n"
             "assert main(['--version']) == 0\n"
             "build_parser().parse_args(['doctor'])\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    _runs_cleanly(code)
 
 
 # ------------------------------------------------------------------------------------------------- import cycles
@@ -343,8 +349,7 @@ def test_the_commands_that_touch_no_image_run_without_opencv(tmp_path):
                      "        code = stop.code\n"
                      "    assert code == 0, (argv, code)\n"
                      "assert sys.modules['cv2'] is None\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    _runs_cleanly(code)
 
 
 DEVICE_RUNTIME = [rel for rel in MODULES if rel.startswith((DEVICE_WATCHLIST, "device/", "messaging/"))]
