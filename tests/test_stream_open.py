@@ -119,3 +119,38 @@ def test_the_sink_refuses_sections_that_do_not_add_up(payload):
     with pytest.raises(PayloadError, match="truncated"):
         sink.content_sha256()
     sink.close()
+
+
+def _memfds() -> int:
+    import os
+
+    return sum("memfd:" in os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
+               if os.path.exists(f"/proc/self/fd/{fd}"))
+
+
+def test_refused_installs_from_a_file_keep_no_memory_file(crypto, payload, tmp_path):
+    """The sync installs through `install_file`, which decrypts into memfds: a refusal (an older version, another
+    embedder) must close them, or each refused offer would hold its index in memory until the process ends."""
+    from edge.watchlist.device.store import WatchlistStore
+
+    op, dev, trust = crypto
+
+    def bundle(version, embedder="e"):
+        path = tmp_path / f"v{version}-{embedder}.bundle"
+        path.write_bytes(seal(payload[0], watchlist_id="wl", version=version, device_id="cam-a",
+                              device_public=dev.public_key(), signing_key=op, embedder_id=embedder,
+                              embedder_sha256="0" * 64, dim=128, n_items=2500, n_subjects=2500,
+                              thresholds={"match": 0.5}, expires=NOW + timedelta(days=1)))
+        return path
+
+    store = WatchlistStore(tmp_path / "state", "cam-a", dev, trust, "e", "0" * 64,
+                           lambda o: Watchlist.from_payload(o.payload, {"match": 0.5}))
+    store.start()
+    assert store.install_file(bundle(3)).ok
+    before = _memfds()
+    for attempt in range(3):
+        assert store.install_file(bundle(2)).reason == "rollback"
+        assert store.install_file(bundle(4, embedder="other")).reason == "wrong_embedder"
+    assert _memfds() == before
+    store.start()  # a restart re-opens the installed file through the same reader
+    assert _memfds() == before

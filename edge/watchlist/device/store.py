@@ -42,7 +42,7 @@ from edge.watchlist.device.unseal import DeviceKey, open_bundle, open_bundle_fil
 from edge.watchlist.device.verify import OperatorKeys, verify_wipe
 from edge.watchlist.frame import BundleError, OpenedBundle, peek_manifest
 from edge.watchlist.manifest import parse_time
-from edge.watchlist.payload import PayloadError, content_sha256
+from edge.watchlist.payload import MappedPayload, PayloadError, content_sha256
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,13 @@ INSTALLED = "installed.bundle"
 
 def _now(now: datetime | None) -> datetime:
     return now or datetime.now(timezone.utc)
+
+
+def _release(opened: OpenedBundle) -> None:
+    """Close the memory file of a streamed payload (`MappedPayload`) once the install or start is over: the loader
+    has mapped what it keeps, and a refused payload must not hold its memory until the process ends."""
+    if isinstance(opened.payload, MappedPayload):
+        opened.payload.close()
 
 
 class WatchlistStore(Generic[T]):
@@ -119,25 +126,32 @@ class WatchlistStore(Generic[T]):
                 self._floor = self._claimed_version(self._head())
                 self._reject(err.reason, f"installed watchlist {self.path} no longer verifies: {err}", now)
                 return
-            embedder = opened.manifest["embedder"]
-            problem = embedder_problem(self._holding(), embedder["id"], embedder["sha256"])
-            if problem:
-                self._floor = opened.version
-                self._reject(InstallReason.WRONG_EMBEDDER, f"installed watchlist {self.path}: {problem}", now)
-                return
-            if not self._matches_record(opened, now):
-                return
             try:
-                live = self._loader(opened)
-            except Exception as err:  # noqa: BLE001 - a loader failure must not crash the device
-                self._floor = opened.version
-                self._reject(InstallReason.LOAD_FAILED, f"installed watchlist {self.path} could not be loaded: {err}",
-                             now)
-                return
-            self._swap(live, opened)
-            if self._expired(opened.manifest, now):
-                log.warning("installed watchlist %s v%d expired at %s: serving it as stale", opened.watchlist_id,
-                            opened.version, opened.manifest["expires"])
+                self._start_opened(opened, now)
+            finally:
+                _release(opened)
+
+    def _start_opened(self, opened: OpenedBundle, now: datetime | None) -> None:
+        """`start` for the installed bundle once it verified: embedder, install record, load, swap."""
+        embedder = opened.manifest["embedder"]
+        problem = embedder_problem(self._holding(), embedder["id"], embedder["sha256"])
+        if problem:
+            self._floor = opened.version
+            self._reject(InstallReason.WRONG_EMBEDDER, f"installed watchlist {self.path}: {problem}", now)
+            return
+        if not self._matches_record(opened, now):
+            return
+        try:
+            live = self._loader(opened)
+        except Exception as err:  # noqa: BLE001 - a loader failure must not crash the device
+            self._floor = opened.version
+            self._reject(InstallReason.LOAD_FAILED, f"installed watchlist {self.path} could not be loaded: {err}",
+                         now)
+            return
+        self._swap(live, opened)
+        if self._expired(opened.manifest, now):
+            log.warning("installed watchlist %s v%d expired at %s: serving it as stale", opened.watchlist_id,
+                        opened.version, opened.manifest["expires"])
 
     def _matches_record(self, opened: OpenedBundle, now: datetime | None) -> bool:
         """At start: the installed bundle against the install record (see the module docstring); False = refused,
@@ -193,30 +207,38 @@ class WatchlistStore(Generic[T]):
             except OSError as err:
                 why = "it is a symbolic link" if err.errno == errno.ELOOP else err.strerror or str(err)
                 return self._reject(InstallReason.UNREADABLE, f"cannot read the downloaded bundle: {why}", now)
-            version, offered = opened.version, Offered.of(opened.manifest)
-            decision = decide_install(self._holding(), offered, at)
-            if isinstance(decision, Refuse):
-                return self._reject(decision.reason, decision.message, now, version)
-            if decision.reason is InstallReason.ALREADY_INSTALLED:
-                return InstallResult(True, decision.reason, version, decision.message)
-            label = offered.title
-            if opened.kind == "delta":
-                rebuilt = self._apply_delta(opened, label, now)
-                if isinstance(rebuilt, Refuse):
-                    return self._reject(rebuilt.reason, rebuilt.message, now, version)
-                opened = rebuilt
             try:
-                live = self._loader(opened)
-            except Exception as err:  # noqa: BLE001 - any loader failure is a rejection, the old list stays
-                return self._reject(InstallReason.LOAD_FAILED, f"{label} could not be loaded: {err}", now, version)
-            try:
-                self._persist(persist_full, opened)
-            except OSError as err:
-                return self._reject(InstallReason.PERSIST_FAILED, f"{label} could not be saved to {self.path}:"
-                                                                  f" {err.strerror or err}", now, version)
-            self._swap(live, opened)
-            log.info("installed %s (%d items)", label, opened.manifest["n_items"])
+                return self._install_opened(opened, at, persist_full, now)
+            finally:
+                _release(opened)  # a refused (or loaded) payload's memory file is not kept
+
+    def _install_opened(self, opened: OpenedBundle, at: datetime, persist_full: Callable[[], None],
+                        now: datetime | None) -> InstallResult:
+        """decide → (apply the delta) → load → persist → swap, for a verified bundle; under the install lock."""
+        version, offered = opened.version, Offered.of(opened.manifest)
+        decision = decide_install(self._holding(), offered, at)
+        if isinstance(decision, Refuse):
+            return self._reject(decision.reason, decision.message, now, version)
+        if decision.reason is InstallReason.ALREADY_INSTALLED:
             return InstallResult(True, decision.reason, version, decision.message)
+        label = offered.title
+        if opened.kind == "delta":
+            rebuilt = self._apply_delta(opened, label, now)
+            if isinstance(rebuilt, Refuse):
+                return self._reject(rebuilt.reason, rebuilt.message, now, version)
+            opened = rebuilt
+        try:
+            live = self._loader(opened)
+        except Exception as err:  # noqa: BLE001 - any loader failure is a rejection, the old list stays
+            return self._reject(InstallReason.LOAD_FAILED, f"{label} could not be loaded: {err}", now, version)
+        try:
+            self._persist(persist_full, opened)
+        except OSError as err:
+            return self._reject(InstallReason.PERSIST_FAILED, f"{label} could not be saved to {self.path}:"
+                                                              f" {err.strerror or err}", now, version)
+        self._swap(live, opened)
+        log.info("installed %s (%d items)", label, opened.manifest["n_items"])
+        return InstallResult(True, decision.reason, version, decision.message)
 
     def _apply_delta(self, opened: OpenedBundle, label: str, now: datetime | None) -> OpenedBundle | Refuse:
         """The full version a verified delta (accepted on the held base) makes of the installed one, its content
