@@ -133,6 +133,24 @@ def _sync(tmp_path, store=None, window=2):
     return sync, clock, results
 
 
+def test_a_download_that_cannot_be_assembled_is_reported_and_set_aside(tmp_path):
+    """A chunk file gone (or the disk full) when the last chunk arrives: reported as sync_failed, the folder
+    removed, the offer set aside (not failed: it is fetched again later), nothing installed."""
+    bundle = bytes(range(256)) * 40
+    messages = offer_messages(bundle, DEVICE, 2, chunk_bytes=2048)
+    chunks, (offer_topic, offer) = messages[:-1], messages[-1]
+    sync, _, results = _sync(tmp_path, window=8)
+    sync.handle(offer_topic, offer)
+    for topic, payload in chunks[:-1]:
+        sync.handle(topic, payload)
+    (next((tmp_path / "incoming").iterdir()) / "0").unlink()
+    sync.handle(*chunks[-1])
+    state = decode_watchlist_state(sync.transport.published[-1][1])
+    assert (state.state, state.reason) == ("rejected", "sync_failed") and "could not be assembled" in state.message
+    assert sync.store.installed == [] and results == [] and list((tmp_path / "incoming").iterdir()) == []
+    assert len(sync.set_aside) == 1 and not sync.failed
+
+
 def test_sync_fetches_a_window_at_a_time_installs_and_reports(tmp_path):
     bundle = bytes(range(256)) * 40  # 10,240 bytes → 5 chunks of 2,048
     messages = offer_messages(bundle, DEVICE, 2, chunk_bytes=2048)

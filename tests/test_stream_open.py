@@ -148,7 +148,7 @@ def test_refused_installs_from_a_file_keep_no_memory_file(crypto, payload, tmp_p
     store.start()
     assert store.install_file(bundle(3)).ok
     before = _memfds()
-    for attempt in range(3):
+    for _ in range(3):
         assert store.install_file(bundle(2)).reason == "rollback"
         assert store.install_file(bundle(4, embedder="other")).reason == "wrong_embedder"
     assert _memfds() == before

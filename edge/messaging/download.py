@@ -8,8 +8,13 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edge.errors import EdgeError
 from edge.messaging.payloads import Offer
 from edge.messaging.topics import WatchlistTopics
+
+
+class SyncError(EdgeError):
+    """A malformed offer or chunk (device side), or a bundle that cannot be offered (operator side)."""
 
 #: The file a complete download is assembled into, inside its version's folder in `incoming/`.
 ASSEMBLED = "bundle"

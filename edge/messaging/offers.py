@@ -11,15 +11,11 @@ from __future__ import annotations
 
 import hashlib
 
-from edge.errors import EdgeError
+from edge.messaging.download import SyncError
 from edge.messaging.payloads import MAX_CHUNKS, Offer, PayloadError, encode_offer
 from edge.messaging.topics import WatchlistTopics
 
 DEFAULT_CHUNK_BYTES = 1 << 20
-
-
-class SyncError(EdgeError):
-    """A malformed offer or chunk."""
 
 
 def offer_messages(bundle: bytes, source: WatchlistTopics | str, version: int, prefix: str = "edge",

@@ -24,8 +24,7 @@ from typing import Any, Callable, Protocol
 from edge.durable import atomic_write, private_dir
 from edge.errors import DataError
 from edge.install_state import InstalledState, InstallReason, InstallResult, Serving
-from edge.messaging.download import ASSEMBLED, Download, assemble
-from edge.messaging.offers import SyncError
+from edge.messaging.download import ASSEMBLED, Download, SyncError, assemble
 from edge.messaging.payloads import Offer, PayloadError, encode_watchlist_state, parse_offer
 from edge.messaging.topics import TopicError, Topics, WatchlistTopics, watchlist_filters
 
@@ -312,24 +311,37 @@ class WatchlistSync:
         self._maybe_install()
 
     def _maybe_install(self) -> None:
+        """All chunks held: assemble, check and install on the worker (the control thread keeps feeding the
+        watchdog meanwhile: a large list is ~140 MiB to copy and hash)."""
         d = self.download
         if d is None or d.missing:
             return
         folder = self._dir(d.offer)
         self.download = None
+        offer = d.offer
+        self._run(lambda: self._assemble_and_install(folder, offer), lambda out: self._assembled(out, d, folder))
+
+    def _assemble_and_install(self, folder: Path, offer: Offer) -> InstallResult | tuple[InstallReason, str]:
+        """Worker side: the assembled file installed, or why it was not assembled (touches no sync state)."""
         try:
-            digest = assemble(folder, len(d.offer.chunks))
+            digest = assemble(folder, len(offer.chunks))
         except OSError as err:  # a full disk, or a chunk file removed under us: fetched again later
+            return (InstallReason.SYNC_FAILED, f"version {offer.version} could not be assembled in {folder}:"
+                                               f" {err.strerror or err}")
+        if digest != offer.bundle_sha256:
+            return (InstallReason.SYNC_MISMATCH, "the assembled bundle does not match the offer")
+        return self.store.install_file(folder / ASSEMBLED)
+
+    def _assembled(self, outcome: InstallResult | tuple[InstallReason, str], d: Download, folder: Path) -> None:
+        if not isinstance(outcome, tuple):
+            self._installed(outcome, d, folder)
+            return
+        reason, message = outcome
+        if reason is InstallReason.SYNC_FAILED:  # set aside, not failed: the disk may have room later
             self.set_aside[d.key] = self.clock() + 10 * self.give_up_after
-            self._not_installed(folder, InstallReason.SYNC_FAILED, f"version {d.offer.version} could not be"
-                                                                   f" assembled in {folder}: {err.strerror or err}")
-            return
-        if digest != d.offer.bundle_sha256:
+        else:
             self.failed.add(d.key)
-            self._not_installed(folder, InstallReason.SYNC_MISMATCH, "the assembled bundle does not match the offer")
-            return
-        bundle = folder / ASSEMBLED
-        self._run(lambda: self.store.install_file(bundle), lambda result: self._installed(result, d, folder))
+        self._not_installed(folder, reason, message)
 
     def _not_installed(self, folder: Path, reason: InstallReason, message: str) -> None:
         """A download that never reached the store: its folder removed, the refusal reported, the next best chosen."""
