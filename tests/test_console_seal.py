@@ -248,3 +248,15 @@ def test_the_device_takes_up_a_seal_made_just_before_a_crash_and_runs_unsealed_o
     new_keys(tmp_path / "other", "cam-a")  # a key of another log: the device runs, unsealed, and says so
     shutil.copy(tmp_path / "other" / "audit.seal", tmp_path / "audit.seal")
     assert audit_sealer(tmp_path) is None and "the audit log is NOT sealed this run" in caplog.text
+
+
+def test_a_linked_sealing_key_leaves_the_device_running_unsealed(tmp_path, caplog):
+    """The sealing key is read without following links; a link there must not stop the device from starting:
+    it runs unsealed, says so, and `edge doctor` shows why."""
+    from edge.device.wiring import audit_sealer
+
+    (tmp_path / "elsewhere").mkdir()
+    new_keys(tmp_path / "elsewhere", "cam-a")
+    (tmp_path / "audit.seal").symlink_to(tmp_path / "elsewhere" / "audit.seal")
+    assert audit_sealer(tmp_path) is None
+    assert "the audit log is NOT sealed this run" in caplog.text and "symbolic link" in caplog.text

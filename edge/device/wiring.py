@@ -303,10 +303,11 @@ def audit_sealer(state: Path) -> Sealer | None:
         log.warning("no %s: the audit log is not sealed (provision the device with `edge device provision` and "
                     "install its audit.seal to protect the log's past)", path)
         return None
-    sealer = Sealer(path)
     try:  # a crash between a seal and the key's evolution: the key evolves now, so the next seal verifies
+        sealer = Sealer(path)
         sealer.resume(last_of(state / "audit.log", SEAL_KIND) if (state / "audit.log").exists() else None)
-    except SealError as err:  # the key or the log was replaced: run (the camera matters), unsealed, and say so
+    except SealError as err:  # the key (a link, unreadable) or the log was replaced: run (the camera matters),
+        # unsealed, and say so
         log.error("the audit log is NOT sealed this run: %s (edge doctor shows it; re-provision the seal key)", err)
         return None
     return sealer
