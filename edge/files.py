@@ -58,6 +58,7 @@ def read_file(path: str | os.PathLike, what: str, limit: int, error: type[Except
                 break
             chunks.append(chunk)
             total += len(chunk)
+            want = _CHUNK  # the end (or growth) is seen with a small read, not another file-sized buffer
         if total > limit:
             raise error(f"{what} {path} is more than {limit:,} bytes; the limit is {limit:,} bytes")
         return b"".join(chunks)
