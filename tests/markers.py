@@ -11,7 +11,9 @@ directory is seen with inotify, whichever process opens it (the test's own, or a
 opened one without the `models` marker fails, naming the files. So a new test that loads the models cannot slip
 into the `-m "not models"` selection unnoticed. What it cannot see is a model a fixture loaded for an earlier test
 and caches: hence the rule that such a fixture takes `models`, which marks all its users (a test that gets one by
-`request.getfixturevalue` marks itself). Without inotify (not Linux) the check is off.
+`request.getfixturevalue` marks itself). inotify sees every process on the host, so another pytest run or an
+`edge` started from the same checkout would count too: the check is on only when `EDGE_CHECK_MODEL_MARKERS=1`
+(tests/run.sh, hence CI, sets it; the session header says whether it is on). Without inotify (not Linux) it is off.
 """
 
 from __future__ import annotations
@@ -76,10 +78,19 @@ _WATCH = pytest.StashKey["ModelOpens | None"]()
 def pytest_configure(config):
     from edge.paths import models_dir
 
+    config.stash[_WATCH] = None
+    if os.environ.get("EDGE_CHECK_MODEL_MARKERS") != "1":
+        return
     try:
         config.stash[_WATCH] = ModelOpens(models_dir())
     except (OSError, AttributeError):  # not Linux (no inotify in libc), or no models directory
-        config.stash[_WATCH] = None
+        pass
+
+
+def pytest_report_header(config):
+    watch = config.stash.get(_WATCH, None)
+    return ("models marker check: on (inotify on " + str(watch.directory) + ")" if watch is not None else
+            "models marker check: off (EDGE_CHECK_MODEL_MARKERS=1 and inotify turn it on)")
 
 
 def pytest_unconfigure(config):

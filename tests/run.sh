@@ -22,4 +22,5 @@ python3 -m venv .venv
 .venv/bin/pip install -q -e '.[dev]'
 .venv/bin/ruff check edge tools tests   # rules in pyproject.toml: a finding fails the run
 .venv/bin/mypy                          # the package; --strict flags on the pure cores (pyproject.toml)
+export EDGE_CHECK_MODEL_MARKERS=1        # a test opening a model file must be marked `models` (tests/markers.py)
 exec .venv/bin/python -m pytest -q "$@"

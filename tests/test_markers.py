@@ -2,12 +2,18 @@
 test that opens a model file without the marker fails and names it; a marked one, or one opening other files,
 passes."""
 
+import sys
 
+import pytest
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the check watches model files with inotify (Linux)")
 def test_a_test_opening_a_model_file_without_the_marker_fails(pytester, monkeypatch, tmp_path):
     models = tmp_path / "models"
     models.mkdir()
     (models / "detector.tflite").write_bytes(b"not really a model")
     monkeypatch.setenv("EDGE_MODELS_DIR", str(models))
+    monkeypatch.setenv("EDGE_CHECK_MODEL_MARKERS", "1")
     pytester.makeini("[pytest]\nmarkers =\n    models: loads the models\n    broker: starts mosquitto\n")
     pytester.makepyfile(test_inner=f"""
         import pytest
