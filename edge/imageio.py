@@ -14,10 +14,10 @@ MAX_IMAGE_PIXELS = 50_000_000  # e.g. 8660×5773; a decoded RGB copy is 150 MB
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_IMAGE_PIXELS))
 
 import cv2  # noqa: E402 - after the limit above
-import numpy as np  # noqa: E402
+import numpy as np  # noqa: E402 - likewise
 
-from edge.errors import ImageError  # noqa: E402
-from edge.files import read_file  # noqa: E402
+from edge.errors import ImageError  # noqa: E402 - likewise
+from edge.files import read_file  # noqa: E402 - likewise
 
 
 def declared_size(data: bytes) -> tuple[int, int] | None:

@@ -15,8 +15,8 @@ from edge.operator.event_store import EventStore
 pytest.importorskip("argon2")
 pytest.importorskip("fastapi")
 
-from edge.operator.console import create_app  # noqa: E402
-from edge.operator.console.permissions import PERMISSIONS, actions, allowed  # noqa: E402
+from edge.operator.console import create_app  # noqa: E402 - after the skips: the console needs these
+from edge.operator.console.permissions import PERMISSIONS, actions, allowed  # noqa: E402 - likewise
 
 CONSOLE = Path(__file__).resolve().parent.parent / "edge" / "operator" / "console"
 

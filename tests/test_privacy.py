@@ -222,7 +222,7 @@ def assert_no_face_pixels_in_clear(jpegs: list[bytes], wire: bytes, roots: tuple
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", list(MODES))
-def test_device_sends_and_keeps_no_image_in_clear(tmp_path, analyzer, clip, broker, caplog, mode):  # noqa: F811
+def test_device_sends_and_keeps_no_image_in_clear(tmp_path, analyzer, clip, broker, caplog, mode):  # noqa: F811 - the imported clip fixture
     from edge import keys
     from edge.messaging.mqtt import MqttClient
 

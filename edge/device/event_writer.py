@@ -46,14 +46,9 @@ JPEG_QUALITIES = (85, 75, 60, 45, 30)
 def evidence_jpeg(chip: np.ndarray, limit: int = EVIDENCE_BYTES) -> bytes | None:
     """An aligned face chip (RGB uint8, any size) as a JPEG of at most `limit` bytes: quality lowered until it
     fits, then (a grainy chip) at 96×96 pixels; None when even that does not fit."""
-    from edge.vision.jpeg import encode_jpeg
+    from edge.vision.jpeg import fit_jpeg
 
-    for size in (None, (96, 96)):
-        for quality in JPEG_QUALITIES:
-            jpeg = encode_jpeg(chip, quality, size)
-            if jpeg is not None and len(jpeg) <= limit:
-                return jpeg
-    return None
+    return fit_jpeg(chip, JPEG_QUALITIES, limit) or fit_jpeg(chip, JPEG_QUALITIES, limit, (96, 96))
 
 
 @dataclass

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Callable, TypeVar
 from edge import keys
 from edge.config import Config, PolicyConfig
 from edge.device.health import Health
-from edge.device.pipeline import MatchContext, Pipeline
+from edge.device.pipeline import DEFAULT_QUALITY, MatchContext, Pipeline
 from edge.device.policy import DecisionPolicy
 from edge.device.ports import Analyzer, EventSink, InstalledWatchlist, Matcher
 from edge.device.track import Tracker
@@ -45,8 +45,6 @@ if TYPE_CHECKING:  # hints only: each builder imports its module when it runs (p
 
 log = logging.getLogger("edge.device.wiring")
 T = TypeVar("T")
-#: The pipeline's default quality gate (`build_pipeline`): QualityThresholds' own defaults.
-DEFAULT_QUALITY = QualityThresholds()
 
 
 # --------------------------------------------------------------------------------------------- config → options

@@ -32,6 +32,7 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     obj = dict(pairs)
     if len(obj) != len(pairs):
         seen: set[str] = set()
+        # set.add returns None: `or` records the key and goes on
         dup = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
         raise PayloadError(f"duplicate key {dup!r}")
     return obj

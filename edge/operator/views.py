@@ -151,7 +151,7 @@ def _sealed_facts(devices: list[dict], version: int) -> dict:
     """Size and sealing figures of `version`, from the status heartbeat of a device running it (device-reported:
     each figure checked to be a number)."""
     for d in devices:
-        wl = d["health"].get("watchlist") if isinstance(d.get("health"), dict) else None
+        wl = _mapping(d.get("health")).get("watchlist")
         if isinstance(wl, dict) and wl.get("version") == version:
             sealed = _mapping(wl.get("sealed_for"))
             return {"n_items": num(wl.get("n_items")), "n_subjects": num(wl.get("n_subjects")),
