@@ -48,9 +48,6 @@ from edge.durable import fsync_dir
 __all__ = ["KINDS", "RECOVERED", "ZERO_HASH", "AuditError", "AuditLog", "VerifyResult", "last_of", "line_bytes",
            "parse_record", "record_hash", "tail", "verify"]
 
-#: Names tests imported from here before the format moved to edge.audit_record.
-_make, _digest = make_record, digest
-
 log = logging.getLogger(__name__)
 
 

@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 
 from conftest import DATA, FACES
 from edge import keys
-from edge.audit import AuditLog, _make
+from edge.audit import AuditLog
+from edge.audit_record import make_record
 from edge.audit_seal import Sealer, new_keys
 from edge.cli import main
 from edge.errors import DataError
@@ -281,7 +282,7 @@ def _rewrite(log_path, keep):
     records = [json.loads(line) for line in log_path.read_text().splitlines()]
     out, prev = [], "0" * 64
     for seq, r in enumerate([r for r in records if keep(r)], start=1):
-        rec, line = _make(seq, r["kind"], r["data"], prev, r["at"])
+        rec, line = make_record(seq, r["kind"], r["data"], prev, r["at"])
         out.append(line)
         prev = hashlib.sha256(line).hexdigest()
     log_path.write_bytes(b"".join(line + b"\n" for line in out))

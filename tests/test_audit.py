@@ -11,6 +11,7 @@ import pytest
 from edge import audit
 from edge.cli import audit as cli_audit
 from edge.audit import AuditError, AuditLog, line_bytes, record_hash, verify
+from edge.audit_record import digest
 from edge.errors import EdgeError
 from fakes import FakeClock
 
@@ -47,8 +48,8 @@ def test_round_trip_fields_chain_and_mode(tmp_path):
                      "prev": "0" * 64, "hash": record_hash(first)}
     raw = lines_of(path)
     assert raw[0] == line_bytes(first) + b"\n" and raw[0].startswith(b'{"seq":1,"at":')
-    assert second["seq"] == 2 and second["prev"] == audit._digest(raw[0][:-1])
-    assert head == {"seq": 2, "hash": second["hash"], "line_sha256": audit._digest(raw[1][:-1])}
+    assert second["seq"] == 2 and second["prev"] == digest(raw[0][:-1])
+    assert head == {"seq": 2, "hash": second["hash"], "line_sha256": digest(raw[1][:-1])}
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     result = verify(path)
     assert result.ok and result.records == 2 and result.problems == [] and result.notices == []
@@ -263,7 +264,7 @@ def test_truncated_last_line_is_recovered_not_tampering(tmp_path):
     assert recovered["kind"] == "recovered" and recovered["seq"] == 5
     assert recovered["data"] == {"reason": "truncated final line", "offset": fragment_offset,
                                  "bytes": len(cut) - fragment_offset, "after_seq": 4,
-                                 "sha256": audit._digest(cut[fragment_offset:])}
+                                 "sha256": digest(cut[fragment_offset:])}
     after = verify(path)
     assert after.ok and after.records == 6 and after.problems == []
     assert [n["notice"] for n in after.notices] == [

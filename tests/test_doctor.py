@@ -267,13 +267,13 @@ def _rechain_without_a_match(state: Path) -> None:
     """Drop the first match and recompute the chain (hashes, seqs, links): the chain alone cannot tell."""
     import hashlib
 
-    from edge.audit import _make
+    from edge.audit_record import make_record
 
     log = state / "audit.log"
     records = [json.loads(line) for line in log.read_text().splitlines()]
     out, prev = [], "0" * 64
     for seq, r in enumerate([r for r in records if r["data"].get("subject_id") != "s0"], start=1):
-        _, line = _make(seq, r["kind"], r["data"], prev, r["at"])
+        _, line = make_record(seq, r["kind"], r["data"], prev, r["at"])
         out.append(line)
         prev = hashlib.sha256(line).hexdigest()
     log.write_bytes(b"".join(line + b"\n" for line in out))
