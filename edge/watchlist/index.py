@@ -73,17 +73,10 @@ def build_index(vectors: np.ndarray, n_trees: int = 8, seed: int = 1) -> bytes:
             return Path(tmp.name).read_bytes()
     fd = os.memfd_create("edge-watchlist-build", os.MFD_CLOEXEC)
     try:
-        ann.save(f"/proc/self/fd/{fd}")
+        path = Path(f"/proc/self/fd/{fd}")
+        ann.save(str(path))
         ann.unload()
-        size = os.fstat(fd).st_size
-        out = bytearray(size)
-        view, done = memoryview(out), 0
-        while done < size:
-            n = os.preadv(fd, [view[done:]], done)
-            if n == 0:
-                raise IndexLoadError("the built index shrank while it was read")
-            done += n
-        return bytes(out)
+        return path.read_bytes()
     finally:
         os.close(fd)
 
