@@ -1,6 +1,7 @@
-"""Reading a file whole, the way every reader of a key, manifest, photo, seal or bundle needs it: bounded by a size
-limit, optionally refusing a symbolic link, and with every OS error turned into the caller's error class as one
-readable line naming what the file is and where."""
+"""Reading a small file whole, as the readers of keys, the trust store, model manifests and files, photos, seal keys
+and bundles do: bounded by a size limit, optionally refusing a symbolic link, and with every OS error turned into the
+caller's error class as one readable line naming what the file is and where. (Streaming readers — CSV tables, the
+audit log, a streamed bundle — and a few JSON readers with their own messages keep their own loops.)"""
 
 from __future__ import annotations
 

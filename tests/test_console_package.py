@@ -74,6 +74,15 @@ def _imports(path: Path) -> set[str]:
 @pytest.mark.parametrize("module", ["data.py", "permissions.py"])
 def test_the_data_layer_and_the_permissions_need_no_web_framework(module):
     assert not _imports(CONSOLE / module) & {"fastapi", "starlette", "jinja2", "uvicorn"}
+    # and importing them through the package loads none either (the package's names load on first use)
+    import subprocess
+    import sys
+
+    code = (f"import sys, edge.operator.console.{module[:-3]}\n"
+            "loaded = {'fastapi', 'starlette', 'jinja2', 'uvicorn'} & set(sys.modules)\n"
+            "assert not loaded, loaded\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-1000:]
 
 
 def test_no_console_module_reaches_400_lines():

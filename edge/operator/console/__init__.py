@@ -17,11 +17,19 @@ Every decision and purge is appended to the audit log. Every response carries a 
 the templates' own script and style run), no framing, no caching, no referrer.
 """
 
-from edge.operator.console.app import COLUMNS, POLL_S, create_app, server
-from edge.operator.console.base import LOGIN_COOKIE, SESSION_COOKIE, TEMPLATES
-from edge.operator.console.data import MAX_NOTE
-from edge.operator.console.middleware import MAX_BODY
-from edge.operator.console.permissions import PERMISSIONS
+import importlib
+from typing import Any
 
-__all__ = ["COLUMNS", "LOGIN_COOKIE", "MAX_BODY", "MAX_NOTE", "PERMISSIONS", "POLL_S", "SESSION_COOKIE", "TEMPLATES",
-           "create_app", "server"]
+#: Where each name of the package's API lives; loaded on first use (PEP 562), so importing `data` or `permissions`
+#: alone does not load FastAPI, Jinja2 and uvicorn.
+_EXPORTS = {"COLUMNS": "app", "POLL_S": "app", "create_app": "app", "server": "app", "LOGIN_COOKIE": "base",
+            "SESSION_COOKIE": "base", "TEMPLATES": "base", "MAX_NOTE": "data", "MAX_BODY": "middleware",
+            "PERMISSIONS": "permissions"}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
