@@ -85,6 +85,12 @@ def _file(module: str) -> str | None:
     return "__init__.py" if len(parts) == 1 else None
 
 
+@lru_cache(maxsize=None)
+def _tree(rel: str) -> ast.Module:
+    """The parsed `edge/<rel>` (each module parsed once for all the checks)."""
+    return ast.parse((EDGE / rel).read_text(), rel)
+
+
 def _top_level(body: list[ast.stmt]):
     """The import statements that run when a module is imported: not in functions, not under TYPE_CHECKING."""
     for node in body:
@@ -106,7 +112,7 @@ def _top_level(body: list[ast.stmt]):
 def _module_level(rel: str) -> frozenset[str]:
     """The modules `edge/<rel>` imports when it is imported (`from pkg import mod` names the submodule)."""
     found = set()
-    for node in _top_level(ast.parse((EDGE / rel).read_text()).body):
+    for node in _top_level(_tree(rel).body):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif node.module and node.level == 0:
@@ -223,22 +229,6 @@ def _module_name(rel: str) -> str:
 NAMES = {_module_name(rel): rel for rel in MODULES}
 
 
-def _runtime_imports(tree: ast.Module):
-    """The import statements that run when the module is imported: top level, and inside top-level `if`/`try`
-    blocks, but not `if TYPE_CHECKING:` (never runs) nor function or class bodies' functions (run when called)."""
-    stack = list(tree.body)
-    while stack:
-        node = stack.pop()
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            yield node
-        elif isinstance(node, ast.If) and not (isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"):
-            stack += node.body + node.orelse
-        elif isinstance(node, ast.Try):
-            stack += node.body + node.orelse + node.finalbody + [n for h in node.handlers for n in h.body]
-        elif isinstance(node, ast.ClassDef):
-            stack += [n for n in node.body if not isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
-
-
 def _edge_targets(node: ast.Import | ast.ImportFrom) -> set[str]:
     """The edge modules an import statement loads: `from edge.cli import audit` names the module edge.cli.audit,
     `from edge.audit import verify` the module edge.audit. (Importing edge.a.b also runs edge/a/__init__.py; a
@@ -255,8 +245,8 @@ def _edge_targets(node: ast.Import | ast.ImportFrom) -> set[str]:
 def _graph(module_level_only: bool) -> dict[str, frozenset[str]]:
     graph = {}
     for name, rel in NAMES.items():
-        tree = ast.parse((EDGE / rel).read_text(), rel)
-        nodes = _runtime_imports(tree) if module_level_only else ast.walk(tree)
+        tree = _tree(rel)
+        nodes = _top_level(tree.body) if module_level_only else ast.walk(tree)
         graph[name] = frozenset(t for n in nodes if isinstance(n, (ast.Import, ast.ImportFrom))
                                 for t in _edge_targets(n) if t != name)
     return graph
