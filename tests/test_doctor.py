@@ -162,6 +162,21 @@ def _bundle(operator, device, version: int) -> bytes:
                 thresholds={"match": 0.9}, expires=datetime.now(timezone.utc) + timedelta(days=1))
 
 
+def _store_with(state: Path, *versions: int):
+    """The provisioned device's watchlist store with `versions` installed in turn, trusting a new operator key:
+    (store, operator key)."""
+    from edge.watchlist.device.store import WatchlistStore
+
+    device, operator = keys.load_private_key(state / "keys" / "device.key", "device"), keys.generate_operator_key()
+    keys.TrustStore([operator.public_key()]).save(state / "keys" / "operators.json")
+    store = WatchlistStore(state, "cam-a", device, {keys.key_id(operator.public_key()): operator.public_key()}, "e",
+                           "0" * 64, lambda bundle: True)
+    store.start()
+    for version in versions:
+        assert store.install(_bundle(operator, device, version)).ok
+    return store, operator
+
+
 def _provisioned(tmp_path: Path) -> tuple[Path, Path]:
     """A device state directory as a running device leaves it: keys, watchlist v2 installed (bundle and install
     record), a sealed audit log (its verification key with the operator) and an outbox of 300 events."""
@@ -169,16 +184,10 @@ def _provisioned(tmp_path: Path) -> tuple[Path, Path]:
     from edge.audit_seal import Sealer, new_keys
     from edge.messaging.outbox import Outbox
     from edge.messaging.payloads import make_event
-    from edge.watchlist.device.store import WatchlistStore
 
     config = _device(tmp_path)
     state = tmp_path / "state"
-    device, operator = keys.load_private_key(state / "keys" / "device.key", "device"), keys.generate_operator_key()
-    keys.TrustStore([operator.public_key()]).save(state / "keys" / "operators.json")
-    store = WatchlistStore(state, "cam-a", device, {keys.key_id(operator.public_key()): operator.public_key()}, "e",
-                           "0" * 64, lambda bundle: True)
-    store.start()
-    assert store.install(_bundle(operator, device, 1)).ok and store.install(_bundle(operator, device, 2)).ok
+    _store_with(state, 1, 2)
     seal_path, verify_path = new_keys(state, "cam-a")
     (tmp_path / "operator").mkdir()
     verify_path.rename(tmp_path / "operator" / verify_path.name)
@@ -201,17 +210,10 @@ def test_the_watchlist_check_says_a_wiped_device_serves_nothing(tmp_path):
     """After a signed wipe the device serves nothing until a newer list arrives: a failure naming the version the
     wipe covered (never "ok: watchlist None vNone, expires None")."""
     from edge.device.doctor import check_watchlist, run_check
-    from edge.watchlist.device.store import WatchlistStore
     from edge.watchlist.operator.seal import sign_wipe
 
     config = load_config(_device(tmp_path))
-    state = tmp_path / "state"
-    device, operator = keys.load_private_key(state / "keys" / "device.key", "device"), keys.generate_operator_key()
-    keys.TrustStore([operator.public_key()]).save(state / "keys" / "operators.json")
-    store = WatchlistStore(state, "cam-a", device, {keys.key_id(operator.public_key()): operator.public_key()}, "e",
-                           "0" * 64, lambda bundle: True)
-    store.start()
-    assert store.install(_bundle(operator, device, 2)).ok
+    store, operator = _store_with(tmp_path / "state", 2)
     assert store.wipe(sign_wipe(operator, "device:cam-a", 2)).ok
     assert run_check("watchlist", lambda: check_watchlist(config)) == {
         "name": "watchlist", "status": "fail",
